@@ -1,0 +1,1 @@
+"""bpfdiff: differential testing of eBPF JITs against a reference interpreter."""

@@ -1,0 +1,132 @@
+"""The engine interface and the results every engine returns.
+
+An engine loads a scenario's maps and programs once, applies its events in
+order, and returns one :class:`EventOutcome` per event.  Nothing here assumes
+that an engine is Python code in this process: a scenario goes in as data (its
+text form will do), and outcomes come back as plain values that round-trip
+through JSON (:meth:`EventOutcome.to_json` / :meth:`EventOutcome.from_json`),
+so the kernel's interpreter and JIT under qemu fit the same interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bpfdiff.scenario import Scenario
+
+# exit kinds
+EXIT = "exit"
+FAULT = "fault"
+TIMEOUT = "timeout"
+
+# fault kinds: the part of a fault that engines must agree on
+FAULT_MEMORY = "memory"            # out-of-bounds or unmapped access
+FAULT_CALL_DEPTH = "call-depth"    # more than MAX_CALL_FRAMES frames
+FAULT_INVALID = "invalid-insn"     # executed something that is not an instruction
+FAULT_UNSUPPORTED = "unsupported"  # helper or construct the engine does not model
+
+DEFAULT_BUDGET = 1_000_000  # BPF instructions per run before a timeout
+
+# A map's contents: sorted (key hex, value hex-or-program-name) pairs.
+MapContents = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    r0: int                                   # unsigned 64-bit
+    exit: str                                 # EXIT, FAULT or TIMEOUT
+    tail_calls: int                           # tail calls taken in this run
+    trace: tuple[str, ...]                    # programs entered, in order
+    maps: tuple[tuple[str, MapContents], ...]  # every map, by name, after the run
+    mem: bytes                                # the context/packet after the run
+    fault_kind: str | None = None
+    fault_pc: int | None = None               # BPF pc (slot) in fault_prog
+    fault_prog: str | None = None
+    fault_reason: str | None = None           # engine-specific detail, not compared
+
+    # Fields an oracle compares, in the order it reports them.
+    COMPARED = ("exit", "r0", "fault_kind", "fault_pc", "tail_calls", "trace", "maps", "mem")
+
+    def compared_fields(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in self.COMPARED}
+        if self.exit != EXIT:
+            # R0 is not observable when a run did not reach an exit.
+            values["r0"] = None
+        return values
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What one event did: a run's result, or a map operation's return code."""
+
+    index: int
+    kind: str                       # "run", "update", "delete", "load"
+    run: RunResult | None = None
+    retval: int | None = None       # 0 or -errno for update/delete/load
+    # Engine self-checks that failed after this event (e.g. a JIT poke site
+    # whose bytes do not match its slot).  Not compared between engines:
+    # each one is a finding by itself.
+    violations: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.run is not None:
+            data["run"]["mem"] = self.run.mem.hex()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EventOutcome:
+        run = data.get("run")
+        if run is not None:
+            run = dict(run)
+            run["mem"] = bytes.fromhex(run["mem"])
+            run["trace"] = tuple(run["trace"])
+            run["maps"] = tuple((name, tuple(tuple(kv) for kv in contents)) for name, contents in run["maps"])
+            run = RunResult(**run)
+        return cls(index=data["index"], kind=data["kind"], run=run, retval=data.get("retval"),
+                   violations=tuple(data.get("violations", ())))
+
+
+class EngineError(Exception):
+    """The scenario cannot be run by this engine (bad input, not a finding)."""
+
+
+class Engine(ABC):
+    """Runs scenarios.  One instance may run many scenarios, one at a time."""
+
+    name: str = "?"
+
+    @abstractmethod
+    def execute(self, scenario: Scenario) -> list[EventOutcome]:
+        """Load the scenario's maps and programs, apply every event, one outcome per event."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing
+        """Release what the engine holds (an emulator, a VM); idempotent."""
+
+
+EngineFactory = Callable[..., Engine]
+_REGISTRY: dict[str, tuple[str, str]] = {
+    # name -> (module, factory attribute); imported lazily so that listing
+    # engines does not start an emulator.
+    "interp": ("bpfdiff.interp.engine", "InterpEngine"),
+    "jit": ("bpfdiff.jit.engine", "JitEngine"),
+}
+
+
+def engine_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def make_engine(name: str, profile: str = "linux-6.1", **options: Any) -> Engine:
+    """Create an engine by name (``interp``, ``jit``) for a kernel profile."""
+    import importlib
+
+    try:
+        module_name, attr = _REGISTRY[name]
+    except KeyError:
+        raise EngineError(f"unknown engine {name!r} (known: {', '.join(_REGISTRY)})") from None
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(profile=profile, **options)

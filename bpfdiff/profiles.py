@@ -1,0 +1,98 @@
+"""Kernel profiles: everything that differs between the kernel versions we model.
+
+A profile is data.  Engines read the fields they need; no module compares a
+profile's *name*.  Sources: ``../shared/reference/README.md`` (history of
+MAX_TAIL_CALL_CNT), the seed commit's bpftool listings (linux-5.5) and the
+images captured from Debian's 6.1 kernel (linux-6.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    description: str
+
+    # -- tail-call counter ----------------------------------------------------
+    max_tail_call_cnt: int
+    # The interpreter's test before counting: "gt" leaves when cnt > MAX
+    # (v5.5: ``if (tail_call_cnt > MAX_TAIL_CALL_CNT) goto out``), "ge" when
+    # cnt >= MAX (v5.17+).  Both profiles allow exactly 33 tail calls.
+    interp_limit_test: str
+    # Can a program mix bpf-to-bpf calls and tail calls?  (v5.5: the verifier
+    # refuses; v5.10+: yes, on x86-64 JIT.)
+    tail_calls_in_subprogs: bool
+    # How the counter crosses a bpf-to-bpf call when mixing is allowed: "copy"
+    # (6.1: the caller's count is passed by value in rax; the callee's own tail
+    # calls do not flow back) or "shared" (the 2024 tail_call_cnt_ptr fix).
+    subprog_counter: str
+
+    # -- x86-64 JIT -------------------------------------------------------------
+    jit_prologue: str                 # which emit_prologue flavour: "v5.5" or "v6.1"
+    jit_tail_call_jcc: str            # "ja" (v5.5: cmp $32; ja) or "jae" (v6.1: cmp $33; jae)
+    x86_tail_call_offset: int         # bytes of the target's prologue a tail call skips
+    jit_sls: bool                     # CONFIG_SLS: int3 after every ret
+    retpoline: bool                   # indirect jumps through a retpoline thunk
+    # struct offsets the generated code reads (include/linux/bpf.h)
+    off_array_max_entries: int        # offsetof(struct bpf_array, map.max_entries)
+    off_array_ptrs: int               # offsetof(struct bpf_array, ptrs)
+    off_prog_bpf_func: int            # offsetof(struct bpf_prog, bpf_func)
+
+    def allows_tail_call(self, count: int) -> bool:
+        """The interpreter's limit test: may a tail call be taken after ``count`` of them?"""
+        if self.interp_limit_test == "gt":
+            return not count > self.max_tail_call_cnt
+        return not count >= self.max_tail_call_cnt
+
+    def with_options(self, **changes: object) -> Profile:
+        return replace(self, **changes)
+
+
+LINUX_5_5 = Profile(
+    name="linux-5.5",
+    description="seed era (v5.5, direct tail calls introduced): MAX_TAIL_CALL_CNT 32, "
+    "interpreter 'cnt > MAX', JIT 'cmp $32; ja', counter at rbp-0x224",
+    max_tail_call_cnt=32,
+    interp_limit_test="gt",
+    tail_calls_in_subprogs=False,
+    subprog_counter="copy",
+    jit_prologue="v5.5",
+    jit_tail_call_jcc="ja",
+    x86_tail_call_offset=0x19,   # PROLOGUE_SIZE: the seed listing's `add $0x19,%rax`
+    jit_sls=False,
+    retpoline=True,
+    off_array_max_entries=0x24,  # the seed listing: cmp %edx,0x24(%rsi)
+    off_array_ptrs=0xD0,         # mov 0xd0(%rsi,%rdx,8),%rax
+    off_prog_bpf_func=0x30,      # mov 0x30(%rax),%rax
+)
+
+LINUX_6_1 = Profile(
+    name="linux-6.1",
+    description="Debian bookworm 6.1: MAX_TAIL_CALL_CNT 33 tested with >= (jae), "
+    "counter in rax and pushed below the frame, bypass + target poke sites",
+    max_tail_call_cnt=33,
+    interp_limit_test="ge",
+    tail_calls_in_subprogs=True,
+    subprog_counter="copy",
+    jit_prologue="v6.1",
+    jit_tail_call_jcc="jae",
+    x86_tail_call_offset=11,     # X86_TAIL_CALL_OFFSET: nop5 + xor/nop2 + push rbp + mov rbp,rsp
+    jit_sls=True,
+    retpoline=True,
+    off_array_max_entries=0x24,
+    off_array_ptrs=0x110,
+    off_prog_bpf_func=0x30,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_5_5)}
+DEFAULT_PROFILE = LINUX_6_1.name
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})") from None

@@ -1,0 +1,1 @@
+"""Scenario generation, the oracle and fuzzing front ends (bpfdiff.fuzz)."""

@@ -1,0 +1,1 @@
+"""Reference interpreter with the kernel's semantics (bpfdiff.interp)."""
