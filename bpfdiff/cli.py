@@ -1,0 +1,96 @@
+"""The ``bpfdiff`` command line: one subcommand per module in :mod:`bpfdiff.commands`.
+
+Exit codes: 0 success (engines agree), 1 a finding or failure, 2 bad input,
+130 interrupted.  Bad input never shows a traceback: the error is one line on
+stderr naming the file and place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+# Subcommands, in the order `bpfdiff --help` lists them.  Each is a module
+# bpfdiff.commands.<name> with NAME, HELP, add_arguments(parser), main(args).
+COMMANDS = ("run", "conformance", "dump", "fuzz", "bugs", "minimize", "triage", "corpus")
+
+EXIT_OK = 0
+EXIT_FINDING = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _command_module(name: str) -> ModuleType | None:
+    """The subcommand's module, or None when it is not written (yet).
+
+    Only a module that does not exist is skipped; an existing module that
+    fails to import is a real bug and its error propagates.
+    """
+    full_name = f"bpfdiff.commands.{name}"
+    if importlib.util.find_spec(full_name) is None:
+        return None
+    return importlib.import_module(full_name)
+
+
+def available_commands() -> dict[str, ModuleType]:
+    modules = {name: _command_module(name) for name in COMMANDS}
+    return {name: module for name, module in modules.items() if module is not None}
+
+
+def build_parser(commands: dict[str, ModuleType] | None = None) -> argparse.ArgumentParser:
+    commands = available_commands() if commands is None else commands
+    parser = argparse.ArgumentParser(
+        prog="bpfdiff",
+        description="Differential testing of the eBPF x86-64 JIT against a reference interpreter.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in commands.items():
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_main=module.main)
+    return parser
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "bad input": reported in one line, exit 2."""
+    from bpfdiff.engine import EngineError
+    from bpfdiff.inputs import InputError
+    from bpfdiff.scenario_text import ScenarioSyntaxError
+
+    errors: list[type[BaseException]] = [InputError, ScenarioSyntaxError, EngineError]
+    for module_name, attr in (("bpfdiff.asm", "AsmError"), ("bpfdiff.datafile", "DataFileError")):
+        if importlib.util.find_spec(module_name) is not None:
+            errors.append(getattr(importlib.import_module(module_name), attr))
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args._main(args))
+    except KeyboardInterrupt:
+        print("bpfdiff: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `bpfdiff ... | head`: the reader is gone; keep the interpreter's
+        # final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except _input_errors() as exc:
+        print(f"bpfdiff: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""``bpfdiff run FILE``: run one scenario on several engines and show where they differ.
+
+FILE is a scenario (``.scn``), a conformance ``.data`` file or a fuzzer byte
+input (an atheris crash artifact).  For every ``run`` event it prints R0, the
+exit kind, the tail-call count and the program trace -- once when the engines
+agree, per engine and field by field when they do not; map events show their
+return codes.  Exit 0 when every engine agrees (and R0 matches the file's
+``-- result``), 1 on a divergence, a mismatch or an engine crash, 2 on bad
+input.  ``--profile`` and ``--inject`` default to the scenario's ``-- meta``
+(``profile``, ``inject``) so that a finding replays as it was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bpfdiff.bugs import bugs_for, validate_bugs
+from bpfdiff.compare import Difference, compare_outcomes, format_difference
+from bpfdiff.engine import _REGISTRY, EXIT, Engine, EngineError, EventOutcome, RunResult, engine_names, make_engine
+from bpfdiff.inputs import InputError, load_input
+from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
+from bpfdiff.scenario import Delete, Event, Expect, Load, Run, Scenario, Update
+
+NAME = "run"
+HELP = "run a scenario, .data file or crash artifact on several engines and compare them"
+
+META_PROFILE = "profile"
+META_INJECT = "inject"
+ENGINE_MODULES = {name: module for name, (module, _attr) in _REGISTRY.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="scenario (.scn), conformance .data file or fuzzer input")
+    parser.add_argument("--engines", default=",".join(engine_names()),
+                        help="comma-separated engines to run (default: %(default)s)")
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help=f"kernel profile (default: the scenario's meta, else {DEFAULT_PROFILE})")
+    parser.add_argument("--inject", metavar="BUG,...",
+                        help="planted bugs to switch on (default: the scenario's meta; see `bpfdiff bugs`)")
+
+
+@dataclass(slots=True)
+class Settings:
+    engines: tuple[str, ...]
+    profile: str
+    bugs: frozenset[str]
+
+
+@dataclass(slots=True)
+class Report:
+    """What `run` found, to decide its exit code."""
+
+    differences: list[Difference] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.differences or self.violations or self.crashes or self.mismatches)
+
+
+def parse_engines(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in engine_names()]
+    if not names or unknown:
+        raise InputError(f"--engines: unknown engine {', '.join(unknown) or '(none given)'} "
+                         f"(known: {', '.join(engine_names())})")
+    return names
+
+
+def parse_bugs(text: str, where: str) -> frozenset[str]:
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    try:
+        return validate_bugs(names)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def settings_for(args: argparse.Namespace, scenario: Scenario) -> Settings:
+    """Command-line options first, then the scenario's meta, then the defaults."""
+    meta = scenario.meta_dict
+    profile = args.profile or meta.get(META_PROFILE) or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise InputError(f"{args.file}: meta profile {profile!r} is unknown (known: {', '.join(PROFILES)})")
+    if args.inject is not None:
+        bugs = parse_bugs(args.inject, "--inject")
+    else:
+        bugs = parse_bugs(meta.get(META_INJECT, ""), f"{args.file}: meta inject")
+    return Settings(parse_engines(args.engines), profile, bugs)
+
+
+def execute_all(scenario: Scenario, settings: Settings, source: str,
+                report: Report) -> dict[str, list[EventOutcome]]:
+    """Each engine's outcomes; an engine that crashes is reported and left out."""
+    outcomes: dict[str, list[EventOutcome]] = {}
+    for name in settings.engines:
+        engine = _make(name, settings)
+        try:
+            outcomes[name] = engine.execute(scenario)
+        except EngineError as exc:
+            raise InputError(f"{source}: engine {name} refuses the scenario: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a crash inside an engine is a finding, not an abort
+            report.crashes.append(f"engine {name} crashed: {type(exc).__name__}: {exc} ({_innermost(exc)})")
+        finally:
+            engine.close()
+    return outcomes
+
+
+def _make(name: str, settings: Settings) -> Engine:
+    try:
+        return make_engine(name, profile=settings.profile, bugs=bugs_for(name, settings.bugs))
+    except ModuleNotFoundError as exc:
+        # Only the engine's own module missing means "not built"; anything
+        # else missing is a real bug and propagates.
+        if exc.name and ENGINE_MODULES.get(name, "").startswith(exc.name):
+            raise InputError(f"engine {name} is not available ({exc})") from None
+        raise
+
+
+def _innermost(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "no traceback"
+    frame = frames[-1]
+    return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
+
+
+# -- display ---------------------------------------------------------------------
+def describe_event(event: Event) -> str:
+    if isinstance(event, Run):
+        return f"run {event.prog}" + (f" mem={len(event.mem)}B" if event.mem else "")
+    if isinstance(event, Update):
+        value = f"prog:{event.value}" if isinstance(event.value, str) else event.value.hex()
+        return f"update {event.map} {event.key.hex()} {value}" + (f" flags={event.flags}" if event.flags else "")
+    if isinstance(event, Delete):
+        return f"delete {event.map} {event.key.hex()}"
+    if isinstance(event, Load):
+        return f"load {event.prog}"
+    return repr(event)
+
+
+def summarize_run(run: RunResult) -> str:
+    if run.exit == EXIT:
+        ending = f"r0=0x{run.r0:x} exit"
+    else:
+        where = f" at {run.fault_prog}:{run.fault_pc}" if run.fault_pc is not None else ""
+        kind = f" {run.fault_kind}" if run.fault_kind else ""
+        ending = f"{run.exit}{kind}{where}"
+    trace = " -> ".join(run.trace) if run.trace else "(none)"
+    return f"{ending} tail_calls={run.tail_calls} trace={trace}"
+
+
+def summarize_outcome(outcome: EventOutcome) -> str:
+    if outcome.run is not None:
+        return summarize_run(outcome.run)
+    return f"retval {outcome.retval}"
+
+
+def print_events(scenario: Scenario, outcomes: dict[str, list[EventOutcome]],
+                 differences: Sequence[Difference], report: Report) -> None:
+    by_event: dict[int, list[Difference]] = {}
+    for difference in differences:
+        by_event.setdefault(difference.event_index, []).append(difference)
+    engines = list(outcomes)
+    pad = max((len(e) for e in engines), default=0)
+    for index, event in enumerate(scenario.events):
+        present = {e: seq[index] for e, seq in outcomes.items() if index < len(seq)}
+        label = f"[{index}] {describe_event(event)}"
+        if not present:
+            print(f"{label}: (no outcome)")
+            continue
+        if index in by_event:
+            print(f"{label}: ENGINES DIFFER")
+            for engine, outcome in present.items():
+                print(f"    {engine:<{pad}}  {summarize_outcome(outcome)}")
+            for difference in by_event[index]:
+                print("    " + format_difference(difference).replace("\n", "\n    "))
+        else:
+            print(f"{label}: {summarize_outcome(next(iter(present.values())))}")
+        for engine, outcome in present.items():
+            for violation in outcome.violations:
+                message = f"[{index}] violation ({engine}): {violation}"
+                print("    " + message)
+                report.violations.append(message)
+    for index in sorted(by_event):
+        if index >= len(scenario.events):
+            for difference in by_event[index]:
+                print(format_difference(difference))
+
+
+def check_expectation(expect: Expect | None, outcomes: dict[str, list[EventOutcome]], report: Report) -> None:
+    """``-- result`` is the R0 of the first run; ``-- error`` expects that run not to exit."""
+    if expect is None:
+        return
+    for engine, seq in outcomes.items():
+        first = next((o.run for o in seq if o.run is not None), None)
+        if first is None:
+            report.mismatches.append(f"{engine}: no run event to check the expectation against")
+            continue
+        if expect.error is not None and first.exit == EXIT:
+            report.mismatches.append(f"{engine}: expected error {expect.error!r}, but the run exited "
+                                     f"with r0=0x{first.r0:x}")
+        if expect.result is not None and (first.exit != EXIT or first.r0 != expect.result):
+            got = f"0x{first.r0:x}" if first.exit == EXIT else summarize_run(first)
+            report.mismatches.append(f"{engine}: expected r0=0x{expect.result:x}, got {got}")
+
+
+def main(args: argparse.Namespace) -> int:
+    scenario = load_input(args.file)
+    settings = settings_for(args, scenario)
+    inject = f"; inject {','.join(sorted(settings.bugs))}" if settings.bugs else ""
+    print(f"{args.file}: {len(scenario.programs)} programs, {len(scenario.maps)} maps, "
+          f"{len(scenario.events)} events; profile {settings.profile}{inject}; "
+          f"engines {', '.join(settings.engines)}")
+    report = Report()
+    outcomes = execute_all(scenario, settings, args.file, report)
+    report.differences = compare_outcomes(outcomes)
+    print_events(scenario, outcomes, report.differences, report)
+    check_expectation(scenario.expect, outcomes, report)
+    for line in report.crashes + report.mismatches:
+        print(line)
+    if report.ok:
+        checked = " and match the expected result" if scenario.expect is not None else ""
+        print(f"OK: {len(outcomes)} engines agree on {len(scenario.events)} events{checked}")
+        return 0
+    print(f"FAIL: {len(report.differences)} differences, {len(report.violations)} violations, "
+          f"{len(report.crashes)} crashes, {len(report.mismatches)} expectation mismatches")
+    return 1

@@ -1,0 +1,164 @@
+"""Field-by-field comparison of what several engines did with one scenario.
+
+This is the one place where outcomes are compared: ``bpfdiff run`` and the
+fuzz oracle both build on :func:`compare_outcomes`.  For a ``run`` event every
+field of :meth:`RunResult.compared_fields` is compared (exit kind, R0 when the
+run exited, fault kind and pc, tail-call count, program trace, map contents,
+memory); for a map event (update, delete, load) the return code.  Engine
+self-check violations are not compared: each one is a finding on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bpfdiff.engine import EventOutcome, RunResult
+
+# Pseudo-fields for outcomes that cannot be compared field by field.
+FIELD_COUNT = "events"  # engines returned different numbers of outcomes
+FIELD_KIND = "kind"     # engines disagree on what kind of event this was
+FIELD_RUN = "run"       # one engine has a RunResult, another none
+FIELD_RETVAL = "retval"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """Engines disagree on one field of one event.  ``values`` maps engine name -> its value."""
+
+    event_index: int
+    kind: str                 # the event's kind: run, update, delete, load (or "?")
+    field: str                # a RunResult field, "retval", or one of the FIELD_* above
+    values: dict[str, Any]
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        return tuple(self.values)
+
+
+def _all_equal(values: Mapping[str, Any]) -> bool:
+    items = list(values.values())
+    return all(item == items[0] for item in items[1:])
+
+
+def _compare_event(index: int, events: Mapping[str, EventOutcome]) -> list[Difference]:
+    kinds = {engine: outcome.kind for engine, outcome in events.items()}
+    if not _all_equal(kinds):
+        return [Difference(index, "?", FIELD_KIND, kinds)]
+    kind = next(iter(kinds.values()))
+    runs = {engine: outcome.run for engine, outcome in events.items()}
+    if any(run is not None for run in runs.values()):
+        if any(run is None for run in runs.values()):
+            return [Difference(index, kind, FIELD_RUN, {e: r is not None for e, r in runs.items()})]
+        fields = {engine: run.compared_fields() for engine, run in runs.items() if run is not None}
+        differences = []
+        for name in RunResult.COMPARED:
+            values = {engine: f[name] for engine, f in fields.items()}
+            if not _all_equal(values):
+                differences.append(Difference(index, kind, name, values))
+        return differences
+    retvals = {engine: outcome.retval for engine, outcome in events.items()}
+    if not _all_equal(retvals):
+        return [Difference(index, kind, FIELD_RETVAL, retvals)]
+    return []
+
+
+def compare_outcomes(outcomes: Mapping[str, Sequence[EventOutcome]]) -> list[Difference]:
+    """Every field on which the engines' outcomes differ, in event order then field order.
+
+    ``outcomes`` maps engine name -> that engine's outcomes (one per event).
+    With fewer than two engines there is nothing to compare.
+    """
+    if len(outcomes) < 2:
+        return []
+    lengths = {engine: len(seq) for engine, seq in outcomes.items()}
+    differences: list[Difference] = []
+    for index in range(min(lengths.values())):
+        differences += _compare_event(index, {engine: seq[index] for engine, seq in outcomes.items()})
+    if not _all_equal(lengths):
+        differences.append(Difference(min(lengths.values()), "?", FIELD_COUNT, lengths))
+    return differences
+
+
+# -- display ---------------------------------------------------------------------
+def _format_r0(value: int | None) -> str:
+    return "-" if value is None else f"0x{value:x}"
+
+
+def _format_trace(trace: Sequence[str]) -> str:
+    return " -> ".join(trace) if trace else "(none)"
+
+
+def _format_mem(mem: bytes) -> str:
+    return mem.hex(" ") if mem else "(empty)"
+
+
+def _format_maps(maps: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
+    parts = []
+    for name, contents in maps:
+        entries = ", ".join(f"{k}: {v}" for k, v in contents)
+        parts.append(f"{name} {{{entries}}}")
+    return "; ".join(parts) if parts else "(no maps)"
+
+
+def _format_plain(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+# How each field's value is shown; anything not listed is shown with str().
+FIELD_FORMATTERS: dict[str, Callable[[Any], str]] = {
+    "r0": _format_r0,
+    "trace": _format_trace,
+    "mem": _format_mem,
+    "maps": _format_maps,
+}
+
+
+def format_value(field: str, value: Any) -> str:
+    return FIELD_FORMATTERS.get(field, _format_plain)(value)
+
+
+def _narrowed(difference: Difference) -> dict[str, Any]:
+    """For maps and memory, show only the part that differs."""
+    values = difference.values
+    if difference.field == "maps":
+        by_engine = {e: dict(v) for e, v in values.items()}
+        names = sorted({name for maps in by_engine.values() for name in maps})
+        differing = [n for n in names if not _all_equal({e: m.get(n) for e, m in by_engine.items()})]
+        return {e: tuple((n, _differing_entries(n, by_engine)[e]) for n in differing) for e in values}
+    return values
+
+
+def _differing_entries(map_name: str, by_engine: dict[str, dict[str, Any]]) -> dict[str, tuple]:
+    contents = {e: dict(maps.get(map_name) or ()) for e, maps in by_engine.items()}
+    keys = sorted({k for c in contents.values() for k in c})
+    differing = [k for k in keys if not _all_equal({e: c.get(k) for e, c in contents.items()})]
+    return {e: tuple((k, c.get(k, "(absent)")) for k in differing) for e, c in contents.items()}
+
+
+def _first_mem_difference(values: Mapping[str, bytes]) -> int | None:
+    blobs = list(values.values())
+    for offset in range(max(len(b) for b in blobs)):
+        if not _all_equal({str(i): b[offset:offset + 1] for i, b in enumerate(blobs)}):
+            return offset
+    return None
+
+
+def format_difference(difference: Difference, width: int = 36) -> str:
+    """The differing field side by side, one column per engine.
+
+    ``event 3 (run) r0:  interp 0x2a | jit 0x1`` for short values, one line
+    per engine for long ones (traces, maps, memory).
+    """
+    values = _narrowed(difference)
+    shown = {engine: format_value(difference.field, value) for engine, value in values.items()}
+    head = f"event {difference.event_index} ({difference.kind}) {difference.field}"
+    if difference.field == "mem":
+        offset = _first_mem_difference(difference.values)
+        if offset is not None:
+            head += f" (first difference at byte {offset})"
+    if all(len(text) <= width for text in shown.values()):
+        return f"{head}:  " + " | ".join(f"{engine} {text}" for engine, text in shown.items())
+    pad = max(len(engine) for engine in shown)
+    return "\n".join([f"{head}:"] + [f"  {engine:<{pad}}  {text}" for engine, text in shown.items()])

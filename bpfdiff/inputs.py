@@ -1,0 +1,92 @@
+"""Turn any input file the CLI accepts into a :class:`Scenario`.
+
+Three kinds of file, told apart by content (and the ``.data`` suffix):
+
+* a conformance ``.data`` file (or any text whose first section is ``-- asm``
+  or ``-- raw``): one program, run once -- :mod:`bpfdiff.datafile`;
+* scenario text (:mod:`bpfdiff.scenario_text`);
+* anything else -- bytes that are not UTF-8, or text without a ``-- `` section
+  header -- is a fuzzer input such as an atheris crash artifact, turned into a
+  scenario by the fuzzer's byte driver (:func:`bpfdiff.fuzz.generate.scenario_from_bytes`),
+  exactly as the fuzzer did when it wrote the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from bpfdiff.scenario import Scenario
+from bpfdiff.scenario_text import ScenarioSyntaxError, parse_scenario
+
+# Sections that only a conformance .data file starts with.
+DATAFILE_SECTIONS = ("asm", "raw")
+_FIRST_SECTION = re.compile(r"^-- (\S+)", re.MULTILINE)
+
+
+class InputError(Exception):
+    """An input file that cannot be used; ``str()`` is one line naming the file and place."""
+
+
+def input_kind(path: str | os.PathLike[str], data: bytes) -> str:
+    """``"data"``, ``"scenario"`` or ``"bytes"``: how :func:`load_input` reads this content."""
+    if Path(path).suffix == ".data":
+        return "data"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes"
+    first = _FIRST_SECTION.search(text)
+    if first is None:
+        return "bytes"
+    return "data" if first[1] in DATAFILE_SECTIONS else "scenario"
+
+
+def load_input(path: str | os.PathLike[str]) -> Scenario:
+    """Read a scenario, a ``.data`` file or a fuzzer byte input; errors are :class:`InputError`."""
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    kind = input_kind(path, data)
+    if kind == "bytes":
+        return _from_bytes(name, data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{name}:{line}: not UTF-8 text") from None
+    if kind == "data":
+        return _from_datafile(name, text)
+    try:
+        return parse_scenario(text, name)
+    except ScenarioSyntaxError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _from_datafile(name: str, text: str) -> Scenario:
+    from bpfdiff.asm import AsmError
+    from bpfdiff.datafile import DataFileError, parse_datafile
+
+    try:
+        return parse_datafile(text, name).to_scenario()
+    except (DataFileError, AsmError) as exc:
+        raise InputError(_one_line(exc, name)) from None
+
+
+def _from_bytes(name: str, data: bytes) -> Scenario:
+    # Imported here: the fuzzer (and atheris) are not needed to read text inputs.
+    from bpfdiff.fuzz.generate import scenario_from_bytes
+
+    try:
+        return scenario_from_bytes(data)
+    except ValueError as exc:
+        raise InputError(f"{name}: not a scenario, and the fuzzer's byte driver refused it: {exc}") from None
+
+
+def _one_line(exc: Exception, name: str) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else type(exc).__name__
+    return message if message.startswith(name) else f"{name}: {message}"
