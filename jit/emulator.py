@@ -1,0 +1,435 @@
+"""One long-lived unicorn x86-64 machine that runs JIT images like the kernel does.
+
+The machine is created once per :class:`~bpfdiff.jit.engine.JitEngine` and
+reused for every scenario: regions are mapped once (grown when a scenario
+needs more), per-scenario state is reset by rewinding allocators, zeroing the
+data that was used and dropping unicorn's translation cache.
+
+Memory layout (47-bit addresses: unicorn's x86-64 cannot fetch from the
+kernel's upper canonical half, but addresses above 4 GiB still make the JIT
+pick the same encodings as in the kernel, e.g. ``movabs`` for a map pointer):
+
+==========================  ==============================================
+``HELPER_BASE``             helper page: one ``ret`` every 8 bytes; helper
+                            *id* lives at ``HELPER_BASE + 8 * id``
+``SENTINEL``                the return address pushed before a run; its own
+                            page, filled with ``int3``
+``IMAGE_BASE``              JIT images, bump-allocated per scenario
+``DATA_BASE``               kernel objects: ``struct bpf_array`` (prog
+                            arrays and array maps, values inline),
+                            ``struct bpf_prog``, hash map headers and values
+``STACK_BASE``              the kernel stack of the run (zeroed each run)
+``MEM_END``                 the context/packet: ``mem`` ends exactly at
+                            ``MEM_END`` so reading past it faults, and the
+                            slack below it in its first page is watched by a
+                            memory hook, so underruns fault too
+==========================  ==============================================
+
+Helpers: the image calls ``HELPER_BASE + 8 * id``; a code hook on the helper
+page runs the Python helper (``bpfdiff.helpers``) with rdi, rsi, rdx, rcx, r8
+(R1-R5), puts the result in rax, poisons R1-R5 as the helpers module says, and
+lets the ``ret`` return into the image.
+
+Program trace: two one-address code hooks per program, on ``bpf_func`` (the
+normal entry of a run) and on ``bpf_func + x86_tail_call_offset`` (where a
+tail call lands).  The second address is also passed through by every normal
+entry, so it counts as a tail-call entry only when the first hook did not just
+fire for the same program.
+
+Text patching: unicorn 2.1 keeps translated blocks across ``mem_write``; a
+patched poke site would keep running its old code.  :meth:`Emulator.write_text`
+therefore drops the translation cache of the range it wrote.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MODE_64, Uc, UcError
+from unicorn import unicorn_const as ucc
+from unicorn import x86_const as x86
+
+from bpfdiff.engine import EXIT, FAULT, FAULT_INVALID, FAULT_MEMORY, TIMEOUT, EngineError
+from bpfdiff.helpers import CLOBBER_VALUES, HelperFault
+
+PAGE = 0x1000
+
+HELPER_BASE = 0x7FFF_8100_0000
+HELPER_SLOT = 8
+HELPER_PAGES = 1
+MAX_HELPER_ID = HELPER_PAGES * PAGE // HELPER_SLOT - 1
+SENTINEL = HELPER_BASE + 0x10_0000
+
+IMAGE_BASE = 0x7FFF_A000_0000
+DATA_BASE = 0x7888_8000_0000
+REGION_CHUNK = 1 << 20          # images and data are mapped in 1 MiB steps as they grow
+IMAGE_ALIGN = 16
+DATA_ALIGN = 64                 # like a kmalloc'ed object: cache-line aligned
+
+STACK_BASE = 0x7C90_0000_0000
+STACK_SIZE = 0x10000            # 8 frames of 512 bytes + saved registers fit many times over
+STACK_TOP = STACK_BASE + STACK_SIZE
+INITIAL_RBP = STACK_TOP - 0x10  # a made-up caller frame; `leave` in the epilogue restores it
+INITIAL_RSP = STACK_TOP - 0x40  # holds SENTINEL, the return address of the run
+
+MEM_END = 0x7888_0010_0000
+MAX_MEM = 0x8_0000              # 512 KiB of context/packet
+
+# x86 instructions allowed per BPF instruction of the budget: the JIT's worst
+# cases (div with its pushes and pops, atomics' cmpxchg loops, the tail-call
+# sequence) stay well below this, so a timeout here is a timeout there.
+X86_INSNS_PER_BPF_INSN = 20
+
+# Helper arguments R1..R5 and where the SysV ABI (the JIT's mapping) keeps them.
+HELPER_ARG_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX,
+                   x86.UC_X86_REG_RCX, x86.UC_X86_REG_R8)
+
+GPRS = (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX,
+        x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI, x86.UC_X86_REG_R8, x86.UC_X86_REG_R9,
+        x86.UC_X86_REG_R10, x86.UC_X86_REG_R11, x86.UC_X86_REG_R12, x86.UC_X86_REG_R13,
+        x86.UC_X86_REG_R14, x86.UC_X86_REG_R15)
+
+# unicorn error -> the engines' fault kind.  Data accesses are memory faults;
+# anything that breaks instruction fetch or decoding means the machine ran
+# something that is not the program's code.
+UC_ERROR_FAULT_KINDS: dict[int, str] = {
+    ucc.UC_ERR_READ_UNMAPPED: FAULT_MEMORY,
+    ucc.UC_ERR_WRITE_UNMAPPED: FAULT_MEMORY,
+    ucc.UC_ERR_READ_PROT: FAULT_MEMORY,
+    ucc.UC_ERR_WRITE_PROT: FAULT_MEMORY,
+    ucc.UC_ERR_READ_UNALIGNED: FAULT_MEMORY,
+    ucc.UC_ERR_WRITE_UNALIGNED: FAULT_MEMORY,
+    ucc.UC_ERR_FETCH_UNMAPPED: FAULT_INVALID,
+    ucc.UC_ERR_FETCH_PROT: FAULT_INVALID,
+    ucc.UC_ERR_FETCH_UNALIGNED: FAULT_INVALID,
+    ucc.UC_ERR_INSN_INVALID: FAULT_INVALID,
+    ucc.UC_ERR_EXCEPTION: FAULT_INVALID,     # #DE, int3 (SLS padding, freed text), #UD
+}
+
+HelperHandler = Callable[[int, int, int, int, int, int], int]
+
+
+def round_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+@dataclass(eq=False)
+class EntryPoint:
+    """A loaded program as the trace hooks see it."""
+
+    name: str
+    bpf_func: int
+    tail_entry: int                  # bpf_func + the profile's tail-call offset
+    tail_call_cnt_off: int | None    # rbp-relative counter slot of the main image
+
+
+@dataclass(frozen=True)
+class TextRange:
+    """Where one image lives, for mapping a faulting rip back to a BPF pc."""
+
+    base: int
+    end: int
+    prog: str
+    insn_at: Callable[[int], int | None]
+
+
+@dataclass
+class RawRun:
+    """What one run did, before the engine adds maps and memory."""
+
+    exit: str
+    rax: int
+    trace: list[str]
+    tail_calls: int
+    mem: bytes
+    fault_kind: str | None = None
+    fault_pc: int | None = None
+    fault_prog: str | None = None
+    fault_reason: str | None = None
+    violations: list[str] = field(default_factory=list)
+
+
+class _BumpRegion:
+    """A growable region of unicorn memory with a bump allocator, rewound per scenario."""
+
+    def __init__(self, uc: Uc, base: int, align: int) -> None:
+        self.uc = uc
+        self.base = base
+        self.align = align
+        self.top = base
+        self.mapped_end = base
+
+    def alloc(self, size: int) -> int:
+        addr = round_up(self.top, self.align)
+        end = addr + max(size, 1)
+        if end > self.mapped_end:
+            grow = round_up(end - self.mapped_end, REGION_CHUNK)
+            self.uc.mem_map(self.mapped_end, grow)
+            self.mapped_end += grow
+        self.top = end
+        return addr
+
+    def contains(self, addr: int, n: int) -> bool:
+        return self.base <= addr and addr + n <= self.top
+
+    def rewind(self, fill: int) -> None:
+        """Forget every allocation; overwrite what was used with ``fill`` bytes."""
+        used = self.top - self.base
+        if used:
+            self.uc.mem_write(self.base, bytes([fill]) * used)
+        self.top = self.base
+
+
+class Emulator:
+    """The unicorn machine, its memory layout and the run loop."""
+
+    def __init__(self, x86_tail_call_offset: int) -> None:
+        self.tail_call_offset = x86_tail_call_offset
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc = uc
+        uc.mem_map(HELPER_BASE, HELPER_PAGES * PAGE)
+        uc.mem_write(HELPER_BASE, b"\xc3" * (HELPER_PAGES * PAGE))   # ret
+        uc.mem_map(SENTINEL, PAGE)
+        uc.mem_write(SENTINEL, b"\xcc" * PAGE)
+        uc.mem_map(STACK_BASE, STACK_SIZE)
+        self._zero_stack = bytes(STACK_SIZE)
+        self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN)
+        self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN)
+        uc.hook_add(UC_HOOK_CODE, self._on_helper, begin=HELPER_BASE,
+                    end=HELPER_BASE + HELPER_PAGES * PAGE - 1)
+
+        self.helper_handler: HelperHandler | None = None
+        self._entry_hooks: list[int] = []
+        self._text: list[TextRange] = []
+        self._text_bases: list[int] = []
+
+        # the context region of the current run
+        self._mem_pages = 0
+        self._mem_slack_hook: int | None = None
+        self._mem_slack: tuple[int, int] | None = None
+        self.mem_start = MEM_END
+        self.mem_len = 0
+
+        # per-run state the hooks fill in
+        self._trace: list[str] = []
+        self._last: EntryPoint | None = None
+        self._entering: EntryPoint | None = None
+        self._frame_rbp: int | None = None
+        self._subprog_tail_call = False
+        self._violations: list[str] = []
+        self._fault: tuple[str, int | None, str] | None = None   # kind, rip, reason
+
+    # -- memory ------------------------------------------------------------------
+    def read(self, addr: int, n: int) -> bytes:
+        return bytes(self.uc.mem_read(addr, n))
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.uc.mem_write(addr, bytes(data))
+
+    def write_text(self, addr: int, data: bytes) -> None:
+        """Write code, and drop every translated block that covers it (else the old code keeps running)."""
+        self.uc.mem_write(addr, bytes(data))
+        self.uc.ctl_remove_cache(addr, addr + len(data))
+
+    def alloc_image(self, size: int) -> int:
+        return self.images.alloc(size)
+
+    def alloc_data(self, size: int) -> int:
+        return self.data.alloc(size)
+
+    @staticmethod
+    def helper_addr(helper_id: int) -> int:
+        if not 0 <= helper_id <= MAX_HELPER_ID:
+            raise EngineError(f"helper id {helper_id} out of range 0..{MAX_HELPER_ID}")
+        return HELPER_BASE + HELPER_SLOT * helper_id
+
+    def program_visible(self, addr: int, n: int) -> bool:
+        """May a helper read or write these bytes?  Stack, context, kernel data (map values)."""
+        return (STACK_BASE <= addr and addr + n <= STACK_TOP
+                or self.mem_start <= addr and addr + n <= MEM_END
+                or self.data.contains(addr, n))
+
+    # -- scenario lifetime --------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every image, entry point and object of the previous scenario."""
+        for hook in self._entry_hooks:
+            self.uc.hook_del(hook)
+        self._entry_hooks.clear()
+        self._text.clear()
+        self._text_bases.clear()
+        self.images.rewind(0xCC)   # stale jumps into freed text trap instead of running old code
+        self.data.rewind(0)
+        self.uc.ctl_flush_tb()
+
+    def install_image(self, base: int, code: bytes, prog: str, insn_at: Callable[[int], int | None]) -> None:
+        """Copy a JIT image to its address and remember it for fault pc recovery."""
+        self.write_text(base, code)
+        index = bisect.bisect(self._text_bases, base)
+        self._text_bases.insert(index, base)
+        self._text.insert(index, TextRange(base, base + len(code), prog, insn_at))
+
+    def add_entry_point(self, entry: EntryPoint) -> None:
+        """Hook a program's normal and tail-call entries for the trace."""
+        uc = self.uc
+        self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_entry, entry,
+                                             begin=entry.bpf_func, end=entry.bpf_func))
+        self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_tail_entry, entry,
+                                             begin=entry.tail_entry, end=entry.tail_entry))
+        # A block translated before the hooks existed would not call them.
+        uc.ctl_remove_cache(entry.bpf_func, entry.tail_entry + 1)
+
+    def text_at(self, addr: int) -> TextRange | None:
+        index = bisect.bisect(self._text_bases, addr) - 1
+        if index >= 0 and addr < self._text[index].end:
+            return self._text[index]
+        return None
+
+    # -- running ------------------------------------------------------------------
+    def _set_mem(self, mem: bytes) -> None:
+        n = len(mem)
+        if n > MAX_MEM:
+            raise EngineError(f"run context of {n} bytes exceeds {MAX_MEM}")
+        pages = round_up(n, PAGE) // PAGE
+        uc = self.uc
+        if pages != self._mem_pages:
+            if self._mem_pages:
+                uc.mem_unmap(MEM_END - self._mem_pages * PAGE, self._mem_pages * PAGE)
+            if pages:
+                uc.mem_map(MEM_END - pages * PAGE, pages * PAGE)
+            self._mem_pages = pages
+        self.mem_start = MEM_END - n
+        self.mem_len = n
+        if n:
+            uc.mem_write(self.mem_start, bytes(mem))
+        slack = (MEM_END - pages * PAGE, self.mem_start) if self.mem_start % PAGE else None
+        if slack != self._mem_slack:
+            if self._mem_slack_hook is not None:
+                uc.hook_del(self._mem_slack_hook)
+                self._mem_slack_hook = None
+            if slack is not None:
+                self._mem_slack_hook = uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_mem_slack,
+                                                   begin=slack[0], end=slack[1] - 1)
+            self._mem_slack = slack
+
+    def run(self, entry: EntryPoint, mem: bytes, budget: int) -> RawRun:
+        """Call ``entry.bpf_func(ctx=mem, len(mem))`` until it returns, faults or exhausts the budget."""
+        uc = self.uc
+        self._set_mem(mem)
+        uc.mem_write(STACK_BASE, self._zero_stack)
+        for reg in GPRS:
+            uc.reg_write(reg, 0)
+        uc.reg_write(x86.UC_X86_REG_RFLAGS, 0x2)
+        uc.reg_write(x86.UC_X86_REG_RDI, self.mem_start)
+        uc.reg_write(x86.UC_X86_REG_RSI, len(mem))
+        uc.reg_write(x86.UC_X86_REG_RBP, INITIAL_RBP)
+        uc.reg_write(x86.UC_X86_REG_RSP, INITIAL_RSP)
+        uc.mem_write(INITIAL_RSP, SENTINEL.to_bytes(8, "little"))
+
+        self._trace = []
+        self._last = None
+        self._entering = None
+        self._frame_rbp = None
+        self._subprog_tail_call = False
+        self._violations = []
+        self._fault = None
+
+        error: UcError | None = None
+        try:
+            uc.emu_start(entry.bpf_func, SENTINEL, count=budget * X86_INSNS_PER_BPF_INSN)
+        except UcError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - a hook's bug must not become a traceback mid-fuzz
+            self._fault = (FAULT_INVALID, uc.reg_read(x86.UC_X86_REG_RIP), f"emulator hook failed: {exc!r}")
+
+        rip = uc.reg_read(x86.UC_X86_REG_RIP)
+        result = RawRun(exit=EXIT, rax=uc.reg_read(x86.UC_X86_REG_RAX), trace=self._trace,
+                        tail_calls=max(len(self._trace) - 1, 0), mem=self.read(self.mem_start, self.mem_len),
+                        violations=self._violations)
+        if error is not None:
+            kind = UC_ERROR_FAULT_KINDS.get(error.errno, FAULT_INVALID)
+            self._fill_fault(result, kind, rip, f"{error} at rip 0x{rip:x}")
+        elif self._fault is not None:
+            kind, fault_rip, reason = self._fault
+            self._fill_fault(result, kind, fault_rip, reason)
+        elif rip != SENTINEL:
+            result.exit = TIMEOUT
+        return result
+
+    def _fill_fault(self, result: RawRun, kind: str, rip: int | None, reason: str) -> None:
+        result.exit = FAULT
+        result.fault_kind = kind
+        result.fault_reason = reason
+        text = self.text_at(rip) if rip is not None else None
+        if text is not None:
+            result.fault_prog = text.prog
+            result.fault_pc = text.insn_at(rip)
+
+    # -- hooks (they must never raise: unicorn would swallow the traceback) ----------
+    def _on_helper(self, uc: Uc, address: int, size: int, user_data: object) -> None:
+        if self._fault is not None:
+            return
+        helper_id = (address - HELPER_BASE) // HELPER_SLOT
+        # The `call` pushed its return address; the fault belongs to the call site.
+        call_site = int.from_bytes(uc.mem_read(uc.reg_read(x86.UC_X86_REG_RSP), 8), "little") - 1
+        handler = self.helper_handler
+        try:
+            if handler is None:
+                raise HelperFault(FAULT_INVALID, "no helper handler installed")
+            args = [uc.reg_read(reg) for reg in HELPER_ARG_REGS]
+            r0 = handler(helper_id, *args)
+        except HelperFault as fault:
+            self._stop_with_fault(fault.kind, call_site, fault.reason)
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._stop_with_fault(FAULT_INVALID, call_site, f"helper {helper_id} failed: {exc!r}")
+            return
+        uc.reg_write(x86.UC_X86_REG_RAX, r0)
+        for bpf_reg, x86_reg in zip(range(1, 6), HELPER_ARG_REGS, strict=True):
+            uc.reg_write(x86_reg, CLOBBER_VALUES[bpf_reg])
+
+    def _stop_with_fault(self, kind: str, rip: int | None, reason: str) -> None:
+        self._fault = (kind, rip, reason)
+        self.uc.emu_stop()
+
+    def _on_mem_slack(self, uc: Uc, access: int, address: int, size: int, value: int, user_data: object) -> None:
+        if self._fault is None:
+            what = "write" if access == ucc.UC_MEM_WRITE else "read"
+            self._stop_with_fault(FAULT_MEMORY, uc.reg_read(x86.UC_X86_REG_RIP),
+                                  f"{what} of {size} bytes at 0x{address:x}, before the context "
+                                  f"(0x{self.mem_start:x}, {self.mem_len} bytes)")
+
+    def _on_entry(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
+        self._trace.append(entry.name)
+        self._last = entry
+        self._entering = entry
+
+    def _on_tail_entry(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
+        rbp = uc.reg_read(x86.UC_X86_REG_RBP)
+        if self._entering is entry:
+            # a normal entry walking through its own prologue
+            self._entering = None
+            if self._frame_rbp is None:
+                self._frame_rbp = rbp
+            return
+        caller = self._last
+        self._trace.append(entry.name)
+        self._last = entry
+        if caller is None or self._subprog_tail_call:
+            return
+        if rbp != self._frame_rbp:
+            # A subprogram tail-called: its counter is a per-frame copy, no
+            # longer the count of the whole run (6.1's "copy" semantics).
+            self._subprog_tail_call = True
+            return
+        taken = len(self._trace) - 1
+        if caller.tail_call_cnt_off is None:
+            self._violations.append(f"{caller.name} tail-called {entry.name} but has no tail-call counter slot")
+            return
+        slot = rbp + caller.tail_call_cnt_off
+        counter = int.from_bytes(uc.mem_read(slot, 4), "little")
+        if counter != taken:
+            self._violations.append(
+                f"tail call #{taken} ({caller.name} -> {entry.name}): counter at rbp{caller.tail_call_cnt_off:+#x} "
+                f"holds {counter}")
