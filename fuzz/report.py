@@ -1,0 +1,355 @@
+"""Per-bucket reports for a kernel developer: Markdown files and one self-contained HTML page.
+
+A report shows, for a bucket's (minimised) reproducer:
+
+* the scenario text, ready to paste into ``bpfdiff run``;
+* every field that diverged, with each engine's value;
+* the BPF listing of every program (``bpftool prog dump xlated`` style);
+* each engine's outcome of every event (R0, exit, tail calls, trace, retval);
+* for each program the diverging run entered, the JIT image disassembled side
+  by side with the BPF instruction that produced each part of it (the image
+  ranges come from the JIT's ``addrs[]``), poke sites marked;
+* the poke sites' state (nop or jmp target) after each event.
+
+The data is gathered once (:func:`collect_report`) and rendered twice.  The
+HTML page has inline CSS only: no scripts, no external resources.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bpfdiff.scenario import Scenario
+
+# How many BPF instructions around the point of divergence the side-by-side shows.
+WINDOW = 8
+
+
+@dataclass
+class JitRow:
+    """One BPF instruction and the x86 code the JIT emitted for it."""
+
+    pc: int
+    bpf: str
+    x86: list[str]
+    marks: list[str] = field(default_factory=list)     # e.g. "poke site (target)", "divergence"
+
+
+@dataclass
+class JitListing:
+    program: str
+    base: int
+    rows: list[JitRow]
+    prologue: list[str]
+    note: str = ""
+
+
+@dataclass
+class PokeState:
+    event: str                          # "after event 2: delete jmp_table 0"
+    sites: list[tuple[str, str]]        # (site description, state)
+
+
+@dataclass
+class ReportData:
+    title: str
+    signature: str
+    flaky: bool
+    count: int
+    profile: str
+    bugs: tuple[str, ...]
+    files: list[str]
+    scenario_text: str
+    divergences: list[dict[str, Any]]
+    listings: dict[str, str]
+    outcomes: dict[str, list[str]]      # engine -> one line per event
+    traces: dict[str, list[str]]        # engine -> trace of the diverging run
+    jit: list[JitListing]
+    pokes: list[PokeState]
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# Gathering.
+# --------------------------------------------------------------------------
+def collect_report(bucket: Any, title: str) -> ReportData:
+    """Replay a bucket's best reproducer and gather everything a report shows."""
+    from bpfdiff.disasm import format_xlated
+    from bpfdiff.scenario_text import format_scenario
+
+    rep = bucket.reproducer
+    scenario: Scenario | None = bucket.best_scenario
+    notes: list[str] = []
+    data = ReportData(
+        title=title, signature=bucket.signature, flaky=bucket.flaky, count=bucket.count,
+        profile=rep.profile, bugs=tuple(sorted(rep.bugs)),
+        files=[str(f.path) for f in bucket.findings], scenario_text="", divergences=[], listings={},
+        outcomes={}, traces={}, jit=[], pokes=[], notes=notes,
+    )
+    errors = sorted({f.error for f in bucket.findings if f.error})
+    notes.extend(errors)
+    if scenario is None:
+        return data
+    data.scenario_text = format_scenario(scenario)
+    data.listings = {p.name: format_xlated(p.insns) for p in scenario.programs}
+    verdict = _verdict(scenario, rep.profile, rep.bugs)
+    if verdict is not None:
+        data.divergences = [_finding_dict(f) for f in verdict.findings]
+    elif bucket.flaky:
+        notes.append("the engines agree on this scenario now (flaky finding)")
+    outcomes = _outcomes(scenario, rep.profile, rep.bugs, notes)
+    event_index = data.divergences[0]["event_index"] if data.divergences else None
+    for engine, events in outcomes.items():
+        data.outcomes[engine] = [_outcome_line(scenario, o) for o in events]
+        run = _run_at(events, event_index)
+        if run is not None:
+            data.traces[engine] = list(run.trace)
+    data.jit, data.pokes = _jit_views(scenario, rep.profile, rep.bugs, event_index, outcomes, notes)
+    return data
+
+
+def _verdict(scenario: Scenario, profile: str, bugs: frozenset[str]) -> Any:
+    from bpfdiff.fuzz.oracle import run_oracle
+
+    verdict = run_oracle(scenario, profile=profile, bugs=bugs)
+    return None if verdict.ok else verdict
+
+
+def _finding_dict(finding: Any) -> dict[str, Any]:
+    return {
+        "kind": finding.kind, "signature": finding.signature, "event_index": finding.event_index,
+        "field": finding.field, "values": dict(finding.values), "detail": finding.detail,
+    }
+
+
+def _outcomes(scenario: Scenario, profile: str, bugs: frozenset[str], notes: list[str]) -> dict[str, list[Any]]:
+    from bpfdiff.bugs import bugs_for
+    from bpfdiff.engine import make_engine
+
+    result = {}
+    for name in ("interp", "jit"):
+        engine = make_engine(name, profile=profile, bugs=bugs_for(name, bugs))
+        try:
+            result[name] = engine.execute(scenario)
+        except Exception as exc:  # noqa: BLE001 - an engine crash is part of what the report shows
+            notes.append(f"{name} crashed: {type(exc).__name__}: {exc}")
+        finally:
+            engine.close()
+    return result
+
+
+def _run_at(events: Sequence[Any], index: int | None) -> Any:
+    if index is None or index >= len(events):
+        runs = [o.run for o in events if o.run is not None]
+        return runs[-1] if runs else None
+    return events[index].run
+
+
+def _describe_event(scenario: Scenario, index: int) -> str:
+    from bpfdiff.scenario_text import format_scenario
+
+    event_text = format_scenario(replace(scenario, programs=(), events=(scenario.events[index],), meta=(),
+                                         expect=None)).splitlines()[-1]
+    return f"{index}: {event_text}"
+
+
+def _outcome_line(scenario: Scenario, outcome: Any) -> str:
+    head = _describe_event(scenario, outcome.index) if outcome.index < len(scenario.events) else str(outcome.index)
+    if outcome.run is None:
+        line = f"{head} -> retval {outcome.retval}"
+    else:
+        run = outcome.run
+        fault = f" {run.fault_kind} at {run.fault_prog}:{run.fault_pc}" if run.fault_kind else ""
+        line = (f"{head} -> {run.exit}{fault} r0=0x{run.r0:x} tail_calls={run.tail_calls} "
+                f"trace={' > '.join(run.trace)}")
+    if outcome.violations:
+        line += f" VIOLATIONS: {'; '.join(outcome.violations)}"
+    return line
+
+
+# --------------------------------------------------------------------------
+# The JIT side: image around the divergence, poke sites after each event.
+# --------------------------------------------------------------------------
+def _jit_views(scenario: Scenario, profile: str, bugs: frozenset[str], event_index: int | None,
+               outcomes: dict[str, list[Any]], notes: list[str]) -> tuple[list[JitListing], list[PokeState]]:
+    from bpfdiff.fuzz import jit_view
+
+    try:
+        return jit_view.collect(scenario, profile, bugs, event_index, outcomes, WINDOW)
+    except jit_view.Unavailable as exc:
+        notes.append(f"JIT image not shown: {exc}")
+        return [], []
+
+
+# --------------------------------------------------------------------------
+# Markdown.
+# --------------------------------------------------------------------------
+def render_markdown(data: ReportData) -> str:
+    out = [f"# {data.title}", ""]
+    out.append(f"- signature: `{data.signature}`")
+    out.append(f"- findings: {data.count}{' (FLAKY: does not reproduce)' if data.flaky else ''}")
+    out.append(f"- profile: {data.profile}; injected bugs: {', '.join(data.bugs) or 'none'}")
+    out.append(f"- files: {', '.join(data.files)}")
+    for note in data.notes:
+        out.append(f"- note: {note}")
+    out += ["", "## Divergence", ""]
+    if not data.divergences:
+        out.append("none (the engines agree)")
+    for d in data.divergences:
+        out.append(f"- {d['kind']} at event {d['event_index']}, field `{d['field']}`: {d['detail']}")
+        for engine, value in d["values"].items():
+            out.append(f"  - {engine}: `{value}`")
+    out += ["", "## Scenario", "", "```", data.scenario_text.rstrip(), "```"]
+    out += ["", "## BPF listing"]
+    for name, listing in data.listings.items():
+        out += ["", f"### {name}", "", "```", listing.rstrip(), "```"]
+    out += ["", "## Outcomes per engine"]
+    for engine, lines in data.outcomes.items():
+        out += ["", f"### {engine}", "", "```", *lines, "```"]
+    if data.traces:
+        out += ["", "## Traces of the diverging run", ""]
+        out += [f"- {engine}: {' > '.join(trace) or '(none)'}" for engine, trace in data.traces.items()]
+    for listing in data.jit:
+        out += ["", f"## JIT image of {listing.program} (base 0x{listing.base:x})", ""]
+        if listing.note:
+            out += [listing.note, ""]
+        out += ["| pc | BPF | x86-64 | marks |", "|---:|---|---|---|"]
+        if listing.prologue:
+            out.append(f"| | (prologue) | {'<br>'.join(_md_cell(x) for x in listing.prologue)} | |")
+        for row in listing.rows:
+            out.append(f"| {row.pc} | {_md_cell(row.bpf)} | {'<br>'.join(_md_cell(x) for x in row.x86)} | "
+                       f"{_md_cell(', '.join(row.marks))} |")
+    if data.pokes:
+        out += ["", "## Poke sites after each event", ""]
+        for state in data.pokes:
+            out.append(f"- {state.event}")
+            out += [f"  - {site}: {value}" for site, value in state.sites]
+    return "\n".join(out) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_markdown_reports(buckets: Sequence[Any], out_dir: Path) -> list[Path]:
+    """One ``bucket-N.md`` per bucket in ``out_dir``; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, bucket in enumerate(buckets, 1):
+        data = collect_report(bucket, f"Bucket {index}: {bucket.signature}")
+        path = out_dir / f"bucket-{index}.md"
+        _write_atomic(path, render_markdown(data))
+        bucket.report = path
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------
+# HTML.
+# --------------------------------------------------------------------------
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; }
+h3 { font-size: 1.05em; } pre, code, td.code { font-family: ui-monospace, monospace; font-size: 0.9em; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; vertical-align: top; text-align: left; }
+tr.mark td { background: #fff3cd; } tr.divergence td { background: #f8d7da; }
+.flaky { color: #8a6d3b; font-weight: bold; } .sig { font-family: ui-monospace, monospace; }
+section.bucket { margin-bottom: 3em; }
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def render_html(reports: Sequence[ReportData], title: str) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    parts.append("<table><tr><th>bucket</th><th>count</th><th>signature</th></tr>")
+    for index, data in enumerate(reports, 1):
+        flaky = ' <span class="flaky">flaky</span>' if data.flaky else ""
+        parts.append(f'<tr><td><a href="#bucket-{index}">{index}</a>{flaky}</td><td>{data.count}</td>'
+                     f'<td class="sig">{_e(data.signature)}</td></tr>')
+    parts.append("</table>")
+    for index, data in enumerate(reports, 1):
+        parts.append(_html_bucket(index, data))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_bucket(index: int, data: ReportData) -> str:
+    p = [f'<section class="bucket" id="bucket-{index}"><h2>{_e(data.title)}</h2><ul>']
+    p.append(f'<li>signature: <span class="sig">{_e(data.signature)}</span></li>')
+    flaky = ' <span class="flaky">flaky: does not reproduce</span>' if data.flaky else ""
+    p.append(f"<li>findings: {data.count}{flaky}</li>")
+    p.append(f"<li>profile: {_e(data.profile)}; injected bugs: {_e(', '.join(data.bugs) or 'none')}</li>")
+    p.append(f"<li>files: {_e(', '.join(data.files))}</li>")
+    p += [f"<li>note: {_e(n)}</li>" for n in data.notes]
+    p.append("</ul><h3>Divergence</h3>")
+    if data.divergences:
+        p.append("<table><tr><th>kind</th><th>event</th><th>field</th><th>engine</th><th>value</th></tr>")
+        for d in data.divergences:
+            values = list(d["values"].items()) or [("", "")]
+            for k, (engine, value) in enumerate(values):
+                span = f'<td rowspan="{len(values)}">'
+                lead = (f'{span}{_e(d["kind"])}</td>{span}{_e(d["event_index"])}</td>{span}{_e(d["field"])}</td>'
+                        if k == 0 else "")
+                p.append(f'<tr>{lead}<td>{_e(engine)}</td><td class="code">{_e(value)}</td></tr>')
+        p.append("</table>")
+    else:
+        p.append("<p>none (the engines agree)</p>")
+    p.append(f"<h3>Scenario</h3><pre>{_e(data.scenario_text)}</pre><h3>BPF listing</h3>")
+    for name, listing in data.listings.items():
+        p.append(f"<h4>{_e(name)}</h4><pre>{_e(listing)}</pre>")
+    p.append("<h3>Outcomes per engine</h3>")
+    for engine, lines in data.outcomes.items():
+        p.append(f"<h4>{_e(engine)}</h4><pre>{_e(chr(10).join(lines))}</pre>")
+    if data.traces:
+        p.append("<h3>Traces of the diverging run</h3><ul>")
+        p += [f"<li>{_e(engine)}: {_e(' > '.join(trace) or '(none)')}</li>" for engine, trace in data.traces.items()]
+        p.append("</ul>")
+    for listing in data.jit:
+        p.append(f"<h3>JIT image of {_e(listing.program)} (base 0x{listing.base:x})</h3>")
+        if listing.note:
+            p.append(f"<p>{_e(listing.note)}</p>")
+        p.append("<table><tr><th>pc</th><th>BPF</th><th>x86-64</th><th>marks</th></tr>")
+        if listing.prologue:
+            p.append(f'<tr><td></td><td>(prologue)</td><td class="code">{"<br>".join(map(_e, listing.prologue))}'
+                     "</td><td></td></tr>")
+        for row in listing.rows:
+            cls = ' class="divergence"' if any("divergence" in m for m in row.marks) else (
+                ' class="mark"' if row.marks else "")
+            p.append(f'<tr{cls}><td>{row.pc}</td><td class="code">{_e(row.bpf)}</td>'
+                     f'<td class="code">{"<br>".join(map(_e, row.x86))}</td><td>{_e(", ".join(row.marks))}</td></tr>')
+        p.append("</table>")
+    if data.pokes:
+        p.append("<h3>Poke sites after each event</h3><table><tr><th>after event</th><th>site</th><th>state</th></tr>")
+        for state in data.pokes:
+            sites = state.sites or [("(no poke sites)", "")]
+            for k, (site, value) in enumerate(sites):
+                lead = f'<td rowspan="{len(sites)}">{_e(state.event)}</td>' if k == 0 else ""
+                p.append(f'<tr>{lead}<td>{_e(site)}</td><td class="code">{_e(value)}</td></tr>')
+        p.append("</table>")
+    p.append("</section>")
+    return "\n".join(p)
+
+
+def write_html_report(buckets: Sequence[Any], out: Path, title: str = "bpfdiff triage") -> Path:
+    reports = [collect_report(b, f"Bucket {i}: {b.signature}") for i, b in enumerate(buckets, 1)]
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, render_html(reports, title))
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

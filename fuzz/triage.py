@@ -1,0 +1,265 @@
+"""Crash triage: replay every finding of a crash directory and group them into bugs.
+
+Each finding is replayed with the profile and injected bugs its meta records
+(the way it was found), and bucketed by the oracle's signature now.  A finding
+that no longer diverges is *flaky*: it keeps a bucket of its own (keyed by the
+signature it was recorded with, when its meta has one) and is never dropped.
+A file that cannot be read at all is reported the same way, as its own flaky
+bucket, with the reason.
+
+Per bucket the smallest finding (BPF slots, then events, then name) is the
+reproducer; with ``minimize`` it is shrunk further (:mod:`bpfdiff.fuzz.minimize`)
+and the minimised scenario written next to the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bpfdiff.scenario import Scenario
+
+# Files a campaign writes next to findings that are not findings themselves.
+NOT_FINDINGS = (".txt", ".md", ".html", ".json", ".tmp", ".log")
+FLAKY_PREFIX = "flaky: "
+UNREADABLE_SIGNATURE = "unreadable"
+
+
+@dataclass
+class FindingRecord:
+    """One file of the crash directory, replayed."""
+
+    path: Path
+    scenario: Scenario | None
+    profile: str
+    bugs: frozenset[str]
+    recorded_signature: str | None     # from the file's meta, when the campaign wrote one
+    signature: str | None              # the oracle's signature now; None: engines agree
+    first_seen: float                  # epoch seconds: meta "found"/"time", else file mtime
+    error: str | None = None           # why the file could not be read or replayed
+    verdict: Any = None                # the oracle's Verdict
+
+    @property
+    def reproduces(self) -> bool:
+        return self.signature is not None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.scenario.size() if self.scenario is not None else (1 << 30, 1 << 30)
+
+    def sort_key(self) -> tuple[int, int, str]:
+        slots, events = self.size
+        return slots, events, self.path.name
+
+
+@dataclass
+class Bucket:
+    signature: str
+    flaky: bool
+    findings: list[FindingRecord] = field(default_factory=list)
+    minimized: Path | None = None          # the minimised reproducer, when asked for
+    minimized_scenario: Scenario | None = None
+    report: Path | None = None             # the Markdown report written for it
+
+    @property
+    def count(self) -> int:
+        return len(self.findings)
+
+    @property
+    def reproducer(self) -> FindingRecord:
+        return min(self.findings, key=FindingRecord.sort_key)
+
+    @property
+    def first_seen(self) -> float:
+        return min(f.first_seen for f in self.findings)
+
+    @property
+    def best_scenario(self) -> Scenario | None:
+        return self.minimized_scenario or self.reproducer.scenario
+
+    def to_json(self) -> dict[str, Any]:
+        rep = self.reproducer
+        return {
+            "signature": self.signature,
+            "count": self.count,
+            "reproducer": str(self.minimized or rep.path),
+            "original": str(rep.path),
+            "flaky": self.flaky,
+            "first_seen": _iso(self.first_seen),
+            "size": {"slots": (self.best_scenario.size()[0] if self.best_scenario else None),
+                     "events": (self.best_scenario.size()[1] if self.best_scenario else None)},
+            "profile": rep.profile,
+            "inject": sorted(rep.bugs),
+            "files": [str(f.path) for f in sorted(self.findings, key=FindingRecord.sort_key)],
+            "errors": sorted({f.error for f in self.findings if f.error}),
+            "report": str(self.report) if self.report else None,
+        }
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def finding_files(crash_dir: str | os.PathLike[str]) -> list[Path]:
+    """The findings of a crash directory: its top-level files that are not reports."""
+    root = Path(crash_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory")
+    return sorted(
+        p for p in root.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix not in NOT_FINDINGS
+    )
+
+
+def _first_seen(path: Path, meta: dict[str, str]) -> float:
+    for key in ("found", "time", "first_seen"):
+        raw = meta.get(key)
+        if raw is None:
+            continue
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+        try:
+            return time.mktime(time.strptime(raw.rstrip("Z"), "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        except ValueError:
+            pass
+    return path.stat().st_mtime
+
+
+def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[str] | None = None,
+                   engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None) -> FindingRecord:
+    """Load and replay one finding with the settings its meta records."""
+    from bpfdiff.fuzz.minimize import finding_settings
+    from bpfdiff.fuzz.oracle import run_oracle
+
+    from bpfdiff.inputs import load_input
+
+    try:
+        scenario = load_input(path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable finding is reported, not raised
+        return FindingRecord(path, None, profile or "?", bugs or frozenset(), None, None,
+                             path.stat().st_mtime, error=_one_line(exc))
+    meta = scenario.meta_dict
+    try:
+        used_profile, used_bugs = finding_settings(scenario, profile, bugs)
+    except ValueError as exc:
+        return FindingRecord(path, scenario, meta.get("profile", "?"), frozenset(), meta.get("signature"),
+                             None, _first_seen(path, meta), error=f"{path}: meta: {_one_line(exc)}")
+    record = FindingRecord(path, scenario, used_profile, used_bugs, meta.get("signature"), None,
+                           _first_seen(path, meta))
+    try:
+        verdict = run_oracle(scenario, engines=engines, profile=used_profile, bugs=used_bugs, pool=pool)
+    except Exception as exc:  # noqa: BLE001 - the oracle reports engine crashes itself; anything else is bad input
+        record.error = f"{path}: replay failed: {_one_line(exc)}"
+        return record
+    record.verdict = verdict
+    record.signature = None if verdict.ok else verdict.signature
+    return record
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def bucket_findings(records: Iterable[FindingRecord]) -> list[Bucket]:
+    """Group findings by signature; non-reproducing ones into flaky buckets."""
+    buckets: dict[tuple[str, bool], Bucket] = {}
+    for record in records:
+        if record.reproduces:
+            key = (str(record.signature), False)
+        elif record.scenario is None:
+            key = (UNREADABLE_SIGNATURE, True)
+        else:
+            key = (FLAKY_PREFIX + (record.recorded_signature or "no longer diverges"), True)
+        buckets.setdefault(key, Bucket(signature=key[0], flaky=key[1])).findings.append(record)
+    # Real bugs first, by how often they were hit; flaky ones after.
+    return sorted(buckets.values(), key=lambda b: (b.flaky, -b.count, b.first_seen, b.signature))
+
+
+def triage(
+    crash_dir: str | os.PathLike[str],
+    *,
+    minimize: bool = False,
+    time_budget: float = 60.0,
+    out_dir: str | os.PathLike[str] | None = None,
+    engines: tuple[str, ...] = ("interp", "jit"),
+    progress: Callable[[str], None] | None = None,
+) -> list[Bucket]:
+    """Replay, bucket and (optionally) minimise every finding in ``crash_dir``."""
+    pool = _make_pool()
+    records = []
+    files = finding_files(crash_dir)
+    for n, path in enumerate(files, 1):
+        record = replay_finding(path, engines=engines, pool=pool)
+        if progress is not None:
+            state = "reproduces" if record.reproduces else (record.error or "does not reproduce (flaky)")
+            progress(f"triage: [{n}/{len(files)}] {path.name}: {state}")
+        records.append(record)
+    buckets = bucket_findings(records)
+    if minimize:
+        out = Path(out_dir) if out_dir is not None else Path(crash_dir) / "triage"
+        for index, bucket in enumerate(buckets, 1):
+            if bucket.flaky:
+                continue
+            _minimize_bucket(bucket, index, out, time_budget, engines, pool, progress)
+    return buckets
+
+
+def _minimize_bucket(bucket: Bucket, index: int, out: Path, time_budget: float, engines: tuple[str, ...],
+                     pool: Any, progress: Callable[[str], None] | None) -> None:
+    from bpfdiff.fuzz.minimize import finding_test, minimize_finding
+
+    from bpfdiff.scenario_text import SUFFIX, write_scenario
+
+    rep = bucket.reproducer
+    assert rep.scenario is not None
+    if progress is not None:
+        progress(f"triage: minimising bucket {index} ({rep.path.name})")
+    result = minimize_finding(rep.scenario, profile=rep.profile, bugs=rep.bugs, engines=engines,
+                              time_budget=time_budget, progress=progress, pool=pool)
+    # The bucket's signature must survive minimisation (minimize_finding keeps it by construction).
+    assert finding_test(bucket.signature, rep.profile, rep.bugs, engines, pool)(result.scenario)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bucket-{index}-{rep.path.stem}.min{SUFFIX}"
+    write_scenario(path, result.scenario)
+    bucket.minimized = path
+    bucket.minimized_scenario = result.scenario
+
+
+def _make_pool() -> Any:
+    """The oracle's engine pool when it offers one (engines are reused across findings)."""
+    from bpfdiff.fuzz import oracle
+
+    factory = getattr(oracle, "EnginePool", None)
+    return factory() if factory is not None else None
+
+
+# --------------------------------------------------------------------------
+# Output.
+# --------------------------------------------------------------------------
+def format_table(buckets: list[Bucket]) -> str:
+    """bucket | count | first seen | signature | reproducer, one row per bucket."""
+    rows = [("bucket", "count", "first seen", "signature", "reproducer")]
+    for index, bucket in enumerate(buckets, 1):
+        label = f"{index}{' (flaky)' if bucket.flaky else ''}"
+        rows.append((label, str(bucket.count), _iso(bucket.first_seen), bucket.signature,
+                     str(bucket.minimized or bucket.reproducer.path)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip()
+             for row in rows]
+    distinct = sum(1 for b in buckets if not b.flaky)
+    flaky = sum(b.count for b in buckets if b.flaky)
+    total = sum(b.count for b in buckets)
+    lines.append(f"{total} findings, {distinct} distinct, {flaky} flaky")
+    return "\n".join(lines)
+
+
+def format_json(buckets: list[Bucket]) -> str:
+    return json.dumps([b.to_json() for b in buckets], indent=2)
