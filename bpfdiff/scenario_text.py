@@ -100,8 +100,10 @@ _SINGLE_SECTIONS = ("maps", "events", "result", "error", "meta")
 class ScenarioSyntaxError(ValueError):
     """A scenario text that cannot be read; ``str()`` is one line ``PATH:LINE:COL: message``."""
 
-    def __init__(self, source: str, line: int, col: int, message: str) -> None:
-        super().__init__(f"{source}:{line}:{col}: {message}")
+    def __init__(self, source: str, line: int, col: int | None, message: str) -> None:
+        # col is None only for a .data file's errors, which name a line only.
+        where = f"{source}:{line}" if col is None else f"{source}:{line}:{col}"
+        super().__init__(f"{where}: {message}")
         self.source = source
         self.line = line
         self.col = col
@@ -448,7 +450,10 @@ class _Parser:
 
 
 def _reraised(exc: Exception, source: str, fallback_line: int) -> ScenarioSyntaxError:
-    """An assembler error as a ScenarioSyntaxError, keeping its ``SOURCE:LINE:COL: msg`` text."""
+    """An assembler or .data error as a ScenarioSyntaxError, keeping its place in the file."""
+    line, col, message = getattr(exc, "line", None), getattr(exc, "col", None), getattr(exc, "message", None)
+    if isinstance(line, int) and isinstance(message, str):
+        return ScenarioSyntaxError(source, line, col if isinstance(col, int) else None, message)
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     match = re.match(re.escape(source) + r":(\d+):(\d+): (.*)\Z", text)
     if match:
