@@ -1,0 +1,388 @@
+"""Minimiser: the structural reductions (pure), then real findings of planted bugs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bpfdiff.asm import assemble
+from bpfdiff.isa import InvalidInstruction, Program, check_program, jump_target
+from bpfdiff.scenario import Delete, Run, Scenario
+from bpfdiff.scenario_text import parse_scenario
+
+from bpfdiff.fuzz.minimize import (  # isort: skip
+    Minimizer,
+    ddmin,
+    instruction_units,
+    rewrite_program,
+    simpler_ints,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def prog(text: str) -> list:
+    return list(assemble(text, source="<test>"))
+
+
+# -- ddmin ---------------------------------------------------------------------
+def test_ddmin_finds_the_two_needed_items_among_many() -> None:
+    calls = []
+
+    def test(items: list[int]) -> bool:
+        calls.append(tuple(items))
+        return 3 in items and 17 in items
+
+    assert ddmin(list(range(40)), test) == [3, 17]
+    assert len(calls) < 120          # logarithmic-ish, not 2**40
+
+
+def test_ddmin_result_is_one_minimal() -> None:
+    def test(items: list[int]) -> bool:
+        return sum(items) >= 10
+
+    result = ddmin([1, 2, 3, 4, 5, 6], test)
+    assert sum(result) >= 10
+    for i in range(len(result)):
+        assert sum(result[:i] + result[i + 1:]) < 10
+
+
+# -- program surgery -------------------------------------------------------------
+BRANCHY = """
+    mov %r0, 0
+    lddw %r1, 0x1122334455667788
+    jeq %r1, 5, skip
+    add %r0, 1
+    add %r0, 2
+skip:
+    call local func
+    exit
+func:
+    mov %r0, 7
+    exit
+"""
+
+
+def _targets(insns: list) -> dict[int, int]:
+    return {pc: t for pc, i in enumerate(insns) if (t := jump_target(pc, i)) is not None}
+
+
+def test_rewrite_program_keeps_branch_targets_when_deleting() -> None:
+    insns = prog(BRANCHY)
+    check_program(insns)
+    # Delete the two adds (pcs 4 and 5): the jeq must still land on `call local`,
+    # and `call local` must still reach `mov %r0, 7`.
+    new = rewrite_program(insns, {4: (), 5: ()})
+    assert new is not None
+    check_program(new)
+    targets = _targets(new)
+    jeq_pc = next(pc for pc, i in enumerate(new) if i.opcode == 0x15)
+    call_pc = next(pc for pc, i in enumerate(new) if i.is_pseudo_call)
+    assert new[targets[jeq_pc]].is_pseudo_call
+    assert new[targets[call_pc]].imm == 7 and new[targets[call_pc]].dst == 0
+    assert len(new) == len(insns) - 2
+
+
+def test_rewrite_program_retargets_jumps_into_a_deleted_instruction() -> None:
+    insns = prog(BRANCHY)
+    call_pc = next(pc for pc, i in enumerate(insns) if i.is_pseudo_call)
+    new = rewrite_program(insns, {call_pc: ()})
+    assert new is not None
+    jeq_pc = next(pc for pc, i in enumerate(new) if i.opcode == 0x15)
+    # The jump's target was deleted: it now lands on the instruction that followed it.
+    assert new[_targets(new)[jeq_pc]].is_exit
+
+
+def test_instruction_units_never_split_lddw() -> None:
+    insns = prog(BRANCHY)
+    units = instruction_units(insns)
+    assert (1, 2) in units
+    assert all(start != 2 for start, _ in units)
+
+
+def test_lddw_shrinks_to_mov_when_the_constant_fits() -> None:
+    scenario = parse_scenario("""
+-- prog p
+lddw %r0, 5
+exit
+-- events
+run p
+""")
+
+    def test(s: Scenario) -> bool:
+        try:
+            check_program(s.program("p").insns)
+        except (InvalidInstruction, KeyError):
+            return False
+        insns = s.program("p").insns
+        return len(insns) >= 2 and insns[0].dst == 0 and insns[-1].is_exit and bool(s.events)
+
+    result = Minimizer(scenario, test).run()
+    assert result.end_size == (2, 1)
+    assert not result.scenario.program("p").insns[0].is_lddw
+
+
+def test_simpler_ints_are_strictly_simpler() -> None:
+    for value in (0, 1, -1, 2, 7, -8, 1 << 31, -(1 << 31), 33):
+        for candidate in simpler_ints(value):
+            assert (abs(candidate), candidate < 0) < (abs(value), value < 0)
+    assert simpler_ints(0) == []
+
+
+def test_minimizer_with_a_structural_predicate_reaches_a_fixpoint() -> None:
+    """A made-up 'bug': main must contain a 64-bit div by register, and a delete must happen."""
+    scenario = parse_scenario("""
+-- maps
+pa prog_array key_size=4 value_size=4 max_entries=8
+-- prog main
+mov %r0, 5
+lddw %r1, 0x1234
+jeq %r1, 7, out
+mov %r2, 9
+add %r0, %r2
+mov %r4, 3
+div %r0, %r4
+mov %r5, 1
+out:
+exit
+-- prog other
+mov %r0, 1
+exit
+-- events
+update pa 3 prog:other
+run main mem=61 62 63 64
+delete pa 3
+run other
+run main
+""")
+
+    def test(s: Scenario) -> bool:
+        try:
+            main = s.program("main").insns
+            check_program(main)
+        except (InvalidInstruction, KeyError):
+            return False
+        has_div = any(i.opcode == 0x3F for i in main)
+        return has_div and main[-1].is_exit and any(isinstance(e, Delete) for e in s.events)
+
+    result = Minimizer(scenario, test).run()
+    best = result.scenario
+    assert result.end_size == (2, 1)
+    assert [p.name for p in best.programs] == ["main"]
+    assert best.maps[0].max_entries == 1                    # shrunk prog array
+    assert best.events == (Delete("pa", b"\0\0\0\0"),)      # key simplified 3 -> 0
+    assert best.program("main").insns[0].opcode == 0x3F and best.program("main").insns[0].src == 0
+    assert result.cache_hits > 0
+
+
+def test_minimizer_rejects_an_input_that_is_not_interesting() -> None:
+    scenario = Scenario(programs=(Program("p", tuple(prog("mov %r0, 0\nexit"))),), events=(Run("p"),))
+    with pytest.raises(ValueError):
+        Minimizer(scenario, lambda s: False).run()
+
+
+def test_time_budget_returns_best_so_far() -> None:
+    scenario = Scenario(programs=(Program("p", tuple(prog("mov %r0, 0\nmov %r1, 1\nexit"))),),
+                        events=(Run("p"), Run("p")))
+
+    def slow(s: Scenario) -> bool:
+        time.sleep(0.05)
+        return bool(s.events) and bool(s.programs)
+
+    result = Minimizer(scenario, slow, time_budget=0.12).run()
+    assert result.timed_out
+    assert result.scenario.size() <= scenario.size()
+
+
+# -- real findings of planted bugs -------------------------------------------------
+@pytest.fixture
+def oracle():
+    """The oracle module, once the oracle and both engines exist."""
+    module = pytest.importorskip("bpfdiff.fuzz.oracle", reason="the oracle has not landed")
+    pytest.importorskip("bpfdiff.jit.engine", reason="the JIT engine has not landed")
+    pytest.importorskip("bpfdiff.interp.engine", reason="the interpreter engine has not landed")
+    return module
+
+# Hand-made findings, each with noise around the core that shows the bug: extra
+# programs, extra events, dead arithmetic, a bigger prog array than needed.
+NOISE_PROG = """
+-- prog noise
+mov %r0, 3
+mov %r4, 9
+add %r0, %r4
+lsh %r0, 2
+exit
+"""
+
+FINDINGS = {
+    "poke-skip-delete": """
+-- maps
+jmp_table prog_array key_size=4 value_size=4 max_entries=8
+data array key_size=4 value_size=8 max_entries=4
+-- prog target
+mov %r0, 42
+mov %r6, 1
+add %r6, 5
+exit
+-- prog caller
+mov %r7, 3
+mov %r3, 0
+lddw %r2, map:jmp_table
+call 12
+mov %r0, 1
+add %r0, %r7
+mov %r8, 11
+exit
+""" + NOISE_PROG + """
+-- events
+run noise
+update jmp_table 0 prog:target
+update data 1 = 01 02 03 04 05 06 07 08
+run caller mem=01 02 03 04
+run noise
+delete jmp_table 0
+run caller mem=01 02 03 04
+run noise
+-- meta
+profile linux-6.1
+inject poke-skip-delete
+""",
+    "poke-retarget-stale": """
+-- maps
+jmp_table prog_array key_size=4 value_size=4 max_entries=4
+-- prog a
+mov %r0, 10
+mov %r5, 2
+exit
+-- prog b
+mov %r0, 11
+mov %r5, 4
+exit
+-- prog caller
+mov %r6, 1
+mov %r3, 1
+lddw %r2, map:jmp_table
+call 12
+mov %r0, 2
+add %r0, %r6
+exit
+""" + NOISE_PROG + """
+-- events
+update jmp_table 1 prog:a
+run noise
+run caller
+update jmp_table 1 prog:b
+run noise
+run caller
+run caller
+-- meta
+profile linux-6.1
+inject poke-retarget-stale
+""",
+    "alu32-no-zext": """
+-- prog main
+mov %r0, 0
+lddw %r1, 0xffffffff00000001
+mov %r2, 1
+mov %r7, 5
+add32 %r1, %r2
+mov %r0, %r1
+rsh %r0, 32
+add %r7, 1
+exit
+""" + NOISE_PROG + """
+-- events
+run noise
+run main mem=00 11 22 33
+run noise
+run main
+run noise
+-- meta
+profile linux-6.1
+inject alu32-no-zext
+""",
+    "tail-call-limit-ja": """
+-- maps
+jmp_table prog_array key_size=4 value_size=4 max_entries=4
+counters array key_size=4 value_size=8 max_entries=2
+-- prog loop
+mov %r6, %r1
+mov %r1, 0
+stxw [%r10-4], %r1
+mov %r2, %r10
+add %r2, -4
+lddw %r1, map:counters
+call 1
+jeq %r0, 0, out
+lddw %r1, 1
+lock add [%r0+0], %r1
+out:
+mov %r1, %r6
+mov %r3, 0
+lddw %r2, map:jmp_table
+call 12
+mov %r0, 7
+exit
+""" + NOISE_PROG + """
+-- events
+run noise
+update jmp_table 0 prog:loop
+run noise
+run loop
+run noise
+-- meta
+profile linux-6.1
+inject tail-call-limit-ja
+""",
+}
+
+
+@pytest.mark.parametrize("bug", sorted(FINDINGS))
+def test_planted_bug_finding_minimises_small_and_still_reproduces(bug: str, tmp_path: Path, oracle) -> None:
+    from bpfdiff.fuzz.minimize import minimize_finding
+    from bpfdiff.scenario_text import write_scenario
+
+    scenario = parse_scenario(FINDINGS[bug], f"<{bug}>")
+    started = time.monotonic()
+    result = minimize_finding(scenario, time_budget=60)
+    elapsed = time.monotonic() - started
+    slots, events = result.end_size
+    assert result.start_size[0] > 12 and result.start_size[1] > 4   # there was noise to remove
+    assert slots <= 12 and events <= 4, (bug, result.end_size)
+    assert elapsed < 60 and not result.timed_out
+    # Without the bug the minimised scenario is fine: the divergence is the bug's.
+    verdict = oracle.run_oracle(result.scenario, profile="linux-6.1", bugs=frozenset())
+    assert verdict.ok, verdict.findings
+    # And it replays as a finding with `bpfdiff run` (meta carries profile and inject).
+    path = tmp_path / f"{bug}.min.scn"
+    write_scenario(path, result.scenario)
+    run = subprocess.run([sys.executable, "-m", "bpfdiff", "run", str(path)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+
+
+def test_minimize_command_writes_atomically_and_reports(tmp_path: Path, oracle) -> None:
+    crash = tmp_path / "crash-1.scn"
+    crash.write_text(FINDINGS["alu32-no-zext"])
+    run = subprocess.run([sys.executable, "-m", "bpfdiff", "minimize", str(crash)], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "crash-1.min.scn"
+    assert out.exists() and str(out) in run.stdout
+    assert "minimize:" in run.stderr                  # progress lines
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temp file left
+    small = parse_scenario(out.read_text())
+    assert small.size()[0] <= 12
+
+
+def test_minimize_command_on_agreeing_scenario_is_bad_input(tmp_path: Path, oracle) -> None:
+    path = tmp_path / "fine.scn"
+    path.write_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n")
+    run = subprocess.run([sys.executable, "-m", "bpfdiff", "minimize", str(path)], capture_output=True,
+                         text=True, cwd=REPO, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
