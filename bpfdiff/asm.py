@@ -109,7 +109,7 @@ _INT_RE = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)\Z")
 _LABEL_RE = re.compile(r"[A-Za-z_.$][\w.$]*\Z")
 _MEM_RE = re.compile(r"\[\s*(?P<reg>[^\]+\-\s]+)\s*(?:(?P<sign>[+-])\s*(?P<off>[^\]\s]+)\s*)?\]\Z")
 _LINE_LABEL_RE = re.compile(r"\s*([A-Za-z_.$][\w.$]*)\s*:")
-_MAP_RE = re.compile(r"(?P<kind>map|map_value):(?P<name>[A-Za-z_][\w.\-]*)(?:\s*(?P<sign>[+-])\s*(?P<off>\S+))?\Z")
+_MAP_RE = re.compile(r"(?P<kind>map|map_value):(?P<name>[A-Za-z_][\w.]*)(?:\s*(?P<sign>[+-])\s*(?P<off>\S+))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +367,8 @@ class _Assembler:
             target_col = operands[0].col + len(operands[0].text) - len(stripped)
             mode = Operand(mode_text, operands[0].col)
             target = Operand(stripped, target_col)
+        elif len(operands) == 1 and operands[0].text in CALL_MODES:
+            raise line.error(f"missing target after 'call {operands[0].text}'", operands[0].col)
         elif len(operands) == 1:
             mode, target = Operand("helper", operands[0].col), operands[0]
         else:
