@@ -344,6 +344,7 @@ inject tail-call-limit-ja
 @pytest.mark.parametrize("bug", sorted(FINDINGS))
 def test_planted_bug_finding_minimises_small_and_still_reproduces(bug: str, tmp_path: Path, oracle) -> None:
     from bpfdiff.fuzz.minimize import minimize_finding
+
     from bpfdiff.scenario_text import write_scenario
 
     scenario = parse_scenario(FINDINGS[bug], f"<{bug}>")
