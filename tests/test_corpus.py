@@ -1,0 +1,166 @@
+"""Corpus features, greedy set cover, `bpfdiff corpus stats/merge`, and the seed corpus."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpfdiff.scenario_text import parse_scenario, read_scenario
+
+from bpfdiff.fuzz.corpus import (  # isort: skip
+    EVENT_KINDS,
+    Entry,
+    event_kinds,
+    greedy_cover,
+    scenario_features,
+    tail_call_sites,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "corpus" / "examples"
+SEEDS = REPO / "corpus" / "seeds"
+
+
+def test_retarget_example_tail_call_kinds_follow_the_verifier_rule() -> None:
+    # The example's comments say which site is which: direct (constant key 1 on a
+    # 2-entry array), indirect (key loaded from the context), late (constant key 1).
+    scenario = read_scenario(EXAMPLES / "retarget.scn")
+    kinds = {prog: kind for prog, _, kind in tail_call_sites(scenario)}
+    assert kinds == {"direct": "direct", "indirect": "indirect", "late": "direct"}
+
+
+def test_constant_key_out_of_range_is_not_direct() -> None:
+    # The verifier poisons a constant key >= max_entries: no poke descriptor, indirect code.
+    scenario = parse_scenario("""
+-- maps
+t prog_array key_size=4 value_size=4 max_entries=2
+-- prog p
+mov %r3, 2
+lddw %r2, map:t
+call 12
+mov %r0, 0
+exit
+""")
+    assert [kind for _, _, kind in tail_call_sites(scenario)] == ["indirect"]
+
+
+def test_key_set_before_a_branch_target_is_not_trusted() -> None:
+    scenario = parse_scenario("""
+-- maps
+t prog_array key_size=4 value_size=4 max_entries=4
+-- prog p
+mov %r3, 0
+jeq %r1, 0, site
+mov %r3, 1
+site:
+lddw %r2, map:t
+call 12
+mov %r0, 0
+exit
+""")
+    assert [kind for _, _, kind in tail_call_sites(scenario)] == ["indirect"]
+
+
+def test_event_kinds_track_slot_state() -> None:
+    scenario = read_scenario(EXAMPLES / "retarget.scn")
+    kinds = event_kinds(scenario)
+    assert kinds[0] == "prog_array.fill"
+    assert kinds[3] == "prog_array.retarget"
+    assert "load.after-fill" in kinds            # `load late` after slot 1 was filled
+    assert "prog_array.delete" in kinds
+    assert set(kinds) <= set(EVENT_KINDS)
+
+
+def test_features_cover_opcode_classes_without_the_second_lddw_slot() -> None:
+    scenario = read_scenario(EXAMPLES / "direct_tail_call.scn")
+    features = scenario_features(scenario)
+    ops = {f for f in features if f.startswith("op:")}
+    assert ops == {"op:alu64.mov.k", "op:ld.imm64", "op:jmp.call", "op:jmp.exit"}
+    assert "tc:direct" in features and "tc:indirect" not in features
+    # update, run, delete, run, update (the slot is empty again: a fill), run
+    assert {f for f in features if f.startswith("ev:")} == {"ev:run", "ev:prog_array.fill", "ev:prog_array.delete"}
+    assert "tc×ev:direct×prog_array.delete" in features
+
+
+def _entry(name: str, features: set[str], slots: int) -> Entry:
+    text = "-- prog p\n" + "mov %r0, 0\n" * (slots - 1) + "exit\n-- events\nrun p\n"
+    return Entry(Path(name), parse_scenario(text), frozenset(features))
+
+
+def test_greedy_cover_keeps_coverage_and_prefers_small() -> None:
+    entries = [
+        _entry("big", {"a", "b", "c"}, 30),
+        _entry("small_ab", {"a", "b"}, 2),
+        _entry("small_c", {"c"}, 2),
+        _entry("dup", {"a"}, 2),
+        _entry("d", {"d"}, 5),
+    ]
+    chosen = greedy_cover(entries)
+    covered = set().union(*(e.features for e in chosen))
+    assert covered == {"a", "b", "c", "d"}
+    assert [e.path.name for e in chosen] == ["big", "d"]          # 3 new features beat 2
+    # Equal gain: the smaller scenario wins.
+    tie = greedy_cover([_entry("x_big", {"a"}, 9), _entry("x_small", {"a"}, 2)])
+    assert [e.path.name for e in tie] == ["x_small"]
+
+
+def _bpfdiff(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bpfdiff", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+
+
+def test_corpus_stats_command_lists_families() -> None:
+    run = _bpfdiff("corpus", "stats", str(EXAMPLES))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("3 scenarios")
+    assert "tc (2 covered)" in run.stdout
+    assert "alu64.mov.k" in run.stdout
+
+
+def test_corpus_merge_keeps_coverage_and_drops_redundant(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in EXAMPLES.iterdir():
+        (src / p.name).write_text(p.read_text())
+    # A duplicate of an example adds nothing: merge must drop it.
+    (src / "copy_of_direct.scn").write_text((EXAMPLES / "direct_tail_call.scn").read_text())
+    (src / "notes.txt").write_text("not an input")
+    (src / "broken.scn").write_text("-- prog p\nbogus %r0\n")
+    out = tmp_path / "out"
+    run = _bpfdiff("corpus", "merge", str(src), "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "broken.scn" in run.stderr and "Traceback" not in run.stderr
+    kept = sorted(p.name for p in out.iterdir())
+    assert "copy_of_direct.scn" not in kept and len(kept) <= 3
+    before = _bpfdiff("corpus", "stats", str(EXAMPLES)).stdout.splitlines()[0].split(", ")[-1]
+    after = _bpfdiff("corpus", "stats", str(out)).stdout.splitlines()[0].split(", ")[-1]
+    assert before == after                       # same number of features
+
+
+def test_corpus_merge_with_line_coverage(tmp_path: Path) -> None:
+    pytest.importorskip("coverage", reason="--coverage needs the coverage package")
+    pytest.importorskip("bpfdiff.jit.engine", reason="the JIT engine has not landed")
+    pytest.importorskip("bpfdiff.interp.engine", reason="the interpreter engine has not landed")
+    out = tmp_path / "out"
+    run = _bpfdiff("corpus", "merge", str(EXAMPLES), "-o", str(out), "--coverage")
+    assert run.returncode == 0, run.stderr
+    assert "lines)" in run.stdout
+    # Line coverage distinguishes more than scenario features: at least as many kept.
+    assert len(list(out.iterdir())) >= 1
+
+
+def test_seed_corpus_covers_every_class_kind_and_event() -> None:
+    if not SEEDS.is_dir() or not any(SEEDS.iterdir()):
+        pytest.skip("corpus/seeds not generated yet")
+    from bpfdiff.fuzz.corpus import load_corpus
+
+    entries = load_corpus([SEEDS])
+    features = set().union(*(e.features for e in entries))
+    assert {"tc:direct", "tc:indirect"} <= features
+    for kind in ("run", "load", "load.after-fill", "prog_array.fill", "prog_array.retarget", "prog_array.delete"):
+        assert f"ev:{kind}" in features, kind
+    classes = {f.split(":")[1].split(".")[0] for f in features if f.startswith("op:")}
+    assert classes >= {"alu", "alu64", "jmp", "jmp32", "ld", "ldx", "st", "stx"}
