@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bpfdiff.scenario import Scenario
+from bpfdiff.scenario import Run, Scenario
 
 # How many BPF instructions around the point of divergence the side-by-side shows.
 WINDOW = 8
@@ -175,15 +175,141 @@ def _outcome_line(scenario: Scenario, outcome: Any) -> str:
 # --------------------------------------------------------------------------
 # The JIT side: image around the divergence, poke sites after each event.
 # --------------------------------------------------------------------------
+class JitUnavailable(Exception):
+    """The JIT side of a report cannot be shown (engine crashed, no JIT image)."""
+
+
 def _jit_views(scenario: Scenario, profile: str, bugs: frozenset[str], event_index: int | None,
                outcomes: dict[str, list[Any]], notes: list[str]) -> tuple[list[JitListing], list[PokeState]]:
-    from bpfdiff.fuzz import jit_view
-
     try:
-        return jit_view.collect(scenario, profile, bugs, event_index, outcomes, WINDOW)
-    except jit_view.Unavailable as exc:
+        return _collect_jit(scenario, profile, bugs, event_index, outcomes)
+    except JitUnavailable as exc:
         notes.append(f"JIT image not shown: {exc}")
-        return [], []
+    except Exception as exc:  # noqa: BLE001 - a report must still come out when the JIT crashes
+        notes.append(f"JIT image not shown: the JIT engine raised {type(exc).__name__}: {exc}")
+    return [], []
+
+
+def _collect_jit(scenario: Scenario, profile: str, bugs: frozenset[str], event_index: int | None,
+                 outcomes: dict[str, list[Any]]) -> tuple[list[JitListing], list[PokeState]]:
+    """Step the JIT engine through the events, recording poke sites; disassemble at the divergence."""
+    from bpfdiff.bugs import bugs_for
+    from bpfdiff.engine import make_engine
+
+    engine = make_engine("jit", profile=profile, bugs=bugs_for("jit", bugs))
+    try:
+        if not hasattr(engine, "start") or not hasattr(engine, "apply"):
+            raise JitUnavailable("the JIT engine cannot be stepped event by event")
+        engine.start(scenario)
+        pokes = [PokeState("after loading", _poke_sites(engine))]
+        stop = event_index if event_index is not None else len(scenario.events) - 1
+        for index, event in enumerate(scenario.events[: stop + 1]):
+            engine.apply(index, event)
+            if not isinstance(event, Run):
+                pokes.append(PokeState(f"after event {_describe_event(scenario, index)}", _poke_sites(engine)))
+        entered = _entered_programs(outcomes, event_index) or [p.name for p in scenario.programs]
+        fault = _fault_point(outcomes, event_index)
+        listings = [_jit_listing(engine, scenario, name, fault) for name in entered if name in engine.programs]
+        return listings, pokes
+    finally:
+        engine.close()
+
+
+def _entered_programs(outcomes: dict[str, list[Any]], event_index: int | None) -> list[str]:
+    names: dict[str, None] = {}
+    for events in outcomes.values():
+        run = _run_at(events, event_index)
+        if run is not None:
+            names.update(dict.fromkeys(run.trace))
+    return list(names)
+
+
+def _fault_point(outcomes: dict[str, list[Any]], event_index: int | None) -> tuple[str, int] | None:
+    for events in outcomes.values():
+        run = _run_at(events, event_index)
+        if run is not None and run.fault_prog is not None and run.fault_pc is not None:
+            return run.fault_prog, run.fault_pc
+    return None
+
+
+def _program_at(engine: Any, address: int) -> str | None:
+    for name, jited in engine.programs.items():
+        if jited.bpf_func <= address < jited.bpf_func + 64:    # inside the prologue a tail call skips into
+            return f"{name}+0x{address - jited.bpf_func:x}"
+    return None
+
+
+def _site_state(engine: Any, site: int) -> str:
+    code = engine.emu.read(site, 5)
+    if code == bytes.fromhex("0f1f440000"):
+        return "nop5"
+    if code[0] == 0xE9:
+        target = site + 5 + int.from_bytes(code[1:], "little", signed=True)
+        return f"jmp 0x{target:x} ({_program_at(engine, target) or 'not a program entry'})"
+    return f"unexpected bytes {code.hex()}"
+
+
+def _poke_sites(engine: Any) -> list[tuple[str, str]]:
+    sites = []
+    for name, jited in engine.programs.items():
+        for image in jited.images:
+            for poke in image.pokes:
+                where = f"{name} pc {poke.insn_idx} ({poke.map}[{poke.key}])"
+                stable = "" if poke.tailcall_target_stable else " [not stable yet]"
+                sites.append((f"{where} site 0x{poke.tailcall_target:x}{stable}",
+                              _site_state(engine, poke.tailcall_target)))
+                if poke.tailcall_bypass:
+                    sites.append((f"{where} bypass 0x{poke.tailcall_bypass:x}",
+                                  _site_state(engine, poke.tailcall_bypass)))
+    return sites
+
+
+def _jit_listing(engine: Any, scenario: Scenario, name: str, fault: tuple[str, int] | None) -> JitListing:
+    """The program's image(s) as they are now, grouped by the BPF instruction that produced them."""
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+    from bpfdiff.disasm import instruction_starts, xlated_insn
+
+    insns = scenario.program(name).insns
+    jited = engine.programs[name]
+    cs = Cs(CS_ARCH_X86, CS_MODE_64)
+    by_pc: dict[int, list[str]] = {}
+    prologue: list[str] = []
+    site_marks: dict[int, list[str]] = {}
+    base = jited.images[0].base
+    for index, image in enumerate(jited.images):
+        code = engine.image_bytes(name, index)
+        sites = {p.tailcall_target: "poke site" for p in image.pokes}
+        sites.update({p.tailcall_bypass: "poke bypass" for p in image.pokes if p.tailcall_bypass})
+        for ins in cs.disasm(code, image.base):
+            text = f"{ins.address - base:4x}: {ins.bytes.hex(' '):<24} {ins.mnemonic} {ins.op_str}".rstrip()
+            pc = image.insn_at(ins.address)
+            if ins.address in sites:
+                text += f"    <- {sites[ins.address]}"
+                if pc is not None:
+                    site_marks.setdefault(pc, []).append(sites[ins.address])
+            (prologue if pc is None else by_pc.setdefault(pc, [])).append(text)
+    starts = instruction_starts(insns)
+    focus = _focus_pcs(insns, starts, name, fault)
+    shown = [pc for pc in starts if len(starts) <= 2 * WINDOW + 1 or any(abs(pc - f) <= WINDOW for f in focus)]
+    rows = []
+    for pc in shown:
+        marks = list(site_marks.get(pc, []))
+        if fault is not None and fault == (name, pc):
+            marks.append("divergence: fault here")
+        elif pc in focus and insns[pc].is_tail_call:
+            marks.append("tail call")
+        rows.append(JitRow(pc, xlated_insn(pc, insns), by_pc.get(pc, []), marks))
+    note = "" if len(shown) == len(starts) else f"showing BPF pcs within {WINDOW} of {sorted(focus)}"
+    return JitListing(name, base, rows, prologue, note)
+
+
+def _focus_pcs(insns: Sequence[Any], starts: list[int], name: str, fault: tuple[str, int] | None) -> list[int]:
+    """Where to look: the faulting instruction, else the tail-call sites, else the exits."""
+    if fault is not None and fault[0] == name:
+        return [fault[1]]
+    sites = [pc for pc in starts if insns[pc].is_tail_call]
+    return sites or [pc for pc in starts if insns[pc].is_exit]
 
 
 # --------------------------------------------------------------------------
