@@ -109,7 +109,9 @@ _INT_RE = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)\Z")
 _LABEL_RE = re.compile(r"[A-Za-z_.$][\w.$]*\Z")
 _MEM_RE = re.compile(r"\[\s*(?P<reg>[^\]+\-\s]+)\s*(?:(?P<sign>[+-])\s*(?P<off>[^\]\s]+)\s*)?\]\Z")
 _LINE_LABEL_RE = re.compile(r"\s*([A-Za-z_.$][\w.$]*)\s*:")
-_MAP_RE = re.compile(r"(?P<kind>map|map_value):(?P<name>[A-Za-z_][\w.]*)(?:\s*(?P<sign>[+-])\s*(?P<off>\S+))?\Z")
+# Map names as scenarios spell them (bpfdiff.scenario_text.NAME_PATTERN); a
+# trailing ``+OFF`` is the value offset.
+_MAP_RE = re.compile(r"(?P<kind>map|map_value):(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)(?:\s*\+\s*(?P<off>\S+))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,8 +447,6 @@ class _Assembler:
                     raise line.error("a map:NAME load takes no offset (use map_value:NAME+OFF)", value_op.col)
                 off_col = value_op.col + match.start("off")
                 offset = line.integer(match.group("off"), (0, (1 << 31) - 1), "map value offset", off_col)
-                if match.group("sign") == "-":
-                    raise line.error("map value offset must not be negative", off_col)
             self.emit(Insn(isa.LDDW_OPCODE, dst, src, 0, 0, match.group("name")))
             self.emit(Insn(0, 0, 0, 0, offset))
             return

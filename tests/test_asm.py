@@ -107,6 +107,10 @@ def test_pseudo_map_loads() -> None:
     assert second == Insn(0)
     first, second = assemble("lddw %r3, map_value:data+16")
     assert (first.src, first.map, second.imm) == (isa.BPF_PSEUDO_MAP_VALUE, "data", 16)
+    # names may contain '-' and '.', as in scenario files
+    first, second = assemble("lddw %r3, map_value:my-map.v1+0x10")
+    assert (first.map, second.imm) == ("my-map.v1", 16)
+    assert assemble("lddw %r3, map:my-map")[0].map == "my-map"
     program = assemble_program("p", "lddw %r2, map:jmp_table\nmov %r3, 0\ncall 12\nexit")
     assert program.name == "p" and program.map_names == ("jmp_table",)
     isa.check_program(program.insns)
@@ -128,7 +132,9 @@ ERRORS = [
     ("ldxw %r1, [%r2+40000]", 1, 16, "offset +40000 out of range"),
     ("stw [%r1], zz", 1, 12, "bad immediate 'zz'"),
     ("lock fetch xchg [%r1], %r2", 1, 6, "unknown atomic operation"),
-    ("lddw %r1, map_value:v-4", 1, 11 + len("map_value:v-"), "must not be negative"),
+    ("lddw %r1, map:v+4", 1, 11, "a map:NAME load takes no offset"),
+    ("lddw %r1, map_value:v+x", 1, 11 + len("map_value:v+"), "bad map value offset 'x'"),
+    ("lddw %r1, map:", 1, 11, "bad map reference 'map:'"),
     ("ja +40000", 1, 4, "jump offset +40000 out of range"),
     ("call local", 1, 6, "missing target after 'call local'"),
     ("call", 1, 1, "'call' takes 1 operand"),
