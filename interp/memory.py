@@ -1,0 +1,143 @@
+"""The interpreter's memory: a few bounds-checked regions in a 64-bit address space.
+
+Address layout (every pointer a program sees is one of these; anything else
+is unmapped and faults):
+
+=======================  =====================================================
+address                  what
+=======================  =====================================================
+``0x1_0000_0000 + i``    the Run event's ``mem`` (context/packet), R1 at entry
+``0x2_0000_0000 + i``    the stack: 8 frames x 512 bytes; frame 0's R10 is
+                         ``0x2_0000_1000``, frame k's is 512*k lower
+``(0x10 + n) << 32``     values of the n-th array/hash map of the scenario
+``0xffff_8880_...``      map pointers (``lddw map:NAME``): not dereferenceable
+=======================  =====================================================
+
+A region is addressed by the upper 32 bits of an address; its buffer holds
+the lower 32 bits' worth of bytes.  The valid window of the stack shrinks and
+grows with the call depth: the current frame and its callers' frames are
+accessible (pointers to a caller's stack are legal), the dead frames below
+are not.
+"""
+
+from __future__ import annotations
+
+from bpfdiff.engine import FAULT_MEMORY
+from bpfdiff.helpers import HelperFault, Prandom
+from bpfdiff.isa import MAX_BPF_STACK, MAX_CALL_FRAMES
+from bpfdiff.maps import BpfMap
+
+CTX_REGION = 1
+STACK_REGION = 2
+FIRST_MAP_REGION = 0x10
+CTX_BASE = CTX_REGION << 32
+STACK_BASE = STACK_REGION << 32
+STACK_SIZE = MAX_CALL_FRAMES * MAX_BPF_STACK
+STACK_TOP = STACK_BASE + STACK_SIZE           # R10 of frame 0
+MAP_POINTER_BASE = 0xFFFF_8880_0000_0000
+MAP_POINTER_STRIDE = 0x1000
+LOW32 = 0xFFFFFFFF
+
+
+class MemoryFault(HelperFault):
+    """An access outside every mapped window."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(FAULT_MEMORY, reason)
+
+
+def map_region_base(map_number: int) -> int:
+    return (FIRST_MAP_REGION + map_number) << 32
+
+
+def map_pointer(map_number: int) -> int:
+    return MAP_POINTER_BASE + map_number * MAP_POINTER_STRIDE
+
+
+def frame_pointer(depth: int) -> int:
+    """R10 of the frame at call depth ``depth`` (0 = the main program)."""
+    return STACK_TOP - depth * MAX_BPF_STACK
+
+
+class Memory:
+    """Regions as ``[buffer, lo, hi]`` lists keyed by ``addr >> 32``; lo/hi bound the valid window.
+
+    Also the :class:`bpfdiff.maps.ValueStore` of the maps and the
+    :class:`bpfdiff.helpers.HelperEnv` of the helpers.
+    """
+
+    __slots__ = ("regions", "stack", "maps_by_pointer", "prandom")
+
+    def __init__(self) -> None:
+        self.regions: dict[int, list] = {}
+        self.stack = [bytearray(STACK_SIZE), STACK_SIZE - MAX_BPF_STACK, STACK_SIZE]
+        self.regions[STACK_REGION] = self.stack
+        self.maps_by_pointer: dict[int, BpfMap] = {}
+        self.prandom = Prandom(0)
+
+    # -- setup ------------------------------------------------------------------
+    def add_region(self, region: int, size: int) -> None:
+        self.regions[region] = [bytearray(size), 0, size]
+
+    def set_ctx(self, data: bytes) -> None:
+        self.regions[CTX_REGION] = [bytearray(data), 0, len(data)]
+
+    def ctx_bytes(self) -> bytes:
+        return bytes(self.regions[CTX_REGION][0])
+
+    def reset_stack(self) -> None:
+        self.stack[0][:] = bytes(STACK_SIZE)
+        self.set_stack_depth(0)
+
+    def set_stack_depth(self, depth: int) -> None:
+        """Make frames 0..depth accessible (depth 0 = only the main frame)."""
+        self.stack[1] = STACK_SIZE - (depth + 1) * MAX_BPF_STACK
+
+    # -- program accesses (hot path) ----------------------------------------------
+    def load(self, addr: int, size: int) -> int:
+        region = self.regions.get(addr >> 32)
+        if region is not None:
+            off = addr & LOW32
+            if region[1] <= off and off + size <= region[2]:
+                return int.from_bytes(region[0][off:off + size], "little")
+        raise MemoryFault(f"read of {size} bytes at 0x{addr:x}: {self.describe(addr)}")
+
+    def store(self, addr: int, size: int, value: int) -> None:
+        region = self.regions.get(addr >> 32)
+        if region is not None:
+            off = addr & LOW32
+            if region[1] <= off and off + size <= region[2]:
+                region[0][off:off + size] = value.to_bytes(size, "little")
+                return
+        raise MemoryFault(f"write of {size} bytes at 0x{addr:x}: {self.describe(addr)}")
+
+    def describe(self, addr: int) -> str:
+        """Why ``addr`` is not accessible, for fault reasons."""
+        region_names = {CTX_REGION: "mem", STACK_REGION: "stack"}
+        number = addr >> 32
+        region = self.regions.get(number)
+        if region is None:
+            return "unmapped"
+        name = region_names.get(number, "map values")
+        return f"outside {name} window [+{region[1]:#x}, +{region[2]:#x})"
+
+    # -- ValueStore / HelperEnv -----------------------------------------------------
+    def read(self, addr: int, n: int) -> bytes:
+        region = self.regions.get(addr >> 32)
+        if region is not None:
+            off = addr & LOW32
+            if region[1] <= off and off + n <= region[2]:
+                return bytes(region[0][off:off + n])
+        raise MemoryFault(f"read of {n} bytes at 0x{addr:x}: {self.describe(addr)}")
+
+    def write(self, addr: int, data: bytes) -> None:
+        region = self.regions.get(addr >> 32)
+        if region is not None:
+            off = addr & LOW32
+            if region[1] <= off and off + len(data) <= region[2]:
+                region[0][off:off + len(data)] = data
+                return
+        raise MemoryFault(f"write of {len(data)} bytes at 0x{addr:x}: {self.describe(addr)}")
+
+    def map_at(self, addr: int) -> BpfMap | None:
+        return self.maps_by_pointer.get(addr)

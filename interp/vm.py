@@ -1,0 +1,175 @@
+"""The interpreter's machine: the run loop, bpf-to-bpf frames and tail calls.
+
+Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
+
+* A run starts the program at slot 0 with R1 = the mem region, R2 = its
+  length, R10 = frame 0's frame pointer, every other register 0.
+* ``call`` to a subprogram pushes a frame: the callee runs with a new
+  512-byte stack (R10 512 bytes lower), R1-R5 as passed, R6-R9 restored for
+  the caller on return.  A ninth frame faults (FAULT_CALL_DEPTH).
+* ``call bpf_tail_call`` (R2 = prog array, R3 = index), in the kernel's order:
+  index (u32) >= max_entries -> fall through; the counter at the profile's
+  limit -> fall through; empty slot -> fall through; otherwise the counter
+  goes up and the target runs from slot 0 *in place of the current frame*:
+  registers unchanged, R10 unchanged and the frame's stack reused (both
+  kernel engines do that: the interpreter keeps its C stack buffer, the JIT
+  jumps past the target's stack setup), R0 left as it was on fall-through.
+  When the target exits inside a subprogram frame it returns to that
+  subprogram's caller.
+* Tail calls from subprograms (profiles with ``tail_calls_in_subprogs``):
+  ``subprog_counter == "copy"`` gives the callee the caller's current count
+  and drops the callee's increments on return (6.1's x86 JIT passes the
+  count by value in rax); ``"shared"`` keeps one counter for the whole chain.
+* At most ``budget`` instructions run; then the run ends with TIMEOUT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bpfdiff.engine import EXIT, FAULT, FAULT_CALL_DEPTH, FAULT_UNSUPPORTED, TIMEOUT
+from bpfdiff.helpers import HelperFault, Prandom, call_helper
+from bpfdiff.isa import MAX_CALL_FRAMES, Program
+from bpfdiff.maps import ProgArrayMap
+from bpfdiff.profiles import Profile
+
+from .decode import Closure, Exit, TailCall, decoded
+from .memory import CTX_BASE, Memory, frame_pointer
+
+M64 = (1 << 64) - 1
+M32 = 0xFFFFFFFF
+
+# After a subprogram returns, does the caller get back its own count?
+RESTORE_COUNT_ON_RETURN = {"copy": True, "shared": False}
+
+
+class CallDepthFault(HelperFault):
+    def __init__(self, reason: str) -> None:
+        super().__init__(FAULT_CALL_DEPTH, reason)
+
+
+@dataclass(slots=True)
+class Frame:
+    """What a bpf-to-bpf call saves for its caller."""
+
+    prog: str
+    code: list[Closure]
+    return_pc: int
+    callee_saved: tuple[int, int, int, int]   # R6..R9
+    frame_pointer: int
+    tail_call_count: int
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """The part of a RunResult the machine produces (the engine adds maps and mem)."""
+
+    r0: int
+    exit: str
+    tail_calls: int
+    trace: tuple[str, ...]
+    fault_kind: str | None = None
+    fault_pc: int | None = None
+    fault_prog: str | None = None
+    fault_reason: str | None = None
+
+
+@dataclass
+class Machine:
+    """State shared by the closures of every program of one scenario."""
+
+    profile: Profile
+    mem: Memory
+    programs: dict[str, Program]                 # loaded programs, by name
+    map_pointer: dict[str, int] = field(default_factory=dict)   # lddw map:NAME
+    map_value: dict[str, int] = field(default_factory=dict)     # lddw map_value:NAME (value 0)
+    tail_call_limit_bug: bool = False            # planted bug "interp-tail-call-limit"
+    # per-run state
+    frames: list[Frame] = field(default_factory=list)
+    prog: str = ""
+    code: list[Closure] = field(default_factory=list)
+    tail_call_count: int = 0
+
+    # -- called from closures ---------------------------------------------------
+    def call_helper(self, helper_id: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        return call_helper(self.mem, helper_id, r1, r2, r3, r4, r5)
+
+    def call(self, r: list, target: int, return_pc: int) -> int:
+        depth = len(self.frames) + 1
+        if depth >= MAX_CALL_FRAMES:
+            raise CallDepthFault(f"call to slot {target} would need frame {depth + 1} (max {MAX_CALL_FRAMES})")
+        self.frames.append(Frame(self.prog, self.code, return_pc, (r[6], r[7], r[8], r[9]), r[10],
+                                 self.tail_call_count))
+        r[10] = frame_pointer(depth)
+        self.mem.set_stack_depth(depth)
+        return target
+
+    # -- the run loop -------------------------------------------------------------
+    def run(self, prog_name: str, mem: bytes, budget: int, prandom: Prandom) -> RunOutcome:
+        m = self.mem
+        m.set_ctx(mem)
+        m.reset_stack()
+        m.prandom = prandom
+        r = [0] * 11
+        r[1], r[2], r[10] = CTX_BASE, len(mem), frame_pointer(0)
+        self.frames = []
+        self.tail_call_count = 0
+        self.prog = prog_name
+        code = self.code = decoded(self.programs[prog_name])
+        trace = [prog_name]
+        taken = 0
+        pc = 0
+        remaining = budget
+        i = -1
+        while True:
+            try:
+                for i in range(remaining):  # noqa: B007 - i counts the executed slots on a transfer
+                    pc = code[pc](r, self)
+                return RunOutcome(r[0], TIMEOUT, taken, tuple(trace))
+            except Exit:
+                remaining -= i + 1
+                if not self.frames:
+                    return RunOutcome(r[0], EXIT, taken, tuple(trace))
+                frame = self.frames.pop()
+                r[6], r[7], r[8], r[9] = frame.callee_saved
+                r[10] = frame.frame_pointer
+                m.set_stack_depth(len(self.frames))
+                if RESTORE_COUNT_ON_RETURN[self.profile.subprog_counter]:
+                    self.tail_call_count = frame.tail_call_count
+                self.prog, code, pc = frame.prog, frame.code, frame.return_pc
+                self.code = code
+            except TailCall:
+                remaining -= i + 1
+                try:
+                    target = self._tail_call_target(r)
+                except HelperFault as fault:
+                    return self._fault(r, fault, pc, taken, trace)
+                if target is None:
+                    pc += 1
+                    continue
+                self.tail_call_count += 1
+                taken += 1
+                trace.append(target)
+                self.prog = target
+                code = self.code = decoded(self.programs[target])
+                pc = 0
+            except HelperFault as fault:
+                return self._fault(r, fault, pc, taken, trace)
+
+    def _tail_call_target(self, r: list) -> str | None:
+        """The program a tail call enters, or None to fall through (kernel order of checks)."""
+        if self.frames and not self.profile.tail_calls_in_subprogs:
+            raise HelperFault(FAULT_UNSUPPORTED, f"tail call from a subprogram ({self.profile.name} refuses it)")
+        prog_array = self.mem.map_at(r[2])
+        if not isinstance(prog_array, ProgArrayMap):
+            raise HelperFault(FAULT_UNSUPPORTED, f"bpf_tail_call: R2=0x{r[2]:x} is not a prog_array")
+        index = r[3] & M32
+        if index >= prog_array.max_entries:
+            return None
+        count = self.tail_call_count + 1 if self.tail_call_limit_bug else self.tail_call_count
+        if not self.profile.allows_tail_call(count):
+            return None
+        return prog_array.get(index)
+
+    def _fault(self, r: list, fault: HelperFault, pc: int, taken: int, trace: list[str]) -> RunOutcome:
+        return RunOutcome(r[0], FAULT, taken, tuple(trace), fault.kind, pc, self.prog, fault.reason)
