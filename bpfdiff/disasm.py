@@ -5,8 +5,9 @@ labels at jump and call targets, such that re-assembling gives the identical
 slots.  A slot no mnemonic can express exactly (unknown opcode, non-zero
 reserved fields, a lone second half of an ``lddw``...) is printed as a raw
 ``.insn OPCODE, DST, SRC, OFF, IMM`` line, so the round trip holds for any slot
-sequence.  Limitation: a pseudo map load prints its map *name*; the ``imm``
-(the fd, as left by :func:`bpfdiff.isa.decode`) is not kept -- it becomes 0.
+sequence whose ``Insn.map`` is set only on pseudo map loads.  A pseudo map
+load prints its map *name*; its ``imm`` (the fd, as left by
+:func:`bpfdiff.isa.decode`) is not kept -- re-assembled it is 0.
 
 :func:`format_xlated` prints what the kernel's ``print_bpf_insn`` (kernel/bpf/
 disasm.c) prints via bpftool, one ``%4d: (%02x) ...`` line per instruction.
@@ -49,6 +50,7 @@ _ATOMIC_NAMES = {
     **{imm | isa.BPF_FETCH: f"fetch {name}" for name, imm in ATOMIC_OPS.items()},
     **{imm: name for name, imm in ATOMIC_FETCH_ONLY.items()},
 }
+_MAP_SOURCES = (isa.BPF_PSEUDO_MAP_FD, isa.BPF_PSEUDO_MAP_VALUE)
 _CALL_MODE_NAMES = {isa.BPF_PSEUDO_CALL: "local", isa.BPF_PSEUDO_KFUNC_CALL: "runtime"}
 _WIDTH_SUFFIX = {isa.BPF_ALU: "32", isa.BPF_ALU64: "", isa.BPF_JMP: "", isa.BPF_JMP32: "32"}
 
@@ -137,6 +139,19 @@ def _jump_text(pc: int, insn: Insn, labels: dict[int, str]) -> tuple[str, int] |
     return None
 
 
+def _without_map_fd(slots: Sequence[Insn]) -> list[Insn]:
+    """``slots`` with the fd of a named pseudo map load zeroed, as the assembler writes it.
+
+    The fd is the loader's choice (``isa.encode`` substitutes it by map name),
+    so losing it keeps the program's meaning, whereas losing the name would not.
+    """
+    out = list(slots)
+    first = out[0] if out else None
+    if first is not None and first.is_lddw and first.map is not None and first.src in _MAP_SOURCES:
+        out[0] = Insn(first.opcode, first.dst, first.src, first.off, 0, first.map)
+    return out
+
+
 def _raw_text(insn: Insn) -> str:
     return f".insn 0x{insn.opcode:02x}, {insn.dst}, {insn.src}, {insn.off}, {insn.imm}"
 
@@ -152,7 +167,7 @@ def _exact_text(pc: int, insns: Sequence[Insn], labels: dict[int, str]) -> tuple
             again = assemble(numeric_text)
         except AsmError:
             again = []
-        if again == list(insns[pc:pc + count]):
+        if again == _without_map_fd(insns[pc:pc + count]):
             return text, count
     return _raw_text(insns[pc]), 1
 

@@ -283,3 +283,25 @@ def test_xlated_of_the_6_1_fixture_bytes() -> None:
         "   4: (b7) r0 = 1",
         "   5: (95) exit",
     ]
+
+
+def test_decoded_map_load_keeps_its_name_not_its_fd() -> None:
+    insns = isa.decode(bytes.fromhex("1812000003000000" "0000000000000000" "9500000000000000"),
+                       map_name={3: "jmp_table"}.__getitem__)
+    text = disassemble(insns)
+    assert text.splitlines()[0] == "lddw %r2, map:jmp_table"
+    again = assemble(text)
+    assert again[0].map == "jmp_table" and again[0].imm == 0 and again[1:] == insns[1:]
+
+
+_TOKENS = ["mov", "lddw", "ja32", "call", "local", "lock", "fetch", "exit", ".insn", "map:", "map_value:",
+           "%r1", "%r11", "[%r10-8]", "[", "]", "+", "-", ",", ":", " ", "\t", "\n", "#", "//", "0x", "9", "L"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_TOKENS), st.text(max_size=3)), max_size=20))
+def test_any_text_assembles_or_fails_with_one_line_error(tokens: list[str]) -> None:
+    try:
+        assemble("".join(tokens), source="f.s")
+    except AsmError as err:
+        assert "\n" not in str(err) and str(err).startswith("f.s:")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bpfdiff.datafile import DataFileError, parse_datafile, read_datafile
 from bpfdiff.isa import Insn
@@ -131,3 +133,14 @@ def test_unreadable_file(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe-- asm\n")
     with pytest.raises(DataFileError, match=r"bin\.data: cannot read"):
         read_datafile(binary)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["-- asm\n", "-- mem\n", "-- result\n", "-- raw\n", "-- c\n", "-- what\n",
+                                 "exit\n", "mov %r0, 1\n", "aa bb\n", "0x95\n", "# c\n", "zz\n", "1 2\n", "\n"]),
+                max_size=12))
+def test_any_text_parses_or_fails_with_one_line_error(lines: list[str]) -> None:
+    try:
+        parse_datafile("".join(lines), "f.data")
+    except DataFileError as err:
+        assert "\n" not in str(err) and str(err).startswith("f.data")
