@@ -43,8 +43,12 @@ def input_kind(path: str | os.PathLike[str], data: bytes) -> str:
     return "data" if first[1] in DATAFILE_SECTIONS else "scenario"
 
 
-def load_input(path: str | os.PathLike[str]) -> Scenario:
-    """Read a scenario, a ``.data`` file or a fuzzer byte input; errors are :class:`InputError`."""
+def load_input(path: str | os.PathLike[str], profile: str | None = None) -> Scenario:
+    """Read a scenario, a ``.data`` file or a fuzzer byte input; errors are :class:`InputError`.
+
+    ``profile`` only matters for byte inputs: the fuzzer generates what the
+    profile allows, so an artifact replays under the profile it was found with.
+    """
     name = str(path)
     try:
         data = Path(path).read_bytes()
@@ -52,7 +56,7 @@ def load_input(path: str | os.PathLike[str]) -> Scenario:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     kind = input_kind(path, data)
     if kind == "bytes":
-        return _from_bytes(name, data)
+        return _from_bytes(name, data, profile)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -76,12 +80,12 @@ def _from_datafile(name: str, text: str) -> Scenario:
         raise InputError(_one_line(exc, name)) from None
 
 
-def _from_bytes(name: str, data: bytes) -> Scenario:
+def _from_bytes(name: str, data: bytes, profile: str | None) -> Scenario:
     # Imported here: the fuzzer (and atheris) are not needed to read text inputs.
     from bpfdiff.fuzz.generate import scenario_from_bytes
 
     try:
-        return scenario_from_bytes(data)
+        return scenario_from_bytes(data, profile)
     except ValueError as exc:
         raise InputError(f"{name}: not a scenario, and the fuzzer's byte driver refused it: {exc}") from None
 

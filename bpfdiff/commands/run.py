@@ -110,15 +110,25 @@ def execute_all(scenario: Scenario, settings: Settings, source: str,
     return outcomes
 
 
+def unavailable_engine(exc: ModuleNotFoundError) -> str | None:
+    """The engine whose own module is missing, or None for any other missing module.
+
+    Only an engine's module (or its package) missing means "not built"; any
+    other missing module is a real bug and must propagate.
+    """
+    for name, module in ENGINE_MODULES.items():
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return name
+    return None
+
+
 def _make(name: str, settings: Settings) -> Engine:
     try:
         return make_engine(name, profile=settings.profile, bugs=bugs_for(name, settings.bugs))
     except ModuleNotFoundError as exc:
-        # Only the engine's own module missing means "not built"; anything
-        # else missing is a real bug and propagates.
-        if exc.name and ENGINE_MODULES.get(name, "").startswith(exc.name):
-            raise InputError(f"engine {name} is not available ({exc})") from None
-        raise
+        if unavailable_engine(exc) != name:
+            raise
+        raise InputError(f"engine {name} is not available ({exc})") from None
 
 
 def _innermost(exc: BaseException) -> str:
@@ -210,7 +220,7 @@ def check_expectation(expect: Expect | None, outcomes: dict[str, list[EventOutco
 
 
 def main(args: argparse.Namespace) -> int:
-    scenario = load_input(args.file)
+    scenario = load_input(args.file, args.profile)
     settings = settings_for(args, scenario)
     inject = f"; inject {','.join(sorted(settings.bugs))}" if settings.bugs else ""
     print(f"{args.file}: {len(scenario.programs)} programs, {len(scenario.maps)} maps, "
