@@ -364,11 +364,25 @@ def merge(entries: Sequence[Entry], out_dir: str | os.PathLike[str]) -> list[Pat
     return written
 
 
+def generate_entries(seeds: Iterable[int], profiles: Sequence[str]) -> list[Entry]:
+    """Scenarios from the fuzzer's seeded generator, as corpus entries (named by profile and seed)."""
+    from bpfdiff.fuzz.generate import scenario_from_seed
+
+    entries = []
+    for profile in profiles:
+        for seed in seeds:
+            scenario = scenario_from_seed(seed, profile)
+            entries.append(Entry(Path(f"seed-{profile}-{seed}"), scenario, scenario_features(scenario)))
+    return entries
+
+
 def _output_name(path: Path) -> str:
     from bpfdiff import scenario_text
 
     suffix = getattr(scenario_text, "SUFFIX", ".scn")
-    return path.stem + suffix
+    # Only a known input suffix is replaced: "seed-linux-6.1-7" has none.
+    stem = path.name[: -len(path.suffix)] if path.suffix in (suffix, ".data") else path.name
+    return stem + suffix
 
 
 def warn_stderr(line: str) -> None:

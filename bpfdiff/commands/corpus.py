@@ -6,6 +6,8 @@ and their combinations.  ``merge`` writes a smallest subset of the inputs
 with the same coverage (greedy set cover) to OUT; ``--coverage`` adds Python
 line coverage of bpfdiff.interp and bpfdiff.jit to the features (needs the
 ``coverage`` package).  Unreadable inputs are skipped with one line each.
+``generate -o OUT`` draws scenarios from the fuzzer's generator with fixed
+seeds and keeps their greedy cover: that is how ``corpus/seeds`` is made.
 """
 
 from __future__ import annotations
@@ -30,11 +32,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also keep Python line coverage of bpfdiff.interp and bpfdiff.jit")
     merge.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
                        help="profile the engines run with for --coverage (default %(default)s)")
+    generate = sub.add_parser("generate", help="seed corpus: generated scenarios (fixed seeds), merged")
+    generate.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    generate.add_argument("--seeds", type=int, default=500, metavar="N", help="seeds per profile (default 500)")
+    generate.add_argument("--first-seed", type=int, default=0, metavar="S", help="first seed (default 0)")
+    generate.add_argument("--profiles", default=",".join(PROFILES), metavar="P,...",
+                          help="profiles to generate for (default %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from bpfdiff.fuzz.corpus import format_stats, line_coverage_features, load_corpus, merge, warn_stderr
+    from bpfdiff.fuzz.corpus import (
+        format_stats,
+        generate_entries,
+        line_coverage_features,
+        load_corpus,
+        merge,
+        warn_stderr,
+    )
 
+    if args.corpus_command == "generate":
+        profiles = [p for p in args.profiles.split(",") if p]
+        unknown = sorted(set(profiles) - set(PROFILES))
+        if unknown:
+            print(f"bpfdiff: error: unknown profile {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        entries = generate_entries(range(args.first_seed, args.first_seed + args.seeds), profiles)
+        written = merge(entries, args.output)
+        total = len({f for e in entries for f in e.features})
+        print(f"{args.output}: kept {len(written)} of {len(entries)} generated scenarios, covering {total} features")
+        return 0
     try:
         entries = load_corpus(args.inputs, warn=warn_stderr)
     except FileNotFoundError as exc:
