@@ -1,0 +1,1044 @@
+"""Scenario generation: valid-by-construction BPF programs plus map event sequences.
+
+One generator, several drivers.  Every decision goes through a small
+:class:`Draw` interface (``integer``, ``choice``, ``boolean``), so the same code
+builds a scenario from
+
+* a seed (:class:`RandomDraw` over ``random.Random``; ``bpfdiff fuzz --seed``),
+* a byte string (:class:`ByteDraw`; the atheris harness and its crash
+  artifacts: once the bytes run out every draw takes its minimal choice, so
+  *any* byte string yields a valid scenario),
+* hypothesis (``bpfdiff.fuzz.strategies``: each draw is a hypothesis draw, so
+  shrinking moves every choice towards its minimal value and the result stays
+  valid by construction).
+
+A scenario is a pure function of the draws: same seed or bytes, same scenario.
+
+What the programs look like (the checker, :mod:`bpfdiff.fuzz.checker`, accepts
+all of them -- ``tests/test_fuzz_generate.py`` asserts it over many seeds):
+
+* every function starts with ``mov r6, r1``: R6 holds the context pointer for
+  the whole function (memory accesses and the R1 of tail calls and subprogram
+  calls); R6 is never written again, R10 never;
+* scalar registers are tracked: only initialised scalars are read, and R0-R5
+  are forgotten after every call (helpers, ``call local`` and tail calls that
+  fall through);
+* stack slots are read only after this function wrote them, aligned;
+* loops are counter loops ``mov rC, a; body; add rC, 1; jlt rC, b, body`` with
+  a straight-line body that does not write rC (the checker's loop rule);
+* map values are used only inside the ``jeq r0, 0`` guard of a lookup;
+* pointers never reach R0, the maps or ``mem``: the engines lay memory out
+  differently, so a leaked address would be a false divergence;
+* tail-call sites: ``mov r1, r6; mov r3, KEY; lddw r2, map:PA; call 12``
+  (constant key: a direct site when KEY < max_entries) or ``mov r3, rX``
+  (register key: indirect); bpf-to-bpf calls pass the context in R1 and one
+  scalar in R2; tail calls inside subprograms only where the profile allows
+  mixing them (linux-5.5 refuses tail calls in any program with subprograms).
+
+Scenario *motifs* steer the structure towards the shapes real tail-call bugs
+need (self loops that run into the counter limit, delete/retarget between
+runs, late loads whose slots are already filled, a chain that tail-calls from a
+subprogram after the counter is already non-zero); events are drawn as
+*episodes* (fill then run, delete then run, retarget then run, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from bpfdiff import isa
+from bpfdiff.isa import (
+    BPF_ADD,
+    BPF_ALU,
+    BPF_ALU64,
+    BPF_AND,
+    BPF_ARSH,
+    BPF_ATOMIC,
+    BPF_B,
+    BPF_CMPXCHG,
+    BPF_DIV,
+    BPF_DW,
+    BPF_END,
+    BPF_FETCH,
+    BPF_H,
+    BPF_JLT,
+    BPF_JMP,
+    BPF_JMP32,
+    BPF_K,
+    BPF_LDX,
+    BPF_LSH,
+    BPF_MEM,
+    BPF_MOD,
+    BPF_MOV,
+    BPF_MUL,
+    BPF_NEG,
+    BPF_OR,
+    BPF_RSH,
+    BPF_ST,
+    BPF_STX,
+    BPF_SUB,
+    BPF_TO_BE,
+    BPF_TO_LE,
+    BPF_W,
+    BPF_X,
+    BPF_XCHG,
+    BPF_XOR,
+    CALL_OPCODE,
+    CONDITIONAL_JUMPS,
+    EXIT_OPCODE,
+    Insn,
+    Program,
+)
+from bpfdiff.profiles import DEFAULT_PROFILE, Profile, get_profile
+from bpfdiff.scenario import BPF_ANY, Delete, Event, Load, MapDef, Run, Scenario, Update, key_u32
+
+T = TypeVar("T")
+
+GENERATOR_VERSION = "1"
+
+
+# ---------------------------------------------------------------------------
+# Draw drivers
+# ---------------------------------------------------------------------------
+class Draw(Protocol):
+    """The only source of decisions for the generator."""
+
+    def integer(self, lo: int, hi: int) -> int:
+        """An integer in [lo, hi]; ``lo`` is the minimal (shrunk) choice."""
+
+    def choice(self, seq: Sequence[T]) -> T:
+        """An element of ``seq``; the first one is the minimal choice."""
+
+    def boolean(self, p: float = 0.5) -> bool:
+        """True with probability ``p``; False is the minimal choice."""
+
+
+class RandomDraw:
+    """Decisions from a seeded ``random.Random``."""
+
+    def __init__(self, seed: int | random.Random) -> None:
+        self.rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.rng.randint(lo, hi)
+
+    def choice(self, seq: Sequence[T]) -> T:
+        return seq[self.rng.randrange(len(seq))]
+
+    def boolean(self, p: float = 0.5) -> bool:
+        return self.rng.random() < p
+
+
+class ByteDraw:
+    """Decisions consumed from a byte string, libFuzzer style.
+
+    Each integer takes just enough bytes for its range; once the bytes are
+    exhausted every decision is the minimal one, so the scenario is still
+    complete and valid (and short inputs give small scenarios).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def _take(self, nbytes: int) -> int | None:
+        if self.pos >= len(self.data):
+            return None
+        chunk = self.data[self.pos:self.pos + nbytes]
+        self.pos += nbytes
+        return int.from_bytes(chunk, "little")
+
+    def integer(self, lo: int, hi: int) -> int:
+        span = hi - lo
+        if span <= 0:
+            return lo
+        raw = self._take((span.bit_length() + 7) // 8)
+        return lo if raw is None else lo + raw % (span + 1)
+
+    def choice(self, seq: Sequence[T]) -> T:
+        return seq[self.integer(0, len(seq) - 1)]
+
+    def boolean(self, p: float = 0.5) -> bool:
+        raw = self._take(1)
+        return raw is not None and raw < p * 256
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.data)
+
+
+def weighted(draw: Draw, table: Sequence[tuple[T, int]]) -> T:
+    """Pick from ``(item, weight)`` pairs; the first item is the minimal choice."""
+    total = sum(w for _, w in table)
+    pick = draw.integer(0, total - 1)
+    for item, w in table:
+        if pick < w:
+            return item
+        pick -= w
+    return table[-1][0]
+
+
+# ---------------------------------------------------------------------------
+# Options and constant tables
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenOptions:
+    """Size knobs; defaults keep scenarios small and fast to run."""
+
+    max_programs: int = 5
+    max_blocks: int = 7             # blocks per function body
+    max_subprogs: int = 2
+    max_subprog_depth: int = 2      # nested call local levels below main
+    max_events: int = 12
+    max_prog_arrays: int = 3
+    max_loop_trips: int = 12
+    cpu_v4: bool = True             # sdiv/smod, movsx, bswap (both engines implement them)
+    mem_sizes: tuple[int, ...] = (16, 32, 64)
+
+
+# Registers a function may use for scalars: R6 is the context, R10 the frame.
+SCALAR_REGS = (0, 1, 2, 3, 4, 5, 7, 8, 9)
+CALLER_SAVED = frozenset({0, 1, 2, 3, 4, 5})
+CTX_REG = 6
+FP = isa.BPF_REG_FP
+
+CORNER_IMM32 = (0, 1, -1, 2, 0x7FFFFFFF, -0x80000000, 31, 32, 63, 64, 0xFF, 0xFFFF, -2, 7, 0x10000, -0x7FFFFFFF)
+CORNER_IMM64 = (
+    0, 1, 0xFFFFFFFF, 0xFFFFFFFF_FFFFFFFF, 0x80000000_00000000, 0x7FFFFFFF_FFFFFFFF,
+    0xFFFFFFFF_00000000, 0x00000001_00000001, 0x80000000, 0x1_00000000, 0xDEADBEEF_CAFEBABE,
+)
+# Shift amounts that matter for each width (the verifier refuses imm >= width).
+SHIFT_IMM = {32: (0, 1, 31, 30, 16, 8, 15, 24), 64: (0, 1, 63, 62, 31, 32, 33, 48, 16)}
+
+# ALU operations with a register or immediate source (NEG and END apart).
+ALU_BINOPS = (BPF_ADD, BPF_SUB, BPF_MUL, BPF_DIV, BPF_OR, BPF_AND, BPF_LSH, BPF_RSH,
+              BPF_MOD, BPF_XOR, BPF_MOV, BPF_ARSH)
+SHIFT_OPS = frozenset({BPF_LSH, BPF_RSH, BPF_ARSH})
+DIV_OPS = frozenset({BPF_DIV, BPF_MOD})
+ALU_CLASSES = (BPF_ALU64, BPF_ALU)
+JMP_CLASSES = (BPF_JMP, BPF_JMP32)
+COND_OPS = tuple(sorted(CONDITIONAL_JUMPS))
+MEM_SIZES = (BPF_DW, BPF_W, BPF_H, BPF_B)
+ATOMIC_SIMPLE = (BPF_ADD, BPF_OR, BPF_AND, BPF_XOR)
+HELPERS_NO_ARGS = (isa.BPF_FUNC_get_prandom_u32, isa.BPF_FUNC_get_smp_processor_id)
+STACK_SLOTS = 64                    # 8-byte slots in a 512-byte frame
+
+
+def alu(cls: int, op: int, dst: int, src: int = 0, imm: int = 0, source: int = BPF_K, off: int = 0) -> Insn:
+    return Insn(cls | op | source, dst, src, off, imm)
+
+
+def mov64_imm(dst: int, imm: int) -> Insn:
+    return Insn(BPF_ALU64 | BPF_MOV | BPF_K, dst, 0, 0, imm)
+
+
+def mov64_reg(dst: int, src: int) -> Insn:
+    return Insn(BPF_ALU64 | BPF_MOV | BPF_X, dst, src, 0, 0)
+
+
+def ldx(size: int, dst: int, src: int, off: int) -> Insn:
+    return Insn(BPF_LDX | BPF_MEM | size, dst, src, off, 0)
+
+
+def stx(size: int, dst: int, src: int, off: int) -> Insn:
+    return Insn(BPF_STX | BPF_MEM | size, dst, src, off, 0)
+
+
+def st(size: int, dst: int, off: int, imm: int) -> Insn:
+    return Insn(BPF_ST | BPF_MEM | size, dst, 0, off, imm)
+
+
+def call_helper(helper_id: int) -> Insn:
+    return Insn(CALL_OPCODE, 0, 0, 0, helper_id)
+
+
+EXIT = Insn(EXIT_OPCODE)
+
+
+# ---------------------------------------------------------------------------
+# Programs
+# ---------------------------------------------------------------------------
+@dataclass
+class Site:
+    """A tail-call site a generated program contains."""
+
+    map: str
+    key: int | None           # None: register key (indirect)
+    in_subprog: bool
+
+
+@dataclass
+class ProgramPlan:
+    """What the event planner needs to know about a generated program."""
+
+    name: str
+    sites: list[Site] = field(default_factory=list)
+    has_subprogs: bool = False
+    inner: bool = False             # may sit in the inner prog array (see ScenarioGenerator)
+    allow_subprogs: bool = False
+    tail_calls: bool = True
+    forced: list[tuple[str, int | None]] = field(default_factory=list)      # sites in main
+    forced_sub: list[tuple[str, int | None]] = field(default_factory=list)  # sites in a subprogram
+
+
+@dataclass
+class MapsPlan:
+    prog_arrays: list[MapDef]
+    data_maps: list[MapDef]
+    mem_len: int
+
+
+class FunctionBuilder:
+    """Builds one function (main program or subprogram) block by block."""
+
+    def __init__(self, gen: ScenarioGenerator, plan: ProgramPlan, depth: int, is_subprog: bool,
+                 tail_calls: bool, forced_sites: list[tuple[str, int | None]], force_call: bool) -> None:
+        self.gen = gen
+        self.draw = gen.draw
+        self.plan = plan
+        self.depth = depth
+        self.is_subprog = is_subprog
+        self.tail_calls = tail_calls
+        self.forced_sites = list(forced_sites)
+        self.force_call = force_call
+        self.stack_slots = SUBPROG_STACK_SLOTS if plan.allow_subprogs else STACK_SLOTS
+        self.insns: list[Insn] = []
+        # (index in insns, subprogram number) of call local placeholders
+        self.calls: list[tuple[int, int]] = []
+        self.scalars: set[int] = set()
+        self.stack_bytes: set[int] = set()   # written stack bytes, as negative offsets
+
+    # -- register helpers ---------------------------------------------------
+    def scalar(self) -> int:
+        """An initialised scalar register, initialising one if there is none."""
+        if not self.scalars:
+            self.init_reg(self.draw.choice(SCALAR_REGS))
+        return self.draw.choice(sorted(self.scalars))
+
+    def init_reg(self, reg: int) -> None:
+        if self.draw.boolean(0.25):
+            self.insns.extend(isa.lddw_pair(reg, self.draw.choice(CORNER_IMM64)
+                                            if self.draw.boolean(0.7) else self.draw.integer(0, (1 << 64) - 1)))
+        else:
+            self.insns.append(mov64_imm(reg, self.imm32()))
+        self.scalars.add(reg)
+
+    def imm32(self) -> int:
+        if self.draw.boolean(0.6):
+            return self.draw.choice(CORNER_IMM32)
+        return self.draw.integer(-(1 << 31), (1 << 31) - 1)
+
+    def forget_caller_saved(self) -> None:
+        self.scalars -= CALLER_SAVED
+
+    # -- straight-line ALU ----------------------------------------------------
+    def alu_insn(self, avoid: frozenset[int] = frozenset(), new_regs: bool = True) -> Insn | None:
+        """One ALU/ALU64 instruction on initialised scalars; None if impossible."""
+        draw = self.draw
+        cls = draw.choice(ALU_CLASSES)
+        width = 64 if cls == BPF_ALU64 else 32
+        kind = weighted(draw, (("bin", 12), ("neg", 1), ("end", 1), ("movsx", 1)))
+        readable = sorted(self.scalars - avoid)
+        if not readable:
+            return None
+        if kind == "neg":
+            return alu(cls, BPF_NEG, draw.choice(readable))
+        if kind == "end":
+            dst = draw.choice(readable)
+            if cls == BPF_ALU64 and not self.gen.options.cpu_v4:
+                cls = BPF_ALU
+            source = BPF_TO_LE if cls == BPF_ALU64 else draw.choice((BPF_TO_LE, BPF_TO_BE))
+            return Insn(cls | BPF_END | source, dst, 0, 0, draw.choice((16, 32, 64)))
+        op = draw.choice(ALU_BINOPS)
+        writable = sorted(set(SCALAR_REGS) - avoid) if (op == BPF_MOV and new_regs) else readable
+        dst = draw.choice(writable)
+        if kind == "movsx" and self.gen.options.cpu_v4:
+            offs = (8, 16, 32) if cls == BPF_ALU64 else (8, 16)
+            return alu(cls, BPF_MOV, dst, draw.choice(readable), source=BPF_X, off=draw.choice(offs))
+        off = 1 if (op in DIV_OPS and self.gen.options.cpu_v4 and draw.boolean(0.4)) else 0
+        if draw.boolean(0.5):
+            # register source: any value, shift counts and divisors included
+            return alu(cls, op, dst, draw.choice(readable), source=BPF_X, off=off)
+        if op in SHIFT_OPS:
+            imm = draw.choice(SHIFT_IMM[width]) if draw.boolean(0.7) else draw.integer(0, width - 1)
+        elif op in DIV_OPS:
+            imm = draw.choice((-1, 1, 2, 3, 7, 0x7FFFFFFF, -0x80000000, 10))  # K divisor 0 is refused
+        else:
+            imm = self.imm32()
+        return alu(cls, op, dst, imm=imm, off=off)
+
+    def block_alu(self) -> None:
+        for _ in range(self.draw.integer(1, 4)):
+            insn = self.alu_insn()
+            if insn is None:
+                self.init_reg(self.draw.choice(SCALAR_REGS))
+                continue
+            self.insns.append(insn)
+            if insn.op == BPF_MOV:
+                self.scalars.add(insn.dst)
+
+    def block_lddw(self) -> None:
+        self.init_reg(self.draw.choice(SCALAR_REGS))
+
+    def straight(self, count: int, avoid: frozenset[int] = frozenset()) -> list[Insn]:
+        """ALU instructions that only write already-initialised registers."""
+        out = []
+        for _ in range(count):
+            insn = self.alu_insn(avoid=avoid, new_regs=False)
+            if insn is not None:
+                out.append(insn)
+        return out
+
+    def block_cond(self) -> None:
+        draw = self.draw
+        self.scalar()
+        body = self.straight(draw.integer(1, 3))
+        cls = draw.choice(JMP_CLASSES)
+        op = draw.choice(COND_OPS)
+        lhs = draw.choice(sorted(self.scalars))
+        if draw.boolean(0.5):
+            jump = Insn(cls | op | BPF_X, lhs, draw.choice(sorted(self.scalars)), len(body), 0)
+        else:
+            jump = Insn(cls | op | BPF_K, lhs, 0, len(body), self.imm32())
+        self.insns.append(jump)
+        self.insns.extend(body)
+
+    def block_loop(self) -> None:
+        draw = self.draw
+        counter = draw.choice(SCALAR_REGS)
+        start = draw.integer(0, 3)
+        trips = draw.integer(1, self.gen.options.max_loop_trips)
+        if not self.scalars - {counter}:
+            self.init_reg(draw.choice([r for r in SCALAR_REGS if r != counter]))
+        # the checker's loop rule: the counter's mov comes right before the body
+        self.insns.append(mov64_imm(counter, start))
+        self.scalars.add(counter)
+        body = self.straight(draw.integer(1, 4), avoid=frozenset({counter}))
+        self.insns.extend(body)
+        self.insns.append(alu(BPF_ALU64, BPF_ADD, counter, imm=1))
+        back = -(len(body) + 2)
+        self.insns.append(Insn(BPF_JMP | BPF_JLT | BPF_K, counter, 0, back, start + trips))
+
+    # -- stack ---------------------------------------------------------------
+    def stack_slot(self) -> int:
+        """Offset (negative) of a random 8-byte stack slot."""
+        return -8 * self.draw.integer(1, self.stack_slots)
+
+    def written_slots(self, size_bytes: int) -> list[int]:
+        """Aligned offsets whose ``size_bytes`` bytes are all written."""
+        slots = {off - off % size_bytes for off in self.stack_bytes}
+        return sorted(off for off in slots if all(off + i in self.stack_bytes for i in range(size_bytes)))
+
+    def mark_written(self, off: int, nbytes: int) -> None:
+        self.stack_bytes.update(range(off, off + nbytes))
+
+    def block_spill(self) -> None:
+        draw = self.draw
+        size = draw.choice(MEM_SIZES)
+        nbytes = isa.SIZE_BYTES[size]
+        off = self.stack_slot() + nbytes * draw.integer(0, 8 // nbytes - 1)
+        if draw.boolean(0.3):
+            self.insns.append(st(size, FP, off, self.imm32()))
+        else:
+            self.insns.append(stx(size, FP, self.scalar(), off))
+        self.mark_written(off, nbytes)
+
+    def block_fill(self) -> None:
+        draw = self.draw
+        size = draw.choice(MEM_SIZES)
+        offs = self.written_slots(isa.SIZE_BYTES[size])
+        if not offs:
+            self.block_spill()
+            return
+        dst = draw.choice(SCALAR_REGS)
+        self.insns.append(ldx(size, dst, FP, draw.choice(offs)))
+        self.scalars.add(dst)
+
+    def block_atomic_stack(self) -> None:
+        draw = self.draw
+        size = draw.choice((BPF_DW, BPF_W))
+        nbytes = isa.SIZE_BYTES[size]
+        offs = self.written_slots(nbytes)
+        if offs and draw.boolean(0.7):
+            off = draw.choice(offs)
+        else:
+            off = self.stack_slot()
+            self.insns.append(stx(BPF_DW, FP, self.scalar(), off))
+            self.mark_written(off, 8)
+        self.insns.append(self.atomic_insn(size, FP, off))
+
+    def atomic_insn(self, size: int, base: int, off: int) -> Insn:
+        draw = self.draw
+        src = self.scalar()
+        op = weighted(draw, (("simple", 4), ("fetch", 3), ("xchg", 1), ("cmpxchg", 1)))
+        if op == "simple":
+            imm = draw.choice(ATOMIC_SIMPLE)
+        elif op == "fetch":
+            imm = draw.choice(ATOMIC_SIMPLE) | BPF_FETCH
+        elif op == "xchg":
+            imm = BPF_XCHG
+        else:
+            if 0 not in self.scalars:           # R0 is the comparand
+                self.insns.append(mov64_imm(0, self.imm32()))
+                self.scalars.add(0)
+            imm = BPF_CMPXCHG
+        return Insn(BPF_STX | BPF_ATOMIC | size, base, src, off, imm)
+
+    # -- the context/packet region through R6 ------------------------------
+    def block_mem(self) -> None:
+        draw = self.draw
+        size = draw.choice(MEM_SIZES)
+        nbytes = isa.SIZE_BYTES[size]
+        off = nbytes * draw.integer(0, self.gen.maps.mem_len // nbytes - 1)
+        if draw.boolean(0.6):
+            dst = draw.choice(SCALAR_REGS)
+            self.insns.append(ldx(size, dst, CTX_REG, off))
+            self.scalars.add(dst)
+        elif draw.boolean(0.3):
+            self.insns.append(st(size, CTX_REG, off, self.imm32()))
+        else:
+            self.insns.append(stx(size, CTX_REG, self.scalar(), off))
+
+    # -- helpers and maps ----------------------------------------------------
+    def put_key(self, mapdef: MapDef) -> int:
+        """Write a 4-byte key to the stack; return its offset."""
+        off = self.stack_slot()
+        if self.draw.boolean(0.85):
+            key = self.draw.integer(0, mapdef.max_entries)        # max_entries itself: a miss
+        else:
+            key = self.draw.choice((-1, 0x7FFFFFFF))
+        if self.draw.boolean(0.5):
+            self.insns.append(st(BPF_W, FP, off, key))
+        else:
+            reg = self.draw.choice(SCALAR_REGS)
+            self.insns.append(mov64_imm(reg, key))
+            self.scalars.add(reg)
+            self.insns.append(stx(BPF_W, FP, reg, off))
+        self.mark_written(off, 4)
+        return off
+
+    def map_call_args(self, mapdef: MapDef, key_off: int) -> None:
+        self.insns.extend(isa.lddw_pair(1, 0, src=isa.BPF_PSEUDO_MAP_FD, map=mapdef.name))
+        self.insns.append(mov64_reg(2, FP))
+        self.insns.append(alu(BPF_ALU64, BPF_ADD, 2, imm=key_off))
+
+    def block_lookup(self) -> None:
+        draw = self.draw
+        mapdef = draw.choice(self.gen.maps.data_maps)
+        key_off = self.put_key(mapdef)
+        self.map_call_args(mapdef, key_off)
+        self.insns.append(call_helper(isa.BPF_FUNC_map_lookup_elem))
+        self.forget_caller_saved()
+        guarded: list[Insn] = []
+        before = set(self.scalars)
+        for _ in range(draw.integer(1, 3)):
+            size = draw.choice(MEM_SIZES if draw.boolean(0.6) else (BPF_DW, BPF_W))
+            nbytes = isa.SIZE_BYTES[size]
+            voff = nbytes * draw.integer(0, mapdef.value_size // nbytes - 1)
+            action = weighted(draw, (("load", 3), ("store", 3), ("atomic", 2)))
+            if action == "load" or not self.scalars:
+                dst = draw.choice([r for r in SCALAR_REGS if r != 0])
+                guarded.append(ldx(size, dst, 0, voff))
+                self.scalars.add(dst)
+            elif action == "store":
+                sources = sorted(self.scalars - {0})
+                guarded.append(stx(size, 0, draw.choice(sources), voff) if sources
+                               else st(size, 0, voff, self.imm32()))
+            else:
+                size = draw.choice((BPF_DW, BPF_W))
+                voff = isa.SIZE_BYTES[size] * draw.integer(0, mapdef.value_size // isa.SIZE_BYTES[size] - 1)
+                src = draw.choice(sorted(self.scalars - {0})) if self.scalars - {0} else None
+                if src is None:
+                    continue
+                imm = draw.choice(ATOMIC_SIMPLE) | (BPF_FETCH if draw.boolean(0.4) else 0)
+                guarded.append(Insn(BPF_STX | BPF_ATOMIC | size, 0, src, voff, imm))
+        self.insns.append(Insn(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded), 0))
+        self.insns.extend(guarded)
+        # registers first written under the guard are not initialised on the NULL path
+        self.scalars = before - {0}
+
+    def block_update(self) -> None:
+        draw = self.draw
+        mapdef = draw.choice(self.gen.maps.data_maps)
+        key_off = self.put_key(mapdef)
+        value_off = -8 * draw.integer(mapdef.value_size // 8, self.stack_slots)
+        for i in range(0, mapdef.value_size, 8):
+            self.insns.append(stx(BPF_DW, FP, self.scalar(), value_off + i) if draw.boolean(0.5)
+                              else st(BPF_DW, FP, value_off + i, self.imm32()))
+        # the value may overlap the key: write the key again last
+        if value_off <= key_off < value_off + mapdef.value_size:
+            key_off = self.put_key(mapdef)
+        self.mark_written(value_off, mapdef.value_size)
+        self.map_call_args(mapdef, key_off)
+        self.insns.append(mov64_reg(3, FP))
+        self.insns.append(alu(BPF_ALU64, BPF_ADD, 3, imm=value_off))
+        self.insns.append(mov64_imm(4, draw.choice((BPF_ANY, 1, 2))))
+        self.insns.append(call_helper(isa.BPF_FUNC_map_update_elem))
+        self.forget_caller_saved()
+        self.scalars.add(0)
+
+    def block_delete(self) -> None:
+        hashes = [m for m in self.gen.maps.data_maps if m.kind == "hash"]
+        if not hashes:
+            self.block_update()
+            return
+        mapdef = self.draw.choice(hashes)
+        key_off = self.put_key(mapdef)
+        self.map_call_args(mapdef, key_off)
+        self.insns.append(call_helper(isa.BPF_FUNC_map_delete_elem))
+        self.forget_caller_saved()
+        self.scalars.add(0)
+
+    def block_helper(self) -> None:
+        self.insns.append(call_helper(self.draw.choice(HELPERS_NO_ARGS)))
+        self.forget_caller_saved()
+        self.scalars.add(0)
+
+    # -- tail calls and subprogram calls ----------------------------------
+    def tail_call_site(self, map_name: str, key: int | None) -> None:
+        self.insns.append(mov64_reg(1, CTX_REG))
+        self.scalars.discard(1)
+        if key is None:
+            src = self.draw.choice(sorted(self.scalars - {1})) if self.scalars - {1} else None
+            if src is None:
+                src = 7
+                self.insns.append(mov64_imm(src, self.draw.integer(0, 8)))
+                self.scalars.add(src)
+            cls = self.draw.choice(ALU_CLASSES)
+            self.insns.append(alu(cls, BPF_MOV, 3, src, source=BPF_X))
+            if self.draw.boolean(0.7):
+                self.insns.append(alu(cls, BPF_AND, 3, imm=self.draw.choice((3, 7, 1, 0xF))))
+        else:
+            self.insns.append(mov64_imm(3, key))
+        self.insns.extend(isa.lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map=map_name))
+        self.insns.append(call_helper(isa.BPF_FUNC_tail_call))
+        self.plan.sites.append(Site(map_name, key, self.is_subprog))
+        # a tail call that falls through leaves R0-R5 undefined
+        self.forget_caller_saved()
+
+    def block_tail_call(self) -> None:
+        draw = self.draw
+        pa = draw.choice(self.gen.site_maps(self.plan, self.is_subprog))
+        if draw.boolean(0.7):
+            key = draw.integer(0, pa.max_entries - 1) if draw.boolean(0.85) else draw.choice(
+                (pa.max_entries, 0xFFFF, -1))
+        else:
+            key = None
+        self.tail_call_site(pa.name, key)
+
+    def block_call_local(self) -> None:
+        sub = self.gen.request_subprog(self)
+        if sub is None:
+            self.block_alu()
+            return
+        self.insns.append(mov64_reg(1, CTX_REG))
+        self.scalars.discard(1)
+        if self.scalars and self.draw.boolean(0.7):
+            self.insns.append(mov64_reg(2, self.draw.choice(sorted(self.scalars))))
+        else:
+            self.insns.append(mov64_imm(2, self.imm32()))
+        self.calls.append((len(self.insns), sub))
+        self.insns.append(Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
+        self.forget_caller_saved()
+        self.scalars.add(0)
+
+    BLOCKS: tuple[tuple[str, int], ...] = (
+        ("alu", 30), ("lddw", 3), ("cond", 8), ("loop", 3), ("spill", 5), ("fill", 4), ("mem", 6),
+        ("lookup", 5), ("update", 2), ("delete", 1), ("helper", 2), ("atomic_stack", 3),
+        ("tail_call", 9), ("call_local", 4),
+    )
+
+    def build(self) -> list[Insn]:
+        draw = self.draw
+        self.insns.append(mov64_reg(CTX_REG, 1))
+        if self.is_subprog:
+            self.scalars.add(2)                 # the caller always passes a scalar in R2
+        for _ in range(draw.integer(0, 2)):
+            self.init_reg(draw.choice(SCALAR_REGS))
+        nblocks = draw.integer(1, self.gen.options.max_blocks)
+        forced_at = {draw.integer(0, nblocks): site for site in self.forced_sites}
+        call_at = draw.integer(0, nblocks) if self.force_call else -1
+        blocks = [(name, w) for name, w in self.BLOCKS if self.allowed(name)]
+        for i in range(nblocks + 1):
+            if i in forced_at:
+                self.tail_call_site(*forced_at[i])
+            if i == call_at:
+                self.block_call_local()
+            if i < nblocks:
+                getattr(self, "block_" + weighted(draw, blocks))()
+        self.epilogue()
+        return self.insns
+
+    def allowed(self, block: str) -> bool:
+        if block == "tail_call":
+            return self.tail_calls
+        if block == "call_local":
+            return self.gen.can_call(self)
+        if block in ("lookup", "update", "delete"):
+            return bool(self.gen.maps.data_maps)
+        return True
+
+    def epilogue(self) -> None:
+        draw = self.draw
+        regs = sorted(self.scalars)
+        if regs and draw.boolean(0.85):
+            self.insns.append(mov64_reg(0, draw.choice(regs)))
+            for _ in range(draw.integer(0, 2)):
+                self.insns.append(alu(BPF_ALU64, draw.choice((BPF_XOR, BPF_ADD, BPF_OR)), 0,
+                                      draw.choice(regs), source=BPF_X))
+        else:
+            self.insns.append(mov64_imm(0, self.imm32()))
+        self.insns.append(EXIT)
+
+
+# ---------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------
+MOTIFS: tuple[tuple[str, int], ...] = (
+    ("plain", 4), ("self_loop", 3), ("delete_after_fill", 2), ("retarget", 2), ("chain_subprog", 2),
+    ("late_load", 1),
+)
+# Stack budget (8-byte slots) per function of a program with subprograms: the
+# verifier adds up the frames of a call chain (each rounded up to 32 bytes,
+# at most 512 in all) and refuses a subprogram with a tail call once the
+# frames before it reach 256 bytes.
+SUBPROG_STACK_SLOTS = 12
+
+
+class ScenarioGenerator:
+    """Maps, programs and events of one scenario.
+
+    Frame-depth rule that keeps both engines comparable: a tail call from a
+    subprogram only goes through the *inner* prog array (the last one, when the
+    profile allows mixing and there are two or more), and the inner array only
+    ever holds *inner* programs: no subprograms, tail calls only through the
+    inner array.  So a chain of tail calls never nests call frames deeper
+    than one program's own static depth (the kernel would let it grow; the
+    interpreter's frame limit would then be a false divergence).
+    """
+
+    def __init__(self, draw: Draw, profile: Profile, options: GenOptions) -> None:
+        self.draw = draw
+        self.profile = profile
+        self.options = options
+        self.motif = weighted(draw, MOTIFS)
+        if self.motif == "chain_subprog" and not (profile.tail_calls_in_subprogs and options.max_subprogs):
+            self.motif = "self_loop"
+        self.maps = self.plan_maps()
+        self.inner_map = (self.maps.prog_arrays[-1].name
+                          if profile.tail_calls_in_subprogs and len(self.maps.prog_arrays) >= 2 else None)
+        self.subprogs: list[list[Insn]] = []
+        self.subprog_calls: list[list[tuple[int, int]]] = []
+        self.current: ProgramPlan | None = None
+        self.pending_sub_sites: list[tuple[str, int | None]] = []
+
+    # -- maps ----------------------------------------------------------------
+    def plan_maps(self) -> MapsPlan:
+        draw = self.draw
+        count = draw.integer(1, self.options.max_prog_arrays)
+        if self.motif == "chain_subprog":
+            count = max(count, 2)
+        prog_arrays = [MapDef(f"jmp{i}", "prog_array", 4, 4, draw.choice((4, 1, 2, 3, 8))) for i in range(count)]
+        data_maps = [MapDef("arr", "array", 4, draw.choice((8, 16)), draw.integer(1, 4))]
+        if draw.boolean(0.4):
+            data_maps.append(MapDef("hash", "hash", 4, 8, draw.integer(1, 4)))
+        return MapsPlan(prog_arrays, data_maps, draw.choice(self.options.mem_sizes))
+
+    def site_maps(self, plan: ProgramPlan, in_subprog: bool) -> list[MapDef]:
+        """Prog arrays a tail-call site of this function may use (the frame-depth rule)."""
+        if self.inner_map is not None and (plan.inner or in_subprog):
+            return [m for m in self.maps.prog_arrays if m.name == self.inner_map]
+        return self.maps.prog_arrays
+
+    # -- subprograms (functions appended after main, called by index) ------
+    def can_call(self, fn: FunctionBuilder) -> bool:
+        if not fn.plan.allow_subprogs:
+            return False
+        return fn.depth < self.options.max_subprog_depth and len(self.subprogs) < self.options.max_subprogs
+
+    def request_subprog(self, caller: FunctionBuilder) -> int | None:
+        if not self.can_call(caller):
+            return None
+        assert self.current is not None
+        index = len(self.subprogs)
+        self.subprogs.append([])
+        self.subprog_calls.append([])
+        tail_calls = caller.tail_calls and self.inner_map is not None
+        forced = self.pending_sub_sites if tail_calls else []
+        self.pending_sub_sites = []
+        fn = FunctionBuilder(self, self.current, caller.depth + 1, True, tail_calls, forced, force_call=False)
+        self.subprogs[index] = fn.build()
+        self.subprog_calls[index] = fn.calls
+        self.current.has_subprogs = True
+        return index
+
+    def build_program(self, plan: ProgramPlan, tail_calls: bool, forced: list[tuple[str, int | None]],
+                      forced_sub: list[tuple[str, int | None]]) -> Program:
+        self.current = plan
+        self.subprogs, self.subprog_calls = [], []
+        self.pending_sub_sites = list(forced_sub)
+        main = FunctionBuilder(self, plan, 0, False, tail_calls, forced, force_call=bool(forced_sub))
+        body = main.build()
+        functions = [(body, main.calls)] + list(zip(self.subprogs, self.subprog_calls, strict=True))
+        starts, pos = [], 0
+        for insns, _ in functions:
+            starts.append(pos)
+            pos += len(insns)
+        out: list[Insn] = []
+        for start, (insns, calls) in zip(starts, functions, strict=True):
+            fixed = list(insns)
+            for at, sub in calls:
+                fixed[at] = Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, starts[sub + 1] - (start + at + 1))
+            out.extend(fixed)
+        return Program(plan.name, tuple(out))
+
+    def plan_programs(self) -> list[ProgramPlan]:
+        draw = self.draw
+        nprogs = draw.integer(1, self.options.max_programs)
+        nprogs = max(nprogs, {"plain": 1, "chain_subprog": 3}.get(self.motif, 2))
+        plans = []
+        for i in range(nprogs):
+            plan = ProgramPlan(f"p{i}")
+            plan.inner = self.inner_map is not None and draw.boolean(0.35)
+            plan.allow_subprogs = not plan.inner and self.options.max_subprogs > 0 and draw.boolean(0.35)
+            plan.tail_calls = draw.boolean(0.8)
+            plans.append(plan)
+        return plans
+
+    def apply_motif(self, plans: list[ProgramPlan]) -> list[tuple[str, int, str]]:
+        """Force the tail-call sites of the motif; return the slot fills it needs."""
+        draw = self.draw
+        motif = self.motif
+        if motif == "plain":
+            return []
+        if motif == "chain_subprog":
+            entry, middle, loop = plans[0], plans[1], plans[2]
+            entry.inner = middle.inner = False
+            middle.allow_subprogs, loop.inner, loop.allow_subprogs = True, True, False
+            outer, inner = self.maps.prog_arrays[0], self.maps.prog_arrays[-1]
+            k, kl = draw.integer(0, outer.max_entries - 1), draw.integer(0, inner.max_entries - 1)
+            entry.forced.append((outer.name, k))
+            middle.forced_sub.append((inner.name, kl))
+            loop.forced.append((inner.name, kl))
+            for plan in (entry, middle, loop):
+                plan.tail_calls = True
+            return [(outer.name, k, middle.name), (inner.name, kl, loop.name)]
+        if motif == "self_loop":
+            loop = draw.choice(plans)
+            pa = self.site_maps(loop, False)[0]
+            k = draw.integer(0, pa.max_entries - 1)
+            loop.forced.append((pa.name, k))
+            loop.tail_calls = True
+            if not self.profile.tail_calls_in_subprogs:
+                loop.allow_subprogs = False
+            return [(pa.name, k, loop.name)]
+        # delete_after_fill, retarget, late_load: p0 tail-calls into p1 through a constant key
+        caller, target = plans[0], plans[1]
+        pa = self.site_maps(caller, False)[0]
+        if self.inner_map == pa.name:
+            target.inner, target.allow_subprogs = True, False
+        k = draw.integer(0, pa.max_entries - 1)
+        caller.forced.append((pa.name, k))
+        caller.tail_calls = True
+        if not self.profile.tail_calls_in_subprogs:
+            caller.allow_subprogs = False
+        return [(pa.name, k, target.name)]
+
+    # -- the whole scenario --------------------------------------------------
+    def generate(self) -> Scenario:
+        plans = self.plan_programs()
+        fills = self.apply_motif(plans)
+        programs = []
+        for plan in plans:
+            if not self.profile.tail_calls_in_subprogs and plan.allow_subprogs and plan.tail_calls:
+                # linux-5.5: a program with subprograms may not tail call at all
+                plan.allow_subprogs = False
+            programs.append(self.build_program(plan, plan.tail_calls, plan.forced, plan.forced_sub))
+        events = EventPlanner(self, plans, fills, self.motif).plan()
+        return Scenario(maps=tuple(self.maps.prog_arrays + self.maps.data_maps), programs=tuple(programs),
+                        events=tuple(events), meta=(("generator", f"bpfdiff.fuzz.generate v{GENERATOR_VERSION}"),
+                                                    ("motif", self.motif)))
+
+
+class EventPlanner:
+    """Interleaves runs with prog-array and data-map updates, in episodes."""
+
+    EPISODES: tuple[tuple[str, int], ...] = (
+        ("fill_run", 5), ("run", 3), ("delete_run", 3), ("retarget_run", 3), ("fill", 2), ("data_update", 1),
+        ("load", 2), ("delete", 1),
+    )
+
+    def __init__(self, gen: ScenarioGenerator, plans: list[ProgramPlan], fills: list[tuple[str, int, str]],
+                 motif: str) -> None:
+        self.gen = gen
+        self.draw = gen.draw
+        self.plans = plans
+        self.motif_fills = fills
+        self.motif = motif
+        self.events: list[Event] = []
+        self.slots: dict[tuple[str, int], str] = {}
+        names = [p.name for p in plans]
+        late = [n for n in names[1:] if self.draw.boolean(0.25)]
+        if motif == "late_load" and len(names) > 1 and names[0] not in late:
+            late.append(names[0])
+            late = [n for n in late if n != names[1]]
+        self.pending_loads = [n for n in names if n in late]
+        self.loaded = [n for n in names if n not in late]
+
+    def runnable(self) -> list[str]:
+        with_sites = [p.name for p in self.plans if p.sites and p.name in self.loaded]
+        return with_sites or self.loaded
+
+    def site_keys(self) -> list[tuple[str, int]]:
+        keys = [(s.map, s.key) for p in self.plans for s in p.sites if s.key is not None]
+        return keys or [(m.name, 0) for m in self.gen.maps.prog_arrays]
+
+    def run(self) -> None:
+        if not self.loaded:
+            self.load()
+            return
+        draw = self.draw
+        prog = draw.choice(self.runnable())
+        seed = draw.integer(0, (1 << 32) - 1)
+        self.events.append(Run(prog, random.Random(seed).randbytes(self.gen.maps.mem_len)))
+
+    def targets(self, map_name: str) -> list[str]:
+        """Loaded programs that may go into this prog array (the frame-depth rule)."""
+        if map_name == self.gen.inner_map:
+            return [p.name for p in self.plans if p.inner and p.name in self.loaded]
+        return list(self.loaded)
+
+    def update_slot(self, map_name: str, key: int, prog: str) -> None:
+        self.events.append(Update(map_name, key_u32(key), prog, BPF_ANY))
+        mapdef = next(m for m in self.gen.maps.prog_arrays if m.name == map_name)
+        if 0 <= key < mapdef.max_entries:
+            self.slots[(map_name, key)] = prog
+
+    def fill(self) -> None:
+        draw = self.draw
+        if not self.loaded:
+            self.load()
+            return
+        if draw.boolean(0.8):
+            map_name, key = draw.choice(self.site_keys())
+        else:
+            pa = draw.choice(self.gen.maps.prog_arrays)
+            map_name, key = pa.name, draw.integer(0, pa.max_entries)   # max_entries: out of range
+        targets = self.targets(map_name)
+        if targets:
+            self.update_slot(map_name, key & 0xFFFFFFFF, draw.choice(targets))
+        else:
+            self.run()
+
+    def delete(self) -> None:
+        draw = self.draw
+        filled = sorted(self.slots)
+        if filled and draw.boolean(0.85):
+            map_name, key = draw.choice(filled)
+            del self.slots[(map_name, key)]
+        else:
+            map_name, key = draw.choice(self.site_keys())
+            self.slots.pop((map_name, key & 0xFFFFFFFF), None)
+        self.events.append(Delete(map_name, key_u32(key)))
+
+    def retarget(self) -> None:
+        draw = self.draw
+        filled = sorted(self.slots)
+        if not filled or not self.loaded:
+            self.fill()
+            return
+        map_name, key = draw.choice(filled)
+        targets = self.targets(map_name)
+        others = [n for n in targets if n != self.slots[(map_name, key)]] or targets
+        self.update_slot(map_name, key, draw.choice(others))
+
+    def data_update(self) -> None:
+        draw = self.draw
+        mapdef = draw.choice(self.gen.maps.data_maps)
+        key = draw.integer(0, mapdef.max_entries)
+        value = random.Random(draw.integer(0, (1 << 32) - 1)).randbytes(mapdef.value_size)
+        self.events.append(Update(mapdef.name, key_u32(key), value, draw.choice((BPF_ANY, 1, 2))))
+
+    def load(self) -> None:
+        if not self.pending_loads:
+            self.run()
+            return
+        name = self.pending_loads.pop(0)
+        # fill this program's constant slots first when we can: the fixup-at-load path
+        for site in next(p for p in self.plans if p.name == name).sites:
+            targets = self.targets(site.map)
+            if site.key is not None and targets and self.draw.boolean(0.5):
+                self.update_slot(site.map, site.key & 0xFFFFFFFF, self.draw.choice(targets))
+        self.events.append(Load(name))
+        self.loaded.append(name)
+
+    def plan(self) -> list[Event]:
+        draw = self.draw
+        for map_name, key, prog in self.motif_fills:
+            if prog in self.loaded:
+                self.update_slot(map_name, key, prog)
+        budget = draw.integer(2, self.gen.options.max_events)
+        while len(self.events) < budget:
+            episode = weighted(draw, self.EPISODES)
+            if episode == "fill_run":
+                self.fill()
+                self.run()
+            elif episode == "delete_run":
+                self.delete()
+                self.run()
+            elif episode == "retarget_run":
+                self.retarget()
+                self.run()
+            else:
+                getattr(self, episode)()
+        for name in list(self.pending_loads):
+            if draw.boolean(0.5):
+                self.pending_loads.remove(name)
+                self.events.append(Load(name))
+                self.loaded.append(name)
+        if not any(isinstance(e, Run) for e in self.events[-1:]):
+            self.run()
+        return self.events
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+def _profile(profile: str | Profile | None) -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    return get_profile(profile or os.environ.get("BPFDIFF_PROFILE") or DEFAULT_PROFILE)
+
+
+def generate_scenario(draw: Draw, profile: str | Profile = DEFAULT_PROFILE,
+                      options: GenOptions | None = None, meta: tuple[tuple[str, str], ...] = ()) -> Scenario:
+    """Build one valid scenario from ``draw`` for ``profile``."""
+    prof = _profile(profile)
+    scenario = ScenarioGenerator(draw, prof, options or GenOptions()).generate()
+    return Scenario(scenario.maps, scenario.programs, scenario.events, scenario.expect,
+                    (("profile", prof.name),) + meta + scenario.meta)
+
+
+def scenario_from_seed(seed: int, profile: str | Profile = DEFAULT_PROFILE,
+                       options: GenOptions | None = None) -> Scenario:
+    """The scenario of ``seed`` (``bpfdiff fuzz --seed``): deterministic."""
+    return generate_scenario(RandomDraw(seed), profile, options, meta=(("seed", str(seed)),))
+
+
+def scenario_from_bytes(data: bytes, profile: str | Profile | None = None,
+                        options: GenOptions | None = None) -> Scenario:
+    """The scenario an atheris input (or crash artifact) stands for.
+
+    The profile defaults to ``$BPFDIFF_PROFILE`` (as in the harness), else
+    linux-6.1; ``$BPFDIFF_INJECT`` is recorded in the meta so that replaying
+    the artifact with ``bpfdiff run`` switches the same planted bugs on.
+    """
+    meta: tuple[tuple[str, str], ...] = ()
+    inject = os.environ.get("BPFDIFF_INJECT", "").strip()
+    if inject:
+        meta = (("inject", inject),)
+    return generate_scenario(ByteDraw(data), _profile(profile), options, meta=meta)
