@@ -362,13 +362,11 @@ class _Assembler:
 
     def call(self, line: _Line) -> None:
         operands = line.operands
-        if len(operands) == 1 and " " in operands[0].text:
-            # ``call local func``: the mode and the target are separated by a blank
-            mode_text, _, target_text = operands[0].text.partition(" ")
-            stripped = target_text.strip()
-            target_col = operands[0].col + len(operands[0].text) - len(stripped)
-            mode = Operand(mode_text, operands[0].col)
-            target = Operand(stripped, target_col)
+        words = operands[0].text.split(None, 1) if len(operands) == 1 else []
+        if len(words) == 2:
+            # ``call local func``: the mode and the target are separated by blanks
+            target_col = operands[0].col + len(operands[0].text) - len(words[1])
+            mode, target = Operand(words[0], operands[0].col), Operand(words[1], target_col)
         elif len(operands) == 1 and operands[0].text in CALL_MODES:
             raise line.error(f"missing target after 'call {operands[0].text}'", operands[0].col)
         elif len(operands) == 1:
