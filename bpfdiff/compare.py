@@ -86,8 +86,17 @@ def _format_r0(value: int | None) -> str:
     return "-" if value is None else f"0x{value:x}"
 
 
-def _format_trace(trace: Sequence[str]) -> str:
-    return " -> ".join(trace) if trace else "(none)"
+def format_trace(trace: Sequence[str]) -> str:
+    """``caller -> target``; repeats collapse: a 34-deep self tail call is ``loop x34``."""
+    if not trace:
+        return "(none)"
+    runs: list[list] = []
+    for name in trace:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    return " -> ".join(name if count == 1 else f"{name} x{count}" for name, count in runs)
 
 
 def _format_mem(mem: bytes) -> str:
@@ -109,7 +118,7 @@ def _format_plain(value: Any) -> str:
 # How each field's value is shown; anything not listed is shown with str().
 FIELD_FORMATTERS: dict[str, Callable[[Any], str]] = {
     "r0": _format_r0,
-    "trace": _format_trace,
+    "trace": format_trace,
     "mem": _format_mem,
     "maps": _format_maps,
 }

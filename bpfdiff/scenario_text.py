@@ -479,7 +479,7 @@ def format_scenario(scenario: Scenario) -> str:
         out += _format_program(prog)
     if scenario.events:
         out.append("-- events")
-        out += [_format_event(event, maps) for event in scenario.events]
+        out += [format_event(event, maps) for event in scenario.events]
     expect = scenario.expect
     if expect is not None and expect.result is not None:
         out += ["-- result", f"0x{expect.result:x}"]
@@ -539,7 +539,8 @@ def _format_flags(flags: int) -> str:
     return f" flags={_FLAG_NAMES.get(flags, flags)}"
 
 
-def _format_event(event: Event, maps: dict[str, MapDef]) -> str:
+def format_event(event: Event, maps: dict[str, MapDef]) -> str:
+    """One event as its ``-- events`` line (``maps`` by name gives the key sizes)."""
     if isinstance(event, Run):
         return f"run {event.prog}" + (f" mem={_format_bytes(event.mem)}" if event.mem else "")
     if isinstance(event, Update):
@@ -604,6 +605,7 @@ def write_scenario(path: str | os.PathLike[str], scenario: Scenario) -> None:
 __all__ = [
     "SUFFIX",
     "ScenarioSyntaxError",
+    "format_event",
     "format_scenario",
     "parse_scenario",
     "read_scenario",

@@ -144,7 +144,7 @@ def test_run_agreeing_engines_exit_0(tmp_path: Path, monkeypatch: pytest.MonkeyP
     code, out, _ = run_cli(capsys, "run", str(path), "--engines", "a,b")
     assert code == 0, out
     assert "[0] run p: r0=0x2a exit tail_calls=0 trace=p" in out
-    assert out.strip().endswith("OK: 2 engines agree on 2 events and match the expected result")
+    assert out.strip().endswith("OK: a and b agree on 2 events and match the expected result")
 
 
 def test_run_divergence_shows_fields_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -265,3 +265,11 @@ def test_conformance_suite_on_the_interpreter(capsys: pytest.CaptureFixture[str]
     # The only skips are the three files with the unknown `-- no register offset` section.
     assert skipped == ["SKIP call_unwind_fail.data", "SKIP callx.data", "SKIP mem-len.data"]
     assert code == 0, out
+
+
+def test_trace_display_collapses_repeats() -> None:
+    from bpfdiff.compare import format_trace
+
+    assert format_trace(()) == "(none)"
+    assert format_trace(("caller", "target")) == "caller -> target"
+    assert format_trace(("main",) + ("loop",) * 33 + ("main",)) == "main -> loop x33 -> main"

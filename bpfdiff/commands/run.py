@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bpfdiff.bugs import bugs_for, validate_bugs
-from bpfdiff.compare import Difference, compare_outcomes, format_difference
+from bpfdiff.compare import Difference, compare_outcomes, format_difference, format_trace
 from bpfdiff.engine import _REGISTRY, EXIT, Engine, EngineError, EventOutcome, RunResult, engine_names, make_engine
 from bpfdiff.inputs import InputError, load_input
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
-from bpfdiff.scenario import Delete, Event, Expect, Load, Run, Scenario, Update
+from bpfdiff.scenario import Event, Expect, MapDef, Scenario
+from bpfdiff.scenario_text import format_event
 
 NAME = "run"
 HELP = "run a scenario, .data file or crash artifact on several engines and compare them"
@@ -140,17 +141,10 @@ def _innermost(exc: BaseException) -> str:
 
 
 # -- display ---------------------------------------------------------------------
-def describe_event(event: Event) -> str:
-    if isinstance(event, Run):
-        return f"run {event.prog}" + (f" mem={len(event.mem)}B" if event.mem else "")
-    if isinstance(event, Update):
-        value = f"prog:{event.value}" if isinstance(event.value, str) else event.value.hex()
-        return f"update {event.map} {event.key.hex()} {value}" + (f" flags={event.flags}" if event.flags else "")
-    if isinstance(event, Delete):
-        return f"delete {event.map} {event.key.hex()}"
-    if isinstance(event, Load):
-        return f"load {event.prog}"
-    return repr(event)
+def describe_event(event: Event, maps: dict[str, MapDef], width: int = 72) -> str:
+    """The event as its scenario-text line, shortened when long (big ``mem=``)."""
+    text = format_event(event, maps)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def summarize_run(run: RunResult) -> str:
@@ -160,8 +154,7 @@ def summarize_run(run: RunResult) -> str:
         where = f" at {run.fault_prog}:{run.fault_pc}" if run.fault_pc is not None else ""
         kind = f" {run.fault_kind}" if run.fault_kind else ""
         ending = f"{run.exit}{kind}{where}"
-    trace = " -> ".join(run.trace) if run.trace else "(none)"
-    return f"{ending} tail_calls={run.tail_calls} trace={trace}"
+    return f"{ending} tail_calls={run.tail_calls} trace={format_trace(run.trace)}"
 
 
 def summarize_outcome(outcome: EventOutcome) -> str:
@@ -175,11 +168,12 @@ def print_events(scenario: Scenario, outcomes: dict[str, list[EventOutcome]],
     by_event: dict[int, list[Difference]] = {}
     for difference in differences:
         by_event.setdefault(difference.event_index, []).append(difference)
+    maps = {m.name: m for m in scenario.maps}
     engines = list(outcomes)
     pad = max((len(e) for e in engines), default=0)
     for index, event in enumerate(scenario.events):
         present = {e: seq[index] for e, seq in outcomes.items() if index < len(seq)}
-        label = f"[{index}] {describe_event(event)}"
+        label = f"[{index}] {describe_event(event, maps)}"
         if not present:
             print(f"{label}: (no outcome)")
             continue
@@ -234,8 +228,11 @@ def main(args: argparse.Namespace) -> int:
     for line in report.crashes + report.mismatches:
         print(line)
     if report.ok:
-        checked = " and match the expected result" if scenario.expect is not None else ""
-        print(f"OK: {len(outcomes)} engines agree on {len(scenario.events)} events{checked}")
+        names = list(outcomes)
+        several = len(names) > 1
+        who = f"{', '.join(names[:-1])} and {names[-1]} agree on" if several else f"{names[0]} ran"
+        checked = f" and match{'' if several else 'es'} the expected result" if scenario.expect is not None else ""
+        print(f"OK: {who} {len(scenario.events)} events{checked}")
         return 0
     print(f"FAIL: {len(report.differences)} differences, {len(report.violations)} violations, "
           f"{len(report.crashes)} crashes, {len(report.mismatches)} expectation mismatches")
