@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from bpfdiff.scenario_text import write_scenario
 
     crash = Path(args.crash)
-    scenario = load_input(crash)
+    scenario = load_input(crash, profile=args.profile)
     bugs = None
     if args.inject is not None:
         bugs = frozenset(b for b in args.inject.split(",") if b)
