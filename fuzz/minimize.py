@@ -7,7 +7,8 @@ is a well-formed scenario and most of them are valid programs:
 * programs and maps that no event or program refers to any more are dropped,
   and each program/map is also tried away together with the events naming it;
 * instructions: ddmin over each program's instruction *units* (an ``lddw`` is
-  one unit of two slots, so a pair is never split), with every remaining jump
+  one unit of two slots, so a pair is never split), then every window of 2
+  and 3 adjacent units, with every remaining jump
   offset and ``call local`` imm rewritten so that it still reaches the same
   instruction (or, when that one was removed, the one that took its place);
 * operands: registers, immediates and offsets replaced by simpler ones (0, 1,
@@ -226,7 +227,8 @@ def _int_rank(value: int) -> tuple[int, bool]:
 
 def simpler_ints(value: int) -> list[int]:
     """Candidates strictly simpler than ``value``: 0, 1, -1, small, halves."""
-    proposals = [0, 1, -1, 2, value // 2, -value if value < 0 else value, value >> 1]
+    proposals = [0, 1, -1, 2, value // 2, -value if value < 0 else value, value >> 1,
+                 value - 1 if value > 0 else value + 1]
     seen: list[int] = []
     for p in proposals:
         if _int_rank(p) < _int_rank(value) and p not in seen:
@@ -392,6 +394,26 @@ class Minimizer:
                 changed |= self._accept(_with_program(base, prog_name, new), f"instructions of {prog_name}")
         return changed
 
+    def pass_instruction_windows(self) -> bool:
+        """Remove 2 or 3 adjacent units at every position: ddmin's chunks need not line up
+        with e.g. a ``call local`` and the ``exit`` after it, which only go together."""
+        changed = False
+        for prog_name in [p.name for p in self.best.programs]:
+            for width in (2, 3):
+                index = 0
+                while True:
+                    insns = self.best.program(prog_name).insns
+                    units = instruction_units(insns)
+                    if index + width > len(units) or len(units) <= width:
+                        break
+                    new = rewrite_program(insns, {start: () for start, _ in units[index:index + width]})
+                    if new is not None and self._accept(_with_program(self.best, prog_name, new),
+                                                        f"instructions of {prog_name}"):
+                        changed = True
+                    else:
+                        index += 1
+        return changed
+
     def pass_operands(self) -> bool:
         changed = False
         for prog_name in [p.name for p in self.best.programs]:
@@ -441,7 +463,7 @@ class Minimizer:
             progress = True
             while progress:
                 progress = False
-                for variant in _simpler_events(self.best.events[index]):
+                for variant in _simpler_events(self.best.events[index], self.best):
                     events = list(self.best.events)
                     events[index] = variant
                     if self._accept(replace(self.best, events=tuple(events)), f"event {index}"):
@@ -450,8 +472,8 @@ class Minimizer:
         return changed
 
     # -- the fixpoint ----------------------------------------------------------
-    PASSES = ("pass_events", "pass_unreferenced", "pass_instructions", "pass_operands",
-              "pass_maps", "pass_event_data")
+    PASSES = ("pass_events", "pass_unreferenced", "pass_instructions", "pass_instruction_windows",
+              "pass_operands", "pass_maps", "pass_event_data")
 
     def run(self) -> MinimizeResult:
         rounds = 0
@@ -475,11 +497,26 @@ class Minimizer:
         )
 
 
-def _simpler_events(event: Any) -> Iterator[Any]:
+def _smaller_programs(scenario: Scenario, name: str) -> list[str]:
+    """Programs strictly smaller than ``name`` (slots, then name): a run or slot may move to one."""
+    sizes = {p.name: (len(p.insns), p.name) for p in scenario.programs}
+    if name not in sizes:
+        return []
+    return sorted((n for n, key in sizes.items() if key < sizes[name]), key=sizes.__getitem__)
+
+
+def _simpler_events(event: Any, scenario: Scenario) -> Iterator[Any]:
+    # Moving a run (or a prog-array value) to a smaller program can leave the
+    # bigger one unreferenced: a step plain deletion cannot take.
     if isinstance(event, Run):
         for mem in _simpler_bytes(event.mem):
             yield replace(event, mem=mem)
+        for prog in _smaller_programs(scenario, event.prog):
+            yield replace(event, prog=prog)
     elif isinstance(event, Update):
+        if isinstance(event.value, str):
+            for prog in _smaller_programs(scenario, event.value):
+                yield replace(event, value=prog)
         if isinstance(event.value, bytes):
             for value in _simpler_bytes(event.value):
                 if len(value) == len(event.value):
