@@ -484,7 +484,7 @@ def format_scenario(scenario: Scenario) -> str:
     if expect is not None and expect.result is not None:
         out += ["-- result", f"0x{expect.result:x}"]
     if expect is not None and expect.error is not None:
-        out += ["-- error", expect.error]
+        out += ["-- error", _checked_error_text(expect.error)]
     if scenario.meta:
         out.append("-- meta")
         out += [_format_meta(key, value) for key, value in scenario.meta]
@@ -555,6 +555,15 @@ def format_event(event: Event, maps: dict[str, MapDef]) -> str:
     if isinstance(event, Load):
         return f"load {event.prog}"
     raise TypeError(f"not an event: {event!r}")
+
+
+def _checked_error_text(text: str) -> str:
+    lines = text.split("\n")
+    for line in lines:
+        if not line.strip() or line != line.strip() or line.startswith(("#", SECTION_PREFIX)):
+            raise ValueError(f"error text {text!r} cannot be written in a scenario "
+                             "(non-blank lines without outer spaces, not starting with '#' or '-- ')")
+    return text
 
 
 def _format_meta(key: str, value: str) -> str:

@@ -399,3 +399,22 @@ def test_binary_input_is_the_fuzzers_scenario(tmp_path: Path) -> None:
     assert input_kind(path, data) == "bytes"
     assert load_input(path) == generate.scenario_from_bytes(data)
     assert load_input(path, "linux-5.5") == generate.scenario_from_bytes(data, "linux-5.5")
+
+
+@pytest.mark.parametrize("scenario", [
+    Scenario(expect=Expect(error="-- maps")),
+    Scenario(expect=Expect(error="# not a comment")),
+    Scenario(expect=Expect(error="two\n\nparagraphs")),
+    Scenario(meta=(("--", "x"),)),
+    Scenario(meta=(("key", "two\nlines"),)),
+    Scenario(meta=(("key", " padded"),)),
+    Scenario(maps=(MapDef("bad name", "array", 4, 4, 1),)),
+])
+def test_printer_refuses_what_would_not_read_back(scenario: Scenario) -> None:
+    with pytest.raises(ValueError):
+        format_scenario(scenario)
+
+
+def test_multi_line_error_text_round_trips() -> None:
+    scenario = Scenario(expect=Expect(error="first line\nsecond: line"))
+    assert parse_scenario(format_scenario(scenario)) == scenario
