@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bpfdiff.interp.engine import InterpEngine
 
 from bpfdiff.asm import assemble_program
 from bpfdiff.datafile import DataFileError, read_datafile
+from bpfdiff.isa import Program
 from bpfdiff.scenario import MapDef, Run, Scenario, Update, key_u32
 
 
@@ -58,6 +60,14 @@ def bench_suite(directory: Path, repeat: int) -> None:
     runs = repeat * len(scenarios)
     print(f"conformance: {len(scenarios)} programs x {repeat}: {runs / elapsed:,.0f} scenario runs/s, "
           f"{insns * repeat / elapsed:,.0f} insns/s (incl. setup), {insns} insns per pass")
+    # Fuzzing runs new programs every time: include decoding (no cache hits).
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for scenario in scenarios:
+            fresh = tuple(Program(p.name, p.insns) for p in scenario.programs)
+            engine.execute(replace(scenario, programs=fresh))
+    elapsed = time.perf_counter() - start
+    print(f"conformance, fresh Program objects (decoded every run): {runs / elapsed:,.0f} scenario runs/s")
 
 
 LOOP = """
