@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from bpfdiff.scenario import Scenario
@@ -43,11 +44,14 @@ def input_kind(path: str | os.PathLike[str], data: bytes) -> str:
     return "data" if first[1] in DATAFILE_SECTIONS else "scenario"
 
 
-def load_input(path: str | os.PathLike[str], profile: str | None = None) -> Scenario:
+def load_input(path: str | os.PathLike[str], profile: str | None = None,
+               warn: Callable[[str], None] | None = None) -> Scenario:
     """Read a scenario, a ``.data`` file or a fuzzer byte input; errors are :class:`InputError`.
 
     ``profile`` only matters for byte inputs: the fuzzer generates what the
     profile allows, so an artifact replays under the profile it was found with.
+    ``warn`` receives one line per part of the file that was read but has no
+    effect (a ``.data`` file's unknown sections).
     """
     name = str(path)
     try:
@@ -63,21 +67,25 @@ def load_input(path: str | os.PathLike[str], profile: str | None = None) -> Scen
         line = data[: exc.start].count(b"\n") + 1
         raise InputError(f"{name}:{line}: not UTF-8 text") from None
     if kind == "data":
-        return _from_datafile(name, text)
+        return _from_datafile(name, text, warn)
     try:
         return parse_scenario(text, name)
     except ScenarioSyntaxError as exc:
         raise InputError(str(exc)) from None
 
 
-def _from_datafile(name: str, text: str) -> Scenario:
+def _from_datafile(name: str, text: str, warn: Callable[[str], None] | None) -> Scenario:
     from bpfdiff.asm import AsmError
     from bpfdiff.datafile import DataFileError, parse_datafile
 
     try:
-        return parse_datafile(text, name).to_scenario()
+        datafile = parse_datafile(text, name)
     except (DataFileError, AsmError) as exc:
         raise InputError(_one_line(exc, name)) from None
+    if warn is not None:
+        for section, line in datafile.unknown_sections:
+            warn(f"{name}:{line}: unknown section '-- {section}' ignored")
+    return datafile.to_scenario()
 
 
 def _from_bytes(name: str, data: bytes, profile: str | None) -> Scenario:

@@ -273,3 +273,14 @@ def test_trace_display_collapses_repeats() -> None:
     assert format_trace(()) == "(none)"
     assert format_trace(("caller", "target")) == "caller -> target"
     assert format_trace(("main",) + ("loop",) * 33 + ("main",)) == "main -> loop x33 -> main"
+
+
+def test_run_data_file_notes_unknown_sections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "odd.data"
+    path.write_text("-- asm\nmov %r0, 42\nexit\n-- result\n0x2a\n-- odd section\n")
+    use_engines(monkeypatch, {"a": [run_result(42, ("odd",))], "b": [run_result(42, ("odd",))]})
+    code, out, _ = run_cli(capsys, "run", str(path), "--engines", "a,b")
+    assert code == 0, out
+    assert f"note: {path}:6: unknown section '-- odd section' ignored" in out
+    assert "[0] run odd: r0=0x2a exit tail_calls=0 trace=odd" in out

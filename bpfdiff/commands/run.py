@@ -214,7 +214,7 @@ def check_expectation(expect: Expect | None, outcomes: dict[str, list[EventOutco
 
 
 def main(args: argparse.Namespace) -> int:
-    scenario = load_input(args.file, args.profile)
+    scenario = load_input(args.file, args.profile, warn=lambda line: print(f"note: {line}"))
     settings = settings_for(args, scenario)
     inject = f"; inject {','.join(sorted(settings.bugs))}" if settings.bugs else ""
     print(f"{args.file}: {len(scenario.programs)} programs, {len(scenario.maps)} maps, "
