@@ -9,8 +9,12 @@ Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
   the caller on return.  A ninth frame faults (FAULT_CALL_DEPTH).
 * ``call bpf_tail_call`` (R2 = prog array, R3 = index), in the kernel's order:
   index (u32) >= max_entries -> fall through; the counter at the profile's
-  limit -> fall through; empty slot -> fall through; otherwise the counter
-  goes up and the target runs from slot 0 *in place of the current frame*:
+  limit -> fall through; then the counter goes up -- *before* the slot is
+  read, so a call through an empty slot counts too (core.c ``JMP_TAIL_CALL``:
+  ``tail_call_cnt++`` precedes ``if (!prog) goto out``; the x86 JIT stores the
+  incremented counter before loading ``ptrs[index]``, and its direct sites
+  count before the patchable nop/jmp) --; empty slot -> fall through;
+  otherwise the target runs from slot 0 *in place of the current frame*:
   registers unchanged, R10 unchanged and the frame's stack reused (both
   kernel engines do that: the interpreter keeps its C stack buffer, the JIT
   jumps past the target's stack setup), R0 left as it was on fall-through.
@@ -21,6 +25,10 @@ Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
   and drops the callee's increments on return (6.1's x86 JIT passes the
   count by value in rax); ``"shared"`` keeps one counter for the whole chain.
 * At most ``budget`` instructions run; then the run ends with TIMEOUT.
+
+``RunOutcome.tail_calls`` is the number of tail calls *taken* (programs
+entered by a tail call, ``len(trace) - 1``), not the kernel's counter, which
+also counts calls through empty slots.
 """
 
 from __future__ import annotations
@@ -147,7 +155,6 @@ class Machine:
                 if target is None:
                     pc += 1
                     continue
-                self.tail_call_count += 1
                 taken += 1
                 trace.append(target)
                 self.prog = target
@@ -169,6 +176,9 @@ class Machine:
         count = self.tail_call_count + 1 if self.tail_call_limit_bug else self.tail_call_count
         if not self.profile.allows_tail_call(count):
             return None
+        # Counted before the slot is read: a call through an empty slot uses up
+        # one of the 33 too (core.c JMP_TAIL_CALL and both x86 JIT sequences).
+        self.tail_call_count += 1
         return prog_array.get(index)
 
     def _fault(self, r: list, fault: HelperFault, pc: int, taken: int, trace: list[str]) -> RunOutcome:

@@ -147,3 +147,17 @@ def test_tail_call_through_a_non_prog_array_is_unsupported():
     scenario = Scenario(maps=(MapDef("arr", "array", 4, 8, 1),), programs=(prog,), events=(Run("p", b""),))
     result = InterpEngine().execute(scenario)[-1].run
     assert (result.exit, result.fault_kind, result.fault_pc) == ("fault", "unsupported", 3)   # the call slot
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_calls_through_an_empty_slot_count_towards_the_limit(profile):
+    # core.c: tail_call_cnt++ comes before `if (!prog) goto out`.  Each entry
+    # tries the empty slot 1 and then itself (slot 0): two counts per entry.
+    # Entry n starts with count 2(n-1); entry 17 finds 32, its empty-slot call
+    # makes it 33 and the self call is refused: 16 tail calls, 17 entries.
+    prog = assemble_program("self", add_state(1) + tail_call(1) + tail_call(0) + "mov %r0, 0\nexit\n")
+    scenario = Scenario(maps=(MapDef("jt", "prog_array", 4, 4, 2),), programs=(prog,),
+                        events=(Update("jt", key_u32(0), "self"), Run("self", bytes(4))))
+    result = InterpEngine(profile).execute(scenario)[-1].run
+    assert result.tail_calls == 16 and len(result.trace) == 17
+    assert int.from_bytes(result.mem, "little") == 17
