@@ -8,7 +8,8 @@ scenario's declaration order and the final mem.
 
 Loading refuses what the kernel's loader would (EngineError, bad input):
 invalid encodings, references to unknown maps, ``map_value`` on anything but
-a one-element array or beyond its value, and, on profiles without
+a one-element array or beyond its value, writes to R10 ("frame pointer is
+read only"), and, on profiles without
 ``tail_calls_in_subprogs`` (5.5), a program mixing bpf-to-bpf calls with tail
 calls ("tail_calls are not allowed in programs with bpf-to-bpf calls").
 """
@@ -18,7 +19,22 @@ from __future__ import annotations
 from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.engine import DEFAULT_BUDGET, Engine, EngineError, EventOutcome, RunResult
 from bpfdiff.helpers import Prandom
-from bpfdiff.isa import BPF_PSEUDO_MAP_VALUE, InvalidInstruction, Program, check_program, lddw_value
+from bpfdiff.isa import (
+    BPF_ALU,
+    BPF_ALU64,
+    BPF_ATOMIC,
+    BPF_CMPXCHG,
+    BPF_FETCH,
+    BPF_LDX,
+    BPF_PSEUDO_MAP_VALUE,
+    BPF_REG_FP,
+    BPF_STX,
+    Insn,
+    InvalidInstruction,
+    Program,
+    check_program,
+    lddw_value,
+)
 from bpfdiff.maps import BpfMap, MapDefinitionError, create_map, value_region_size
 from bpfdiff.profiles import get_profile
 from bpfdiff.scenario import Delete, Load, Run, Scenario, Update
@@ -117,6 +133,8 @@ def check_loadable(prog: Program, maps: dict[str, BpfMap], tail_calls_in_subprog
         raise EngineError(f"program {prog.name!r}: {exc}") from None
     insns = prog.insns
     for pc, insn in enumerate(insns):
+        if BPF_REG_FP in written_registers(insn):
+            raise EngineError(f"program {prog.name!r}: insn {pc}: frame pointer is read only")
         if insn.is_lddw and insn.map is not None:
             bpf_map = maps.get(insn.map)
             if bpf_map is None:
@@ -133,6 +151,19 @@ def check_loadable(prog: Program, maps: dict[str, BpfMap], tail_calls_in_subprog
         if has_calls and any(insn.is_tail_call for insn in insns):
             raise EngineError(f"program {prog.name!r}: tail_calls are not allowed in programs "
                               "with bpf-to-bpf calls on this profile")
+
+
+def written_registers(insn: Insn) -> tuple[int, ...]:
+    """Registers an instruction writes (other than through calls), for the verifier's R10 rule."""
+    cls = insn.cls
+    if cls in (BPF_ALU, BPF_ALU64, BPF_LDX) or insn.is_lddw:
+        return (insn.dst,)
+    if cls == BPF_STX and insn.mode == BPF_ATOMIC:
+        if insn.imm == BPF_CMPXCHG:
+            return (0,)
+        if insn.imm & BPF_FETCH:
+            return (insn.src,)
+    return ()
 
 
 def _map(maps: dict[str, BpfMap], name: str, index: int) -> BpfMap:

@@ -174,3 +174,11 @@ def test_map_events_and_load_event_order():
 def test_falling_off_the_end_is_invalid():
     result = run("mov %r0, 0\nadd %r0, 1\n")
     assert (result.exit, result.fault_kind, result.fault_pc) == ("fault", "invalid-insn", 2)
+
+
+def test_writing_the_frame_pointer_is_refused_at_load():
+    for text in ("mov %r10, 0\nmov %r0, 0\nexit\n", "ldxdw %r10, [%r1]\nmov %r0, 0\nexit\n",
+                 "lddw %r10, 5\nmov %r0, 0\nexit\n", "lock fetch add [%r1], %r10\nmov %r0, 0\nexit\n"):
+        with pytest.raises(EngineError, match="frame pointer is read only"):
+            run(text, mem=bytes(8))
+    assert run("mov %r0, %r10\nsub %r0, %r10\nexit\n").r0 == 0     # reading it is fine
