@@ -9,7 +9,7 @@ scenario's declaration order and the final mem.
 Loading refuses what the kernel's loader would (EngineError, bad input):
 invalid encodings, references to unknown maps, ``map_value`` on anything but
 a one-element array or beyond its value, writes to R10 ("frame pointer is
-read only"), and, on profiles without
+read only"), jumps into the second slot of an lddw, and, on profiles without
 ``tail_calls_in_subprogs`` (5.5), a program mixing bpf-to-bpf calls with tail
 calls ("tail_calls are not allowed in programs with bpf-to-bpf calls").
 """
@@ -33,6 +33,7 @@ from bpfdiff.isa import (
     InvalidInstruction,
     Program,
     check_program,
+    jump_target,
     lddw_value,
 )
 from bpfdiff.maps import BpfMap, MapDefinitionError, create_map, value_region_size
@@ -132,7 +133,11 @@ def check_loadable(prog: Program, maps: dict[str, BpfMap], tail_calls_in_subprog
     except InvalidInstruction as exc:
         raise EngineError(f"program {prog.name!r}: {exc}") from None
     insns = prog.insns
+    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
     for pc, insn in enumerate(insns):
+        if jump_target(pc, insn) in second_slots and pc not in second_slots:
+            raise EngineError(f"program {prog.name!r}: insn {pc}: jump into the middle of ldimm64 insn "
+                              f"{jump_target(pc, insn) - 1}")
         if BPF_REG_FP in written_registers(insn):
             raise EngineError(f"program {prog.name!r}: insn {pc}: frame pointer is read only")
         if insn.is_lddw and insn.map is not None:
