@@ -305,9 +305,22 @@ IMM = st.integers(-(1 << 31), (1 << 31) - 1)
 ALU = [isa.BPF_ADD, isa.BPF_SUB, isa.BPF_MUL, isa.BPF_OR, isa.BPF_AND, isa.BPF_XOR, isa.BPF_MOV, isa.BPF_DIV]
 
 
+# Placeholder slot -> how to build the real jump once its offset is known.
+JUMPS = {
+    Insn(isa.BPF_JMP | isa.BPF_JEQ | isa.BPF_K): lambda reg, delta, imm: Insn(
+        isa.BPF_JMP | isa.BPF_JEQ | isa.BPF_K, reg, 0, delta, imm),
+    Insn(isa.BPF_JMP32 | isa.BPF_JSGT | isa.BPF_X): lambda reg, delta, imm: Insn(
+        isa.BPF_JMP32 | isa.BPF_JSGT | isa.BPF_X, reg, (reg + 1) % 10, delta),
+    Insn(isa.BPF_JMP | isa.BPF_JA): lambda reg, delta, imm: Insn(isa.BPF_JMP | isa.BPF_JA, off=delta),
+    Insn(isa.BPF_JMP32 | isa.BPF_JA): lambda reg, delta, imm: Insn(isa.BPF_JMP32 | isa.BPF_JA, imm=delta),
+    Insn(isa.CALL_OPCODE, src=isa.BPF_PSEUDO_CALL): lambda reg, delta, imm: Insn(
+        isa.CALL_OPCODE, src=isa.BPF_PSEUDO_CALL, imm=delta),
+}
+
+
 @st.composite
 def programs(draw: st.DrawFn, name: str, map_names: list[str]) -> Program:
-    """Valid programs: ALU (K and X, 32/64), lddw (imm and map), forward jumps, helper calls, exit."""
+    """Valid programs: ALU (K and X, 32/64), lddw (imm and map), jumps and local calls, helper calls, exit."""
     units: list[list[Insn]] = []
     for _ in range(draw(st.integers(0, 8))):
         choice = draw(st.sampled_from(["alu_k", "alu_x", "lddw", "map", "jump", "call", "store"]))
@@ -325,18 +338,18 @@ def programs(draw: st.DrawFn, name: str, map_names: list[str]) -> Program:
         elif choice == "store":
             units.append([Insn(isa.BPF_STX | isa.BPF_MEM | isa.BPF_DW, 10, draw(REG), -8 * draw(st.integers(1, 64)))])
         else:
-            units.append([Insn(isa.BPF_JMP | isa.BPF_JEQ | isa.BPF_K, draw(REG), 0, 0, draw(IMM))])  # patched below
-    # Forward jumps land on a unit boundary or on the final exit.
+            units.append([draw(st.sampled_from(list(JUMPS)))])  # target chosen below
+    # Jumps and local calls land on a unit boundary or on the final exit,
+    # backwards or forwards: the printer must label every target.
     starts, pc = [], 0
     for unit in units:
         starts.append(pc)
         pc += len(unit)
-    end = pc
     insns: list[Insn] = []
     for index, unit in enumerate(units):
-        if unit[0].opcode == isa.BPF_JMP | isa.BPF_JEQ | isa.BPF_K:
-            target = draw(st.sampled_from(starts[index + 1:] + [end]))
-            unit = [Insn(unit[0].opcode, unit[0].dst, 0, target - starts[index] - 1, unit[0].imm)]
+        if unit[0] in JUMPS:
+            delta = draw(st.sampled_from(starts + [pc])) - starts[index] - 1
+            unit = [JUMPS[unit[0]](draw(REG), delta, draw(IMM))]
         insns += unit
     insns.append(Insn(isa.EXIT_OPCODE))
     isa.check_program(insns)
