@@ -1,0 +1,470 @@
+"""The verifier's rewrites that shape JIT output (``bpftool prog dump xlated``).
+
+Models, from kernel/bpf/verifier.c, only what changes what the x86-64 JIT sees
+for a privileged (CAP_BPF) program with the JIT on and no constant blinding:
+
+* **subprograms** -- function starts are the targets of pseudo calls; each
+  becomes its own image (``jit_subprogs``).  The seed-era kernel (profile
+  ``tail_calls_in_subprogs`` false) refuses tail calls mixed with bpf-to-bpf
+  calls.
+* **stack depth** per function -- the deepest ``r10``-relative access (the
+  verifier's ``update_stack_depth``), from a small forward dataflow that follows
+  ``r10`` through register copies and constant adds.  Whenever a frame pointer
+  escapes what the dataflow can follow (stored to memory, passed to a
+  bpf-to-bpf call, offset by a non-constant) the function gets the full
+  ``MAX_BPF_STACK``: too deep is only a different ``sub rsp``, too shallow
+  would let the program overwrite the saved registers.  The seed-era rule
+  "a program that tail calls gets ``MAX_BPF_STACK``" applies when the profile
+  cannot mix tail calls and subprograms (``!allow_tail_call_in_subprogs``).
+* ``tail_call_reachable`` -- a function that tail calls, or calls (transitively)
+  one that does (``check_max_stack_depth``).
+* ``opt_remove_nops`` -- ``ja +0`` instructions are deleted.
+* ``do_misc_fixups``:
+  - ``call bpf_tail_call`` becomes the internal ``BPF_JMP | BPF_TAIL_CALL`` with
+    ``imm = poke index + 1`` when the site is *direct* -- the same prog array in
+    R2 and the same constant key (< max_entries) in R3 on every path reaching it
+    (``record_func_map`` / ``record_func_key``; the same dataflow, with
+    ``jeq``/``jne`` against a constant refining the register) -- else ``imm = 0``;
+  - division and modulo by a register get the zero guards ``chk_and_div`` /
+    ``chk_and_mod`` (32- and 64-bit forms), signed ones today's
+    ``chk_and_sdiv`` / ``chk_and_smod`` (which also make ``INT_MIN / -1``
+    impossible, using ``BPF_REG_AX``), and ``sdiv``/``smod`` by the constant -1
+    become ``neg`` / ``mov 0``;
+  - pseudo map loads keep their map *name*: the JIT resolves the address
+    (``JitEnv.map_addr``), like the kernel's rewrite of the fd into a pointer.
+
+Not modelled (they need the verifier's full value tracking): branch pruning
+and dead-code removal of never-taken paths, spilled-constant tracking for the
+tail-call key, inlining of map helpers.  A site the kernel would make direct
+may come out indirect here, never the reverse; both behave the same.
+
+Jumps are re-targeted across every insertion and removal the way
+``bpf_adj_branches`` does: a jump to a patched instruction lands on the first
+instruction of its patch.  :attr:`Xlated.orig_pc` maps every xlated slot back to
+the pc of the program as loaded (what faults and traces report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bpfdiff import isa
+from bpfdiff.isa import Insn, InvalidInstruction, Program
+from bpfdiff.profiles import Profile
+from bpfdiff.scenario import MapDef
+
+if TYPE_CHECKING:
+    from bpfdiff.jit.bpf_jit_comp import JitOptions
+
+U64 = (1 << 64) - 1
+U32 = (1 << 32) - 1
+AX = isa.BPF_REG_AX
+
+
+class VerifierError(ValueError):
+    """A program the kernel's verifier would refuse, as ``prog: insn N: reason``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PokeSpec:
+    """A direct tail-call site: ``struct bpf_jit_poke_descriptor`` before the JIT fills in addresses."""
+
+    map: str
+    key: int
+    insn_idx: int       # xlated pc of the BPF_TAIL_CALL instruction
+
+
+@dataclass(slots=True)
+class SubprogInfo:
+    start: int          # xlated pc of the first instruction
+    end: int            # one past the last
+    stack_depth: int
+    has_tail_call: bool
+    tail_call_reachable: bool
+
+
+@dataclass(slots=True)
+class Xlated:
+    insns: list[Insn]
+    orig_pc: list[int]           # xlated slot -> pc in the program as loaded
+    pokes: list[PokeSpec]
+    subprogs: list[SubprogInfo]
+
+    def format(self, map_id: Callable[[str], int] | None = None,
+               helper_name: Callable[[int], str] | None = None) -> str:
+        """``bpftool prog dump xlated`` text of the rewritten program."""
+        from bpfdiff.disasm import format_xlated
+        return format_xlated(self.insns, map_id=map_id, helper_name=helper_name)
+
+
+# -- small dataflow: what the verifier knows about R0-R10 ------------------------------------
+# A value is None (unknown), ("c", u64) a constant, ("m", name) a map pointer, ("f", off) r10 + off.
+Value = tuple | None
+State = tuple
+ESCAPE = "escape"        # a frame pointer went where the dataflow cannot follow it
+
+
+def _sext32(v: int) -> int:
+    v &= U32
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _join(a: State, b: State) -> State:
+    return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
+
+
+CONST_ALU = {
+    isa.BPF_ADD: lambda a, b, w: a + b,
+    isa.BPF_SUB: lambda a, b, w: a - b,
+    isa.BPF_MUL: lambda a, b, w: a * b,
+    isa.BPF_OR: lambda a, b, w: a | b,
+    isa.BPF_AND: lambda a, b, w: a & b,
+    isa.BPF_XOR: lambda a, b, w: a ^ b,
+    isa.BPF_LSH: lambda a, b, w: a << (b & (w - 1)),
+    isa.BPF_RSH: lambda a, b, w: a >> (b & (w - 1)),
+}
+
+
+class FunctionFlow:
+    """Forward dataflow over one function: register values, stack depth, tail-call (map, key)."""
+
+    def __init__(self, insns: Sequence[Insn], start: int, end: int, maps: Mapping[str, MapDef]) -> None:
+        self.insns, self.start, self.end, self.maps = insns, start, end, maps
+        self.depth = 0
+        self.escaped = False
+        self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
+        self.calls: set[int] = set()       # pcs of pseudo calls
+
+    def access(self, base: Value, off: int) -> None:
+        if base is not None and base[0] == "f":
+            slot = base[1] + off
+            if slot < 0:
+                self.depth = max(self.depth, -slot)
+
+    def run(self) -> None:
+        entry: State = (None,) * 10 + (("f", 0),)
+        states: dict[int, State] = {self.start: entry}
+        work = [self.start]
+        while work:
+            pc = work.pop()
+            for succ, out in self.step(pc, states[pc]):
+                if not self.start <= succ < self.end:
+                    continue     # a jump out of the function: check_subprogs reports it
+                old = states.get(succ)
+                new = out if old is None else _join(old, out)
+                if new != old:
+                    states[succ] = new
+                    work.append(succ)
+
+    def step(self, pc: int, regs: State) -> list[tuple[int, State]]:
+        insn = self.insns[pc]
+        r = list(regs)
+        cls = insn.cls
+        nxt = pc + 1
+        if insn.is_lddw:
+            second = self.insns[pc + 1]
+            if insn.src == isa.BPF_PSEUDO_MAP_FD:
+                r[insn.dst] = ("m", insn.map)
+            elif insn.src == 0:
+                r[insn.dst] = ("c", isa.lddw_value(insn, second))
+            else:
+                r[insn.dst] = None
+            return [(pc + 2, tuple(r))]
+        if cls in (isa.BPF_ALU, isa.BPF_ALU64):
+            r[insn.dst] = self.alu(insn, r)
+            return [(nxt, tuple(r))]
+        if cls == isa.BPF_LDX:
+            self.access(r[insn.src], insn.off)
+            r[insn.dst] = None
+            return [(nxt, tuple(r))]
+        if cls in (isa.BPF_ST, isa.BPF_STX):
+            self.access(r[insn.dst], insn.off)
+            if cls == isa.BPF_STX and r[insn.src] is not None and r[insn.src][0] == "f":
+                self.escaped = True          # a stack pointer stored to memory
+            if cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+                r[0 if insn.imm == isa.BPF_CMPXCHG else insn.src] = None
+            return [(nxt, tuple(r))]
+        if insn.opcode == isa.CALL_OPCODE:
+            args = r[1:6]
+            if insn.is_pseudo_call:
+                self.calls.add(pc)
+                if any(a is not None and a[0] == "f" for a in args):
+                    self.escaped = True      # the callee may use the caller's stack
+            else:
+                for a in args:
+                    self.access(a, 0)
+                if insn.is_tail_call:
+                    self.record_tail_call(pc, r[2], r[3])
+            for reg in range(6):
+                r[reg] = None
+            return [(nxt, tuple(r))]
+        if insn.is_exit:
+            return []
+        if cls in (isa.BPF_JMP, isa.BPF_JMP32):
+            target = isa.jump_target(pc, insn)
+            if insn.op == isa.BPF_JA:
+                return [(target, tuple(r))]
+            taken, fall = list(r), list(r)
+            if cls == isa.BPF_JMP and insn.source == isa.BPF_K:
+                known = ("c", insn.imm & U64)
+                if insn.op == isa.BPF_JEQ:
+                    taken[insn.dst] = known
+                elif insn.op == isa.BPF_JNE:
+                    fall[insn.dst] = known
+            return [(target, tuple(taken)), (nxt, tuple(fall))]
+        return [(nxt, tuple(r))]
+
+    def alu(self, insn: Insn, r: list) -> Value:
+        is64 = insn.cls == isa.BPF_ALU64
+        width = 64 if is64 else 32
+        mask = U64 if is64 else U32
+        dst = r[insn.dst]
+        op = insn.op
+        if insn.source == isa.BPF_X:
+            operand = r[insn.src]
+        else:
+            operand = ("c", insn.imm & mask)     # sign-extended to 64 bits, or the low 32
+        if op == isa.BPF_MOV:
+            if insn.source == isa.BPF_K:
+                return ("c", insn.imm & mask)
+            if insn.off:
+                return None
+            if is64:
+                return operand
+            return ("c", operand[1] & U32) if operand is not None and operand[0] == "c" else None
+        if dst is not None and dst[0] == "f":
+            if is64 and op in (isa.BPF_ADD, isa.BPF_SUB) and operand is not None and operand[0] == "c":
+                delta = operand[1] if operand[1] < (1 << 63) else operand[1] - (1 << 64)
+                return ("f", dst[1] + delta if op == isa.BPF_ADD else dst[1] - delta)
+            self.escaped = True              # pointer arithmetic the dataflow cannot follow
+            return None
+        if op == isa.BPF_NEG and dst is not None and dst[0] == "c":
+            return ("c", -dst[1] & mask)
+        fn = CONST_ALU.get(op)
+        if fn is None or dst is None or operand is None or dst[0] != "c" or operand[0] != "c":
+            return None
+        return ("c", fn(dst[1] & mask, operand[1] & mask, width) & mask)
+
+    def record_tail_call(self, pc: int, r2: Value, r3: Value) -> None:
+        """record_func_map + record_func_key: a direct site needs one prog array and one key in range."""
+        map_name = r2[1] if r2 is not None and r2[0] == "m" else None
+        key = None
+        if map_name is not None and r3 is not None and r3[0] == "c" and r3[1] < self.maps[map_name].max_entries:
+            key = r3[1]
+        old = self.tail_calls.get(pc)
+        if old is not None and old != (map_name, key):
+            map_name, key = (old[0] if old[0] == map_name else None), None
+        self.tail_calls[pc] = (map_name, key)
+
+
+# -- instruction-list surgery, with bpf_adj_branches semantics ---------------------------------
+def _is_relative(insn: Insn) -> bool:
+    return isa.jump_target(0, insn) is not None
+
+
+def _with_offset(insn: Insn, rel: int) -> Insn:
+    if insn.is_pseudo_call or insn.opcode == isa.BPF_JMP32 | isa.BPF_JA:
+        return Insn(insn.opcode, insn.dst, insn.src, insn.off, rel, insn.map)
+    if not -(1 << 15) <= rel < (1 << 15):
+        raise VerifierError(f"jump offset {rel} out of range after patching")
+    return Insn(insn.opcode, insn.dst, insn.src, rel, insn.imm, insn.map)
+
+
+def rebuild(insns: list[Insn], orig: list[int], patches: Mapping[int, list[Insn]]) -> tuple[list[Insn], list[int],
+                                                                                          list[int]]:
+    """Replace instruction i by ``patches[i]`` (empty: remove it); re-target every original jump.
+
+    The patch lists hold the replaced instruction itself where it survives;
+    jumps *inside* a patch are relative to the patch and stay as written.
+    Returns the new instructions, their orig_pc and old index -> new start.
+    """
+    n = len(insns)
+    new_start = [0] * (n + 1)
+    pos = 0
+    for i in range(n):
+        new_start[i] = pos
+        pos += len(patches[i]) if i in patches else 1
+    new_start[n] = pos
+    out: list[Insn] = []
+    out_orig: list[int] = []
+    for i, insn in enumerate(insns):
+        if i in patches:
+            out.extend(patches[i])
+            out_orig.extend([orig[i]] * len(patches[i]))
+            continue
+        target = isa.jump_target(i, insn)
+        if target is not None:
+            insn = _with_offset(insn, new_start[target] - (new_start[i] + 1))
+        out.append(insn)
+        out_orig.append(orig[i])
+    return out, out_orig, new_start
+
+
+# -- do_misc_fixups patchlets -------------------------------------------------------------------
+def _jmp(is64: bool, op: int, dst: int, off: int, imm: int) -> Insn:
+    return Insn((isa.BPF_JMP if is64 else isa.BPF_JMP32) | op | isa.BPF_K, dst, 0, off, imm)
+
+
+def _alu(is64: bool, op: int, dst: int, src: int = 0, imm: int = 0, source: int = isa.BPF_K) -> Insn:
+    return Insn((isa.BPF_ALU64 if is64 else isa.BPF_ALU) | op | source, dst, src, 0, imm)
+
+
+JA_1 = Insn(isa.BPF_JMP | isa.BPF_JA, 0, 0, 1, 0)
+
+
+def chk_and_div(insn: Insn, is64: bool) -> list[Insn]:
+    """``[R,W]x div 0 -> 0``."""
+    return [_jmp(is64, isa.BPF_JNE, insn.src, 2, 0),
+            _alu(False, isa.BPF_XOR, insn.dst, insn.dst, source=isa.BPF_X), JA_1, insn]
+
+
+def chk_and_mod(insn: Insn, is64: bool) -> list[Insn]:
+    """``[R,W]x mod 0 -> [R,W]x`` (the 32-bit form still truncates dst)."""
+    patch = [_jmp(is64, isa.BPF_JEQ, insn.src, 1 + (0 if is64 else 1), 0), insn]
+    if not is64:
+        patch += [JA_1, _alu(False, isa.BPF_MOV, insn.dst, insn.dst, source=isa.BPF_X)]
+    return patch
+
+
+def chk_and_sdiv(insn: Insn, is64: bool) -> list[Insn]:
+    """sdiv by 0 -> 0, by -1 -> neg (so INT_MIN / -1 = INT_MIN), through AX = src + 1."""
+    return [Insn(isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X, AX, insn.src),
+            _alu(is64, isa.BPF_ADD, AX, imm=1),
+            _jmp(is64, isa.BPF_JGT, AX, 4, 1),
+            _jmp(is64, isa.BPF_JEQ, AX, 1, 0),
+            _alu(is64, isa.BPF_MOV, insn.dst, imm=0),
+            _alu(is64, isa.BPF_NEG, insn.dst),
+            JA_1, insn]
+
+
+def chk_and_smod(insn: Insn, is64: bool) -> list[Insn]:
+    """smod by 0 -> dst (truncated for 32 bits), by -1 -> 0."""
+    patch = [Insn(isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X, AX, insn.src),
+             _alu(is64, isa.BPF_ADD, AX, imm=1),
+             _jmp(is64, isa.BPF_JGT, AX, 3, 1),
+             _jmp(is64, isa.BPF_JEQ, AX, 3 + (0 if is64 else 1), 1),
+             _alu(False, isa.BPF_MOV, insn.dst, imm=0),
+             JA_1, insn]
+    if not is64:
+        patch += [JA_1, _alu(False, isa.BPF_MOV, insn.dst, insn.dst, source=isa.BPF_X)]
+    return patch
+
+
+DIV_GUARDS: dict[tuple[int, int], Callable[[Insn, bool], list[Insn]]] = {
+    # (op, off): patchlet -- off 1 is the signed form
+    (isa.BPF_DIV, 0): chk_and_div, (isa.BPF_MOD, 0): chk_and_mod,
+    (isa.BPF_DIV, 1): chk_and_sdiv, (isa.BPF_MOD, 1): chk_and_smod,
+}
+
+
+def signed_by_minus_one(insn: Insn, is64: bool) -> list[Insn]:
+    """sdiv/smod by the constant -1: ``neg dst`` / ``w_dst = 0``."""
+    if insn.op == isa.BPF_DIV:
+        return [_alu(is64, isa.BPF_NEG, insn.dst)]
+    return [_alu(False, isa.BPF_MOV, insn.dst, imm=0)]
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+def _subprog_starts(insns: Sequence[Insn]) -> list[int]:
+    starts = {0}
+    for pc, insn in enumerate(insns):
+        if insn.is_pseudo_call:
+            starts.add(pc + 1 + insn.imm)
+    return sorted(starts)
+
+
+def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[int]:
+    insns = prog.insns
+    where = f"program {prog.name}"
+    try:
+        isa.check_program(insns)
+    except InvalidInstruction as exc:
+        raise VerifierError(f"{where}: {exc}") from None
+    starts = _subprog_starts(insns)
+    ends = starts[1:] + [len(insns)]
+    for pc, insn in enumerate(insns):
+        if insn.map is not None and insn.map not in maps:
+            raise VerifierError(f"{where}: insn {pc}: unknown map {insn.map!r}")
+        if insn.is_alu and insn.op in (isa.BPF_DIV, isa.BPF_MOD) and insn.source == isa.BPF_K and insn.imm == 0:
+            raise VerifierError(f"{where}: insn {pc}: division by zero")
+        if insn.opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
+            raise VerifierError(f"{where}: insn {pc}: kfunc calls are not supported")
+        target = isa.jump_target(pc, insn)
+        if target is not None and not insn.is_pseudo_call:
+            here = max(s for s in starts if s <= pc)
+            if not here <= target < ends[starts.index(here)]:
+                raise VerifierError(f"{where}: insn {pc}: jump out of range from insn {pc} to {target}")
+    for end in ends:
+        last = insns[end - 1]
+        if not (last.is_exit or last.opcode in (isa.BPF_JMP | isa.BPF_JA, isa.BPF_JMP32 | isa.BPF_JA)):
+            raise VerifierError(f"{where}: insn {end - 1}: last insn of a function is not an exit or jmp")
+    if len(starts) > 1 and not profile.tail_calls_in_subprogs and any(i.is_tail_call for i in insns):
+        raise VerifierError(f"{where}: tail_calls are not allowed in programs with bpf-to-bpf calls")
+    return starts
+
+
+def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: JitOptions) -> Xlated:
+    """The verifier's rewrites of ``prog`` for ``profile`` (raises :class:`VerifierError`)."""
+    insns = list(prog.insns)
+    starts = _check(prog, maps, profile)
+    ends = starts[1:] + [len(insns)]
+
+    # analysis on the program as loaded (the verifier's do_check)
+    flows = []
+    for start, end in zip(starts, ends, strict=True):
+        flow = FunctionFlow(insns, start, end, maps)
+        flow.run()
+        flows.append(flow)
+    tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}
+    for pc, (map_name, _) in tail_calls.items():
+        if map_name is not None and maps[map_name].kind != "prog_array":
+            raise VerifierError(f"program {prog.name}: insn {pc}: cannot pass map_type "
+                                f"{maps[map_name].kind} into func bpf_tail_call")
+    has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in zip(starts, ends, strict=True)]
+    callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
+    reachable = list(has_tail_call)
+    changed = True
+    while changed:          # a function that calls one that reaches a tail call reaches it too
+        changed = False
+        for k, called in enumerate(callees):
+            if not reachable[k] and any(reachable[c] for c in called):
+                reachable[k] = changed = True
+    depths = [isa.MAX_BPF_STACK if flow.escaped else flow.depth for flow in flows]
+    if not profile.tail_calls_in_subprogs and any(has_tail_call):
+        depths[0] = isa.MAX_BPF_STACK       # fixup_bpf_calls: "we cannot make any assumptions"
+
+    # opt_remove_nops
+    orig = list(range(len(insns)))
+    ja0 = Insn(isa.BPF_JMP | isa.BPF_JA)
+    removed = {pc: [] for pc, insn in enumerate(insns) if insn == ja0}
+    insns, orig, new_start = rebuild(insns, orig, removed)
+    starts = [new_start[s] for s in starts]
+    tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
+
+    # do_misc_fixups, in program order (poke indices follow it)
+    patches: dict[int, list[Insn]] = {}
+    pokes: list[tuple[int, str, int]] = []
+    for pc, insn in enumerate(insns):
+        if insn.is_alu and insn.op in (isa.BPF_DIV, isa.BPF_MOD):
+            is64 = insn.cls == isa.BPF_ALU64
+            if insn.source == isa.BPF_X:
+                patches[pc] = DIV_GUARDS[(insn.op, insn.off)](insn, is64)
+            elif insn.off == 1 and insn.imm == -1:
+                patches[pc] = signed_by_minus_one(insn, is64)
+        elif insn.is_tail_call:
+            map_name, key = tail_calls.get(pc, (None, None))
+            imm = 0
+            if key is not None and not options.force_indirect:
+                pokes.append((pc, map_name, key))
+                imm = len(pokes)
+            patches[pc] = [Insn(isa.TAIL_CALL_OPCODE, 0, 0, 0, imm)]
+    insns, orig, new_start = rebuild(insns, orig, patches)
+    # the tail call is the only instruction of its patch
+    poke_specs = [PokeSpec(map_name, key, new_start[pc]) for pc, map_name, key in pokes]
+    starts = [new_start[s] for s in starts]
+    ends = starts[1:] + [len(insns)]
+    subprogs = [SubprogInfo(s, e, depths[k], has_tail_call[k], reachable[k])
+                for k, (s, e) in enumerate(zip(starts, ends, strict=True))]
+    return Xlated(insns=insns, orig_pc=orig, pokes=poke_specs, subprogs=subprogs)
