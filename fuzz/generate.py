@@ -1042,3 +1042,65 @@ def scenario_from_bytes(data: bytes, profile: str | Profile | None = None,
     if inject:
         meta = (("inject", inject),)
     return generate_scenario(ByteDraw(data), _profile(profile), options, meta=meta)
+
+
+# ---------------------------------------------------------------------------
+# Mutation of existing scenarios (corpus entries)
+# ---------------------------------------------------------------------------
+def _mutate_events(s: Scenario, draw: Draw) -> tuple[Event, ...]:
+    events = list(s.events)
+    prog_arrays = [m for m in s.maps if m.kind == "prog_array"]
+    names = [p.name for p in s.programs]
+    action = draw.choice(("drop", "duplicate_run", "swap", "insert_update", "insert_delete", "new_mem"))
+    runs = [i for i, e in enumerate(events) if isinstance(e, Run)]
+    if action == "drop" and len(events) > 1:
+        del events[draw.integer(0, len(events) - 1)]
+    elif action == "duplicate_run" and runs:
+        i = draw.choice(runs)
+        events.insert(draw.integer(i, len(events)), events[i])
+    elif action == "swap" and len(events) > 1:
+        i = draw.integer(0, len(events) - 2)
+        events[i], events[i + 1] = events[i + 1], events[i]
+    elif action in ("insert_update", "insert_delete") and prog_arrays and names:
+        pa = draw.choice(prog_arrays)
+        key = key_u32(draw.integer(0, pa.max_entries))
+        event: Event = Update(pa.name, key, draw.choice(names)) if action == "insert_update" else Delete(pa.name, key)
+        events.insert(draw.integer(0, len(events)), event)
+    elif runs:
+        i = draw.choice(runs)
+        old = events[i]
+        assert isinstance(old, Run)
+        events[i] = Run(old.prog, random.Random(draw.integer(0, (1 << 32) - 1)).randbytes(len(old.mem)))
+    return tuple(events)
+
+
+def _mutate_program(prog: Program, draw: Draw) -> Program:
+    """Change one ALU instruction's immediate or operation (the checker decides if it stays valid)."""
+    alus = [pc for pc, insn in enumerate(prog.insns)
+            if insn.is_alu and insn.op not in (BPF_END, BPF_NEG) and (pc == 0 or not prog.insns[pc - 1].is_lddw)]
+    if not alus:
+        return prog
+    pc = draw.choice(alus)
+    insn = prog.insns[pc]
+    if insn.source == BPF_K and draw.boolean(0.6):
+        new = Insn(insn.opcode, insn.dst, insn.src, insn.off, draw.choice(CORNER_IMM32))
+    else:
+        op = draw.choice([op for op in ALU_BINOPS if op != BPF_MOV])
+        new = Insn(insn.cls | op | insn.source, insn.dst, insn.src, 0, insn.imm)
+    insns = list(prog.insns)
+    insns[pc] = new
+    return Program(prog.name, tuple(insns))
+
+
+def mutate_scenario(s: Scenario, draw: Draw) -> Scenario:
+    """One structural mutation: an event edit or one changed ALU instruction.
+
+    The result may be invalid (e.g. a shift by 64); callers filter with the
+    checker.  Meta is kept (profile, inject) so a finding replays the same way.
+    """
+    if s.programs and draw.boolean(0.5):
+        i = draw.integer(0, len(s.programs) - 1)
+        programs = list(s.programs)
+        programs[i] = _mutate_program(programs[i], draw)
+        return Scenario(s.maps, tuple(programs), s.events, None, s.meta)
+    return Scenario(s.maps, s.programs, _mutate_events(s, draw), None, s.meta)

@@ -1,0 +1,476 @@
+"""A fuzzing campaign: corpus replay, generation and mutation, findings saved as they come.
+
+What one campaign does (``bpfdiff fuzz``):
+
+1. load the corpus (scenario files, ``.data`` files, atheris inputs) and
+   replay every entry that the checker accepts under the campaign's profile;
+2. then, until ``--time`` or ``--runs`` is used up: a fresh scenario from the
+   generator (seed ``--seed + i`` for the i-th generated scenario) or, one
+   time in four when there is a corpus, a mutation of a corpus entry (kept
+   only when the checker accepts it);
+3. every scenario goes through the oracle; each finding is written at once,
+   atomically (temp file + ``os.replace``), to the crash directory as a
+   replayable scenario (meta: profile, inject, seed or origin, signature)
+   plus a short ``.txt`` report -- at most ``max_per_signature`` files per
+   signature;
+4. a scenario that covers a feature nothing before it covered (static
+   features of :func:`bpfdiff.fuzz.corpus.scenario_features` plus, per run,
+   opcode class x tail-call kind x preceding map-event kind of every program
+   it entered) is added to the corpus directory, atomically.
+
+With ``jobs > 1`` the work runs in worker processes (spawned, each with its
+own engines); the parent collects results, writes files and draws the status
+line.  Ctrl-C stops the workers after their current scenario; whatever they
+found is written before the summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import queue
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from bpfdiff.fuzz.checker import check_scenario, tail_call_sites
+from bpfdiff.fuzz.generate import RandomDraw, mutate_scenario, scenario_from_seed
+from bpfdiff.fuzz.oracle import DIVERGENCE, EnginePool, Finding, Verdict, run_oracle
+
+from bpfdiff.engine import EngineError, EventOutcome
+from bpfdiff.isa import opcode_class_name
+from bpfdiff.profiles import get_profile
+from bpfdiff.scenario import Run, Scenario
+from bpfdiff.scenario_text import SUFFIX, format_scenario
+
+MUTATION_SHARE = 0.25
+BATCH_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    time_limit: float | None = None       # seconds; None: no limit
+    runs: int | None = None               # scenarios; None: no limit
+    seed: int = 0
+    profile: str = "linux-6.1"
+    engines: tuple[str, ...] = ("interp", "jit")
+    corpus: Path | None = None
+    crashes: Path | None = None
+    jobs: int = 1
+    inject: frozenset[str] = frozenset()
+    max_per_signature: int = 3
+
+
+@dataclass
+class Stats:
+    scenarios: int = 0
+    engine_runs: int = 0                  # run events x engines
+    invalid: int = 0                      # corpus entries / mutants the checker refused
+    replayed: int = 0
+    findings: Counter[str] = field(default_factory=Counter)   # kind -> count
+    signatures: dict[str, int] = field(default_factory=dict)  # signature -> findings seen
+    corpus_size: int = 0
+    saved: list[Path] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def divergences(self) -> int:
+        return self.findings[DIVERGENCE]
+
+
+# ---------------------------------------------------------------------------
+# Features
+# ---------------------------------------------------------------------------
+class FeatureModel:
+    """Corpus features: static ones (corpus module) plus what the runs actually touched."""
+
+    def __init__(self, profile: str) -> None:
+        self.profile = get_profile(profile)
+
+    def features(self, scenario: Scenario, outcomes: list[EventOutcome]) -> frozenset[str]:
+        from bpfdiff.fuzz.corpus import event_kinds, scenario_features
+
+        found = set(scenario_features(scenario))
+        kinds = event_kinds(scenario)
+        classes: dict[str, set[str]] = {}
+        tc_kinds: dict[str, set[str]] = {}
+        for prog in scenario.programs:
+            classes[prog.name] = program_classes(prog.insns)
+            sites = tail_call_sites(prog, scenario, self.profile)
+            tc_kinds[prog.name] = {("direct" if s.direct else "indirect") + (".sub" if s.in_subprog else "")
+                                   for s in sites} or {"none"}
+        last_map_event = "none"
+        for outcome, kind in zip(outcomes, kinds, strict=False):
+            if outcome.run is None:
+                last_map_event = kind
+                continue
+            for name in set(outcome.run.trace):
+                for cls in classes.get(name, ()):
+                    for tck in tc_kinds.get(name, ()):
+                        found.add(f"run:{cls}×{tck}×{last_map_event}")
+            found.add(f"tailcalls:{min(outcome.run.tail_calls, 40) // 8}")
+            found.add(f"exit:{outcome.run.exit}:{outcome.run.fault_kind}")
+        return frozenset(found)
+
+
+def program_classes(insns) -> set[str]:
+    out, skip = set(), False
+    for insn in insns:
+        if skip:
+            skip = False
+            continue
+        skip = insn.is_lddw
+        out.add(opcode_class_name(insn))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# One worker's stream of scenarios
+# ---------------------------------------------------------------------------
+@dataclass
+class Item:
+    """What a worker reports about one scenario worth keeping."""
+
+    kind: str                    # "finding" or "corpus"
+    scenario: Scenario
+    origin: str
+    finding: Finding | None = None
+    features: frozenset[str] = frozenset()
+
+
+class Worker:
+    def __init__(self, config: CampaignConfig, worker_id: int, corpus: list[tuple[str, Scenario]]) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.replay = [entry for i, entry in enumerate(corpus) if i % config.jobs == worker_id]
+        self.corpus = list(corpus)
+        self.pool = EnginePool()
+        self.profile = get_profile(config.profile)
+        self.rng = random.Random(config.seed * 7919 + worker_id)
+        self.features_seen: set[str] = set()
+        self.signatures_sent: Counter[str] = Counter()
+        self.generated = 0
+        self.model = FeatureModel(config.profile)
+
+    def next_scenario(self) -> tuple[Scenario | None, str]:
+        """The next scenario to run, with its origin; None when a mutant was invalid."""
+        if self.replay:
+            origin, scenario = self.replay.pop(0)
+            return (None if check_scenario(scenario, self.profile) else scenario), f"corpus {origin}"
+        if self.corpus and self.rng.random() < MUTATION_SHARE:
+            origin, parent = self.rng.choice(self.corpus)
+            mutant = mutate_scenario(parent, RandomDraw(self.rng.getrandbits(32)))
+            return (None if check_scenario(mutant, self.profile) else mutant), f"mutation of {origin}"
+        index = self.worker_id + self.generated * self.config.jobs
+        self.generated += 1
+        seed = self.config.seed + index
+        return scenario_from_seed(seed, self.profile), f"seed {seed}"
+
+    def step(self) -> tuple[int, int, int, list[Item]]:
+        """Run one scenario: (scenarios done, engine runs, invalid inputs skipped, items to report)."""
+        scenario, origin = self.next_scenario()
+        if scenario is None:
+            return 0, 0, 1, []
+        try:
+            verdict = run_oracle(scenario, self.config.engines, self.config.profile, self.config.inject, self.pool)
+        except EngineError:
+            return 1, 0, 1, []
+        runs = sum(isinstance(e, Run) for e in scenario.events) * len(verdict.outcomes)
+        return 1, runs, 0, self.items(scenario, origin, verdict)
+
+    def items(self, scenario: Scenario, origin: str, verdict: Verdict) -> list[Item]:
+        items = []
+        for finding in verdict.findings:
+            if self.signatures_sent[finding.signature] < self.config.max_per_signature:
+                self.signatures_sent[finding.signature] += 1
+                items.append(Item("finding", scenario, origin, finding))
+        if self.config.corpus is not None and verdict.outcomes and not origin.startswith("corpus"):
+            outcomes = next(iter(verdict.outcomes.values()))
+            features = self.model.features(scenario, outcomes)
+            if not features <= self.features_seen:
+                self.features_seen |= features
+                items.append(Item("corpus", scenario, origin, features=features))
+        elif self.config.corpus is not None and verdict.outcomes:
+            self.features_seen |= self.model.features(scenario, next(iter(verdict.outcomes.values())))
+        return items
+
+    def quota(self) -> int | None:
+        """Scenarios this worker runs when the campaign has ``--runs``: its share of them."""
+        if self.config.runs is None:
+            return None
+        jobs = self.config.jobs
+        return self.config.runs // jobs + (1 if self.worker_id < self.config.runs % jobs else 0)
+
+
+def worker_main(config: CampaignConfig, worker_id: int, corpus: list[tuple[str, Scenario]],
+                results: multiprocessing.Queue, stop: multiprocessing.Event) -> None:
+    """Entry point of a worker process: batches of results every BATCH_SECONDS."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
+    worker = Worker(config, worker_id, corpus)
+    quota = worker.quota()
+    done = runs = invalid = 0
+    items: list[Item] = []
+    last = time.monotonic()
+    try:
+        while not stop.is_set() and (quota is None or done < quota):
+            n, r, bad, new = worker.step()
+            done += n
+            runs += r
+            invalid += bad
+            items += new
+            now = time.monotonic()
+            if now - last >= BATCH_SECONDS or items:
+                results.put(("batch", worker_id, done, runs, invalid, items))
+                done = runs = invalid = 0
+                items = []
+                last = now
+    finally:
+        results.put(("batch", worker_id, done, runs, invalid, items))
+        results.put(("done", worker_id, 0, 0, 0, []))
+        worker.pool.close()
+
+
+# ---------------------------------------------------------------------------
+# The campaign (parent side)
+# ---------------------------------------------------------------------------
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Campaign:
+    def __init__(self, config: CampaignConfig, status: TextIO | None = sys.stderr,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.status = status
+        self.warn = warn or (lambda line: print(line, file=sys.stderr))
+        self.stats = Stats()
+        self.features: set[str] = set()
+        self.corpus: list[tuple[str, Scenario]] = []
+        self.written_per_signature: Counter[str] = Counter()
+        self.first_findings: dict[str, Path | None] = {}
+        self._last_status = 0.0
+        self._status_is_tty = bool(status is not None and hasattr(status, "isatty") and status.isatty())
+
+    # -- corpus -------------------------------------------------------------
+    def load_corpus(self) -> None:
+        if self.config.corpus is None:
+            return
+        self.config.corpus.mkdir(parents=True, exist_ok=True)
+        from bpfdiff.fuzz.corpus import load_corpus
+
+        for entry in load_corpus([self.config.corpus], warn=self.warn):
+            self.corpus.append((str(entry.path), entry.scenario))
+            self.features |= entry.features
+        self.stats.corpus_size = len(self.corpus)
+
+    def add_to_corpus(self, item: Item) -> None:
+        if self.config.corpus is None or item.features <= self.features:
+            return
+        self.features |= item.features
+        text = format_scenario(item.scenario)
+        path = self.config.corpus / f"gen-{_digest(text)}{SUFFIX}"
+        if not path.exists():
+            _atomic_write_text(path, text)
+        self.stats.corpus_size += 1
+
+    # -- findings -------------------------------------------------------------
+    def record_finding(self, item: Item) -> None:
+        finding = item.finding
+        assert finding is not None
+        stats = self.stats
+        stats.findings[finding.kind] += 1
+        first = finding.signature not in stats.signatures
+        stats.signatures[finding.signature] = stats.signatures.get(finding.signature, 0) + 1
+        if first:
+            self.first_findings[finding.signature] = None
+        written = self.written_per_signature[finding.signature]
+        if self.config.crashes is None or written >= self.config.max_per_signature:
+            return
+        self.written_per_signature[finding.signature] += 1
+        path = self.save_finding(item)
+        stats.saved.append(path)
+        if first:
+            self.first_findings[finding.signature] = path
+
+    def finding_meta(self, item: Item) -> tuple[tuple[str, str], ...]:
+        assert item.finding is not None
+        keep = [(k, v) for k, v in item.scenario.meta if k not in ("profile", "inject", "signature", "origin")]
+        inject = ",".join(sorted(self.config.inject)) or "none"
+        return (("profile", self.config.profile), ("inject", inject), ("signature", item.finding.signature),
+                ("origin", item.origin.replace(" ", "_")), ("engines", ",".join(self.config.engines))) + tuple(keep)
+
+    def save_finding(self, item: Item) -> Path:
+        finding = item.finding
+        assert finding is not None and self.config.crashes is not None
+        scenario = Scenario(item.scenario.maps, item.scenario.programs, item.scenario.events, None,
+                            self.finding_meta(item))
+        text = format_scenario(scenario)
+        stem = f"{finding.kind}-{_digest(finding.signature)[:8]}-{_digest(text)[:8]}"
+        path = self.config.crashes / f"{stem}{SUFFIX}"
+        _atomic_write_text(path, text)
+        inject = ",".join(sorted(self.config.inject)) or "none"
+        report = [
+            f"signature: {finding.signature}",
+            f"kind: {finding.kind}",
+            f"found: {item.origin}, profile {self.config.profile}, inject {inject}",
+            f"event: {finding.event_index}   field: {finding.field}",
+            "values: " + ", ".join(f"{e}={v}" for e, v in finding.values.items()),
+            "",
+            finding.detail,
+            "",
+            f"replay: bpfdiff run {path}",
+            f"minimise: bpfdiff minimize {path}",
+        ]
+        _atomic_write_text(path.with_suffix(".txt"), "\n".join(report) + "\n")
+        return path
+
+    def absorb(self, done: int, runs: int, invalid: int, items: list[Item]) -> None:
+        self.stats.scenarios += done
+        self.stats.engine_runs += runs
+        self.stats.invalid += invalid
+        for item in items:
+            if item.kind == "finding":
+                self.record_finding(item)
+            else:
+                self.add_to_corpus(item)
+
+    # -- status ---------------------------------------------------------------
+    def status_line(self) -> str:
+        s = self.stats
+        t = max(s.elapsed, 1e-9)
+        return (f"[fuzz {self.config.profile}] {s.elapsed:6.1f}s  scenarios {s.scenarios} ({s.scenarios / t:.0f}/s)  "
+                f"runs {s.engine_runs} ({s.engine_runs / t:.0f}/s)  divergences {s.divergences}  "
+                f"findings {sum(s.findings.values())}  signatures {len(s.signatures)}  corpus {s.corpus_size}")
+
+    def show_status(self, force: bool = False) -> None:
+        if self.status is None:
+            return
+        now = time.monotonic()
+        interval = 0.5 if self._status_is_tty else 5.0
+        if not force and now - self._last_status < interval:
+            return
+        self._last_status = now
+        if self._status_is_tty:
+            self.status.write("\r\x1b[K" + self.status_line())
+        else:
+            self.status.write(self.status_line() + "\n")
+        self.status.flush()
+
+    def time_up(self) -> bool:
+        return self.config.time_limit is not None and self.stats.elapsed >= self.config.time_limit
+
+    # -- running ----------------------------------------------------------------
+    def run(self) -> Stats:
+        """Run to the end (time, runs) or Ctrl-C; return the statistics."""
+        if self.config.crashes is not None:
+            self.config.crashes.mkdir(parents=True, exist_ok=True)
+        self.load_corpus()
+        self.stats.started = time.monotonic()
+        try:
+            if self.config.jobs <= 1:
+                self.run_inline()
+            else:
+                self.run_workers()
+        finally:
+            if self.status is not None and self._status_is_tty:
+                self.status.write("\r\x1b[K")
+        return self.stats
+
+    def run_inline(self) -> None:
+        worker = Worker(self.config, 0, self.corpus)
+        quota = worker.quota()
+        try:
+            while (quota is None or self.stats.scenarios < quota) and not self.time_up():
+                done, runs, invalid, items = worker.step()
+                self.absorb(done, runs, invalid, items)
+                self.show_status()
+        except KeyboardInterrupt:
+            self.interrupted = True
+        finally:
+            worker.pool.close()
+
+    def run_workers(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        stop = ctx.Event()
+        procs = [ctx.Process(target=worker_main, args=(self.config, w, self.corpus, results, stop), daemon=True)
+                 for w in range(self.config.jobs)]
+        for proc in procs:
+            proc.start()
+        running = len(procs)
+        try:
+            while running:
+                if self.time_up():
+                    stop.set()
+                try:
+                    kind, _, done, runs, invalid, items = results.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(p.is_alive() for p in procs):
+                        break
+                    self.show_status()
+                    continue
+                if kind == "done":
+                    running -= 1
+                self.absorb(done, runs, invalid, items)
+                self.show_status()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            stop.set()
+            self.drain(results, procs, running)
+        finally:
+            stop.set()
+            for proc in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.terminate()
+
+    def drain(self, results: multiprocessing.Queue, procs: list, running: int) -> None:
+        """After Ctrl-C: collect what the workers still send (their last batches)."""
+        deadline = time.monotonic() + 10
+        while running and time.monotonic() < deadline:
+            try:
+                kind, _, done, runs, invalid, items = results.get(timeout=0.5)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            except KeyboardInterrupt:
+                break
+            if kind == "done":
+                running -= 1
+            self.absorb(done, runs, invalid, items)
+
+    interrupted = False
+
+    def summary(self) -> str:
+        s = self.stats
+        t = max(s.elapsed, 1e-9)
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.findings.items())) or "none"
+        lines = [
+            f"{'interrupted' if self.interrupted else 'done'} after {s.elapsed:.1f}s: {s.scenarios} scenarios "
+            f"({s.scenarios / t:.1f}/s), {s.engine_runs} engine runs ({s.engine_runs / t:.1f}/s), "
+            f"{s.invalid} invalid skipped, corpus {s.corpus_size}",
+            f"findings: {sum(s.findings.values())} ({kinds}), {len(s.signatures)} distinct signatures",
+        ]
+        for signature, count in sorted(s.signatures.items()):
+            path = self.first_findings.get(signature)
+            lines.append(f"  {count:5d}  {signature}" + (f"  -> {path}" if path else ""))
+        return "\n".join(lines)
+

@@ -1,0 +1,296 @@
+"""The differential oracle: run one scenario on several engines, turn disagreements into findings.
+
+``run_oracle(scenario, engines=("interp", "jit"), profile="linux-6.1",
+bugs=frozenset(), pool=None) -> Verdict``.  Three kinds of :class:`Finding`:
+
+``divergence``
+    the engines' outcomes differ (:func:`bpfdiff.compare.compare_outcomes`,
+    the one place outcomes are compared): per run event exit kind, R0, fault
+    kind/pc, tail-call count, program trace, maps and memory; per map event
+    the return code;
+``violation``
+    an engine's self-check failed after an event
+    (:attr:`EventOutcome.violations`, e.g. a JIT poke site whose bytes do not
+    match its slot) -- a finding even when the results agree;
+``crash``
+    an engine raised a Python exception (anything but ``EngineError``, which
+    means "this engine cannot take this input" and propagates).
+
+Signatures are what crash directories are bucketed by (``bpfdiff triage``):
+stable across findings of one bug, different between bugs.  A divergence's
+signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
+
+* WHAT -- the control fields that differ at the first diverging event
+  (``exit``, ``fault_kind``, ``tail_calls``, ``trace``, ``retval``...; R0,
+  maps and memory are then consequences and left out), or ``data`` when only
+  R0 / maps / memory differ;
+* RELATION -- for tail-call counts, ``limit+1`` (one engine took exactly one
+  tail call more than the profile allows), ``limit-1`` (one stopped one
+  short of it), ``count`` otherwise; ``-`` when the counts agree;
+* SITES -- which tail-call sites are involved, by a probe: the JIT engine is
+  run again with every tail call forced indirect; ``direct`` when that makes
+  the divergence go away (the bug is in the patched direct sites), ``any``
+  when it stays; ``+sub`` when a program of the diverging run has a tail
+  call inside a subprogram (the counter crosses a bpf-to-bpf call there).
+
+Crashes: ``crash:PROFILE:ENGINE:ExceptionType@module.function`` (innermost
+frame inside bpfdiff); violations: ``violation:PROFILE:ENGINE:<text with
+numbers replaced by N>``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpfdiff.fuzz.checker import tail_call_sites
+
+from bpfdiff.bugs import bugs_for, validate_bugs
+from bpfdiff.compare import Difference, compare_outcomes, format_value
+from bpfdiff.engine import Engine, EngineError, EventOutcome, make_engine
+from bpfdiff.profiles import Profile, get_profile
+from bpfdiff.scenario import Run, Scenario
+
+DIVERGENCE, CRASH, VIOLATION = "divergence", "crash", "violation"
+CONTROL_FIELDS = ("events", "kind", "run", "retval", "exit", "fault_kind", "fault_pc", "tail_calls", "trace")
+DATA_FIELDS = ("r0", "maps", "mem")
+PROBE_OPTIONS = {"force_indirect": True}
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str                      # divergence, crash or violation
+    signature: str
+    event_index: int | None
+    field: str | None
+    values: dict[str, str]         # engine -> its value, formatted
+    detail: str
+
+
+@dataclass
+class Verdict:
+    findings: list[Finding] = field(default_factory=list)
+    outcomes: dict[str, list[EventOutcome]] = field(default_factory=dict)
+    differences: list[Difference] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)   # engine -> time spent in execute()
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def signature(self) -> str:
+        """The primary (first) finding's signature; empty when ok."""
+        return self.findings[0].signature if self.findings else ""
+
+    @property
+    def divergences(self) -> list[Finding]:
+        return [f for f in self.findings if f.kind == DIVERGENCE]
+
+
+class EnginePool:
+    """Engine instances reused across scenarios, keyed by engine, profile, bugs and options.
+
+    An engine holds a unicorn machine (the JIT) or decoded programs; creating
+    one per scenario would dominate the fuzzer's time.
+    """
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple, Engine] = {}
+
+    @staticmethod
+    def key(name: str, profile: str, bugs: frozenset[str], options: dict[str, Any]) -> tuple:
+        return name, profile, bugs_for(name, bugs), tuple(sorted(options.items()))
+
+    def get(self, name: str, profile: str, bugs: frozenset[str], **options: Any) -> Engine:
+        key = self.key(name, profile, bugs, options)
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = make_engine(name, profile=profile, bugs=key[2], **options)
+            self._engines[key] = engine
+        return engine
+
+    def discard(self, name: str, profile: str, bugs: frozenset[str], **options: Any) -> None:
+        """Drop an engine (after it crashed: its state is not trusted any more)."""
+        engine = self._engines.pop(self.key(name, profile, bugs, options), None)
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:  # noqa: BLE001 - closing a broken engine must not hide the crash
+                pass
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+
+_DEFAULT_POOL = EnginePool()
+
+
+# ---------------------------------------------------------------------------
+def crash_signature(exc: BaseException, engine: str, profile: str) -> str:
+    """Exception type plus the innermost frame inside bpfdiff."""
+    where = "?"
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        module = _module_of(frame.filename)
+        if module is not None:
+            where = f"{module}.{frame.name}"
+            break
+    return f"{CRASH}:{profile}:{engine}:{type(exc).__name__}@{where}"
+
+
+def _module_of(filename: str) -> str | None:
+    """``bpfdiff.jit.emulator`` for .../jit/emulator.py (the repository's folder layout)."""
+    parts = re.split(r"[\\/]", filename)
+    for top, package in (("bpfdiff", "bpfdiff"), ("interp", "bpfdiff.interp"), ("jit", "bpfdiff.jit"),
+                         ("fuzz", "bpfdiff.fuzz")):
+        if top in parts[:-1]:
+            i = len(parts) - 1 - parts[::-1].index(top)
+            rest = parts[i + 1:]
+            rest[-1] = rest[-1].removesuffix(".py")
+            if top == "bpfdiff" and rest[0] in ("interp", "jit", "fuzz"):
+                return ".".join(["bpfdiff"] + rest)
+            return ".".join([package] + rest)
+    return None
+
+
+def violation_signature(text: str, engine: str, profile: str) -> str:
+    shape = re.sub(r"0x[0-9a-fA-F]+|\d+", "N", text.split(":")[0]).strip()
+    return f"{VIOLATION}:{profile}:{engine}:{shape}"
+
+
+def allowed_tail_calls(profile: Profile) -> int:
+    """How many tail calls one chain may take under the profile (33 for both modelled kernels)."""
+    return profile.max_tail_call_cnt + (1 if profile.interp_limit_test == "gt" else 0)
+
+
+def tail_call_relation(values: dict[str, Any], profile: Profile) -> str:
+    counts = sorted(v for v in values.values() if isinstance(v, int))
+    if len(counts) < 2 or counts[0] == counts[-1]:
+        return "-"
+    allowed = allowed_tail_calls(profile)
+    if (counts[0], counts[-1]) == (allowed, allowed + 1):
+        return "limit+1"
+    if (counts[0], counts[-1]) == (allowed - 1, allowed):
+        return "limit-1"
+    return "count"
+
+
+def first_event_differences(differences: Sequence[Difference]) -> list[Difference]:
+    first = min(d.event_index for d in differences)
+    return [d for d in differences if d.event_index == first]
+
+
+def divergence_what(diffs: Sequence[Difference]) -> str:
+    control = [d.field for d in diffs if d.field in CONTROL_FIELDS]
+    return "+".join(sorted(set(control))) if control else "data"
+
+
+def subprog_sites_in_run(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int,
+                         profile: Profile) -> bool:
+    """Does a program the diverging run entered have a tail call inside a subprogram?"""
+    names: set[str] = set()
+    for seq in outcomes.values():
+        if index < len(seq) and seq[index].run is not None:
+            names.update(seq[index].run.trace)
+    event = scenario.events[index] if index < len(scenario.events) else None
+    if isinstance(event, Run):
+        names.add(event.prog)
+    for prog in scenario.programs:
+        if prog.name in names and any(site.in_subprog for site in tail_call_sites(prog, scenario, profile)):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), profile: str = "linux-6.1",
+               bugs: frozenset[str] = frozenset(), pool: EnginePool | None = None, probe: bool = True) -> Verdict:
+    """Run ``scenario`` on every engine and report what they disagree on.
+
+    ``EngineError`` (an engine refuses the input) propagates: it is not a
+    finding.  ``probe`` re-runs a diverging scenario with the JIT's tail calls
+    forced indirect to tell direct-site bugs apart (see the module docstring).
+    """
+    pool = pool or _DEFAULT_POOL
+    bugs = validate_bugs(frozenset(bugs))
+    prof = get_profile(profile)
+    verdict = Verdict()
+    crashes: list[Finding] = []
+    for name in engines:
+        started = time.perf_counter()
+        try:
+            verdict.outcomes[name] = pool.get(name, profile, bugs).execute(scenario)
+        except EngineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an engine crash is a finding
+            pool.discard(name, profile, bugs)
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            crashes.append(Finding(CRASH, crash_signature(exc, name, profile), None, None,
+                                   {name: f"{type(exc).__name__}: {exc}"[:300]}, detail[:2000]))
+        finally:
+            verdict.seconds[name] = time.perf_counter() - started
+    differences = compare_outcomes(verdict.outcomes)
+    verdict.differences = differences
+    if differences:
+        verdict.findings.append(divergence_finding(scenario, verdict, prof, bugs, pool, probe))
+    for name, seq in verdict.outcomes.items():
+        for outcome in seq:
+            for text in outcome.violations:
+                verdict.findings.append(Finding(VIOLATION, violation_signature(text, name, profile), outcome.index,
+                                                None, {name: text}, f"event {outcome.index}: {name}: {text}"))
+    verdict.findings += crashes
+    return verdict
+
+
+def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
+                       pool: EnginePool, probe: bool) -> Finding:
+    diffs = first_event_differences(verdict.differences)
+    index = diffs[0].event_index
+    what = divergence_what(diffs)
+    counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
+    relation = tail_call_relation(counts, profile)
+    sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe else "?"
+    if subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
+        sites += "+sub"
+    primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
+    values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
+    event = scenario.events[index] if index < len(scenario.events) else None
+    lines = [f"event {index} ({_describe(event)}): engines differ in " + ", ".join(d.field for d in diffs)]
+    for d in diffs:
+        shown = "  ".join(f"{e}={format_value(d.field, v)}" for e, v in d.values.items())
+        lines.append(f"  {d.field}: {shown}"[:600])
+    return Finding(DIVERGENCE, f"{DIVERGENCE}:{profile.name}:{what}:{relation}:{sites}", index, primary.field,
+                   values, "\n".join(lines))
+
+
+def _describe(event: object) -> str:
+    if event is None:
+        return "?"
+    kind = type(event).__name__.lower()
+    target = getattr(event, "prog", None) or getattr(event, "map", None)
+    return f"{kind} {target}" if target else kind
+
+
+def probe_sites(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
+                pool: EnginePool, index: int) -> str:
+    """``direct`` if forcing every JIT tail call indirect removes the divergence, else ``any``."""
+    if "jit" not in verdict.outcomes or len(verdict.outcomes) < 2:
+        return "any"
+    try:
+        probe = pool.get("jit", profile.name, bugs, **PROBE_OPTIONS).execute(scenario)
+    except Exception:  # noqa: BLE001 - the probe only refines a signature
+        pool.discard("jit", profile.name, bugs, **PROBE_OPTIONS)
+        return "any"
+    others = {name: seq for name, seq in verdict.outcomes.items() if name != "jit"}
+    still = [d for d in compare_outcomes({**others, "jit": probe}) if d.event_index <= index]
+    return "any" if still else "direct"
+
+
+def close_default_pool() -> None:
+    _DEFAULT_POOL.close()
+
