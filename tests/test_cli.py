@@ -241,7 +241,6 @@ def test_conformance_bad_directory(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_conformance_failure_and_skip_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("bpfdiff.interp.engine", reason="interpreter engine not written yet")
     (tmp_path / "good.data").write_text("-- asm\nmov %r0, 2\nexit\n-- result\n0x2\n")
     (tmp_path / "wrong.data").write_text("-- asm\nmov %r0, 1\nexit\n-- result\n0x2\n")
     (tmp_path / "odd.data").write_text("-- asm\nexit\n-- result\n0x0\n-- no register offset\n")
@@ -257,7 +256,6 @@ def test_conformance_failure_and_skip_lines(tmp_path: Path, capsys: pytest.Captu
 
 @pytest.mark.skipif(not CONFORMANCE.is_dir(), reason="conformance suite not present")
 def test_conformance_suite_on_the_interpreter(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("bpfdiff.interp.engine", reason="interpreter engine not written yet")
     code, out, _ = run_cli(capsys, "conformance", str(CONFORMANCE), "--engines", "interp")
     lines = out.strip().splitlines()
     assert CLOSING_LINE.match(lines[-1]), lines[-1]

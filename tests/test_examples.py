@@ -17,9 +17,6 @@ from bpfdiff.engine import EXIT, make_engine
 from bpfdiff.profiles import PROFILES
 from bpfdiff.scenario_text import read_scenario
 
-pytest.importorskip("bpfdiff.interp.engine", reason="interpreter engine not written yet")
-pytest.importorskip("bpfdiff.jit.engine", reason="JIT engine not written yet")
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "corpus" / "examples"
 LOOP_TRACE = ("loop",) * 34
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from bpfdiff.fuzz.generate import scenario_from_bytes, scenario_from_seed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -397,21 +398,19 @@ def test_generated_scenarios_round_trip(scenario: Scenario) -> None:
 
 
 def test_fuzzer_scenarios_round_trip() -> None:
-    generate = pytest.importorskip("bpfdiff.fuzz.generate", reason="fuzzer generator not written yet")
     for profile in ("linux-6.1", "linux-5.5"):
         for seed in range(60):
-            scenario = generate.scenario_from_seed(seed, profile)
+            scenario = scenario_from_seed(seed, profile)
             assert parse_scenario(format_scenario(scenario), f"seed{seed}.scn") == scenario, (profile, seed)
 
 
 def test_binary_input_is_the_fuzzers_scenario(tmp_path: Path) -> None:
-    generate = pytest.importorskip("bpfdiff.fuzz.generate", reason="fuzzer generator not written yet")
     data = bytes(range(256)) * 2
     path = tmp_path / "crash-0123abcd"
     path.write_bytes(data)
     assert input_kind(path, data) == "bytes"
-    assert load_input(path) == generate.scenario_from_bytes(data)
-    assert load_input(path, "linux-5.5") == generate.scenario_from_bytes(data, "linux-5.5")
+    assert load_input(path) == scenario_from_bytes(data)
+    assert load_input(path, "linux-5.5") == scenario_from_bytes(data, "linux-5.5")
 
 
 @pytest.mark.parametrize("scenario", [
