@@ -5,13 +5,20 @@ reused for every scenario: regions are mapped once (grown when a scenario
 needs more), per-scenario state is reset by rewinding allocators, zeroing the
 data that was used and dropping unicorn's translation cache.
 
-Memory layout (47-bit addresses: unicorn's x86-64 cannot fetch from the
-kernel's upper canonical half, but addresses above 4 GiB still make the JIT
-pick the same encodings as in the kernel, e.g. ``movabs`` for a map pointer):
+Memory layout.  unicorn's x86-64 cannot fetch from the kernel's upper
+canonical half, so the kernel's address *properties* are kept instead of its
+addresses: text (helpers, thunks, images) sits in the low 2 GiB, so that a
+``call``/``jmp rel32`` reaches it from anywhere in the text and also from the
+image-less convergence passes (ip near 0), just as kernel text in the top
+2 GiB is reachable from ip near 0 by sign extension; data (maps, programs,
+stack, context) sits above 4 GiB, so the JIT picks ``movabs`` for a map
+pointer exactly as for a kernel address:
 
 ==========================  ==============================================
 ``HELPER_BASE``             helper page: one ``ret`` every 8 bytes; helper
                             *id* lives at ``HELPER_BASE + 8 * id``
+``THUNK_BASE``              ``__x86_indirect_thunk_<reg>`` (retpoline
+                            thunks), 32 bytes per register
 ``SENTINEL``                the return address pushed before a run; its own
                             page, filled with ``int3``
 ``IMAGE_BASE``              JIT images, bump-allocated per scenario
@@ -30,11 +37,15 @@ page runs the Python helper (``bpfdiff.helpers``) with rdi, rsi, rdx, rcx, r8
 (R1-R5), puts the result in rax, poisons R1-R5 as the helpers module says, and
 lets the ``ret`` return into the image.
 
-Program trace: two one-address code hooks per program, on ``bpf_func`` (the
-normal entry of a run) and on ``bpf_func + x86_tail_call_offset`` (where a
-tail call lands).  The second address is also passed through by every normal
-entry, so it counts as a tail-call entry only when the first hook did not just
-fire for the same program.
+Program trace: one-address code hooks per program on ``bpf_func`` (the
+normal entry of a run), ``bpf_func + x86_tail_call_offset`` (where a tail call
+lands; a normal entry walks through it too, which is told apart by the entry
+hook having just fired) and the end of the prologue (BPF pc 0).  At the end of
+the prologue the frame's tail-call counter (``rbp + tail_call_cnt_off``) must
+hold the number of tail calls taken so far; a mismatch is a violation.  The
+counter is checked there, not where the tail call lands, because in flight it
+may live in a register (6.1 passes it in rax and an indirect jump's retpoline
+thunk overwrites the slot with its return address).
 
 Text patching: unicorn 2.1 keeps translated blocks across ``mem_write``; a
 patched poke site would keep running its old code.  :meth:`Emulator.write_text`
@@ -56,13 +67,16 @@ from bpfdiff.helpers import CLOBBER_VALUES, HelperFault
 
 PAGE = 0x1000
 
-HELPER_BASE = 0x7FFF_8100_0000
+HELPER_BASE = 0x4100_0000
 HELPER_SLOT = 8
 HELPER_PAGES = 1
 MAX_HELPER_ID = HELPER_PAGES * PAGE // HELPER_SLOT - 1
 SENTINEL = HELPER_BASE + 0x10_0000
+# kernel text the JIT jumps to besides helpers: __x86_indirect_thunk_<reg>, one slot per register
+THUNK_BASE = HELPER_BASE + 0x2000
+THUNK_SLOT = 32
 
-IMAGE_BASE = 0x7FFF_A000_0000
+IMAGE_BASE = 0x6000_0000
 DATA_BASE = 0x7888_8000_0000
 REGION_CHUNK = 1 << 20          # images and data are mapped in 1 MiB steps as they grow
 IMAGE_ALIGN = 16
@@ -122,7 +136,12 @@ class EntryPoint:
     name: str
     bpf_func: int
     tail_entry: int                  # bpf_func + the profile's tail-call offset
+    body: int                        # end of the main image's prologue (its addrs[0]): BPF pc 0
     tail_call_cnt_off: int | None    # rbp-relative counter slot of the main image
+
+    def points(self) -> list[int]:
+        """The distinct addresses the trace hooks watch."""
+        return sorted({self.bpf_func, self.tail_entry, self.body})
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,8 @@ class Emulator:
         self.uc = uc
         uc.mem_map(HELPER_BASE, HELPER_PAGES * PAGE)
         uc.mem_write(HELPER_BASE, b"\xc3" * (HELPER_PAGES * PAGE))   # ret
+        uc.mem_map(THUNK_BASE, PAGE)
+        uc.mem_write(THUNK_BASE, b"\xcc" * PAGE)
         uc.mem_map(SENTINEL, PAGE)
         uc.mem_write(SENTINEL, b"\xcc" * PAGE)
         uc.mem_map(STACK_BASE, STACK_SIZE)
@@ -214,8 +235,8 @@ class Emulator:
 
         # per-run state the hooks fill in
         self._trace: list[str] = []
-        self._last: EntryPoint | None = None
-        self._entering: EntryPoint | None = None
+        self._entering: EntryPoint | None = None    # passed bpf_func, not yet the tail-call entry
+        self._in_prologue: EntryPoint | None = None  # passed the tail-call entry, not yet the body
         self._frame_rbp: int | None = None
         self._subprog_tail_call = False
         self._violations: list[str] = []
@@ -245,6 +266,16 @@ class Emulator:
             raise EngineError(f"helper id {helper_id} out of range 0..{MAX_HELPER_ID}")
         return HELPER_BASE + HELPER_SLOT * helper_id
 
+    @staticmethod
+    def thunk_addr(reg: int) -> int:
+        """Where ``__x86_indirect_thunk_<reg>`` lives (x86 register number 0-15)."""
+        return THUNK_BASE + THUNK_SLOT * reg
+
+    def install_thunk(self, reg: int, code: bytes) -> None:
+        if len(code) > THUNK_SLOT:
+            raise EngineError(f"thunk for register {reg} is {len(code)} bytes, slot is {THUNK_SLOT}")
+        self.write_text(self.thunk_addr(reg), code)
+
     def program_visible(self, addr: int, n: int) -> bool:
         """May a helper read or write these bytes?  Stack, context, kernel data (map values)."""
         return (STACK_BASE <= addr and addr + n <= STACK_TOP
@@ -271,14 +302,13 @@ class Emulator:
         self._text.insert(index, TextRange(base, base + len(code), prog, insn_at))
 
     def add_entry_point(self, entry: EntryPoint) -> None:
-        """Hook a program's normal and tail-call entries for the trace."""
+        """Hook a program's normal entry, tail-call entry and prologue end for the trace."""
         uc = self.uc
-        self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_entry, entry,
-                                             begin=entry.bpf_func, end=entry.bpf_func))
-        self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_tail_entry, entry,
-                                             begin=entry.tail_entry, end=entry.tail_entry))
+        for address in entry.points():
+            self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_prologue_point, entry,
+                                                 begin=address, end=address))
         # A block translated before the hooks existed would not call them.
-        uc.ctl_remove_cache(entry.bpf_func, entry.tail_entry + 1)
+        uc.ctl_remove_cache(entry.bpf_func, max(entry.points()) + 1)
 
     def text_at(self, addr: int) -> TextRange | None:
         index = bisect.bisect(self._text_bases, addr) - 1
@@ -328,8 +358,8 @@ class Emulator:
         uc.mem_write(INITIAL_RSP, SENTINEL.to_bytes(8, "little"))
 
         self._trace = []
-        self._last = None
         self._entering = None
+        self._in_prologue = None
         self._frame_rbp = None
         self._subprog_tail_call = False
         self._violations = []
@@ -400,36 +430,36 @@ class Emulator:
                                   f"{what} of {size} bytes at 0x{address:x}, before the context "
                                   f"(0x{self.mem_start:x}, {self.mem_len} bytes)")
 
-    def _on_entry(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
-        self._trace.append(entry.name)
-        self._last = entry
-        self._entering = entry
-
-    def _on_tail_entry(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
-        rbp = uc.reg_read(x86.UC_X86_REG_RBP)
-        if self._entering is entry:
-            # a normal entry walking through its own prologue
-            self._entering = None
+    def _on_prologue_point(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
+        # The three points may coincide (5.5: the tail-call entry is the body),
+        # so one address can play several roles, in prologue order.
+        if address == entry.bpf_func:
+            self._trace.append(entry.name)       # a run's normal entry
+            self._entering = entry
+        if address == entry.tail_entry:
+            if self._entering is entry:
+                self._entering = None            # a normal entry walking through its prologue
+            else:
+                self._trace.append(entry.name)   # a tail call landed here
+                if self._frame_rbp is not None and uc.reg_read(x86.UC_X86_REG_RBP) != self._frame_rbp:
+                    # A subprogram tail-called: 6.1 gives subprograms a *copy*
+                    # of the counter, which no longer counts the whole run.
+                    self._subprog_tail_call = True
+            self._in_prologue = entry
+        if address == entry.body and self._in_prologue is entry:
+            # Prologue done (a jump back to pc 0 of a loop is not an entry).
+            self._in_prologue = None
+            rbp = uc.reg_read(x86.UC_X86_REG_RBP)
             if self._frame_rbp is None:
                 self._frame_rbp = rbp
-            return
-        caller = self._last
-        self._trace.append(entry.name)
-        self._last = entry
-        if caller is None or self._subprog_tail_call:
-            return
-        if rbp != self._frame_rbp:
-            # A subprogram tail-called: its counter is a per-frame copy, no
-            # longer the count of the whole run (6.1's "copy" semantics).
-            self._subprog_tail_call = True
-            return
+            if entry.tail_call_cnt_off is not None and not self._subprog_tail_call:
+                self._check_counter(uc, entry, rbp)
+
+    def _check_counter(self, uc: Uc, entry: EntryPoint, rbp: int) -> None:
+        """After the prologue, the frame's counter slot must hold the tail calls taken so far."""
         taken = len(self._trace) - 1
-        if caller.tail_call_cnt_off is None:
-            self._violations.append(f"{caller.name} tail-called {entry.name} but has no tail-call counter slot")
-            return
-        slot = rbp + caller.tail_call_cnt_off
-        counter = int.from_bytes(uc.mem_read(slot, 4), "little")
+        counter = int.from_bytes(uc.mem_read(rbp + entry.tail_call_cnt_off, 4), "little")
         if counter != taken:
             self._violations.append(
-                f"tail call #{taken} ({caller.name} -> {entry.name}): counter at rbp{caller.tail_call_cnt_off:+#x} "
-                f"holds {counter}")
+                f"{entry.name} entered after {taken} tail calls, but its counter at "
+                f"rbp{entry.tail_call_cnt_off:+#x} holds {counter}")

@@ -115,7 +115,7 @@ exit
 run main mem=01 02 03 04 05 06 07 08
 update tab hex:0100000000000000 = 11 22 33 44
 run main mem=ff ff ff ff ff ff ff ff
-delete tab hex:1122334455667788
+delete tab hex:8877665544332211
 delete arr 0
 update arr 7 = 00 00 00 00 00 00 00 00
 run main mem=10 20 30 40 50 60 70 80

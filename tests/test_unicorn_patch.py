@@ -40,7 +40,7 @@ def emu() -> Emulator:
 def load(emu: Emulator, name: str, code: bytes) -> EntryPoint:
     base = emu.alloc_image(len(code))
     emu.install_image(base, code, name, lambda addr: None)
-    entry = EntryPoint(name, base, base + 0x1000, None)   # tail entry out of the way
+    entry = EntryPoint(name, base, base + 0x1000, base + 0x1000, None)   # tail entry and body out of the way
     emu.add_entry_point(entry)
     return entry
 
@@ -97,7 +97,7 @@ def test_helper_call_returns_into_the_image_and_poisons_arguments(emu: Emulator)
     code = body + b"\xe8" + (emu.helper_addr(7) - (call_at + 5)).to_bytes(4, "little", signed=True)
     code += b"\x48\x89\xfb" + RET
     emu.install_image(base, code, "h", lambda addr: None)
-    entry = EntryPoint("h", base, base + 0x1000, None)
+    entry = EntryPoint("h", base, base + 0x1000, base + 0x1000, None)
     emu.add_entry_point(entry)
     out = emu.run(entry, b"abc", 100)
     assert out.exit == EXIT and out.rax == 0x1234

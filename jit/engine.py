@@ -1,0 +1,298 @@
+"""``JitEngine``: scenarios through the x86-64 JIT port, executed under unicorn.
+
+One :class:`~bpfdiff.jit.emulator.Emulator` per engine, reused for every
+scenario.  Per scenario the engine
+
+* lays out the kernel objects the generated code reads, at the profile's
+  offsets: a ``struct bpf_array`` per prog array (``map.max_entries``,
+  ``ptrs[]`` of ``struct bpf_prog *``) and per array map (values inline where
+  ``ptrs[]`` would be, as the kernel's union has it), a header plus a value
+  block per hash map, and a ``struct bpf_prog`` per program (``bpf_func``);
+* JITs each program once, when it is loaded (up front, or at its Load event
+  so that ``bpf_tail_call_direct_fixup`` sees the slots as they are then),
+  and copies its images into emulated memory;
+* applies map events through :mod:`bpfdiff.maps`; a prog-array slot change
+  first exchanges the ``ptrs[]`` entry and then re-patches every direct
+  tail-call site through :func:`bpfdiff.jit.poke.map_poke_run`, the order of
+  the kernel's ``bpf_fd_array_map_update_elem`` / ``fd_array_map_delete_elem``
+  (``xchg`` of the slot, then ``map_poke_run`` under ``poke_mutex``);
+* after every map event checks the patch invariant of each stable poke site
+  (``jmp`` to the slot's program + tail-call offset iff the slot is filled,
+  else ``nop5``; with a bypass, the bypass the other way round) and reports
+  breaches as :attr:`EventOutcome.violations`.
+
+Tail calls in a result: ``tail_calls`` is the number of tail-call entries the
+trace hooks saw (see :mod:`bpfdiff.jit.emulator`); the counter the JIT keeps
+is cross-checked against it at every program entry and a mismatch is a
+violation.  Once a subprogram has tail-called, the check stops: the 6.1 JIT
+passes subprograms a *copy* of the counter, so the main frame's counter no
+longer counts every tail call of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bpfdiff.interp.engine import check_loadable
+from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile, retpoline_thunk
+from bpfdiff.jit.emulator import Emulator, EntryPoint
+from bpfdiff.jit.poke import PokeDescriptor, map_poke_run
+
+from bpfdiff.bugs import bugs_for, validate_bugs
+from bpfdiff.engine import DEFAULT_BUDGET, FAULT_MEMORY, Engine, EngineError, EventOutcome, MapContents, RunResult
+from bpfdiff.helpers import HelperFault, Prandom, call_helper
+from bpfdiff.isa import Program
+from bpfdiff.maps import (
+    BpfMap,
+    MapDefinitionError,
+    ProgArrayMap,
+    create_map,
+    value_region_size,
+)
+from bpfdiff.profiles import Profile, get_profile
+from bpfdiff.scenario import Delete, Event, Load, MapDef, Run, Scenario, Update
+
+NOP5 = bytes.fromhex("0f1f440000")
+STRUCT_BPF_PROG_SIZE = 0x100      # room for the fields up to bpf_func and beyond; only bpf_func is read
+HASH_MAP_HEADER_SIZE = 0x100      # struct bpf_htab: nothing in it is read by generated code
+
+
+def jmp_rel32(site: int, target: int) -> bytes:
+    """``jmp rel32`` at ``site`` to ``target`` (e9 + displacement from the next instruction)."""
+    return b"\xe9" + (target - (site + 5)).to_bytes(4, "little", signed=True)
+
+
+@dataclass(eq=False)
+class LoadedProgram:
+    program: Program
+    jited: JitProgram
+    prog_struct: int          # address of its struct bpf_prog
+    entry: EntryPoint
+
+
+class JitEngine(Engine):
+    """The kernel's x86-64 JIT (ported) under unicorn, one long-lived machine."""
+
+    name = "jit"
+
+    def __init__(self, profile: str = "linux-6.1", bugs: frozenset[str] = frozenset(),
+                 budget: int = DEFAULT_BUDGET, seed: int = 0, retpoline: bool | None = None,
+                 force_indirect: bool = False) -> None:
+        try:
+            self.profile: Profile = get_profile(profile)
+            self.bugs = bugs_for("jit", validate_bugs(frozenset(bugs)))
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        self.budget = budget
+        self.seed = seed
+        self.options = JitOptions(retpoline=retpoline, force_indirect=force_indirect, bugs=self.bugs)
+        self.emu = Emulator(self.profile.x86_tail_call_offset)
+        self.emu.helper_handler = self._call_helper
+        for reg in range(8):   # rax..rdi: the registers the JIT jumps through
+            self.emu.install_thunk(reg, retpoline_thunk(reg))
+        self.env = JitEnv(alloc_image=self.emu.alloc_image, helper_addr=self.emu.helper_addr,
+                          map_addr=self._map_addr, map_value_addr=self._map_value_addr,
+                          indirect_thunk_addr=self.emu.thunk_addr)
+        self.prandom = Prandom(seed)
+        self._scenario: Scenario | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.maps: dict[str, BpfMap] = {}
+        self.mapdefs: dict[str, MapDef] = {}
+        self.map_struct: dict[str, int] = {}
+        self.map_values: dict[str, int] = {}
+        self.map_by_addr: dict[int, BpfMap] = {}
+        self.loaded: dict[str, LoadedProgram] = {}
+        self._event_violations: list[str] = []
+
+    # -- what dump and tests look at ---------------------------------------------------
+    @property
+    def programs(self) -> dict[str, JitProgram]:
+        """The JIT output of every loaded program, by name (images as compiled, before later pokes)."""
+        return {name: lp.jited for name, lp in self.loaded.items()}
+
+    def image_bytes(self, prog: str, index: int = 0) -> bytes:
+        """An image as it is now in emulated memory, pokes included."""
+        image = self.loaded[prog].jited.images[index]
+        return self.emu.read(image.base, len(image.code))
+
+    # -- HelperEnv (bpfdiff.helpers) ---------------------------------------------------
+    def map_at(self, addr: int) -> BpfMap | None:
+        return self.map_by_addr.get(addr)
+
+    def read(self, addr: int, n: int) -> bytes:
+        if not self.emu.program_visible(addr, n):
+            raise HelperFault(FAULT_MEMORY, f"helper read of {n} bytes at 0x{addr:x}: not program memory")
+        return self.emu.read(addr, n)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if not self.emu.program_visible(addr, len(data)):
+            raise HelperFault(FAULT_MEMORY, f"helper write of {len(data)} bytes at 0x{addr:x}: not program memory")
+        self.emu.write(addr, data)
+
+    def _call_helper(self, helper_id: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        return call_helper(self, helper_id, r1, r2, r3, r4, r5)
+
+    # -- JitEnv -------------------------------------------------------------------------
+    def _map_addr(self, name: str) -> int:
+        return self.map_struct[name]
+
+    def _map_value_addr(self, name: str) -> int:
+        return self.map_values[name]
+
+    def _prog_array_target(self, map_name: str, key: int) -> int | None:
+        bpf_map = self.maps.get(map_name)
+        if not isinstance(bpf_map, ProgArrayMap):
+            return None
+        prog = bpf_map.get(key)
+        return None if prog is None else self.loaded[prog].jited.bpf_func
+
+    # -- scenario -----------------------------------------------------------------------
+    def execute(self, scenario: Scenario) -> list[EventOutcome]:
+        self.start(scenario)
+        return [self.apply(index, event) for index, event in enumerate(scenario.events)]
+
+    def start(self, scenario: Scenario) -> None:
+        """Forget the previous scenario, create the maps, load the programs without a Load event."""
+        self.emu.reset()
+        self._reset_state()
+        self._scenario = scenario
+        for mapdef in scenario.maps:
+            self._create_map(mapdef)
+        upfront, _explicit = scenario.load_order()
+        for name in upfront:
+            self._load(name)
+
+    def _create_map(self, mapdef: MapDef) -> None:
+        profile = self.profile
+        if mapdef.name in self.maps:
+            raise EngineError(f"map {mapdef.name!r} defined twice")
+        try:
+            if mapdef.kind == "hash":
+                struct = self.emu.alloc_data(HASH_MAP_HEADER_SIZE)
+                values = self.emu.alloc_data(value_region_size(mapdef))
+            else:
+                # struct bpf_array: header, then the union of ptrs[] (prog arrays) and value[] (arrays)
+                payload = value_region_size(mapdef) if mapdef.kind == "array" else 8 * mapdef.max_entries
+                struct = self.emu.alloc_data(profile.off_array_ptrs + payload)
+                values = struct + profile.off_array_ptrs
+                self.emu.write(struct + profile.off_array_max_entries, mapdef.max_entries.to_bytes(4, "little"))
+            bpf_map = create_map(mapdef, store=self.emu, base=values, is_loaded=self.loaded.__contains__)
+        except MapDefinitionError as exc:
+            raise EngineError(str(exc)) from None
+        if isinstance(bpf_map, ProgArrayMap):
+            bpf_map.add_observer(self._on_slot_change)
+        self.maps[mapdef.name] = bpf_map
+        self.mapdefs[mapdef.name] = mapdef
+        self.map_struct[mapdef.name] = struct
+        self.map_values[mapdef.name] = values
+        self.map_by_addr[struct] = bpf_map
+
+    def _load(self, name: str) -> None:
+        assert self._scenario is not None
+        if name in self.loaded:
+            return            # loading it again is a no-op, as for the interpreter
+        try:
+            program = self._scenario.program(name)
+        except KeyError:
+            raise EngineError(f"load of unknown program {name!r}") from None
+        # The same loader checks as the interpreter: both engines refuse the same programs.
+        check_loadable(program, self.maps, self.profile.tail_calls_in_subprogs)
+        jited = bpf_int_jit_compile(program, self.mapdefs, self.profile, self.env, self.options,
+                                    self._prog_array_target)
+        for image in jited.images:
+            self.emu.install_image(image.base, image.code, name, image.insn_at)
+        prog_struct = self.emu.alloc_data(STRUCT_BPF_PROG_SIZE)
+        self.emu.write(prog_struct + self.profile.off_prog_bpf_func, jited.bpf_func.to_bytes(8, "little"))
+        main = jited.images[0]
+        # Only a program that tail-calls reads its counter; in a program that
+        # does not, the slot is meaningless once it runs in a caller's frame
+        # (5.5: a tail-called target keeps the caller's 512-byte frame).
+        counter = main.tail_call_cnt_off if main.tail_call_reachable else None
+        entry = EntryPoint(name, jited.bpf_func, jited.bpf_func + self.profile.x86_tail_call_offset,
+                           main.base + main.addrs[0], counter)
+        self.emu.add_entry_point(entry)
+        self.loaded[name] = LoadedProgram(program, jited, prog_struct, entry)
+
+    def apply(self, index: int, event: Event) -> EventOutcome:
+        """Apply event number ``index`` of the started scenario (events go in order)."""
+        self._event_violations = []
+        if isinstance(event, Run):
+            return self._run(index, event)
+        if isinstance(event, Load):
+            self._load(event.prog)
+            return EventOutcome(index, "load", retval=0)
+        if isinstance(event, (Update, Delete)):
+            bpf_map = self.maps.get(event.map)
+            if bpf_map is None:
+                raise EngineError(f"event {index}: unknown map {event.map!r}")
+            if isinstance(event, Update):
+                kind, retval = "update", bpf_map.update(event.key, event.value, event.flags)
+            else:
+                kind, retval = "delete", bpf_map.delete(event.key)
+            violations = self._event_violations + self.check_pokes()
+            return EventOutcome(index, kind, retval=retval, violations=tuple(violations))
+        raise EngineError(f"event {index}: unknown event {event!r}")
+
+    def _run(self, index: int, event: Run) -> EventOutcome:
+        loaded = self.loaded.get(event.prog)
+        if loaded is None:
+            raise EngineError(f"event {index}: run of {event.prog!r}, which is not loaded")
+        self.prandom = Prandom.for_run(self.seed, index)
+        raw = self.emu.run(loaded.entry, event.mem, self.budget)
+        result = RunResult(
+            r0=raw.rax, exit=raw.exit, tail_calls=raw.tail_calls, trace=tuple(raw.trace),
+            maps=self._contents(), mem=raw.mem, fault_kind=raw.fault_kind, fault_pc=raw.fault_pc,
+            fault_prog=raw.fault_prog, fault_reason=raw.fault_reason)
+        return EventOutcome(index, "run", run=result, violations=tuple(raw.violations))
+
+    def _contents(self) -> tuple[tuple[str, MapContents], ...]:
+        return tuple((name, bpf_map.contents()) for name, bpf_map in self.maps.items())
+
+    # -- prog-array slots and text poking -------------------------------------------------
+    def _on_slot_change(self, bpf_map: ProgArrayMap, index: int, old: str | None, new: str | None) -> None:
+        slot = self.map_struct[bpf_map.name] + self.profile.off_array_ptrs + 8 * index
+        new_struct = self.loaded[new].prog_struct if new is not None else 0
+        self.emu.write(slot, new_struct.to_bytes(8, "little"))
+        old_func = self.loaded[old].jited.bpf_func if old is not None else None
+        new_func = self.loaded[new].jited.bpf_func if new is not None else None
+        problems = map_poke_run([lp.jited for lp in self.loaded.values()], bpf_map.name, index,
+                                old_func, new_func, self.emu.read, self.emu.write_text, bugs=self.bugs)
+        self._event_violations.extend(problems)
+
+    def check_pokes(self) -> list[str]:
+        """The patch invariant of every stable direct tail-call site, one line per breach."""
+        problems = []
+        for name, lp in self.loaded.items():
+            for image in lp.jited.images:
+                for poke in image.pokes:
+                    if poke.tailcall_target_stable:
+                        problems.extend(self._check_poke(name, poke))
+        return problems
+
+    def _check_poke(self, prog: str, poke: PokeDescriptor) -> list[str]:
+        bpf_map = self.maps.get(poke.map)
+        target = bpf_map.get(poke.key) if isinstance(bpf_map, ProgArrayMap) else None
+        slot = f"{poke.map}[{poke.key}] = {target or 'empty'}"
+        # filled slot: site jumps to target + adj_off, bypass (if any) is a nop;
+        # empty slot: site is a nop, bypass jumps over the pops and the site.
+        expected = [(
+            "site", poke.tailcall_target,
+            NOP5 if target is None else jmp_rel32(poke.tailcall_target,
+                                                   self.loaded[target].jited.bpf_func + poke.adj_off),
+        )]
+        if poke.tailcall_bypass is not None and poke.bypass_addr is not None:
+            expected.append(("bypass", poke.tailcall_bypass,
+                             jmp_rel32(poke.tailcall_bypass, poke.bypass_addr) if target is None else NOP5))
+        problems = []
+        for what, addr, want in expected:
+            have = self.emu.read(addr, len(want))
+            if have != want:
+                problems.append(f"{prog}: tail-call {what} at 0x{addr:x} ({slot}) holds {have.hex()}, "
+                                f"expected {want.hex()}")
+        return problems
+
+    def close(self) -> None:
+        self.loaded.clear()
+
