@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 from bpfdiff.interp.engine import InterpEngine
+from bpfdiff.jit.engine import JitEngine
 
 from bpfdiff.compare import compare_outcomes
 from bpfdiff.conformance import SKIP, run_conformance
 from bpfdiff.engine import EXIT, FAULT, FAULT_MEMORY, FAULT_UNSUPPORTED, TIMEOUT, EngineError
 from bpfdiff.helpers import CLOBBER_VALUES
 from bpfdiff.scenario_text import parse_scenario
-
-pytest.importorskip("bpfdiff.jit.bpf_jit_comp")
-
-from bpfdiff.jit.engine import JitEngine  # noqa: E402
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 if not CONFORMANCE.is_dir():

@@ -15,13 +15,10 @@ Independent facts used here:
 from __future__ import annotations
 
 import pytest
+from bpfdiff.jit.engine import JitEngine
 
 from bpfdiff.engine import EXIT
 from bpfdiff.scenario_text import parse_scenario
-
-pytest.importorskip("bpfdiff.jit.bpf_jit_comp")
-
-from bpfdiff.jit.engine import JitEngine  # noqa: E402
 
 NOP5 = bytes.fromhex("0f1f440000")
 PROFILES = ("linux-6.1", "linux-5.5")
