@@ -84,14 +84,14 @@ def _is_relative_branch(insn: capstone.CsInsn) -> bool:
 
 
 def _operand(insn: capstone.CsInsn, op: capstone.x86.X86Op, branch: bool) -> str:
-    if op.type == x86_const.X86_OP_REG:
-        return f"%{insn.reg_name(op.reg)}"
     if op.type == x86_const.X86_OP_IMM:
         if branch:
             return f"0x{op.imm & (2**64 - 1):016x}"
         return f"$0x{op.imm & ((1 << (8 * op.size)) - 1):x}"
-    text = _mem_operand(insn, op)
-    return f"*{text}" if insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL) else text
+    text = f"%{insn.reg_name(op.reg)}" if op.type == x86_const.X86_OP_REG else _mem_operand(insn, op)
+    # indirect branches: objdump marks the operand with '*' (jmpq *%rcx)
+    indirect = insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL)
+    return f"*{text}" if indirect else text
 
 
 def _mnemonic(insn: capstone.CsInsn, has_register: bool, branch: bool) -> str:

@@ -92,11 +92,20 @@ class Xlated:
     pokes: list[PokeSpec]
     subprogs: list[SubprogInfo]
 
+    def dump_insns(self) -> list[Insn]:
+        """The instructions as ``BPF_OBJ_GET_INFO_BY_FD`` hands them out (``bpf_insn_prepare_dump``).
+
+        The internal tail-call opcode goes back to ``call bpf_tail_call#12``;
+        pseudo map loads keep their map name (encode with the map ids).
+        """
+        tail_call = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.BPF_FUNC_tail_call)
+        return [tail_call if insn.opcode == isa.TAIL_CALL_OPCODE else insn for insn in self.insns]
+
     def format(self, map_id: Callable[[str], int] | None = None,
                helper_name: Callable[[int], str] | None = None) -> str:
         """``bpftool prog dump xlated`` text of the rewritten program."""
         from bpfdiff.disasm import format_xlated
-        return format_xlated(self.insns, map_id=map_id, helper_name=helper_name)
+        return format_xlated(self.dump_insns(), map_id=map_id, helper_name=helper_name)
 
 
 # -- small dataflow: what the verifier knows about R0-R10 ------------------------------------
