@@ -22,9 +22,10 @@ scenario.  Per scenario the engine
   breaches as :attr:`EventOutcome.violations`.
 
 Tail calls in a result: ``tail_calls`` is the number of tail-call entries the
-trace hooks saw (see :mod:`bpfdiff.jit.emulator`); the counter the JIT keeps
-is cross-checked against it at every program entry and a mismatch is a
-violation.  Once a subprogram has tail-called, the check stops: the 6.1 JIT
+trace hooks saw (see :mod:`bpfdiff.jit.emulator`), the interpreter's measure
+too.  The counter the JIT keeps is larger when calls went through empty slots
+(the kernel counts an attempt before reading the slot); at every program
+entry it is cross-checked not to be *smaller* than the tail calls taken.  Once a subprogram has tail-called, the check stops: the 6.1 JIT
 passes subprograms a *copy* of the counter, so the main frame's counter no
 longer counts every tail call of the run.
 """
