@@ -25,9 +25,10 @@ Tail calls in a result: ``tail_calls`` is the number of tail-call entries the
 trace hooks saw (see :mod:`bpfdiff.jit.emulator`), the interpreter's measure
 too.  The counter the JIT keeps is larger when calls went through empty slots
 (the kernel counts an attempt before reading the slot); at every program
-entry it is cross-checked not to be *smaller* than the tail calls taken.  Once a subprogram has tail-called, the check stops: the 6.1 JIT
-passes subprograms a *copy* of the counter, so the main frame's counter no
-longer counts every tail call of the run.
+entry it is cross-checked not to be *smaller* than the tail calls taken.
+Once a subprogram has tail-called, the check stops: the 6.1 JIT passes
+subprograms a *copy* of the counter, so the main frame's counter no longer
+counts every tail call of the run.
 """
 
 from __future__ import annotations
