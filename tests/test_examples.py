@@ -88,3 +88,42 @@ def test_example_on_both_engines(example: str, profile: str, engines: dict) -> N
                 assert (run.r0, run.tail_calls, run.trace) == expected, (name, index)
     first_run = next(o.run for o in outcomes["jit"] if o.run is not None)
     assert scenario.expect is not None and first_run.r0 == scenario.expect.result
+
+
+@pytest.mark.parametrize("example", sorted(EXPECTED))
+def test_run_command_agrees_on_each_example(example: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bpfdiff import cli
+
+    assert cli.main(["run", str(EXAMPLES / f"{example}.scn")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("OK: interp and jit agree on")
+
+
+# A planted bug must show up where the example's own reasoning says it must:
+# (bug, example, event, field, interp value, jit value)
+PLANTED = [
+    # `ja` instead of `jae`: one more self tail call, so one more count.
+    ("tail-call-limit-ja", "tail_call_limit", 1, "tail_calls", 33, 34),
+    ("tail-call-limit-ja", "tail_call_limit", 1, "r0", 34, 35),
+    # the delete does not re-patch the site: the second run still reaches target
+    ("poke-skip-delete", "direct_tail_call", 3, "r0", 1, 42),
+    # the retarget a -> b does not re-patch the direct site: it still reaches a
+    ("poke-retarget-stale", "retarget", 4, "r0", 0xB, 0xA),
+]
+
+
+@pytest.mark.parametrize(("bug", "example", "event", "field", "interp_value", "jit_value"), PLANTED)
+def test_planted_bug_diverges_where_expected(bug: str, example: str, event: int, field: str,
+                                             interp_value: int, jit_value: int) -> None:
+    scenario = read_scenario(EXAMPLES / f"{example}.scn")
+    engines = {"interp": make_engine("interp"), "jit": make_engine("jit", bugs=frozenset({bug}))}
+    try:
+        outcomes = {name: engine.execute(scenario) for name, engine in engines.items()}
+    finally:
+        for engine in engines.values():
+            engine.close()
+    differences = compare_outcomes(outcomes)
+    assert differences, "the planted bug went unnoticed"
+    first = min(d.event_index for d in differences)
+    assert first == event
+    matching = [d for d in differences if d.event_index == event and d.field == field]
+    assert matching and matching[0].values == {"interp": interp_value, "jit": jit_value}
