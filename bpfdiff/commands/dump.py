@@ -74,7 +74,8 @@ def render(engine: object, mode: str, only: str | None, map_ids: dict[str, int])
             continue
         for index, image in enumerate(jited.images):
             title = name if index == 0 else f"{name} (subprog {index})"
-            out.append(f"{title}: {len(image.code)} bytes at 0x{image.base:x}")
+            out.append(f"{title}: {len(image.code)} bytes")
+            out.append(f"0x{image.base:x}:")           # bpftool's address line
             code = engine.image_bytes(name, index)  # type: ignore[attr-defined]
             out.append(format_jited(code).rstrip("\n"))
     return "\n".join(out)
@@ -109,6 +110,9 @@ def main(args: argparse.Namespace) -> int:
             outcome = engine.apply(index, event)
             if args.after_each_event:
                 status = "" if outcome.retval is None else f" -> {outcome.retval}"
+                if outcome.run is not None:
+                    run = outcome.run
+                    status = f" -> {run.exit} r0=0x{run.r0:x} tail_calls={run.tail_calls} trace={','.join(run.trace)}"
                 print(f"-- after event {index}: {describe_event(event)}{status}")
                 for violation in outcome.violations:
                     print(f"!! {violation}")
