@@ -2,8 +2,9 @@
 
 Three kinds of file, told apart by content (and the ``.data`` suffix):
 
-* a conformance ``.data`` file (or any text whose first section is ``-- asm``
-  or ``-- raw``): one program, run once -- :mod:`bpfdiff.datafile`;
+* a conformance ``.data`` file (or any text with a section only such files
+  have -- ``asm``, ``raw``, ``mem``, ``c`` -- and no ``-- prog``): one
+  program, run once -- :mod:`bpfdiff.datafile`;
 * scenario text (:mod:`bpfdiff.scenario_text`);
 * anything else -- bytes that are not UTF-8, or text without a ``-- `` section
   header -- is a fuzzer input such as an atheris crash artifact, turned into a
@@ -21,9 +22,10 @@ from pathlib import Path
 from bpfdiff.scenario import Scenario
 from bpfdiff.scenario_text import ScenarioSyntaxError, parse_scenario
 
-# Sections that only a conformance .data file starts with.
-DATAFILE_SECTIONS = ("asm", "raw")
-_FIRST_SECTION = re.compile(r"^-- (\S+)", re.MULTILINE)
+# Sections that only a conformance .data file has (`result` and `error` are
+# shared with scenarios).
+DATAFILE_SECTIONS = frozenset({"asm", "raw", "mem", "c"})
+_SECTION = re.compile(r"^-- (\S+)", re.MULTILINE)
 
 
 class InputError(Exception):
@@ -38,10 +40,10 @@ def input_kind(path: str | os.PathLike[str], data: bytes) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return "bytes"
-    first = _FIRST_SECTION.search(text)
-    if first is None:
+    sections = set(_SECTION.findall(text))
+    if not sections:
         return "bytes"
-    return "data" if first[1] in DATAFILE_SECTIONS else "scenario"
+    return "data" if sections & DATAFILE_SECTIONS and "prog" not in sections else "scenario"
 
 
 def load_input(path: str | os.PathLike[str], profile: str | None = None,

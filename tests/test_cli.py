@@ -282,3 +282,19 @@ def test_run_data_file_notes_unknown_sections(tmp_path: Path, monkeypatch: pytes
     assert code == 0, out
     assert f"note: {path}:6: unknown section '-- odd section' ignored" in out
     assert "[0] run odd: r0=0x2a exit tail_calls=0 trace=odd" in out
+
+
+def test_run_replays_a_fuzzer_byte_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bpfdiff.fuzz.generate import scenario_from_bytes
+
+    data = bytes((7 * i + 3) % 256 for i in range(300))
+    path = tmp_path / "crash-5eed"
+    path.write_bytes(data)
+    scenario = scenario_from_bytes(data)
+    code, out, err = run_cli(capsys, "run", str(path))
+    assert code in (0, 1), err
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{path}: {len(scenario.programs)} programs, {len(scenario.maps)} maps, "
+                               f"{len(scenario.events)} events; profile linux-6.1")
+    assert sum(1 for line in lines if re.match(r"\[\d+\] ", line)) == len(scenario.events)

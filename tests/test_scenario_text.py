@@ -200,6 +200,8 @@ def test_input_kinds(tmp_path: Path) -> None:
     assert input_kind("x.data", b"anything") == "data"
     assert input_kind("x.scn", SAMPLE.encode()) == "scenario"
     assert input_kind("crash-123", b"-- asm\nexit\n") == "data"
+    assert input_kind("crash-123", b"-- c\nint f(void);\n-- asm\nexit\n") == "data"
+    assert input_kind("crash-123", b"-- prog p\nexit\n-- result\n0x0\n") == "scenario"
     assert input_kind("crash-123", b"\xff\xfe\x00binary") == "bytes"
     assert input_kind("crash-123", b"plain text, no section header") == "bytes"
 
