@@ -131,3 +131,47 @@ def test_runs_end_at_the_sentinel(emu: Emulator) -> None:
     entry = load(emu, "r", mov_eax(5) + RET)
     emu.run(entry, b"", 100)
     assert emu.uc.reg_read(UC_X86_REG_RIP) == SENTINEL
+
+
+SEED = """
+-- maps
+jt prog_array key_size=4 value_size=4 max_entries=1
+-- prog target
+mov %r0, 42
+exit
+-- prog caller
+mov %r3, 0
+lddw %r2, map:jt
+call 12
+mov %r0, 1
+exit
+-- events
+update jt 0 prog:target
+run caller
+delete jt 0
+run caller
+"""
+
+
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.5"])
+def test_engine_run_delete_run_sees_the_repatched_site(profile: str) -> None:
+    from bpfdiff.jit.engine import JitEngine
+
+    from bpfdiff.scenario_text import parse_scenario
+
+    outcomes = JitEngine(profile=profile).execute(parse_scenario(SEED))
+    assert [o.run.r0 for o in outcomes if o.run] == [42, 1]
+    assert [o.run.trace for o in outcomes if o.run] == [("caller", "target"), ("caller",)]
+
+
+def test_engine_without_the_flush_would_run_the_stale_jump(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine-level test above fails when pokes do not drop translations: it can catch the regression."""
+    from bpfdiff.jit.engine import JitEngine
+
+    from bpfdiff.scenario_text import parse_scenario
+
+    engine = JitEngine()
+    monkeypatch.setattr(engine.emu, "write_text", engine.emu.write)   # pokes without ctl_remove_cache
+    outcomes = engine.execute(parse_scenario(SEED))
+    assert outcomes[2].violations == ()                    # the bytes were re-patched...
+    assert [o.run.r0 for o in outcomes if o.run] == [42, 42]   # ...but the cached jmp still ran
