@@ -210,6 +210,8 @@ def _collect_jit(scenario: Scenario, profile: str, bugs: frozenset[str], event_i
         entered = _entered_programs(outcomes, event_index) or [p.name for p in scenario.programs]
         fault = _fault_point(outcomes, event_index)
         listings = [_jit_listing(engine, scenario, name, fault) for name in entered if name in engine.programs]
+        if not any(state.sites for state in pokes):
+            pokes = []          # no direct tail-call site anywhere: nothing to follow
         return listings, pokes
     finally:
         engine.close()
@@ -232,11 +234,14 @@ def _fault_point(outcomes: dict[str, list[Any]], event_index: int | None) -> tup
     return None
 
 
-def _program_at(engine: Any, address: int) -> str | None:
+def _describe_address(engine: Any, address: int) -> str:
+    """``prog+0xOFF`` (offset into that program's image, as the listings show it), or the raw address."""
     for name, jited in engine.programs.items():
-        if jited.bpf_func <= address < jited.bpf_func + 64:    # inside the prologue a tail call skips into
-            return f"{name}+0x{address - jited.bpf_func:x}"
-    return None
+        for image in jited.images:
+            if image.base <= address < image.base + len(image.code):
+                label = name if image.func_index == 0 else f"{name}/func{image.func_index}"
+                return f"{label}+0x{address - jited.images[0].base:x}"
+    return f"0x{address:x}"
 
 
 def _site_state(engine: Any, site: int) -> str:
@@ -245,7 +250,7 @@ def _site_state(engine: Any, site: int) -> str:
         return "nop5"
     if code[0] == 0xE9:
         target = site + 5 + int.from_bytes(code[1:], "little", signed=True)
-        return f"jmp 0x{target:x} ({_program_at(engine, target) or 'not a program entry'})"
+        return f"jmp {_describe_address(engine, target)}"
     return f"unexpected bytes {code.hex()}"
 
 
@@ -254,12 +259,12 @@ def _poke_sites(engine: Any) -> list[tuple[str, str]]:
     for name, jited in engine.programs.items():
         for image in jited.images:
             for poke in image.pokes:
-                where = f"{name} pc {poke.insn_idx} ({poke.map}[{poke.key}])"
+                where = f"{name} tail call at xlated pc {poke.insn_idx} ({poke.map}[{poke.key}])"
                 stable = "" if poke.tailcall_target_stable else " [not stable yet]"
-                sites.append((f"{where} site 0x{poke.tailcall_target:x}{stable}",
+                sites.append((f"{where}: site {_describe_address(engine, poke.tailcall_target)}{stable}",
                               _site_state(engine, poke.tailcall_target)))
                 if poke.tailcall_bypass:
-                    sites.append((f"{where} bypass 0x{poke.tailcall_bypass:x}",
+                    sites.append((f"{where}: bypass {_describe_address(engine, poke.tailcall_bypass)}",
                                   _site_state(engine, poke.tailcall_bypass)))
     return sites
 
