@@ -247,3 +247,13 @@ def test_planted_ja_limit_takes_one_tail_call_too_many() -> None:
     engine = JitEngine(profile="linux-6.1", bugs=frozenset({"tail-call-limit-ja"}))
     run = engine.execute(parse_scenario(SELF_LOOP.replace("{key}", "mov %r3, 0")))[1].run
     assert (run.tail_calls, len(run.trace)) == (34, 35)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("retpoline", [True, False], ids=["retpoline", "plain-jmp"])
+def test_indirect_self_loop_with_and_without_retpoline(profile: str, retpoline: bool) -> None:
+    engine = JitEngine(profile=profile, retpoline=retpoline, force_indirect=True)
+    outcomes = engine.execute(parse_scenario(SELF_LOOP.replace("{key}", "mov %r3, 0")))
+    run = outcomes[1].run
+    assert (run.exit, run.r0, run.tail_calls, len(run.trace)) == (EXIT, 7, 33, 34)
+    assert all(o.violations == () for o in outcomes)
