@@ -39,6 +39,7 @@ from bpfdiff.interp.engine import check_loadable
 from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile, retpoline_thunk
 from bpfdiff.jit.emulator import Emulator, EntryPoint
 from bpfdiff.jit.poke import PokeDescriptor, map_poke_run
+from bpfdiff.jit.xlate import VerifierError
 
 from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.engine import DEFAULT_BUDGET, FAULT_MEMORY, Engine, EngineError, EventOutcome, MapContents, RunResult
@@ -201,8 +202,14 @@ class JitEngine(Engine):
             raise EngineError(f"load of unknown program {name!r}") from None
         # The same loader checks as the interpreter: both engines refuse the same programs.
         check_loadable(program, self.maps, self.profile.tail_calls_in_subprogs)
-        jited = bpf_int_jit_compile(program, self.mapdefs, self.profile, self.env, self.options,
-                                    self._prog_array_target)
+        try:
+            jited = bpf_int_jit_compile(program, self.mapdefs, self.profile, self.env, self.options,
+                                        self._prog_array_target)
+        except VerifierError as exc:
+            # The kernel refuses the program at load (bad input).  A JitError
+            # is left to propagate: the loader still has the interpreter, so
+            # a JIT that gives up is an engine failure worth seeing.
+            raise EngineError(str(exc)) from None
         for image in jited.images:
             self.emu.install_image(image.base, image.code, name, image.insn_at)
         prog_struct = self.emu.alloc_data(STRUCT_BPF_PROG_SIZE)
