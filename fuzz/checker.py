@@ -668,15 +668,42 @@ def _check_events(s: Scenario) -> list[CheckError]:
     return errors
 
 
-def mem_length(s: Scenario) -> int:
-    """The context size every program may rely on: the smallest ``mem`` of any run."""
-    sizes = [len(ev.mem) for ev in s.events if isinstance(ev, Run)]
-    return min(sizes, default=0)
+def mem_bounds(s: Scenario) -> dict[str, int]:
+    """Context bytes each program may rely on: the smallest ``mem`` of the runs that can reach it.
+
+    A run reaches its program and, through tail calls, every program that is
+    ever put into a prog array the reached programs load (an over-approximation:
+    slot contents change between runs).  Programs no run reaches get no limit.
+    """
+    prog_arrays = {m.name for m in s.maps if m.kind == "prog_array"}
+    members: dict[str, set[str]] = {name: set() for name in prog_arrays}
+    for ev in s.events:
+        if isinstance(ev, Update) and ev.map in members and isinstance(ev.value, str):
+            members[ev.map].add(ev.value)
+    uses = {p.name: {m for m in p.map_names if m in prog_arrays} for p in s.programs}
+    bounds: dict[str, int] = {}
+    for ev in s.events:
+        if not isinstance(ev, Run):
+            continue
+        todo, seen = [ev.prog], {ev.prog}
+        while todo:
+            name = todo.pop()
+            bounds[name] = min(bounds.get(name, len(ev.mem)), len(ev.mem))
+            for m in uses.get(name, ()):
+                for target in members[m] - seen:
+                    seen.add(target)
+                    todo.append(target)
+    return bounds
 
 
-def check_program(program: Program, s: Scenario, profile: str | Profile) -> list[CheckError]:
+UNLIMITED_MEM = 1 << 30
+
+
+def check_program(program: Program, s: Scenario, profile: str | Profile,
+                  bounds: dict[str, int] | None = None) -> list[CheckError]:
     """Errors of one program of ``s`` (empty: the verifier would accept it)."""
-    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_length(s), _profile(profile))
+    mem_len = (mem_bounds(s) if bounds is None else bounds).get(program.name, UNLIMITED_MEM)
+    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_len, _profile(profile))
     try:
         checker.run()
     except Refused as exc:
@@ -686,7 +713,8 @@ def check_program(program: Program, s: Scenario, profile: str | Profile) -> list
 
 def tail_call_sites(program: Program, s: Scenario, profile: str | Profile) -> list[TailCallSite]:
     """The tail-call sites of a valid program, with their map and (constant) key."""
-    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_length(s), _profile(profile))
+    mem_len = mem_bounds(s).get(program.name, UNLIMITED_MEM)
+    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_len, _profile(profile))
     try:
         return checker.run()
     except Refused:
@@ -705,6 +733,7 @@ def check_scenario(s: Scenario, profile: str | Profile = "linux-6.1") -> list[Ch
     errors += _check_events(s)
     if errors:
         return errors
+    bounds = mem_bounds(s)
     for prog in s.programs:
-        errors += check_program(prog, s, prof)
+        errors += check_program(prog, s, prof, bounds)
     return errors

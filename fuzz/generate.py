@@ -805,7 +805,8 @@ class ScenarioGenerator:
             plan = ProgramPlan(f"p{i}")
             plan.inner = self.inner_map is not None and draw.boolean(0.35)
             plan.allow_subprogs = not plan.inner and self.options.max_subprogs > 0 and draw.boolean(0.35)
-            plan.tail_calls = draw.boolean(0.8)
+            # linux-5.5 refuses tail calls in a program with subprograms: such programs do without
+            plan.tail_calls = draw.boolean(0.8) and (self.profile.tail_calls_in_subprogs or not plan.allow_subprogs)
             plans.append(plan)
         return plans
 
