@@ -298,3 +298,19 @@ def test_run_replays_a_fuzzer_byte_artifact(tmp_path: Path, capsys: pytest.Captu
     assert lines[0].startswith(f"{path}: {len(scenario.programs)} programs, {len(scenario.maps)} maps, "
                                f"{len(scenario.events)} events; profile linux-6.1")
     assert sum(1 for line in lines if re.match(r"\[\d+\] ", line)) == len(scenario.events)
+
+
+def test_run_json_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    path = tmp_path / "s.scn"
+    path.write_text(SCENARIO + "-- meta\nprofile linux-5.5\n")
+    use_engines(monkeypatch, {"a": [run_result(42)] * 2, "b": [run_result(42), run_result(1)]})
+    code, out, _ = run_cli(capsys, "run", str(path), "--engines", "a,b", "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert data["profile"] == "linux-5.5"  # from the scenario's meta
+    assert data["ok"] is False
+    assert data["differences"] == [{"event": 1, "kind": "run", "field": "r0", "values": {"a": "0x2a", "b": "0x1"}}]
+    replayed = [EventOutcome.from_json(item) for item in data["outcomes"]["b"]]
+    assert [o.run.r0 for o in replayed if o.run] == [42, 1]

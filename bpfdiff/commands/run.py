@@ -13,12 +13,14 @@ input.  ``--profile`` and ``--inject`` default to the scenario's ``-- meta``
 from __future__ import annotations
 
 import argparse
+import json
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bpfdiff.bugs import bugs_for, validate_bugs
-from bpfdiff.compare import Difference, compare_outcomes, format_difference, format_trace
+from bpfdiff.compare import Difference, compare_outcomes, format_difference, format_trace, format_value
 from bpfdiff.engine import _REGISTRY, EXIT, Engine, EngineError, EventOutcome, RunResult, engine_names, make_engine
 from bpfdiff.inputs import InputError, load_input
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"kernel profile (default: the scenario's meta, else {DEFAULT_PROFILE})")
     parser.add_argument("--inject", metavar="BUG,...",
                         help="planted bugs to switch on (default: the scenario's meta; see `bpfdiff bugs`)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (settings, every engine's outcomes, differences) instead of text")
 
 
 @dataclass(slots=True)
@@ -164,7 +168,7 @@ def summarize_outcome(outcome: EventOutcome) -> str:
 
 
 def print_events(scenario: Scenario, outcomes: dict[str, list[EventOutcome]],
-                 differences: Sequence[Difference], report: Report) -> None:
+                 differences: Sequence[Difference]) -> None:
     by_event: dict[int, list[Difference]] = {}
     for difference in differences:
         by_event.setdefault(difference.event_index, []).append(difference)
@@ -187,9 +191,7 @@ def print_events(scenario: Scenario, outcomes: dict[str, list[EventOutcome]],
             print(f"{label}: {summarize_outcome(next(iter(present.values())))}")
         for engine, outcome in present.items():
             for violation in outcome.violations:
-                message = f"[{index}] violation ({engine}): {violation}"
-                print("    " + message)
-                report.violations.append(message)
+                print(f"    violation ({engine}): {violation}")
     for index in sorted(by_event):
         if index >= len(scenario.events):
             for difference in by_event[index]:
@@ -213,18 +215,55 @@ def check_expectation(expect: Expect | None, outcomes: dict[str, list[EventOutco
             report.mismatches.append(f"{engine}: expected r0=0x{expect.result:x}, got {got}")
 
 
+def collect_violations(outcomes: dict[str, list[EventOutcome]]) -> list[str]:
+    """Engine self-check failures: each is a finding, whatever the other engines did."""
+    return [f"[{o.index}] violation ({engine}): {v}" for engine, seq in outcomes.items() for o in seq
+            for v in o.violations]
+
+
+def json_report(path: str, settings: Settings, notes: list[str], outcomes: dict[str, list[EventOutcome]],
+                report: Report) -> dict[str, Any]:
+    """Everything `run` found, as plain JSON values (outcomes as EventOutcome.to_json)."""
+    return {
+        "file": path,
+        "profile": settings.profile,
+        "inject": sorted(settings.bugs),
+        "engines": list(settings.engines),
+        "notes": notes,
+        "ok": report.ok,
+        "outcomes": {engine: [o.to_json() for o in seq] for engine, seq in outcomes.items()},
+        "differences": [
+            {"event": d.event_index, "kind": d.kind, "field": d.field,
+             "values": {engine: format_value(d.field, value) for engine, value in d.values.items()}}
+            for d in report.differences
+        ],
+        "violations": report.violations,
+        "crashes": report.crashes,
+        "mismatches": report.mismatches,
+    }
+
+
 def main(args: argparse.Namespace) -> int:
-    scenario = load_input(args.file, args.profile, warn=lambda line: print(f"note: {line}"))
+    notes: list[str] = []
+    scenario = load_input(args.file, args.profile, warn=notes.append)
     settings = settings_for(args, scenario)
+    report = Report()
+    outcomes = execute_all(scenario, settings, args.file, report)
+    report.differences = compare_outcomes(outcomes)
+    report.violations = collect_violations(outcomes)
+    check_expectation(scenario.expect, outcomes, report)
+    code = 0 if report.ok else 1
+    if args.json:
+        print(json.dumps(json_report(args.file, settings, notes, outcomes, report), indent=1))
+        return code
+
+    for note in notes:
+        print(f"note: {note}")
     inject = f"; inject {','.join(sorted(settings.bugs))}" if settings.bugs else ""
     print(f"{args.file}: {len(scenario.programs)} programs, {len(scenario.maps)} maps, "
           f"{len(scenario.events)} events; profile {settings.profile}{inject}; "
           f"engines {', '.join(settings.engines)}")
-    report = Report()
-    outcomes = execute_all(scenario, settings, args.file, report)
-    report.differences = compare_outcomes(outcomes)
-    print_events(scenario, outcomes, report.differences, report)
-    check_expectation(scenario.expect, outcomes, report)
+    print_events(scenario, outcomes, report.differences)
     for line in report.crashes + report.mismatches:
         print(line)
     if report.ok:
@@ -233,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
         who = f"{', '.join(names[:-1])} and {names[-1]} agree on" if several else f"{names[0]} ran"
         checked = f" and match{'' if several else 'es'} the expected result" if scenario.expect is not None else ""
         print(f"OK: {who} {len(scenario.events)} events{checked}")
-        return 0
-    print(f"FAIL: {len(report.differences)} differences, {len(report.violations)} violations, "
-          f"{len(report.crashes)} crashes, {len(report.mismatches)} expectation mismatches")
-    return 1
+    else:
+        print(f"FAIL: {len(report.differences)} differences, {len(report.violations)} violations, "
+              f"{len(report.crashes)} crashes, {len(report.mismatches)} expectation mismatches")
+    return code
