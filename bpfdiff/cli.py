@@ -48,12 +48,22 @@ def build_parser(commands: dict[str, ModuleType] | None = None) -> argparse.Argu
         prog="bpfdiff",
         description="Differential testing of the eBPF x86-64 JIT against a reference interpreter.",
     )
+    parser.add_argument("--version", action="version", version=f"bpfdiff {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in commands.items():
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(_main=module.main)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bpfdiff")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "(not installed)"
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
