@@ -37,6 +37,7 @@ SIZE_SUFFIXES = "bwlq"
 OBJDUMP_MNEMONIC = {"leave": "leaveq", "ret": "retq", "call": "callq"}
 REL32_BRANCH_MNEMONIC = {0xE9: "jmpq", 0xE8: "callq"}
 XCHG_AX_AX = bytes.fromhex("6690")
+SHIFT_BY_ONE_OPCODES = frozenset({0xD0, 0xD1})   # shift/rotate by an implicit 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,8 @@ def jited_lines(code: bytes) -> list[JitedLine]:
         ops = insn.operands
         has_register = any(op.type == x86_const.X86_OP_REG for op in ops)
         # AT&T order: source first; capstone's detail lists operands in that order already
+        if insn.opcode[0] in SHIFT_BY_ONE_OPCODES:
+            ops = [op for op in ops if op.type != x86_const.X86_OP_IMM]   # objdump: `shl %rdi`, no `$0x1`
         operands = ",".join(_operand(insn, op, branch) for op in ops)
         lines.append(JitedLine(insn.address, insn.size, _mnemonic(insn, has_register, branch), operands, raw))
     if end < len(code):
