@@ -237,3 +237,58 @@ def test_dump_reports_bad_input_in_one_line(capsys: pytest.CaptureFixture[str], 
     assert main(["dump", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"{path}:3:")
+
+
+SUBPROGRAMS = """
+-- maps
+jt prog_array key_size=4 value_size=4 max_entries=2
+-- prog leaf
+mov %r0, 0x100
+exit
+-- prog main
+mov %r6, %r1
+stw [%r1+0], 0x11223344       # a write to the context, visible in the result's mem
+mov %r1, %r6
+call local sub
+add %r0, 1
+mov %r1, %r6
+ldxb %r2, [%r1+4]
+jeq %r2, 0, done
+call local bad                # reads past the context: faults inside the subprogram
+done:
+exit
+sub:
+mov %r7, %r1
+mov %r3, 0
+lddw %r2, map:jt
+call 12                       # a tail call from a subprogram (6.1 only)
+mov %r0, 5
+exit
+bad:
+ldxdw %r0, [%r1+60]
+exit
+-- events
+run main mem=00 00 00 00 00 00 00 00
+update jt 0 prog:leaf
+run main mem=00 00 00 00 00 00 00 00
+run main mem=00 00 00 00 01 00 00 00
+"""
+
+
+def test_subprograms_tail_calls_and_faults_agree_with_the_interpreter() -> None:
+    scenario = parse_scenario(SUBPROGRAMS)
+    jit_out = JitEngine(profile="linux-6.1").execute(scenario)
+    interp_out = InterpEngine(profile="linux-6.1").execute(scenario)
+    assert compare_outcomes({"jit": jit_out, "interp": interp_out}) == []
+    empty, filled, faulting = (o.run for o in jit_out if o.run)
+    assert (empty.r0, empty.trace, empty.mem[:4]) == (6, ("main",), bytes.fromhex("44332211"))
+    # the leaf replaces the subprogram and returns into main: 0x100 + 1
+    assert (filled.r0, filled.trace, filled.tail_calls) == (0x101, ("main", "leaf"), 1)
+    assert (faulting.exit, faulting.fault_kind, faulting.fault_prog) == (FAULT, FAULT_MEMORY, "main")
+    bad_pc = next(pc for pc, insn in enumerate(scenario.program("main").insns) if insn.opcode == 0x79)
+    assert faulting.fault_pc == bad_pc
+
+
+def test_subprograms_with_tail_calls_are_refused_on_5_5() -> None:
+    with pytest.raises(EngineError):
+        JitEngine(profile="linux-5.5").execute(parse_scenario(SUBPROGRAMS))
