@@ -267,8 +267,8 @@ class Emulator:
         uc.reg_write(x86.UC_X86_REG_RBP, INITIAL_RBP)
         uc.reg_write(x86.UC_X86_REG_RSP, INITIAL_RSP)
         self._initial_context = uc.context_save()
-        uc.hook_add(UC_HOOK_CODE, self._on_helper, begin=HELPER_BASE,
-                    end=HELPER_BASE + HELPER_PAGES * PAGE - 1)
+        self._helper_hook = uc.hook_add(UC_HOOK_CODE, self._on_helper, begin=HELPER_BASE,
+                                        end=HELPER_BASE + HELPER_PAGES * PAGE - 1)
 
         self.helper_handler: HelperHandler | None = None
         self._entry_hooks: list[int] = []
@@ -342,6 +342,23 @@ class Emulator:
         self.images.rewind(0xCC)   # stale jumps into freed text trap instead of running old code
         self.data.rewind(0)
         self.uc.ctl_flush_tb()
+
+    def close(self) -> None:
+        """Free the unicorn instance now (idempotent); the emulator is unusable afterwards.
+
+        Deleting the hooks breaks the cycle unicorn -> callbacks -> emulator,
+        so the instance is released as soon as the last reference goes.
+        """
+        uc = self.__dict__.pop("uc", None)
+        if uc is None:
+            return
+        for hook in [*self._entry_hooks, self._helper_hook, self._mem_slack_hook]:
+            if hook is not None:
+                uc.hook_del(hook)
+        self._entry_hooks.clear()
+        self._mem_slack_hook = None
+        self.images.uc = self.data.uc = None  # type: ignore[assignment]
+        self.regs = None  # type: ignore[assignment]
 
     def install_image(self, base: int, code: bytes, prog: str, insn_at: Callable[[int], int | None]) -> None:
         """Copy a JIT image to its address and remember it for fault pc recovery."""

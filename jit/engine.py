@@ -303,5 +303,7 @@ class JitEngine(Engine):
         return problems
 
     def close(self) -> None:
-        self.loaded.clear()
+        """Free the emulator; the engine cannot run scenarios afterwards."""
+        self._reset_state()
+        self.emu.close()
 
