@@ -60,7 +60,18 @@ import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MODE_64, Uc, UcError
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
+    UC_MODE_64,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    Uc,
+    UcError,
+)
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
 
@@ -213,10 +224,11 @@ class RawRun:
 class _BumpRegion:
     """A growable region of unicorn memory with a bump allocator, rewound per scenario."""
 
-    def __init__(self, uc: Uc, base: int, align: int) -> None:
+    def __init__(self, uc: Uc, base: int, align: int, perms: int) -> None:
         self.uc = uc
         self.base = base
         self.align = align
+        self.perms = perms
         self.top = base
         self.mapped_end = base
 
@@ -225,7 +237,7 @@ class _BumpRegion:
         end = addr + max(size, 1)
         if end > self.mapped_end:
             grow = round_up(end - self.mapped_end, REGION_CHUNK)
-            self.uc.mem_map(self.mapped_end, grow)
+            self.uc.mem_map(self.mapped_end, grow, self.perms)
             self.mapped_end += grow
         self.top = end
         return addr
@@ -248,16 +260,21 @@ class Emulator:
         self.tail_call_offset = x86_tail_call_offset
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc = uc
-        uc.mem_map(HELPER_BASE, HELPER_PAGES * PAGE)
+        # Permissions as the kernel sets them: text read-only and executable
+        # (pokes are host-side writes, which unicorn lets through, like
+        # text_poke), data never executable.  A wild write or jump then
+        # faults instead of corrupting the machine for later scenarios.
+        text, data = UC_PROT_READ | UC_PROT_EXEC, UC_PROT_READ | UC_PROT_WRITE
+        uc.mem_map(HELPER_BASE, HELPER_PAGES * PAGE, text)
         uc.mem_write(HELPER_BASE, b"\xc3" * (HELPER_PAGES * PAGE))   # ret
-        uc.mem_map(THUNK_BASE, PAGE)
+        uc.mem_map(THUNK_BASE, PAGE, text)
         uc.mem_write(THUNK_BASE, b"\xcc" * PAGE)
-        uc.mem_map(SENTINEL, PAGE)
+        uc.mem_map(SENTINEL, PAGE, text)
         uc.mem_write(SENTINEL, b"\xcc" * PAGE)
-        uc.mem_map(STACK_BASE, STACK_SIZE)
+        uc.mem_map(STACK_BASE, STACK_SIZE, data)
         self._zero_stack = bytes(STACK_SIZE)
-        self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN)
-        self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN)
+        self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text)
+        self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data)
         self.regs = _Registers(uc)
         # The register state every run starts from (all zero, a made-up caller
         # frame); restoring a saved context is one call instead of twenty.
@@ -346,8 +363,8 @@ class Emulator:
     def close(self) -> None:
         """Free the unicorn instance now (idempotent); the emulator is unusable afterwards.
 
-        Deleting the hooks breaks the cycle unicorn -> callbacks -> emulator,
-        so the instance is released as soon as the last reference goes.
+        Deleting the hooks and dropping every reference lets the garbage
+        collector release the instance (and its guest memory).
         """
         uc = self.__dict__.pop("uc", None)
         if uc is None:
@@ -393,7 +410,7 @@ class Emulator:
             if self._mem_pages:
                 uc.mem_unmap(MEM_END - self._mem_pages * PAGE, self._mem_pages * PAGE)
             if pages:
-                uc.mem_map(MEM_END - pages * PAGE, pages * PAGE)
+                uc.mem_map(MEM_END - pages * PAGE, pages * PAGE, UC_PROT_READ | UC_PROT_WRITE)
             self._mem_pages = pages
         self.mem_start = MEM_END - n
         self.mem_len = n

@@ -175,3 +175,21 @@ def test_engine_without_the_flush_would_run_the_stale_jump(monkeypatch: pytest.M
     outcomes = engine.execute(parse_scenario(SEED))
     assert outcomes[2].violations == ()                    # the bytes were re-patched...
     assert [o.run.r0 for o in outcomes if o.run] == [42, 42]   # ...but the cached jmp still ran
+
+
+def test_text_is_read_only_and_data_is_not_executable(emu: Emulator) -> None:
+    from bpfdiff.jit.emulator import DATA_BASE, HELPER_BASE
+
+    emu.reset()
+    helper_before = emu.read(HELPER_BASE, 8)
+    # movabs rax, HELPER_BASE; mov [rax], rax: a wild write into kernel text
+    wild = load(emu, "wild", b"\x48\xb8" + HELPER_BASE.to_bytes(8, "little") + b"\x48\x89\x00" + RET)
+    out = emu.run(wild, b"", 100)
+    assert (out.exit, out.fault_kind) == (FAULT, FAULT_MEMORY)
+    assert emu.read(HELPER_BASE, 8) == helper_before
+    data = emu.alloc_data(8)
+    emu.write(data, RET)
+    assert DATA_BASE <= data
+    # movabs rax, data; jmp rax: executing a kernel object
+    jump = load(emu, "jump", b"\x48\xb8" + data.to_bytes(8, "little") + b"\xff\xe0")
+    assert emu.run(jump, b"", 100).fault_kind == FAULT_INVALID
