@@ -292,3 +292,18 @@ def test_subprograms_tail_calls_and_faults_agree_with_the_interpreter() -> None:
 def test_subprograms_with_tail_calls_are_refused_on_5_5() -> None:
     with pytest.raises(EngineError):
         JitEngine(profile="linux-5.5").execute(parse_scenario(SUBPROGRAMS))
+
+
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.5"])
+def test_a_reused_engine_gives_what_a_fresh_one_gives(profile: str) -> None:
+    """No state leaks between scenarios: images at reused addresses, translations, maps, hooks."""
+    from bpfdiff.fuzz.generate import scenario_from_seed
+
+    scenarios = [scenario_from_seed(seed, profile) for seed in range(30)]
+    reused = JitEngine(profile=profile)
+    first_pass = [reused.execute(s) for s in scenarios]
+    second_pass = [reused.execute(s) for s in reversed(scenarios)][::-1]
+    assert first_pass == second_pass
+    for scenario, outcomes in zip(scenarios[:5], first_pass, strict=False):
+        assert JitEngine(profile=profile).execute(scenario) == outcomes
+    assert sum(1 for outcomes in first_pass for o in outcomes if o.run and o.run.tail_calls) > 0
