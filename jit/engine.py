@@ -16,7 +16,7 @@ scenario.  Per scenario the engine
   tail-call site through :func:`bpfdiff.jit.poke.map_poke_run`, the order of
   the kernel's ``bpf_fd_array_map_update_elem`` / ``fd_array_map_delete_elem``
   (``xchg`` of the slot, then ``map_poke_run`` under ``poke_mutex``);
-* after every map event checks the patch invariant of each stable poke site
+* after every map and load event checks the patch invariant of each stable poke site
   (``jmp`` to the slot's program + tail-call offset iff the slot is filled,
   else ``nop5``; with a bypass, the bypass the other way round) and reports
   breaches as :attr:`EventOutcome.violations`.
@@ -230,8 +230,8 @@ class JitEngine(Engine):
         if isinstance(event, Run):
             return self._run(index, event)
         if isinstance(event, Load):
-            self._load(event.prog)
-            return EventOutcome(index, "load", retval=0)
+            self._load(event.prog)     # bpf_tail_call_direct_fixup patches against the current slots
+            return EventOutcome(index, "load", retval=0, violations=tuple(self.check_pokes()))
         if isinstance(event, (Update, Delete)):
             bpf_map = self.maps.get(event.map)
             if bpf_map is None:
