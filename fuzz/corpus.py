@@ -5,7 +5,9 @@ A scenario's *features* are plain strings in four families:
 ``op:<class>``
     every opcode class its programs use (:func:`bpfdiff.isa.opcode_class_name`);
 ``tc:<kind>``
-    every tail-call site, ``direct`` or ``indirect`` (see :func:`tail_call_kind`);
+    every tail-call site, ``direct`` or ``indirect``, as the JIT port's
+    verifier pass classifies it (:func:`direct_sites_by_xlate`; for programs it
+    refuses, a simple constant-key rule, :func:`tail_call_kind`);
 ``ev:<kind>``
     every event kind, with prog-array updates told apart by what they do to
     the slot: ``prog_array.fill`` (empty -> program), ``prog_array.retarget``
@@ -113,14 +115,43 @@ def tail_call_kind(program: Program, site: int, max_entries: Callable[[str], int
     return "direct" if entries is not None and key < entries else "indirect"
 
 
-def tail_call_sites(scenario: Scenario) -> list[tuple[str, int, str]]:
-    """(program, pc, kind) for every ``call bpf_tail_call`` in the scenario."""
+def direct_sites_by_xlate(program: Program, scenario: Scenario, profile: str) -> set[int] | None:
+    """Pcs (as loaded) of the sites the JIT port's verifier pass makes direct; None if it refuses the program.
+
+    This is the kernel's own rule (constant tracking through ALU ops, all
+    paths agreeing on one map and an in-range key), so it is preferred to
+    :func:`tail_call_kind`'s single-block approximation.
+    """
+    from bpfdiff.jit.bpf_jit_comp import JitOptions
+    from bpfdiff.jit.xlate import xlate
+
+    from bpfdiff.profiles import get_profile
+
+    try:
+        xlated = xlate(program, {m.name: m for m in scenario.maps}, get_profile(profile), JitOptions())
+    except Exception:  # noqa: BLE001 - an invalid program has no classification; the simple rule decides
+        return None
+    return {xlated.orig_pc[poke.insn_idx] for poke in xlated.pokes}
+
+
+def tail_call_sites(scenario: Scenario, profile: str | None = None) -> list[tuple[str, int, str]]:
+    """(program, pc, kind) for every ``call bpf_tail_call`` in the scenario.
+
+    The kind comes from the JIT's verifier pass (:func:`direct_sites_by_xlate`)
+    for the scenario's profile, else from :func:`tail_call_kind`.
+    """
+    profile = profile or scenario.meta_dict.get("profile", "linux-6.1")
     entries = {m.name: m.max_entries for m in scenario.maps}
     sites = []
     for prog in scenario.programs:
+        direct = direct_sites_by_xlate(prog, scenario, profile)
         for pc, insn in enumerate(prog.insns):
             if insn.is_tail_call and not (pc > 0 and prog.insns[pc - 1].is_lddw):
-                sites.append((prog.name, pc, tail_call_kind(prog, pc, entries.get)))
+                if direct is not None:
+                    kind = "direct" if pc in direct else "indirect"
+                else:
+                    kind = tail_call_kind(prog, pc, entries.get)
+                sites.append((prog.name, pc, kind))
     return sites
 
 

@@ -164,3 +164,39 @@ def test_seed_corpus_covers_every_class_kind_and_event() -> None:
         assert f"ev:{kind}" in features, kind
     classes = {f.split(":")[1].split(".")[0] for f in features if f.startswith("op:")}
     assert classes >= {"alu", "alu64", "jmp", "jmp32", "ld", "ldx", "st", "stx"}
+
+
+def _seed_and_example_scenarios() -> list:
+    from bpfdiff.fuzz.corpus import load_corpus
+
+    return load_corpus([EXAMPLES, SEEDS] if SEEDS.is_dir() else [EXAMPLES])
+
+
+def test_direct_sites_match_the_jits_poke_descriptors() -> None:
+    # Independent fact: the JIT engine emits one poke descriptor per direct site.
+    from collections import Counter
+
+    from bpfdiff.engine import make_engine
+
+    checked = 0
+    for entry in _seed_and_example_scenarios():
+        profile = entry.scenario.meta_dict.get("profile", "linux-6.1")
+        jit = make_engine("jit", profile=profile)
+        try:
+            jit.start(entry.scenario)      # loads (and JITs) every program without a Load event
+            direct = Counter(p for p, _, kind in tail_call_sites(entry.scenario) if kind == "direct")
+            for name, jited in jit.programs.items():
+                assert len(jited.pokes) == direct.get(name, 0), (entry.path, name)
+                checked += len(jited.pokes)
+        finally:
+            jit.close()
+    assert checked > 0
+
+
+def test_seed_corpus_agrees_on_both_engines_without_bugs() -> None:
+    from bpfdiff.fuzz.oracle import run_oracle
+
+    for entry in _seed_and_example_scenarios():
+        profile = entry.scenario.meta_dict.get("profile", "linux-6.1")
+        verdict = run_oracle(entry.scenario, profile=profile)
+        assert verdict.ok, (entry.path, verdict.signature)
