@@ -381,6 +381,22 @@ class FunctionBuilder:
             if insn.op == BPF_MOV:
                 self.scalars.add(insn.dst)
 
+    def block_alu32_upper(self) -> None:
+        """A 32-bit register-source op on a register with upper bits set, its full 64 bits stored.
+
+        The result must be zero-extended; storing all 64 bits to ``mem`` makes
+        a JIT that forgets it visible even when later code would mask it.
+        """
+        draw = self.draw
+        dst = draw.choice(SCALAR_REGS)
+        self.insns.extend(isa.lddw_pair(dst, draw.choice(CORNER_IMM64[2:]) | (1 << 32)))
+        self.scalars.add(dst)
+        src = draw.choice(sorted(self.scalars))
+        op = draw.choice((BPF_ADD, BPF_SUB, BPF_OR, BPF_AND, BPF_XOR, BPF_MOV, BPF_MUL, BPF_LSH, BPF_RSH, BPF_ARSH))
+        self.insns.append(alu(BPF_ALU, op, dst, src, source=BPF_X))
+        off = 8 * draw.integer(0, self.gen.maps.mem_len // 8 - 1)
+        self.insns.append(stx(BPF_DW, CTX_REG, dst, off))
+
     def block_lddw(self) -> None:
         self.init_reg(self.draw.choice(SCALAR_REGS))
 
@@ -647,7 +663,7 @@ class FunctionBuilder:
         self.scalars.add(0)
 
     BLOCKS: tuple[tuple[str, int], ...] = (
-        ("alu", 30), ("lddw", 3), ("cond", 8), ("loop", 3), ("spill", 5), ("fill", 4), ("mem", 6),
+        ("alu", 30), ("alu32_upper", 3), ("lddw", 3), ("cond", 8), ("loop", 3), ("spill", 5), ("fill", 4), ("mem", 6),
         ("lookup", 5), ("update", 2), ("delete", 1), ("helper", 2), ("atomic_stack", 3),
         ("tail_call", 9), ("call_local", 4),
     )
@@ -683,13 +699,17 @@ class FunctionBuilder:
         return True
 
     def epilogue(self) -> None:
+        """Set R0 and exit; usually R0 folds every live scalar in, so a wrong bit anywhere shows."""
         draw = self.draw
         regs = sorted(self.scalars)
         if regs and draw.boolean(0.85):
-            self.insns.append(mov64_reg(0, draw.choice(regs)))
-            for _ in range(draw.integer(0, 2)):
-                self.insns.append(alu(BPF_ALU64, draw.choice((BPF_XOR, BPF_ADD, BPF_OR)), 0,
-                                      draw.choice(regs), source=BPF_X))
+            first = draw.choice(regs)
+            self.insns.append(mov64_reg(0, first))
+            rest = [r for r in regs if r != first] if draw.boolean(0.6) else \
+                [draw.choice(regs) for _ in range(draw.integer(0, 2))]
+            for reg in rest:
+                op = draw.choice((BPF_XOR, BPF_ADD, BPF_OR))
+                self.insns.append(alu(BPF_ALU64, op, 0, reg, source=BPF_X))
         else:
             self.insns.append(mov64_imm(0, self.imm32()))
         self.insns.append(EXIT)

@@ -20,18 +20,20 @@ Signatures are what crash directories are bucketed by (``bpfdiff triage``):
 stable across findings of one bug, different between bugs.  A divergence's
 signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
 
-* WHAT -- the control fields that differ at the first diverging event
-  (``exit``, ``fault_kind``, ``tail_calls``, ``trace``, ``retval``...; R0,
-  maps and memory are then consequences and left out), or ``data`` when only
-  R0 / maps / memory differ;
-* RELATION -- for tail-call counts, ``limit+1`` (one engine took exactly one
-  tail call more than the profile allows), ``limit-1`` (one stopped one
-  short of it), ``count`` otherwise; ``-`` when the counts agree;
+* WHAT -- the first control field (in :data:`CONTROL_FIELDS` order: exit,
+  fault kind, trace, tail-call count, ...) that differs at the first
+  diverging event -- R0, maps and memory are then consequences --, or
+  ``data`` when only R0 / maps / memory differ;
 * SITES -- which tail-call sites are involved, by a probe: the JIT engine is
   run again with every tail call forced indirect; ``direct`` when that makes
   the divergence go away (the bug is in the patched direct sites), ``any``
   when it stays; ``+sub`` when a program of the diverging run has a tail
-  call inside a subprogram (the counter crosses a bpf-to-bpf call there).
+  call inside a subprogram (the counter crosses a bpf-to-bpf call there);
+* RELATION -- for ``direct``: the map event that exposed it, the last
+  ``delete`` or ``retarget`` of a slot a direct site of the run uses (else
+  ``fill``); otherwise the tail-call counts: ``limit+1`` (one engine took one
+  tail call more than the profile allows), ``limit-1`` (one stopped one
+  short of it), ``count`` for any other difference, ``-`` when they agree.
 
 Crashes: ``crash:PROFILE:ENGINE:ExceptionType@module.function`` (innermost
 frame inside bpfdiff); violations: ``violation:PROFILE:ENGINE:<text with
@@ -53,10 +55,12 @@ from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.compare import Difference, compare_outcomes, format_value
 from bpfdiff.engine import Engine, EngineError, EventOutcome, make_engine
 from bpfdiff.profiles import Profile, get_profile
-from bpfdiff.scenario import Run, Scenario
+from bpfdiff.scenario import Delete, Run, Scenario, Update, key_u32
 
 DIVERGENCE, CRASH, VIOLATION = "divergence", "crash", "violation"
-CONTROL_FIELDS = ("events", "kind", "run", "retval", "exit", "fault_kind", "fault_pc", "tail_calls", "trace")
+# Control fields in the order that names a divergence: the first one that differs wins
+# (a different exit explains a different trace, a different trace a different count).
+CONTROL_FIELDS = ("events", "kind", "run", "retval", "exit", "fault_kind", "trace", "tail_calls", "fault_pc")
 DATA_FIELDS = ("r0", "maps", "mem")
 PROBE_OPTIONS = {"force_indirect": True}
 
@@ -159,9 +163,19 @@ def _module_of(filename: str) -> str | None:
     return None
 
 
+# x86 byte patterns a poke-site self-check prints, by what they are
+PATCH_BYTES = ((re.compile(r"\be9[0-9a-f]{8}\b"), "jmp"), (re.compile(r"\b0f1f440000\b"), "nop5"),
+               (re.compile(r"\beb[0-9a-f]{2}\b"), "jmp8"))
+
+
 def violation_signature(text: str, engine: str, profile: str) -> str:
-    shape = re.sub(r"0x[0-9a-fA-F]+|\d+", "N", text.split(":")[0]).strip()
-    return f"{VIOLATION}:{profile}:{engine}:{shape}"
+    """The violation's text without program name, addresses and numbers; patch bytes by what they are."""
+    shape = re.sub(r"^[\w.-]+: ", "", text.strip())
+    for pattern, word in PATCH_BYTES:
+        shape = pattern.sub(word, shape)
+    shape = re.sub(r"= (?!empty\))[\w-]+\)", "= prog)", shape)     # which program a slot holds
+    shape = re.sub(r"0x[0-9a-fA-F]+|\d+", "N", shape)
+    return f"{VIOLATION}:{profile}:{engine}:{shape[:120]}"
 
 
 def allowed_tail_calls(profile: Profile) -> int:
@@ -187,13 +201,32 @@ def first_event_differences(differences: Sequence[Difference]) -> list[Differenc
 
 
 def divergence_what(diffs: Sequence[Difference]) -> str:
-    control = [d.field for d in diffs if d.field in CONTROL_FIELDS]
-    return "+".join(sorted(set(control))) if control else "data"
+    fields = {d.field for d in diffs}
+    return next((f for f in CONTROL_FIELDS if f in fields), "data")
 
 
-def subprog_sites_in_run(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int,
-                         profile: Profile) -> bool:
-    """Does a program the diverging run entered have a tail call inside a subprogram?"""
+def trigger_event(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int,
+                  profile: Profile) -> str:
+    """For a direct-site divergence: the last delete or retarget of a slot a direct site of the run uses.
+
+    A poke bug shows at the first run after the map event it mishandled;
+    ``fill`` when no delete or retarget of such a slot came before.
+    """
+    from bpfdiff.fuzz.corpus import event_kinds
+
+    names = _programs_of_run(scenario, outcomes, index)
+    keys = {(site.map, key_u32(site.key)) for prog in scenario.programs if prog.name in names
+            for site in tail_call_sites(prog, scenario, profile) if site.direct and site.key is not None}
+    kinds = event_kinds(scenario)
+    for j in range(min(index, len(scenario.events)) - 1, -1, -1):
+        event = scenario.events[j]
+        if isinstance(event, Update | Delete) and (event.map, event.key) in keys:
+            if kinds[j] in ("prog_array.delete", "prog_array.retarget"):
+                return kinds[j].split(".", 1)[1]
+    return "fill"
+
+
+def _programs_of_run(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int) -> set[str]:
     names: set[str] = set()
     for seq in outcomes.values():
         if index < len(seq) and seq[index].run is not None:
@@ -201,6 +234,13 @@ def subprog_sites_in_run(scenario: Scenario, outcomes: dict[str, list[EventOutco
     event = scenario.events[index] if index < len(scenario.events) else None
     if isinstance(event, Run):
         names.add(event.prog)
+    return names
+
+
+def subprog_sites_in_run(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int,
+                         profile: Profile) -> bool:
+    """Does a program the diverging run entered have a tail call inside a subprogram?"""
+    names = _programs_of_run(scenario, outcomes, index)
     for prog in scenario.programs:
         if prog.name in names and any(site.in_subprog for site in tail_call_sites(prog, scenario, profile)):
             return True
@@ -252,9 +292,12 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     diffs = first_event_differences(verdict.differences)
     index = diffs[0].event_index
     what = divergence_what(diffs)
-    counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
-    relation = tail_call_relation(counts, profile)
-    sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe else "?"
+    sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe else "any"
+    if sites == "direct":
+        relation = trigger_event(scenario, verdict.outcomes, index, profile)
+    else:
+        counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
+        relation = tail_call_relation(counts, profile)
     if subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
         sites += "+sub"
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])

@@ -1,0 +1,242 @@
+"""The oracle: each planted bug shows up as a divergence on a hand-built scenario, none without it.
+
+The scenarios are the smallest shapes each bug needs (reasoned from the
+kernel's semantics: a self tail call runs 1 + 33 programs on both modelled
+kernels; a deleted slot makes a direct site fall through; a retargeted slot
+enters the new program...).  Signatures must separate the bugs and stay the
+same across different scenarios showing the same bug.
+"""
+
+from __future__ import annotations
+
+import pytest
+from bpfdiff.fuzz.oracle import CRASH, DIVERGENCE, VIOLATION, EnginePool, run_oracle
+
+from bpfdiff.engine import Engine, EventOutcome
+from bpfdiff.scenario_text import parse_scenario
+
+pytest.importorskip("bpfdiff.jit.engine")
+
+MAPS = "-- maps\njmp prog_array key_size=4 value_size=4 max_entries=4\n"
+
+SELF_LOOP_DIRECT = MAPS + """-- prog loop
+mov %r3, 0
+lddw %r2, map:jmp
+call 12
+mov %r0, 7
+exit
+-- events
+update jmp 0 prog:loop
+run loop
+"""
+
+SELF_LOOP_INDIRECT = MAPS + """-- prog loop
+mov %r6, %r1
+ldxw %r3, [%r6+0]
+lddw %r2, map:jmp
+call 12
+mov %r0, 7
+exit
+-- events
+update jmp 2 prog:loop
+run loop mem=02 00 00 00
+"""
+
+TARGETS = """-- prog a
+mov %r0, 10
+exit
+-- prog b
+mov %r0, 11
+exit
+-- prog caller
+mov %r3, 1
+lddw %r2, map:jmp
+call 12
+mov %r0, 1
+exit
+"""
+
+DELETE = MAPS + TARGETS + """-- events
+update jmp 1 prog:a
+run caller
+delete jmp 1
+run caller
+"""
+
+DELETE_OTHER = MAPS + TARGETS.replace("mov %r3, 1", "mov %r3, 3") + """-- events
+update jmp 3 prog:b
+run caller
+run caller
+delete jmp 3
+run caller
+"""
+
+RETARGET = MAPS + TARGETS + """-- events
+update jmp 1 prog:a
+run caller
+update jmp 1 prog:b
+run caller
+"""
+
+DIRECT_CALL = MAPS + TARGETS + """-- events
+update jmp 1 prog:a
+run caller
+"""
+
+SUBPROG_CHAIN = MAPS + """-- prog entry
+mov %r3, 0
+lddw %r2, map:jmp
+call 12
+mov %r0, 1
+exit
+-- prog middle
+call local f
+mov %r0, 2
+exit
+f:
+mov %r3, 1
+lddw %r2, map:jmp
+call 12
+mov %r0, 3
+exit
+-- prog loop
+mov %r3, 1
+lddw %r2, map:jmp
+call 12
+mov %r0, 4
+exit
+-- events
+update jmp 0 prog:middle
+update jmp 1 prog:loop
+run entry
+"""
+
+ALU32 = """-- prog main
+lddw %r0, 0x100000005
+mov %r2, 1
+add32 %r0, %r2
+exit
+-- events
+run main
+"""
+
+# bug -> (scenario, profiles where it must show)
+CASES = {
+    "tail-call-limit-ja": (SELF_LOOP_DIRECT, ("linux-6.1",)),
+    "interp-tail-call-limit": (SELF_LOOP_DIRECT, ("linux-6.1", "linux-5.5")),
+    "poke-skip-delete": (DELETE, ("linux-6.1", "linux-5.5")),
+    "poke-retarget-stale": (RETARGET, ("linux-6.1", "linux-5.5")),
+    "tail-call-offset": (DIRECT_CALL, ("linux-6.1", "linux-5.5")),
+    "subprog-counter-reset": (SUBPROG_CHAIN, ("linux-6.1",)),
+    "alu32-no-zext": (ALU32, ("linux-6.1", "linux-5.5")),
+}
+
+
+def scenario(text: str):
+    return parse_scenario(text, "oracle-test.scn")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = EnginePool()
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("bug,profile", [(b, p) for b, (_, ps) in CASES.items() for p in ps])
+def test_planted_bug_gives_a_divergence_and_none_without_it(bug, profile, pool):
+    s = scenario(CASES[bug][0])
+    clean = run_oracle(s, profile=profile, pool=pool)
+    assert clean.ok, clean.findings
+    verdict = run_oracle(s, profile=profile, bugs=frozenset({bug}), pool=pool)
+    assert not verdict.ok
+    finding = verdict.findings[0]
+    assert finding.kind == DIVERGENCE
+    assert verdict.signature == finding.signature
+    assert verdict.signature.startswith(f"divergence:{profile}:")
+    assert set(finding.values) == {"interp", "jit"}
+
+
+def test_limit_bugs_are_told_apart_by_the_tail_call_count(pool):
+    s = scenario(SELF_LOOP_DIRECT)
+    ja = run_oracle(s, bugs=frozenset({"tail-call-limit-ja"}), pool=pool).findings[0]
+    early = run_oracle(s, bugs=frozenset({"interp-tail-call-limit"}), pool=pool).findings[0]
+    # 1 + 33 programs is the kernel's answer; ja lets the JIT take a 34th tail call,
+    # the interpreter bug stops at 32.
+    assert ja.values == {"interp": "33", "jit": "34"} and ":limit+1:" in ja.signature
+    assert early.values == {"interp": "32", "jit": "33"} and ":limit-1:" in early.signature
+
+
+def test_signatures_separate_the_planted_bugs(pool):
+    signatures = {bug: run_oracle(scenario(text), profile="linux-6.1", bugs=frozenset({bug}), pool=pool).signature
+                  for bug, (text, profiles) in CASES.items() if "linux-6.1" in profiles}
+    assert len(set(signatures.values())) == len(signatures), signatures
+
+
+@pytest.mark.parametrize("bug,first,second", [
+    ("tail-call-limit-ja", SELF_LOOP_DIRECT, SELF_LOOP_INDIRECT),
+    ("poke-skip-delete", DELETE, DELETE_OTHER),
+])
+def test_signature_is_stable_across_scenarios_of_one_bug(bug, first, second, pool):
+    a = run_oracle(scenario(first), bugs=frozenset({bug}), pool=pool)
+    b = run_oracle(scenario(second), bugs=frozenset({bug}), pool=pool)
+    assert a.signature and a.signature == b.signature
+
+
+def test_direct_site_bugs_are_marked_direct_and_limit_bugs_any(pool):
+    delete = run_oracle(scenario(DELETE), bugs=frozenset({"poke-skip-delete"}), pool=pool)
+    limit = run_oracle(scenario(SELF_LOOP_DIRECT), bugs=frozenset({"tail-call-limit-ja"}), pool=pool)
+    assert delete.signature.endswith(":direct") and limit.signature.endswith(":any")
+
+
+def test_engines_are_reused_from_the_pool(pool):
+    first = pool.get("jit", "linux-6.1", frozenset())
+    run_oracle(scenario(DIRECT_CALL), pool=pool)
+    assert pool.get("jit", "linux-6.1", frozenset()) is first
+    # interpreter bugs do not give the JIT a new instance
+    assert pool.get("jit", "linux-6.1", frozenset({"interp-tail-call-limit"})) is first
+
+
+class BrokenEngine(Engine):
+    name = "broken"
+
+    def execute(self, scenario):
+        raise ZeroDivisionError("engine fell over")
+
+
+class SelfCheckingEngine(Engine):
+    """Agrees with the interpreter but reports a failed self-check."""
+
+    name = "selfcheck"
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+
+    def execute(self, scenario):
+        outcomes = self.inner.execute(scenario)
+        last = outcomes[-1]
+        outcomes[-1] = EventOutcome(last.index, last.kind, last.run, last.retval, ("poke site 3 at 0x1f: nop5",))
+        return outcomes
+
+
+class FakePool(EnginePool):
+    def get(self, name, profile, bugs, **options):
+        if name == "broken":
+            return BrokenEngine()
+        if name == "selfcheck":
+            return SelfCheckingEngine(super().get("interp", profile, bugs))
+        return super().get(name, profile, bugs, **options)
+
+
+def test_engine_exception_is_a_crash_finding():
+    verdict = run_oracle(scenario(DIRECT_CALL), engines=("interp", "broken"), pool=FakePool())
+    assert [f.kind for f in verdict.findings] == [CRASH]
+    # the innermost frame inside bpfdiff: the engine itself lives in this test file
+    assert verdict.signature == "crash:linux-6.1:broken:ZeroDivisionError@bpfdiff.fuzz.oracle.run_oracle"
+    assert "engine fell over" in verdict.findings[0].values["broken"]
+
+
+def test_self_check_violation_is_a_finding_even_when_results_agree():
+    verdict = run_oracle(scenario(DIRECT_CALL), engines=("interp", "selfcheck"), pool=FakePool())
+    assert [f.kind for f in verdict.findings] == [VIOLATION]
+    assert verdict.signature == "violation:linux-6.1:selfcheck:poke site N at N"
