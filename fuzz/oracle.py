@@ -164,8 +164,8 @@ def _module_of(filename: str) -> str | None:
 
 
 # x86 byte patterns a poke-site self-check prints, by what they are
-PATCH_BYTES = ((re.compile(r"\be9[0-9a-f]{8}\b"), "jmp"), (re.compile(r"\b0f1f440000\b"), "nop5"),
-               (re.compile(r"\beb[0-9a-f]{2}\b"), "jmp8"))
+PATCH_BYTES = ((re.compile(r"\be9[0-9a-f]{8}\b"), "jmp"), (re.compile(r"\b0f1f440000\b"), "nop"),
+               (re.compile(r"\beb[0-9a-f]{2}\b"), "shortjmp"))
 
 
 def violation_signature(text: str, engine: str, profile: str) -> str:

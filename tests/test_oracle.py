@@ -239,4 +239,4 @@ def test_engine_exception_is_a_crash_finding():
 def test_self_check_violation_is_a_finding_even_when_results_agree():
     verdict = run_oracle(scenario(DIRECT_CALL), engines=("interp", "selfcheck"), pool=FakePool())
     assert [f.kind for f in verdict.findings] == [VIOLATION]
-    assert verdict.signature == "violation:linux-6.1:selfcheck:poke site N at N"
+    assert verdict.signature == "violation:linux-6.1:selfcheck:poke site N at N: nopN"
