@@ -60,7 +60,18 @@ def load_input(path: str | os.PathLike[str], profile: str | None = None,
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    kind = input_kind(path, data)
+    return scenario_from_input(data, name, profile, warn)
+
+
+def scenario_from_input(data: bytes, name: str = "<input>", profile: str | None = None,
+                        warn: Callable[[str], None] | None = None) -> Scenario:
+    """What :func:`load_input` makes of a file's contents, for callers that hold the bytes.
+
+    A fuzz harness that accepts both scenario texts and raw bytes should
+    decode its inputs with this function, so that every crash artifact it
+    writes replays as the same scenario with ``bpfdiff run ARTIFACT``.
+    """
+    kind = input_kind(name, data)
     if kind == "bytes":
         return _from_bytes(name, data, profile)
     try:

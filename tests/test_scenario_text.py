@@ -432,3 +432,13 @@ def test_printer_refuses_what_would_not_read_back(scenario: Scenario) -> None:
 def test_multi_line_error_text_round_trips() -> None:
     scenario = Scenario(expect=Expect(error="first line\nsecond: line"))
     assert parse_scenario(format_scenario(scenario)) == scenario
+
+
+def test_scenario_from_input_matches_load_input(tmp_path: Path) -> None:
+    from bpfdiff.inputs import scenario_from_input
+
+    for name, data in (("a.scn", SAMPLE.encode()), ("crash-1", bytes(range(200))),
+                       ("b.data", b"-- asm\nmov %r0, 3\nexit\n-- result\n0x3\n")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert scenario_from_input(data, str(path)) == load_input(path)
