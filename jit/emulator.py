@@ -544,7 +544,14 @@ class Emulator:
         before it reads the slot, so a call through an empty slot counts too.
         """
         taken = len(self._trace) - 1
-        counter = int.from_bytes(uc.mem_read(rbp + entry.tail_call_cnt_off, 4), "little")
+        slot = rbp + entry.tail_call_cnt_off
+        try:
+            counter = int.from_bytes(uc.mem_read(slot, 4), "little")
+        except UcError:
+            # rbp is not a frame (a tail call landed past `mov rbp,rsp`): the
+            # program will most likely fault; say why here.
+            self._violations.append(f"{entry.name}: counter slot 0x{slot:x} (rbp 0x{rbp:x}) is not mapped")
+            return
         if counter < taken:
             self._violations.append(
                 f"{entry.name} entered after {taken} tail calls, but its counter at "
