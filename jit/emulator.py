@@ -483,7 +483,10 @@ class Emulator:
         helper_id = (address - HELPER_BASE) // HELPER_SLOT
         # The `call` pushed its return address; the fault belongs to the call site.
         regs = self.regs
-        call_site = int.from_bytes(uc.mem_read(regs.read(x86.UC_X86_REG_RSP), 8), "little") - 1
+        try:
+            call_site: int | None = int.from_bytes(uc.mem_read(regs.read(x86.UC_X86_REG_RSP), 8), "little") - 1
+        except UcError:      # reached without a call (a wild jump) and with a bad stack
+            call_site = None
         handler = self.helper_handler
         try:
             if handler is None:
