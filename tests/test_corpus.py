@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -162,8 +163,33 @@ def test_seed_corpus_covers_every_class_kind_and_event() -> None:
     assert {"tc:direct", "tc:indirect"} <= features
     for kind in ("run", "load", "load.after-fill", "prog_array.fill", "prog_array.retarget", "prog_array.delete"):
         assert f"ev:{kind}" in features, kind
-    classes = {f.split(":")[1].split(".")[0] for f in features if f.startswith("op:")}
-    assert classes >= {"alu", "alu64", "jmp", "jmp32", "ld", "ldx", "st", "stx"}
+    covered = {f.split(":", 1)[1] for f in features if f.startswith("op:")}
+    missing = _opcode_class_universe() - covered
+    assert not missing, f"seed corpus misses opcode classes {sorted(missing)}"
+
+
+def _opcode_class_universe() -> set[str]:
+    """Every opcode class label of an encoding the ISA model accepts (independent of any corpus)."""
+    from bpfdiff.isa import Insn, InvalidInstruction, check_insn, opcode_class_name
+
+    names = set()
+    for opcode in range(1, 256):
+        for dst, src, off, imm in itertools.product((0, 1), (0, 1), (0, 1, 8), (0, 1, 16, 0xE1, 0xF1)):
+            insn = Insn(opcode, dst, src, off, imm)
+            try:
+                check_insn(0, insn)
+            except InvalidInstruction:
+                continue
+            names.add(opcode_class_name(insn))
+    return names
+
+
+def test_opcode_class_universe_is_the_isa() -> None:
+    universe = _opcode_class_universe()
+    # 13 ALU ops (+ end) x K/X in two widths, 12 conditional jumps in two widths...
+    assert {"alu64.add.k", "alu.add.x", "alu64.end.k", "jmp32.jset", "jmp.call", "jmp.exit", "ld.imm64",
+            "ldx.b.sx", "ldx.dw", "st.h", "stx.atomic.w", "stx.atomic.dw"} <= universe
+    assert not any(name.startswith("ldx.dw.sx") for name in universe)        # no 64-bit sign-extending load
 
 
 def _seed_and_example_scenarios() -> list:
