@@ -164,7 +164,7 @@ exit
 -- prog unknown_helper
 mov %r0, 0
 mov %r0, 1
-call 99
+call 100000
 exit
 -- prog spin
 mov %r0, 0
