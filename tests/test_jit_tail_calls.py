@@ -257,3 +257,34 @@ def test_indirect_self_loop_with_and_without_retpoline(profile: str, retpoline: 
     run = outcomes[1].run
     assert (run.exit, run.r0, run.tail_calls, len(run.trace)) == (EXIT, 7, 33, 34)
     assert all(o.violations == () for o in outcomes)
+
+
+# linux-6.1-jit-fixtures.md, program A, as captured from Debian's 6.1 kernel:
+# MAP = the 8-byte map address, JMP = the site's `jmp rel32` once slot 0 is filled.
+FIXTURE_61_EMPTY = ("0f1f440000 31c0 55 4889e5 50 48be MAP 31d2 8b85fcffffff 83f821 7314 83c001 "
+                    "8985fcffffff e906000000 58 0f1f440000 b801000000 c9 c3 cc")
+FIXTURE_61_FILLED = ("0f1f440000 31c0 55 4889e5 50 48be MAP 31d2 8b85fcffffff 83f821 7314 83c001 "
+                     "8985fcffffff 0f1f440000 58 JMP b801000000 c9 c3 cc")
+
+
+def fixture_bytes(text: str, map_addr: int, jmp: bytes = b"") -> bytes:
+    return bytes.fromhex(text.replace("MAP", map_addr.to_bytes(8, "little").hex()).replace("JMP", jmp.hex())
+                         .replace(" ", ""))
+
+
+def test_61_image_in_emulated_memory_is_the_fixture_through_update_and_delete() -> None:
+    engine = JitEngine(profile="linux-6.1")
+    scenario = seed_scenario("update jmp_table 0 prog:target\ndelete jmp_table 0\n")
+    engine.start(scenario)
+    map_addr = engine.map_struct["jmp_table"]
+    base = engine.programs["caller"].bpf_func
+    empty = fixture_bytes(FIXTURE_61_EMPTY, map_addr)
+    assert engine.image_bytes("caller") == empty
+    engine.apply(0, scenario.events[0])
+    site = base + 50
+    filled = fixture_bytes(FIXTURE_61_FILLED, map_addr, jmp(site, engine.programs["target"].bpf_func + 11))
+    assert engine.image_bytes("caller") == filled
+    engine.apply(1, scenario.events[1])
+    assert engine.image_bytes("caller") == empty
+    # program B, the target: never patched
+    assert engine.image_bytes("target") == fixture_bytes("0f1f440000 6690 55 4889e5 b82a000000 c9 c3 cc", map_addr)
