@@ -16,6 +16,9 @@ line ``-- NAME``; ``#`` starts a comment line.  Example::
     call 12
     mov %r0, 1
     exit
+    -- prog late
+    mov %r0, 2
+    exit
     -- events
     update jmp_table 0 prog:target
     run caller                         # trailing comments are fine here

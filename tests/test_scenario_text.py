@@ -442,3 +442,23 @@ def test_scenario_from_input_matches_load_input(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_bytes(data)
         assert scenario_from_input(data, str(path)) == load_input(path)
+
+
+# -- the documentation's examples are real ---------------------------------------
+def _indented_example(docstring: str) -> str:
+    block = docstring.split("Example::\n\n", 1)[1].split("\n\n", 1)[0]
+    return "\n".join(line[4:] for line in block.splitlines()) + "\n"
+
+
+def test_module_docstring_example_parses() -> None:
+    import bpfdiff.scenario_text
+
+    s = parse_scenario(_indented_example(bpfdiff.scenario_text.__doc__ or ""), "docstring")
+    assert [e.__class__.__name__ for e in s.events] == ["Update", "Run", "Delete", "Run", "Update", "Load"]
+    assert s.expect == Expect(result=0x2A) and s.meta == (("profile", "linux-6.1"),)
+
+
+def test_readme_scenario_is_the_direct_tail_call_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Scenarios", 1)[1].split("```\n", 2)[1]
+    assert parse_scenario(block, "README.md") == read_scenario(ROOT / "corpus" / "examples" / "direct_tail_call.scn")
