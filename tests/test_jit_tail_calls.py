@@ -274,7 +274,9 @@ def fixture_bytes(text: str, map_addr: int, jmp: bytes = b"") -> bytes:
 
 def test_61_image_in_emulated_memory_is_the_fixture_through_update_and_delete() -> None:
     engine = JitEngine(profile="linux-6.1")
-    scenario = seed_scenario("update jmp_table 0 prog:target\ndelete jmp_table 0\n")
+    # the fixture's program A loads the map before the key
+    scenario = parse_scenario(SEED.replace("mov %r3, 0\nlddw %r2, map:jmp_table", "lddw %r2, map:jmp_table\nmov %r3, 0")
+                              + "-- events\nupdate jmp_table 0 prog:target\ndelete jmp_table 0\n")
     engine.start(scenario)
     map_addr = engine.map_struct["jmp_table"]
     base = engine.programs["caller"].bpf_func
