@@ -376,10 +376,16 @@ def retpoline_thunk(reg: int) -> bytes:
 
 
 def emit_indirect_jump_thunk(reg: int, ip: int, retpoline: bool, sls: bool,
-                             thunk_addr: Callable[[int], int] | None) -> bytes:
-    """v6.1 ``emit_indirect_jump``: ``jmp __x86_indirect_thunk_<reg>``, or ``jmp *%reg`` (+int3)."""
+                             thunk_addr: Callable[[int], int] | None, sizing: bool = False) -> bytes:
+    """v6.1 ``emit_indirect_jump``: ``jmp __x86_indirect_thunk_<reg>``, or ``jmp *%reg`` (+int3).
+
+    ``sizing``: a pass before the image exists, where only the length matters.
+    """
     if retpoline and thunk_addr is not None:
-        return emit_jump(thunk_addr(reg), ip)
+        target = thunk_addr(reg)
+        if sizing and not is_simm32(target - (ip + X86_PATCH_SIZE)):
+            target = ip
+        return emit_jump(target, ip)
     return bytes([0xFF, 0xE0 + reg]) + (b"\xcc" if sls else b"")
 
 
@@ -515,6 +521,7 @@ class FuncJit:
     call_target_func: dict[int, int] = field(default_factory=dict)   # local slot of a pseudo call -> func index
     callee_regs_used: tuple[bool, bool, bool, bool] = (False, False, False, False)
     flavour: JitFlavour | None = None
+    final_pass: bool = False       # the pass at the allocated address (addresses are real)
 
     @property
     def bugs(self) -> frozenset[str]:
@@ -594,7 +601,8 @@ def emit_bpf_tail_call_indirect_v61(fn: FuncJit, ip: int, ctx: JitContext) -> by
         out += b"\x48\x81\xc4" + imm32(round_up8(fn.stack_depth))       # add rsp, stack
     out += b"\x48\x8b\x49" + imm8(profile.off_prog_bpf_func)            # mov rcx, [rcx+bpf_func]
     out += b"\x48\x83\xc1" + imm8(tail_call_adj_off(fn))                # add rcx, X86_TAIL_CALL_OFFSET
-    out += emit_indirect_jump_thunk(1, ip + len(out), fn.retpoline, profile.jit_sls, fn.env.indirect_thunk_addr)
+    out += emit_indirect_jump_thunk(1, ip + len(out), fn.retpoline, profile.jit_sls, fn.env.indirect_thunk_addr,
+                                    sizing=not fn.final_pass)
     ctx.tail_call_indirect_label = len(out)
     return bytes(out)
 
@@ -1003,6 +1011,7 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
 def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
     """One pass over the function: the image bytes and the new addrs[]."""
     state.seen_exit = False
+    fn.final_pass = state.image is not None
     out = bytearray(fn.flavour.prologue(fn))
     addrs = list(state.addrs)
     addrs[0] = len(out)

@@ -173,3 +173,43 @@ def test_tail_call_limit_jcc(bug: str, offset: int, expected: str) -> None:
     options = JitOptions(bugs=frozenset({bug} - {""}))
     code = Loader().load(PROG_A, options).images[0].code
     assert code[offset:offset + 2].hex() == expected
+
+
+# The indirect sequence as a v5.16-era kernel emitted it (bpftool listing of selftest tailcall_6 in
+# Daniel Borkmann's 2021 patch "bpf, x86: Fix ... tail call count", lore.kernel.org): offsets from
+# `mov %edx,%edx`.  That kernel still had MAX_TAIL_CALL_CNT 32 with `ja` and an inline retpoline;
+# 6.1 has 33 with `jae` and jumps to __x86_indirect_thunk_rcx, the rest is unchanged.
+INDIRECT_2021 = [
+    (0x00, "mov", "%edx,%edx"), (0x02, "cmp", "%edx,0x24(%rsi)"), (0x05, "jbe", "OUT"),
+    (0x07, "mov", "-0x4(%rbp),%eax"), (0x0D, "cmp", "$0x21,%eax"), (0x10, "jae", "OUT"),
+    (0x12, "add", "$0x1,%eax"), (0x15, "mov", "%eax,-0x4(%rbp)"), (0x1B, "mov", "0x110(%rsi,%rdx,8),%rcx"),
+    (0x23, "test", "%rcx,%rcx"), (0x26, "je", "OUT"), (0x28, "pop", "%rax"), (0x29, "mov", "0x30(%rcx),%rcx"),
+    (0x2D, "add", "$0xb,%rcx"),
+]
+
+DYNAMIC_KEY = Program("dyn", (*lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map="jmp_table"), Insn(0x61, 3, 1, 0),
+                              Insn(0x85, 0, 0, 0, isa.BPF_FUNC_tail_call), Insn(0xB7, 0, 0, 0, 1), Insn(0x95)))
+
+
+@pytest.mark.parametrize("thunk, last", [
+    (None, [(0x31, "jmpq", "*%rcx"), (0x33, "int3", "")]),
+    (0x7FFF_8200_0000, [(0x31, "jmpq", "THUNK")]),
+])
+def test_indirect_tail_call_sequence(thunk: int | None, last: list[tuple[int, str, str]]) -> None:
+    from bpfdiff.jit.dump import jited_lines
+
+    loader = Loader()
+    if thunk is not None:
+        loader.env.indirect_thunk_addr = lambda reg: thunk + 32 * reg
+    jited = loader.load(DYNAMIC_KEY)
+    image = jited.images[0]
+    assert image.pokes == [] and jited.xlated[3] == Insn(isa.TAIL_CALL_OPCODE)
+    start = image.addrs[3]
+    lines = [(line.offset - start, line.mnemonic, line.operands) for line in jited_lines(image.code)
+             if image.addrs[3] <= line.offset < image.addrs[4]]
+    out = image.addrs[4] - start
+    want = [(o, m, ops.replace("OUT", f"0x{out + start:016x}")) for o, m, ops in INDIRECT_2021 + last]
+    if thunk is not None:
+        target = thunk + 32 * 1 - image.base
+        want[-1] = (0x31, "jmpq", f"0x{target & (2**64 - 1):016x}")
+    assert lines == want
