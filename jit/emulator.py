@@ -457,10 +457,10 @@ class Emulator:
         except UcError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a hook's bug must not become a traceback mid-fuzz
-            self._fault = (FAULT_INVALID, uc.reg_read(x86.UC_X86_REG_RIP), f"emulator hook failed: {exc!r}")
+            self._fault = (FAULT_INVALID, regs.read(x86.UC_X86_REG_RIP), f"emulator hook failed: {exc!r}")
 
-        rip = uc.reg_read(x86.UC_X86_REG_RIP)
-        result = RawRun(exit=EXIT, rax=uc.reg_read(x86.UC_X86_REG_RAX), trace=self._trace,
+        rip = regs.read(x86.UC_X86_REG_RIP)
+        result = RawRun(exit=EXIT, rax=regs.read(x86.UC_X86_REG_RAX), trace=self._trace,
                         tail_calls=max(len(self._trace) - 1, 0), mem=self.read(self.mem_start, self.mem_len),
                         violations=self._violations)
         if error is not None:
@@ -517,7 +517,7 @@ class Emulator:
     def _on_mem_slack(self, uc: Uc, access: int, address: int, size: int, value: int, user_data: object) -> None:
         if self._fault is None:
             what = "write" if access == ucc.UC_MEM_WRITE else "read"
-            self._stop_with_fault(FAULT_MEMORY, uc.reg_read(x86.UC_X86_REG_RIP),
+            self._stop_with_fault(FAULT_MEMORY, self.regs.read(x86.UC_X86_REG_RIP),
                                   f"{what} of {size} bytes at 0x{address:x}, before the context "
                                   f"(0x{self.mem_start:x}, {self.mem_len} bytes)")
 
