@@ -560,10 +560,15 @@ def format_event(event: Event, maps: dict[str, MapDef]) -> str:
     raise TypeError(f"not an event: {event!r}")
 
 
+def _breaks_line(text: str) -> bool:
+    """Would reading ``text`` back split it into lines (``\n``, ``\r``, ``\x0c``, ``\u2028``...)?"""
+    return bool(text) and text.splitlines() != [text]
+
+
 def _checked_error_text(text: str) -> str:
     lines = text.split("\n")
     for line in lines:
-        if not line.strip() or line != line.strip() or line.startswith(("#", SECTION_PREFIX)):
+        if _breaks_line(line) or not line.strip() or line != line.strip() or line.startswith(("#", SECTION_PREFIX)):
             raise ValueError(f"error text {text!r} cannot be written in a scenario "
                              "(non-blank lines without outer spaces, not starting with '#' or '-- ')")
     return text
@@ -572,7 +577,7 @@ def _checked_error_text(text: str) -> str:
 def _format_meta(key: str, value: str) -> str:
     if not key or any(c.isspace() for c in key) or key.startswith(("#", "-")):
         raise ValueError(f"meta key {key!r} cannot be written in a scenario")
-    if "\n" in value or "\r" in value or value != value.strip():
+    if _breaks_line(value) or value != value.strip():
         raise ValueError(f"meta value {value!r} cannot be written in a scenario (one line, no outer spaces)")
     return f"{key} {value}" if value else key
 
