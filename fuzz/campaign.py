@@ -143,7 +143,7 @@ class Item:
     """What a worker reports about one scenario worth keeping."""
 
     kind: str                    # "finding" or "corpus"
-    scenario: Scenario
+    scenario: Scenario | None    # None for a finding over its signature's cap: counted, not saved
     origin: str
     finding: Finding | None = None
     features: frozenset[str] = frozenset()
@@ -192,9 +192,9 @@ class Worker:
     def items(self, scenario: Scenario, origin: str, verdict: Verdict) -> list[Item]:
         items = []
         for finding in verdict.findings:
-            if self.signatures_sent[finding.signature] < self.config.max_per_signature:
-                self.signatures_sent[finding.signature] += 1
-                items.append(Item("finding", scenario, origin, finding))
+            keep = self.signatures_sent[finding.signature] < self.config.max_per_signature
+            self.signatures_sent[finding.signature] += 1
+            items.append(Item("finding", scenario if keep else None, origin, finding))
         if self.config.corpus is not None and verdict.outcomes and not origin.startswith("corpus"):
             outcomes = next(iter(verdict.outcomes.values()))
             features = self.model.features(scenario, outcomes)
@@ -219,12 +219,13 @@ def worker_main(config: CampaignConfig, worker_id: int, corpus: list[tuple[str, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
     worker = Worker(config, worker_id, corpus)
     quota = worker.quota()
-    done = runs = invalid = 0
+    done = runs = invalid = total = 0
     items: list[Item] = []
     last = time.monotonic()
     try:
-        while not stop.is_set() and (quota is None or done < quota):
+        while not stop.is_set() and (quota is None or total < quota):
             n, r, bad, new = worker.step()
+            total += n
             done += n
             runs += r
             invalid += bad
@@ -281,7 +282,7 @@ class Campaign:
         self.stats.corpus_size = len(self.corpus)
 
     def add_to_corpus(self, item: Item) -> None:
-        if self.config.corpus is None or item.features <= self.features:
+        if self.config.corpus is None or item.scenario is None or item.features <= self.features:
             return
         self.features |= item.features
         text = format_scenario(item.scenario)
@@ -301,7 +302,7 @@ class Campaign:
         if first:
             self.first_findings[finding.signature] = None
         written = self.written_per_signature[finding.signature]
-        if self.config.crashes is None or written >= self.config.max_per_signature:
+        if self.config.crashes is None or item.scenario is None or written >= self.config.max_per_signature:
             return
         self.written_per_signature[finding.signature] += 1
         path = self.save_finding(item)
@@ -311,14 +312,17 @@ class Campaign:
 
     def finding_meta(self, item: Item) -> tuple[tuple[str, str], ...]:
         assert item.finding is not None
+        assert item.scenario is not None
         keep = [(k, v) for k, v in item.scenario.meta if k not in ("profile", "inject", "signature", "origin")]
-        inject = ",".join(sorted(self.config.inject)) or "none"
-        return (("profile", self.config.profile), ("inject", inject), ("signature", item.finding.signature),
-                ("origin", item.origin.replace(" ", "_")), ("engines", ",".join(self.config.engines))) + tuple(keep)
+        # no inject entry when no bug is planted: the finding is a real disagreement
+        inject = (("inject", ",".join(sorted(self.config.inject))),) if self.config.inject else ()
+        return (("profile", self.config.profile),) + inject + (
+            ("signature", item.finding.signature), ("origin", item.origin.replace(" ", "_")),
+            ("engines", ",".join(self.config.engines))) + tuple(keep)
 
     def save_finding(self, item: Item) -> Path:
         finding = item.finding
-        assert finding is not None and self.config.crashes is not None
+        assert finding is not None and self.config.crashes is not None and item.scenario is not None
         scenario = Scenario(item.scenario.maps, item.scenario.programs, item.scenario.events, None,
                             self.finding_meta(item))
         text = format_scenario(scenario)
