@@ -151,6 +151,8 @@ class _Parser:
     def __init__(self, text: str, source: str, validate: bool) -> None:
         self.source = source
         self.validate = validate
+        # A byte-order mark some editors put first is not text before a header.
+        text = text.removeprefix("\ufeff")
         self.lines = [_Line(i + 1, t) for i, t in enumerate(text.splitlines())]
 
     def error(self, line: _Line | int, col: int, message: str) -> ScenarioSyntaxError:

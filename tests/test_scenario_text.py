@@ -464,3 +464,7 @@ def test_readme_scenario_is_the_direct_tail_call_example() -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## Scenarios", 1)[1].split("```\n", 2)[1]
     assert parse_scenario(block, "README.md") == read_scenario(ROOT / "corpus" / "examples" / "direct_tail_call.scn")
+
+
+def test_byte_order_mark_is_ignored() -> None:
+    assert parse_scenario("\ufeff" + SAMPLE) == parse_scenario(SAMPLE)
