@@ -154,6 +154,9 @@ def _first_mem_difference(values: Mapping[str, bytes]) -> int | None:
     return None
 
 
+MEM_WINDOW = 16  # memory differences show 32 bytes from the 16-byte line of the first one
+
+
 def format_difference(difference: Difference, width: int = 36) -> str:
     """The differing field side by side, one column per engine.
 
@@ -167,6 +170,11 @@ def format_difference(difference: Difference, width: int = 36) -> str:
         offset = _first_mem_difference(difference.values)
         if offset is not None:
             head += f" (first difference at byte {offset})"
+            # A window around the first difference, not the whole packet.
+            start = offset - offset % MEM_WINDOW
+            end = start + 2 * MEM_WINDOW
+            shown = {engine: f"[{start}:{min(end, len(mem))}] {_format_mem(mem[start:end])}"
+                     for engine, mem in difference.values.items()}
     if all(len(text) <= width for text in shown.values()):
         return f"{head}:  " + " | ".join(f"{engine} {text}" for engine, text in shown.items())
     pad = max(len(engine) for engine in shown)

@@ -314,3 +314,15 @@ def test_run_json_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
     assert data["differences"] == [{"event": 1, "kind": "run", "field": "r0", "values": {"a": "0x2a", "b": "0x1"}}]
     replayed = [EventOutcome.from_json(item) for item in data["outcomes"]["b"]]
     assert [o.run.r0 for o in replayed if o.run] == [42, 1]
+
+
+def test_memory_difference_shows_a_window() -> None:
+    a = bytes(4096)
+    b = bytearray(a)
+    b[100] = 0xFF
+    text = format_difference(Difference(0, "run", "mem", {"interp": a, "jit": bytes(b)}))
+    assert "first difference at byte 100" in text
+    lines = text.splitlines()[1:]
+    assert lines[0].startswith("  interp  [96:128] 00 00 00 00 00")
+    assert lines[1].startswith("  jit     [96:128] 00 00 00 00 ff")
+    assert all(len(line) < 120 for line in lines)
