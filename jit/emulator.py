@@ -23,8 +23,11 @@ pointer exactly as for a kernel address:
                             page, filled with ``int3``
 ``IMAGE_BASE``              JIT images, bump-allocated per scenario
 ``DATA_BASE``               kernel objects: ``struct bpf_array`` (prog
-                            arrays and array maps, values inline),
-                            ``struct bpf_prog``, hash map headers and values
+                            arrays and array maps), ``struct bpf_prog``,
+                            hash map headers
+``VALUES_BASE``             array and hash map values: each map's block
+                            ends at a page end before an unmapped guard
+                            page, the slack below it is watched
 ``STACK_BASE``              the kernel stack of the run (zeroed each run)
 ``MEM_END``                 the context/packet: ``mem`` ends exactly at
                             ``MEM_END`` so reading past it faults, and the
@@ -102,6 +105,12 @@ INITIAL_RBP = STACK_TOP - 0x10  # a made-up caller frame; `leave` in the epilogu
 INITIAL_RSP = STACK_TOP - 0x40  # holds SENTINEL, the return address of the run
 
 MEM_END = 0x7888_0010_0000
+
+# Map values: each map's block in pages of its own, ending at a page end, an
+# unmapped guard page after it, and the slack below it in its first page
+# watched like the context's: an access outside a map's values faults, as in
+# the interpreter (whose maps are separate regions).
+VALUES_BASE = 0x7999_0000_0000
 MAX_MEM = 0x8_0000              # 512 KiB of context/packet
 
 # x86 instructions allowed per BPF instruction of the budget: the JIT's worst
@@ -288,6 +297,8 @@ class Emulator:
                                         end=HELPER_BASE + HELPER_PAGES * PAGE - 1)
 
         self.helper_handler: HelperHandler | None = None
+        self._value_blocks: list[tuple[int, int, int, int | None]] = []   # (map start, size, base, slack hook)
+        self._values_top = VALUES_BASE
         self._entry_hooks: list[int] = []
         self._text: list[TextRange] = []
         self._text_bases: list[int] = []
@@ -326,6 +337,20 @@ class Emulator:
     def alloc_data(self, size: int) -> int:
         return self.data.alloc(size)
 
+    def alloc_values(self, size: int) -> int:
+        """A zeroed block of map values that faults on any access outside it (see VALUES_BASE)."""
+        pages = max(round_up(size, PAGE) // PAGE, 1)
+        start = self._values_top
+        self.uc.mem_map(start, pages * PAGE, UC_PROT_READ | UC_PROT_WRITE)
+        self._values_top = start + (pages + 1) * PAGE           # + the guard page
+        base = start + pages * PAGE - size
+        hook = None
+        if base > start:
+            hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_value_slack, (base, size),
+                                    begin=start, end=base - 1)
+        self._value_blocks.append((start, pages * PAGE, base, hook))
+        return base
+
     @staticmethod
     def helper_addr(helper_id: int) -> int:
         """Where the image calls helper ``helper_id``.
@@ -349,10 +374,11 @@ class Emulator:
         self.write_text(self.thunk_addr(reg), code)
 
     def program_visible(self, addr: int, n: int) -> bool:
-        """May a helper read or write these bytes?  Stack, context, kernel data (map values)."""
-        return (STACK_BASE <= addr and addr + n <= STACK_TOP
-                or self.mem_start <= addr and addr + n <= MEM_END
-                or self.data.contains(addr, n))
+        """May a helper read or write these bytes?  Stack, context, map values."""
+        if STACK_BASE <= addr and addr + n <= STACK_TOP or self.mem_start <= addr and addr + n <= MEM_END:
+            return True
+        return any(base <= addr and addr + n <= start + length
+                   for start, length, base, _hook in self._value_blocks)
 
     # -- scenario lifetime --------------------------------------------------------
     def reset(self) -> None:
@@ -362,6 +388,12 @@ class Emulator:
         self._entry_hooks.clear()
         self._text.clear()
         self._text_bases.clear()
+        for start, length, _base, hook in self._value_blocks:
+            if hook is not None:
+                self.uc.hook_del(hook)
+            self.uc.mem_unmap(start, length)
+        self._value_blocks.clear()
+        self._values_top = VALUES_BASE
         self.images.rewind(0xCC)   # stale jumps into freed text trap instead of running old code
         self.data.rewind(0)
         self.uc.ctl_flush_tb()
@@ -375,7 +407,8 @@ class Emulator:
         uc = self.__dict__.pop("uc", None)
         if uc is None:
             return
-        for hook in [*self._entry_hooks, self._helper_hook, self._mem_slack_hook]:
+        value_hooks = [hook for _start, _length, _base, hook in self._value_blocks]
+        for hook in [*self._entry_hooks, self._helper_hook, self._mem_slack_hook, *value_hooks]:
             if hook is not None:
                 uc.hook_del(hook)
         self._entry_hooks.clear()
@@ -520,6 +553,14 @@ class Emulator:
             self._stop_with_fault(FAULT_MEMORY, self.regs.read(x86.UC_X86_REG_RIP),
                                   f"{what} of {size} bytes at 0x{address:x}, before the context "
                                   f"(0x{self.mem_start:x}, {self.mem_len} bytes)")
+
+    def _on_value_slack(self, uc: Uc, access: int, address: int, size: int, value: int,
+                        block: tuple[int, int]) -> None:
+        if self._fault is None:
+            what = "write" if access == ucc.UC_MEM_WRITE else "read"
+            self._stop_with_fault(FAULT_MEMORY, self.regs.read(x86.UC_X86_REG_RIP),
+                                  f"{what} of {size} bytes at 0x{address:x}, before map values "
+                                  f"(0x{block[0]:x}, {block[1]} bytes)")
 
     def _on_prologue_point(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
         # The three points may coincide (5.5: the tail-call entry is the body),

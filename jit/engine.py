@@ -5,9 +5,9 @@ scenario.  Per scenario the engine
 
 * lays out the kernel objects the generated code reads, at the profile's
   offsets: a ``struct bpf_array`` per prog array (``map.max_entries``,
-  ``ptrs[]`` of ``struct bpf_prog *``) and per array map (values inline where
-  ``ptrs[]`` would be, as the kernel's union has it), a header plus a value
-  block per hash map, and a ``struct bpf_prog`` per program (``bpf_func``);
+  ``ptrs[]`` of ``struct bpf_prog *``) and per array map, a header per hash
+  map, a guarded block of values per array and hash map, and a ``struct
+  bpf_prog`` per program (``bpf_func``);
 * JITs each program once, when it is loaded (up front, or at its Load event
   so that ``bpf_tail_call_direct_fixup`` sees the slots as they are then),
   and copies its images into emulated memory;
@@ -49,6 +49,7 @@ from bpfdiff.maps import (
     BpfMap,
     MapDefinitionError,
     ProgArrayMap,
+    check_map_def,
     create_map,
     value_region_size,
 )
@@ -172,15 +173,20 @@ class JitEngine(Engine):
         if mapdef.name in self.maps:
             raise EngineError(f"map {mapdef.name!r} defined twice")
         try:
+            check_map_def(mapdef)
             if mapdef.kind == "hash":
                 struct = self.emu.alloc_data(HASH_MAP_HEADER_SIZE)
-                values = self.emu.alloc_data(value_region_size(mapdef))
             else:
-                # struct bpf_array: header, then the union of ptrs[] (prog arrays) and value[] (arrays)
-                payload = value_region_size(mapdef) if mapdef.kind == "array" else 8 * mapdef.max_entries
-                struct = self.emu.alloc_data(profile.off_array_ptrs + payload)
-                values = struct + profile.off_array_ptrs
+                # struct bpf_array: the header, then ptrs[] for a prog array.  An
+                # array map's value[] shares that union in the kernel; here the
+                # values live in a guarded block of their own so that an access
+                # beyond them faults as in the interpreter (no generated code
+                # reaches values through the struct: lookups go to the helper).
+                ptrs = 8 * mapdef.max_entries if mapdef.kind == "prog_array" else 0
+                struct = self.emu.alloc_data(profile.off_array_ptrs + ptrs)
                 self.emu.write(struct + profile.off_array_max_entries, mapdef.max_entries.to_bytes(4, "little"))
+            size = value_region_size(mapdef)
+            values = self.emu.alloc_values(size) if size else struct + profile.off_array_ptrs
             bpf_map = create_map(mapdef, store=self.emu, base=values, is_loaded=self.loaded.__contains__)
         except MapDefinitionError as exc:
             raise EngineError(str(exc)) from None

@@ -307,3 +307,42 @@ def test_a_reused_engine_gives_what_a_fresh_one_gives(profile: str) -> None:
     for scenario, outcomes in zip(scenarios[:5], first_pass, strict=False):
         assert JitEngine(profile=profile).execute(scenario) == outcomes
     assert sum(1 for outcomes in first_pass for o in outcomes if o.run and o.run.tail_calls) > 0
+
+
+MAP_VALUE_BOUNDS = """
+-- maps
+arr array key_size=4 value_size=12 max_entries=2
+-- prog p
+ldxdw %r6, [%r1+0]            # the offset to read at, from the context
+stw [%r10-4], 1
+mov %r2, %r10
+add %r2, -4
+lddw %r1, map:arr
+call 1
+jeq %r0, 0, out
+add %r0, %r6
+ldxw %r0, [%r0+0]
+out:
+exit
+-- events
+update arr 1 = 01 02 03 04 05 06 07 08 09 0a 0b 0c
+run p mem=08 00 00 00 00 00 00 00
+run p mem=0c 00 00 00 00 00 00 00
+run p mem=10 00 00 00 00 00 00 00
+run p mem=e8 ff ff ff ff ff ff ff
+"""
+
+
+def test_map_value_bounds_fault_like_the_interpreter(jit: JitEngine) -> None:
+    """Verifier-invalid accesses, but both engines must agree: past the values and before them."""
+    scenario = parse_scenario(MAP_VALUE_BOUNDS)
+    jit_runs = [o.run for o in jit.execute(scenario) if o.run]
+    interp_runs = [o.run for o in InterpEngine().execute(scenario) if o.run]
+    assert [(r.exit, r.fault_kind, r.fault_pc) for r in jit_runs] == \
+        [(r.exit, r.fault_kind, r.fault_pc) for r in interp_runs]
+    inside, padding, past, before = jit_runs
+    assert (inside.exit, inside.r0) == (EXIT, 0x0C0B0A09)
+    assert padding.exit == EXIT                      # element padding (12 -> 16 bytes) is still the map's
+    # 16 bytes past element 1's start is the end of the block; -24 is 8 bytes before element 0
+    assert (past.exit, past.fault_kind, before.exit, before.fault_kind) == (FAULT, FAULT_MEMORY, FAULT, FAULT_MEMORY)
+    assert "before map values" in before.fault_reason
