@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args._main(args))
+        code = int(args._main(args))
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
+        return code
     except KeyboardInterrupt:
         print("bpfdiff: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

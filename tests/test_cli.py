@@ -326,3 +326,27 @@ def test_memory_difference_shows_a_window() -> None:
     assert lines[0].startswith("  interp  [96:128] 00 00 00 00 00")
     assert lines[1].startswith("  jit     [96:128] 00 00 00 00 ff")
     assert all(len(line) < 120 for line in lines)
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["no-such-command"], ["run"], ["run", "x.scn", "--profile", "linux-9.9"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2, argv
+        assert "usage: bpfdiff" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    # Far more output than a pipe buffers, so the writer is still writing when the reader leaves.
+    many = tmp_path / "many.scn"
+    many.write_text("-- prog p\nmov %r0, 1\nexit\n-- events\n" + "run p\n" * 4000)
+    script = (f"import sys; from bpfdiff.cli import main; "
+              f"sys.exit(main(['run', {str(many)!r}, '--engines', 'interp']))")
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=ROOT, bufsize=0)
+    assert writer.stdout is not None and writer.stderr is not None
+    writer.stdout.read(10)
+    writer.stdout.close()  # like `| head -c 10`
+    err = writer.stderr.read().decode()
+    assert writer.wait(timeout=60) == 0
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
