@@ -2,8 +2,9 @@
 
 The machine is created once per :class:`~bpfdiff.jit.engine.JitEngine` and
 reused for every scenario: regions are mapped once (grown when a scenario
-needs more), per-scenario state is reset by rewinding allocators, zeroing the
-data that was used and dropping unicorn's translation cache.
+needs more; map value blocks are mapped per scenario), per-scenario state is
+reset by rewinding allocators, zeroing the data that was used and dropping
+unicorn's translation cache.
 
 Memory layout.  unicorn's x86-64 cannot fetch from the kernel's upper
 canonical half, so the kernel's address *properties* are kept instead of its
@@ -46,10 +47,18 @@ lands; a normal entry walks through it too, which is told apart by the entry
 hook having just fired) and the end of the prologue (BPF pc 0).  At the end of
 the prologue the frame's tail-call counter (``rbp + tail_call_cnt_off``) must
 be at least the number of tail calls taken so far (it also counts attempts
-through empty slots); less is a violation.  The
-counter is checked there, not where the tail call lands, because in flight it
-may live in a register (6.1 passes it in rax and an indirect jump's retpoline
-thunk overwrites the slot with its return address).
+through empty slots); less is a violation.  The counter is checked there, not
+where the tail call lands, because in flight it may live in a register (6.1
+passes it in rax and an indirect jump's retpoline thunk overwrites the slot
+with its return address).
+
+Permissions are the kernel's: text is read-only and executable (pokes are
+host-side writes, which unicorn lets through, like ``text_poke``), data is
+never executable.  Not modelled: the interpreter's per-frame stack windows
+(the JIT's stack is one region; only verifier-invalid programs can tell) and
+an exact BPF instruction budget (the x86 count allows
+``X86_INSNS_PER_BPF_INSN`` per BPF instruction, so a run between the two
+limits would time out in the interpreter only).
 
 Text patching: unicorn 2.1 keeps translated blocks across ``mem_write``; a
 patched poke site would keep running its old code.  :meth:`Emulator.write_text`
