@@ -42,7 +42,7 @@ from bpfdiff.maps import ProgArrayMap
 from bpfdiff.profiles import Profile
 
 from .decode import Closure, Exit, TailCall, decoded
-from .memory import CTX_BASE, Memory, frame_pointer
+from .memory import CTX_BASE, Memory, MemoryFault, frame_pointer
 
 M64 = (1 << 64) - 1
 M32 = 0xFFFFFFFF
@@ -168,8 +168,12 @@ class Machine:
         if self.frames and not self.profile.tail_calls_in_subprogs:
             raise HelperFault(FAULT_UNSUPPORTED, f"tail call from a subprogram ({self.profile.name} refuses it)")
         prog_array = self.mem.map_at(r[2])
+        if prog_array is None:
+            # Both kernel engines read max_entries through R2 first: a bad pointer faults there.
+            raise MemoryFault(f"bpf_tail_call: R2=0x{r[2]:x} is not a map (read of its max_entries)")
         if not isinstance(prog_array, ProgArrayMap):
-            raise HelperFault(FAULT_UNSUPPORTED, f"bpf_tail_call: R2=0x{r[2]:x} is not a prog_array")
+            raise HelperFault(FAULT_UNSUPPORTED, f"bpf_tail_call through {prog_array.kind} map "
+                              f"{prog_array.name!r} (the verifier wants a prog_array)")
         index = r[3] & M32
         if index >= prog_array.max_entries:
             return None

@@ -161,3 +161,9 @@ def test_calls_through_an_empty_slot_count_towards_the_limit(profile):
     result = InterpEngine(profile).execute(scenario)[-1].run
     assert result.tail_calls == 16 and len(result.trace) == 17
     assert int.from_bytes(result.mem, "little") == 17
+
+
+def test_tail_call_through_a_non_map_pointer_faults_on_memory():
+    prog = assemble_program("p", "mov %r2, 16\nmov %r3, 0\ncall 12\nmov %r0, 0\nexit\n")
+    result = InterpEngine().execute(Scenario(programs=(prog,), events=(Run("p", b""),)))[-1].run
+    assert (result.exit, result.fault_kind, result.fault_pc) == ("fault", "memory", 2)
