@@ -40,6 +40,18 @@ def test_bucketing_groups_by_signature_and_picks_the_smallest() -> None:
     assert buckets[2].findings[0].path.name == "gone"
 
 
+def test_signatures_seen_together_merge_into_one_bucket() -> None:
+    a = _record("a", "divergence:x", 4)
+    a.all_signatures = ("divergence:x", "violation:v")
+    v1, v2 = _record("v1", "violation:v", 3), _record("v2", "violation:v", 6)
+    other = _record("o", "divergence:y", 2)
+    buckets = bucket_findings([a, v1, v2, other])
+    assert [(b.signature, b.count, b.related) for b in buckets] == [
+        ("violation:v", 3, ["divergence:x"]), ("divergence:y", 1, [])]
+    assert buckets[0].reproducer.path.name == "v1"
+    assert len(bucket_findings([a, v1, v2, other], merge_related=False)) == 3
+
+
 # -- real crash directories -------------------------------------------------------------
 @pytest.fixture
 def engines_ready() -> None:
@@ -89,6 +101,45 @@ def test_two_planted_bugs_give_exactly_two_buckets(tmp_path: Path, engines_ready
     text = reports[0].read_text()
     for heading in ("## Divergence", "## Scenario", "## BPF listing", "## Outcomes per engine"):
         assert heading in text
+
+
+def _generated_findings(crashes: Path, bug: str, count: int) -> None:
+    """The first ``count`` generator seeds that diverge with ``bug`` on, written as a campaign would."""
+    from dataclasses import replace
+
+    from bpfdiff.fuzz.generate import scenario_from_seed
+    from bpfdiff.fuzz.oracle import run_oracle
+
+    from bpfdiff.scenario_text import write_scenario
+
+    found = 0
+    for seed in range(2000):
+        scenario = scenario_from_seed(seed)
+        verdict = run_oracle(scenario, bugs=frozenset({bug}))
+        if verdict.ok:
+            continue
+        meta = dict(scenario.meta) | {"inject": bug, "signature": verdict.signature}
+        write_scenario(crashes / f"{bug}-seed{seed}.scn", replace(scenario, meta=tuple(meta.items())))
+        found += 1
+        if found == count:
+            return
+    raise AssertionError(f"fewer than {count} findings for {bug}")
+
+
+def test_generated_findings_of_two_bugs_give_two_buckets(tmp_path: Path, engines_ready: None) -> None:
+    # Real fuzzer output: one planted bug shows up as several symptoms (a stale
+    # direct jump diverges, and the JIT's self-check flags the poke site);
+    # replays that show both tie them into one bucket.
+    crashes = tmp_path / "crashes"
+    crashes.mkdir()
+    _generated_findings(crashes, "poke-skip-delete", 6)
+    _generated_findings(crashes, "alu32-no-zext", 4)
+    buckets = json.loads(_triage(str(crashes), "--json", "--no-reports").stdout)
+    assert sorted((b["count"], tuple(b["inject"])) for b in buckets) == [
+        (4, ("alu32-no-zext",)), (6, ("poke-skip-delete",))]
+    # Without merging, the poke bug's symptoms are separate signatures.
+    split = json.loads(_triage(str(crashes), "--json", "--no-reports", "--no-merge").stdout)
+    assert len(split) > 2
 
 
 def test_json_output_has_two_buckets_with_counts(tmp_path: Path, engines_ready: None) -> None:

@@ -1,8 +1,9 @@
 """``bpfdiff triage CRASHDIR``: replay every finding, group them into distinct bugs, write reports.
 
 Every finding is replayed with the profile and injected bugs of its meta and
-bucketed by the oracle's signature; findings that no longer diverge are
-listed as flaky, never dropped.  Prints a table (bucket, count, first seen,
+bucketed by the oracle's signature (signatures that one replay shows together
+are merged: ``--no-merge`` keeps them apart); findings that no longer diverge
+are listed as flaky, never dropped.  Prints a table (bucket, count, first seen,
 signature, reproducer), or with ``--json`` a JSON list of buckets.  Writes a
 Markdown report per bucket into ``--reports DIR`` (default ``CRASHDIR/triage``)
 and with ``--html OUT`` one self-contained HTML page.  ``--minimize`` shrinks
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minimize", action="store_true", help="minimise each bucket's reproducer")
     parser.add_argument("--time", type=float, default=60.0, metavar="SECONDS",
                         help="minimisation time budget per bucket (default 60)")
+    parser.add_argument("--no-merge", action="store_true",
+                        help="one bucket per signature, even when one replay shows several of them")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -48,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    buckets = triage(crash_dir, minimize=args.minimize, time_budget=args.time, out_dir=reports, progress=progress)
+    buckets = triage(crash_dir, minimize=args.minimize, time_budget=args.time, out_dir=reports, progress=progress,
+                     merge_related=not args.no_merge)
     if not args.no_reports:
         for path in write_markdown_reports(buckets, reports):
             progress(f"triage: wrote {path}")
