@@ -59,6 +59,7 @@ class PokeState:
 class ReportData:
     title: str
     signature: str
+    related: list[str]
     flaky: bool
     count: int
     profile: str
@@ -86,7 +87,8 @@ def collect_report(bucket: Any, title: str) -> ReportData:
     scenario: Scenario | None = bucket.best_scenario
     notes: list[str] = []
     data = ReportData(
-        title=title, signature=bucket.signature, flaky=bucket.flaky, count=bucket.count,
+        title=title, signature=bucket.signature, related=list(bucket.related), flaky=bucket.flaky,
+        count=bucket.count,
         profile=rep.profile, bugs=tuple(sorted(rep.bugs)),
         files=[str(f.path) for f in bucket.findings], scenario_text="", divergences=[], listings={},
         outcomes={}, traces={}, jit=[], pokes=[], notes=notes,
@@ -323,6 +325,7 @@ def _focus_pcs(insns: Sequence[Any], starts: list[int], name: str, fault: tuple[
 def render_markdown(data: ReportData) -> str:
     out = [f"# {data.title}", ""]
     out.append(f"- signature: `{data.signature}`")
+    out += [f"- related signature (shown together by one replay): `{sig}`" for sig in data.related]
     out.append(f"- findings: {data.count}{' (FLAKY: does not reproduce)' if data.flaky else ''}")
     out.append(f"- profile: {data.profile}; injected bugs: {', '.join(data.bugs) or 'none'}")
     out.append(f"- files: {', '.join(data.files)}")
@@ -418,6 +421,8 @@ def render_html(reports: Sequence[ReportData], title: str) -> str:
 def _html_bucket(index: int, data: ReportData) -> str:
     p = [f'<section class="bucket" id="bucket-{index}"><h2>{_e(data.title)}</h2><ul>']
     p.append(f'<li>signature: <span class="sig">{_e(data.signature)}</span></li>')
+    p += [f'<li>related signature (shown together by one replay): <span class="sig">{_e(sig)}</span></li>'
+          for sig in data.related]
     flaky = ' <span class="flaky">flaky: does not reproduce</span>' if data.flaky else ""
     p.append(f"<li>findings: {data.count}{flaky}</li>")
     p.append(f"<li>profile: {_e(data.profile)}; injected bugs: {_e(', '.join(data.bugs) or 'none')}</li>")
