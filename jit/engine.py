@@ -17,7 +17,7 @@ scenario.  Per scenario the engine
   the kernel's ``bpf_fd_array_map_update_elem`` / ``fd_array_map_delete_elem``
   (``xchg`` of the slot, then ``map_poke_run`` under ``poke_mutex``);
 * after every map and load event checks the patch invariant of each stable poke site
-  (``jmp`` to the slot's program + tail-call offset iff the slot is filled,
+  (``jmp`` to the slot's program + the profile's tail-call offset iff the slot is filled,
   else ``nop5``; with a bypass, the bypass the other way round) and reports
   breaches as :attr:`EventOutcome.violations`.
 
@@ -290,13 +290,12 @@ class JitEngine(Engine):
         bpf_map = self.maps.get(poke.map)
         target = bpf_map.get(poke.key) if isinstance(bpf_map, ProgArrayMap) else None
         slot = f"{poke.map}[{poke.key}] = {target or 'empty'}"
-        # filled slot: site jumps to target + adj_off, bypass (if any) is a nop;
-        # empty slot: site is a nop, bypass jumps over the pops and the site.
-        expected = [(
-            "site", poke.tailcall_target,
-            NOP5 if target is None else jmp_rel32(poke.tailcall_target,
-                                                   self.loaded[target].jited.bpf_func + poke.adj_off),
-        )]
+        # filled slot: site jumps to the target's tail-call entry (the profile's
+        # offset, not the descriptor's adj_off, so a miscounted adj_off shows),
+        # bypass (if any) is a nop; empty slot: site is a nop, bypass jumps
+        # over the pops and the site.
+        entry = None if target is None else self.loaded[target].entry.tail_entry
+        expected = [("site", poke.tailcall_target, NOP5 if entry is None else jmp_rel32(poke.tailcall_target, entry))]
         if poke.tailcall_bypass is not None and poke.bypass_addr is not None:
             expected.append(("bypass", poke.tailcall_bypass,
                              jmp_rel32(poke.tailcall_bypass, poke.bypass_addr) if target is None else NOP5))

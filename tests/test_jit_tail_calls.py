@@ -290,3 +290,11 @@ def test_61_image_in_emulated_memory_is_the_fixture_through_update_and_delete() 
     assert engine.image_bytes("caller") == empty
     # program B, the target: never patched
     assert engine.image_bytes("target") == fixture_bytes("0f1f440000 6690 55 4889e5 b82a000000 c9 c3 cc", map_addr)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_planted_tail_call_offset_breaks_the_patch_invariant(profile: str) -> None:
+    engine = JitEngine(profile=profile, bugs=frozenset({"tail-call-offset"}))
+    outcomes = engine.execute(seed_scenario("update jmp_table 0 prog:target\nrun caller\n"))
+    assert outcomes[0].violations and "tail-call site" in outcomes[0].violations[0]
+    assert outcomes[1].run.trace != ("caller", "target") or outcomes[1].run.r0 != 42
