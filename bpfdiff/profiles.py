@@ -40,6 +40,12 @@ class Profile:
     off_array_max_entries: int        # offsetof(struct bpf_array, map.max_entries)
     off_array_ptrs: int               # offsetof(struct bpf_array, ptrs)
     off_prog_bpf_func: int            # offsetof(struct bpf_prog, bpf_func)
+    # -- verifier (jit/xlate.py) ----------------------------------------------------
+    # When is a constant tail-call key "in range" for a direct site (record_func_key)?
+    # "exact": key < max_entries (a657182a5c51, v6.0-rc4); "tnum": tnum_in(tnum_range(0,
+    # max_entries - 1), key), which until then also let keys up to the next power of two
+    # minus one through (the site is then direct, its slot can never be filled).
+    verifier_tail_call_key_range: str = "exact"
 
     def allows_tail_call(self, count: int) -> bool:
         """The interpreter's limit test: may a tail call be taken after ``count`` of them?"""
@@ -67,6 +73,7 @@ LINUX_5_5 = Profile(
     off_array_max_entries=0x24,  # the seed listing: cmp %edx,0x24(%rsi)
     off_array_ptrs=0xD0,         # mov 0xd0(%rsi,%rdx,8),%rax
     off_prog_bpf_func=0x30,      # mov 0x30(%rax),%rax
+    verifier_tail_call_key_range="tnum",
 )
 
 LINUX_6_1 = Profile(

@@ -22,9 +22,12 @@ for a privileged (CAP_BPF) program with the JIT on and no constant blinding:
 * ``do_misc_fixups``:
   - ``call bpf_tail_call`` becomes the internal ``BPF_JMP | BPF_TAIL_CALL`` with
     ``imm = poke index + 1`` when the site is *direct* -- the same prog array in
-    R2 and the same constant key (< max_entries) in R3 on every path reaching it
+    R2 and the same constant key in R3 on every path reaching it
     (``record_func_map`` / ``record_func_key``; the same dataflow, with
-    ``jeq``/``jne`` against a constant refining the register) -- else ``imm = 0``;
+    ``jeq``/``jne`` against a constant refining the register) -- else ``imm = 0``.
+    "In range" is ``key < max_entries`` since v6.0-rc4; before, ``tnum_in(tnum_range(0,
+    max_entries - 1), key)`` also passed keys up to the next power of two minus one
+    (profile field ``verifier_tail_call_key_range``);
   - division and modulo by a register get the zero guards ``chk_and_div`` /
     ``chk_and_mod`` (32- and 64-bit forms), signed ones today's
     ``chk_and_sdiv`` / ``chk_and_smod`` (which also make ``INT_MIN / -1``
@@ -136,11 +139,24 @@ CONST_ALU = {
 }
 
 
+def tnum_range_mask(max_entries: int) -> int:
+    """The mask of tnum_range(0, max_entries - 1): all bits up to the highest set bit of max - 1."""
+    return (1 << (max_entries - 1).bit_length()) - 1
+
+
+KEY_IN_RANGE: dict[str, Callable[[int, int], bool]] = {
+    "exact": lambda key, max_entries: key < max_entries,
+    "tnum": lambda key, max_entries: key & ~tnum_range_mask(max_entries) == 0,
+}
+
+
 class FunctionFlow:
     """Forward dataflow over one function: register values, stack depth, tail-call (map, key)."""
 
-    def __init__(self, insns: Sequence[Insn], start: int, end: int, maps: Mapping[str, MapDef]) -> None:
+    def __init__(self, insns: Sequence[Insn], start: int, end: int, maps: Mapping[str, MapDef],
+                 key_range: str = "exact") -> None:
         self.insns, self.start, self.end, self.maps = insns, start, end, maps
+        self.key_range = key_range
         self.depth = 0
         self.escaped = False
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
@@ -260,7 +276,8 @@ class FunctionFlow:
         """record_func_map + record_func_key: a direct site needs one prog array and one key in range."""
         map_name = r2[1] if r2 is not None and r2[0] == "m" else None
         key = None
-        if map_name is not None and r3 is not None and r3[0] == "c" and r3[1] < self.maps[map_name].max_entries:
+        if map_name is not None and r3 is not None and r3[0] == "c" and \
+                KEY_IN_RANGE[self.key_range](r3[1], self.maps[map_name].max_entries):
             key = r3[1]
         old = self.tail_calls.get(pc)
         if old is not None and old != (map_name, key):
@@ -423,7 +440,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     # analysis on the program as loaded (the verifier's do_check)
     flows = []
     for start, end in zip(starts, ends, strict=True):
-        flow = FunctionFlow(insns, start, end, maps)
+        flow = FunctionFlow(insns, start, end, maps, profile.verifier_tail_call_key_range)
         flow.run()
         flows.append(flow)
     tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}

@@ -254,3 +254,15 @@ def test_jumps_are_retargeted_across_patches() -> None:
     xl = xlate(Program("p", insns), MAPS, LINUX_6_1, JitOptions())
     assert xl.insns[0].off == 4 and xl.insns[5] == mov(0, 0)
     assert xl.orig_pc == [0, 1, 1, 1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("key, profile, expected", [
+    (4, LINUX_6_1, [1]), (5, LINUX_6_1, [0]), (7, LINUX_6_1, [0]),
+    (4, LINUX_5_5, [1]), (5, LINUX_5_5, [1]), (7, LINUX_5_5, [1]), (8, LINUX_5_5, [0]),
+])
+def test_key_range_check_per_era(key: int, profile, expected: list[int]) -> None:
+    """max_entries 5: tnum_range(0, 4) has mask 7, so the seed era also made keys 5..7 direct."""
+    maps = dict(MAPS, pa=MapDef("pa", "prog_array", 4, 4, 5))
+    insns = [*load_map(2, "pa"), mov(3, key), TAIL_CALL, mov(0, 0), EXIT]
+    xl = xlate(Program("p", tuple(insns)), maps, profile, JitOptions())
+    assert [i.imm for i in xl.insns if i.opcode == isa.TAIL_CALL_OPCODE] == expected
