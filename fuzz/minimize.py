@@ -6,6 +6,9 @@ is a well-formed scenario and most of them are valid programs:
 * events: ddmin over the event list;
 * programs and maps that no event or program refers to any more are dropped,
   and each program/map is also tried away together with the events naming it;
+  a program is also tried *replaced* by another one in every event naming it
+  (a chain ``p0 -> p1 -> p1 ...`` becomes ``p1 -> p1 ...``);
+* subprograms: a callee removed together with its ``call local`` sites;
 * instructions: ddmin over each program's instruction *units* (an ``lddw`` is
   one unit of two slots, so a pair is never split), then every window of 2
   and 3 adjacent units, with every remaining jump
@@ -194,6 +197,29 @@ def without_program(scenario: Scenario, name: str) -> Scenario:
     )
 
 
+def substitute_program(scenario: Scenario, old: str, new: str) -> Scenario:
+    """Drop program ``old``; every run, load and prog-array value naming it names ``new`` instead.
+
+    A Load of ``old`` is dropped when ``new`` is loaded anyway (a program loads once).
+    """
+    loads_new = any(isinstance(e, Load) and e.prog == new for e in scenario.events)
+    events = []
+    for event in scenario.events:
+        if isinstance(event, Load) and event.prog == old:
+            if loads_new:
+                continue
+            event = replace(event, prog=new)
+        elif isinstance(event, Run) and event.prog == old:
+            event = replace(event, prog=new)
+        elif isinstance(event, Update) and event.value == old:
+            event = replace(event, value=new)
+        events.append(event)
+    if not loads_new and any(isinstance(e, Load) and e.prog == new for e in events):
+        # `new` used to load up front; keep it that way, the Load that replaced old's is not needed
+        events = [e for e in events if not (isinstance(e, Load) and e.prog == new)]
+    return replace(scenario, programs=tuple(p for p in scenario.programs if p.name != old), events=tuple(events))
+
+
 def without_map(scenario: Scenario, name: str) -> Scenario | None:
     """Drop a map and its events; None while a program still refers to it."""
     if any(name in p.map_names for p in scenario.programs):
@@ -371,6 +397,44 @@ class Minimizer:
             changed |= self._accept(without_map(self.best, m), f"map {m}")
         return changed
 
+    def pass_merge_programs(self) -> bool:
+        """Replace a program by another one everywhere (e.g. a chain p0 -> p1 -> p1... by p1 -> p1...)."""
+        changed = False
+        names = [p.name for p in self.best.programs]
+        for old in names:
+            for new in names:
+                if old != new and old in {p.name for p in self.best.programs} \
+                        and new in {p.name for p in self.best.programs}:
+                    changed |= self._accept(substitute_program(self.best, old, new), f"{old} -> {new}")
+        return changed
+
+    def pass_subprograms(self) -> bool:
+        """Remove a bpf-to-bpf callee together with every ``call local`` to it.
+
+        Neither removal alone is valid (a call to nowhere; code nothing calls is
+        unreachable, which the verifier refuses), and the two are far apart, so
+        ddmin's chunks rarely catch them together.
+        """
+        changed = False
+        for prog_name in [p.name for p in self.best.programs]:
+            index = 0
+            while True:
+                insns = self.best.program(prog_name).insns
+                starts = sorted({t for pc, i in enumerate(insns) if i.is_pseudo_call
+                                 and (t := jump_target(pc, i)) is not None and 0 < t < len(insns)})
+                if index >= len(starts):
+                    break
+                start = starts[index]
+                end = next((s for s in starts if s > start), len(insns))
+                doomed = {pc for pc, i in enumerate(insns) if i.is_pseudo_call and jump_target(pc, i) == start}
+                doomed |= {u for u, _ in instruction_units(insns) if start <= u < end}
+                new = rewrite_program(insns, dict.fromkeys(doomed, ()))
+                if new and self._accept(_with_program(self.best, prog_name, new), f"subprogram of {prog_name}"):
+                    changed = True
+                else:
+                    index += 1
+        return changed
+
     def pass_instructions(self) -> bool:
         changed = False
         for prog_name in [p.name for p in self.best.programs]:
@@ -472,7 +536,8 @@ class Minimizer:
         return changed
 
     # -- the fixpoint ----------------------------------------------------------
-    PASSES = ("pass_events", "pass_unreferenced", "pass_instructions", "pass_instruction_windows",
+    PASSES = ("pass_events", "pass_unreferenced", "pass_merge_programs", "pass_subprograms", "pass_instructions",
+              "pass_instruction_windows",
               "pass_operands", "pass_maps", "pass_event_data")
 
     def run(self) -> MinimizeResult:
