@@ -41,14 +41,22 @@ Public API (used by the JIT engine; keep stable): :class:`JitEnv`,
 uses the non-retpoline ``jmp *%rcx; int3``, which behaves the same.
 
 Planted bugs living here: ``tail-call-limit-ja`` (the counter test uses ``ja``),
-``tail-call-offset`` (the tail-call jump lands one byte too far into the
-target: it skips the target's first post-prologue byte -- on a 6.1 target that
-reaches a tail call that is its ``push rax``, so the counter slot is not
-reserved and the run goes on silently with a counter that the target's own
-pushes can overwrite; on other targets it decodes the rest of an instruction
-and usually faults), ``subprog-counter-reset`` (bpf-to-bpf calls pass a zero
-counter instead of reloading it), ``alu32-no-zext`` (``add32`` with a register
-source is emitted with REX.W, so the upper half is not zeroed).
+``tail-call-offset`` (X86_TAIL_CALL_OFFSET / PROLOGUE_SIZE one too big, in the
+direct pokes' ``adj_off`` and the indirect ``add``), ``subprog-counter-reset``
+(bpf-to-bpf calls pass a zero counter instead of reloading it), ``alu32-no-zext``
+(``add32`` with a register source is emitted with REX.W, so the upper half is
+not zeroed).
+
+About the ``tail-call-offset`` miscount: no constant offset error is silent for
+every target.  Landing earlier re-runs ``push rbp; mov rbp,rsp`` on a frame the
+caller already unwound, and the final ``ret`` then returns into the saved rbp
+(a fault); landing on ``mov rbp,rsp`` alone (offset - 3) is harmless because
+rsp == rbp at the jump.  One byte further (chosen) is silent when the target's
+first post-prologue instruction is its 1-byte ``push rax`` (a 6.1 target that
+reaches a tail call and has no stack): the counter slot is not reserved, the
+stale caller value below rsp is read, and the target's own pushes may overwrite
+it.  On other targets the jump lands inside an instruction and usually faults
+-- visible either way, as a fault or as a missing tail-call entry in the trace.
 """
 
 from __future__ import annotations

@@ -410,7 +410,10 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
         raise VerifierError(f"{where}: {exc}") from None
     starts = _subprog_starts(insns)
     ends = starts[1:] + [len(insns)]
+    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
     for pc, insn in enumerate(insns):
+        if pc in second_slots:
+            continue
         if insn.map is not None and insn.map not in maps:
             raise VerifierError(f"{where}: insn {pc}: unknown map {insn.map!r}")
         if insn.is_alu and insn.op in (isa.BPF_DIV, isa.BPF_MOD) and insn.source == isa.BPF_K and insn.imm == 0:
@@ -418,6 +421,8 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
         if insn.opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
             raise VerifierError(f"{where}: insn {pc}: kfunc calls are not supported")
         target = isa.jump_target(pc, insn)
+        if target in second_slots:
+            raise VerifierError(f"{where}: insn {pc}: jump into the middle of ldimm64 insn {target - 1}")
         if target is not None and not insn.is_pseudo_call:
             here = max(s for s in starts if s <= pc)
             if not here <= target < ends[starts.index(here)]:

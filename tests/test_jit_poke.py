@@ -266,3 +266,9 @@ def test_key_range_check_per_era(key: int, profile, expected: list[int]) -> None
     insns = [*load_map(2, "pa"), mov(3, key), TAIL_CALL, mov(0, 0), EXIT]
     xl = xlate(Program("p", tuple(insns)), maps, profile, JitOptions())
     assert [i.imm for i in xl.insns if i.opcode == isa.TAIL_CALL_OPCODE] == expected
+
+
+def test_jump_into_lddw_is_refused() -> None:
+    insns = [Insn(isa.BPF_JMP | isa.BPF_JA, 0, 0, 1), *lddw_pair(0, 5), EXIT]
+    with pytest.raises(VerifierError, match="middle of ldimm64"):
+        xlate(Program("p", tuple(insns)), MAPS, LINUX_6_1, JitOptions())
