@@ -267,6 +267,7 @@ class Campaign:
         self.written_per_signature: Counter[str] = Counter()
         self.first_findings: dict[str, Path | None] = {}
         self._last_status = 0.0
+        self.interrupted = False
         self._status_is_tty = bool(status is not None and hasattr(status, "isatty") and status.isatty())
 
     # -- corpus -------------------------------------------------------------
@@ -460,8 +461,6 @@ class Campaign:
             if kind == "done":
                 running -= 1
             self.absorb(done, runs, invalid, items)
-
-    interrupted = False
 
     def summary(self) -> str:
         s = self.stats

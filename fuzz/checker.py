@@ -23,7 +23,8 @@ Rules, each an error message below:
   address would be a false divergence;
 * memory: stack accesses inside [-512, 0), aligned, reads only of bytes this
   function wrote; context (``mem``) accesses inside the smallest ``mem`` of the
-  scenario's runs; map value accesses inside ``value_size`` and only after a
+  runs that can reach the program (directly or through prog arrays it is ever
+  put in); map value accesses inside ``value_size`` and only after a
   NULL check of the lookup result; no atomics on the context;
 * loops (the bound must be visible): a backward jump is a 64-bit conditional
   jump ``j<cond> rC, N`` with an immediate, back to right after

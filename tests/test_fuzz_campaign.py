@@ -108,3 +108,26 @@ def test_bad_options_are_one_line_errors(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-bug" in err[0]
     assert cli_main(["fuzz", "--runs", "0"]) == 2
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_cleanly_with_a_summary_and_the_findings_kept(tmp_path, jobs):
+    import signal
+    import time
+
+    crashes = tmp_path / "crashes"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bpfdiff", "fuzz", "--time", "60", "--jobs", jobs, "--inject", "poke-skip-delete",
+         "--crashes", str(crashes)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not list(crashes.glob("divergence-*.txt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err[-2000:]
+    assert out.startswith("interrupted after") and "Traceback" not in err
+    saved = list(crashes.glob("divergence-*.scn"))
+    assert saved and all(read_scenario(path).events for path in saved)
+    assert not list(crashes.glob(".*.tmp"))

@@ -48,8 +48,9 @@ def config_from_args(args: argparse.Namespace):
 
     engines = tuple(e for e in args.engines.split(",") if e)
     unknown = [e for e in engines if e not in engine_names()]
-    if unknown or len(engines) < 2:
-        raise OptionError(f"--engines: need two or more of {', '.join(engine_names())}, got {args.engines!r}")
+    if unknown or len(set(engines)) != len(engines) or len(engines) < 2:
+        known = ", ".join(engine_names())
+        raise OptionError(f"--engines: need two or more different engines of {known}, got {args.engines!r}")
     names = [n.strip() for raw in args.inject for n in raw.split(",") if n.strip()]
     try:
         bugs = validate_bugs(frozenset(names))
