@@ -27,13 +27,15 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
 * SITES -- which tail-call sites are involved, by a probe: the JIT engine is
   run again with every tail call forced indirect; ``direct`` when that makes
   the divergence go away (the bug is in the patched direct sites), ``any``
-  when it stays; ``+sub`` when a program of the diverging run has a tail
-  call inside a subprogram (the counter crosses a bpf-to-bpf call there);
-* RELATION -- for ``direct``: the map event that exposed it, the last
-  ``delete`` or ``retarget`` of a slot a direct site of the run uses (else
-  ``fill``); otherwise the tail-call counts: ``limit+1`` (one engine took one
-  tail call more than the profile allows), ``limit-1`` (one stopped one
-  short of it), ``count`` for any other difference, ``-`` when they agree.
+  when it stays; ``+sub`` (for trace and count divergences) when a program
+  of the diverging run has a tail call inside a subprogram (the counter
+  crosses a bpf-to-bpf call there);
+* RELATION -- for ``direct``: the map event that exposed it, ``delete`` or
+  ``retarget`` (see :func:`trigger_event`; else ``fill``); with ``+sub``:
+  ``count`` (totals over subprogram chains are not comparable to the limit);
+  otherwise the tail-call counts: ``limit+1`` (one engine took one tail call
+  more than the profile allows), ``limit-1`` (one stopped one short of it),
+  ``count`` for any other difference, ``-`` when they agree.
 
 Crashes: ``crash:PROFILE:ENGINE:ExceptionType@module.function`` (innermost
 frame inside bpfdiff); violations: ``violation:PROFILE:ENGINE:<text with
@@ -207,22 +209,36 @@ def divergence_what(diffs: Sequence[Difference]) -> str:
 
 def trigger_event(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int,
                   profile: Profile) -> str:
-    """For a direct-site divergence: the last delete or retarget of a slot a direct site of the run uses.
+    """For a direct-site divergence: the map event that exposed it, ``delete`` or ``retarget``.
 
-    A poke bug shows at the first run after the map event it mishandled;
-    ``fill`` when no delete or retarget of such a slot came before.
+    A poke bug shows at the first run through the site after the map event it
+    mishandled.  Suspects are the deletes and retargets of a slot that a
+    direct site of the diverging run uses, after the last run that went
+    through those sites and still agreed; the earliest suspect is named (a
+    stale site can also make later, correct pokes fail).  ``fill`` when
+    there is none.
     """
     from bpfdiff.fuzz.corpus import event_kinds
 
     names = _programs_of_run(scenario, outcomes, index)
-    keys = {(site.map, key_u32(site.key)) for prog in scenario.programs if prog.name in names
-            for site in tail_call_sites(prog, scenario, profile) if site.direct and site.key is not None}
+    site_progs: set[str] = set()
+    keys: set[tuple[str, bytes]] = set()
+    for prog in scenario.programs:
+        if prog.name in names:
+            for site in tail_call_sites(prog, scenario, profile):
+                if site.direct and site.key is not None:
+                    keys.add((site.map, key_u32(site.key)))
+                    site_progs.add(prog.name)
+    last_good = -1
+    for j in range(min(index, len(scenario.events))):
+        if site_progs & _programs_of_run(scenario, outcomes, j):
+            last_good = j
     kinds = event_kinds(scenario)
-    for j in range(min(index, len(scenario.events)) - 1, -1, -1):
+    for j in range(last_good + 1, min(index, len(scenario.events))):
         event = scenario.events[j]
-        if isinstance(event, Update | Delete) and (event.map, event.key) in keys:
-            if kinds[j] in ("prog_array.delete", "prog_array.retarget"):
-                return kinds[j].split(".", 1)[1]
+        if isinstance(event, Update | Delete) and (event.map, event.key) in keys \
+                and kinds[j] in ("prog_array.delete", "prog_array.retarget"):
+            return kinds[j].split(".", 1)[1]
     return "fill"
 
 
@@ -298,8 +314,10 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
         relation = tail_call_relation(counts, profile)
-    if subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
+    if what in ("trace", "tail_calls") and subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
         sites += "+sub"
+        if relation not in ("delete", "retarget", "fill"):
+            relation = "count"
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
     values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
     event = scenario.events[index] if index < len(scenario.events) else None
