@@ -387,3 +387,51 @@ def test_minimize_command_on_agreeing_scenario_is_bad_input(tmp_path: Path, orac
                          text=True, cwd=REPO, timeout=60)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+def test_minimize_a_data_file(tmp_path: Path, oracle) -> None:
+    data = tmp_path / "zext.data"
+    data.write_text("""-- asm
+mov %r5, 7
+lddw %r1, 0xffffffff00000001
+mov %r2, 1
+add %r5, %r2
+add32 %r1, %r2
+mov %r0, %r1
+rsh %r0, 32
+exit
+-- result
+0x0
+""")
+    out = tmp_path / "zext.min.scn"
+    run = subprocess.run([sys.executable, "-m", "bpfdiff", "minimize", str(data), "-o", str(out),
+                          "--inject", "alu32-no-zext", "--quiet"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    small = parse_scenario(out.read_text())
+    assert small.size()[0] < 9 and small.meta_dict["inject"] == "alu32-no-zext"
+    replay = subprocess.run([sys.executable, "-m", "bpfdiff", "run", str(out)], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert replay.returncode == 1
+
+
+def test_minimize_an_atheris_artifact(tmp_path: Path, oracle) -> None:
+    import random
+
+    from bpfdiff.fuzz.generate import scenario_from_bytes
+
+    rng = random.Random(5)
+    for _ in range(500):   # byte inputs, as libFuzzer would try them, until one shows the bug
+        data = rng.randbytes(rng.randint(16, 400))
+        if not oracle.run_oracle(scenario_from_bytes(data), bugs=frozenset({"poke-skip-delete"})).ok:
+            break
+    else:
+        pytest.fail("no byte input showed poke-skip-delete")
+    artifact = tmp_path / "crash-0123abcd"
+    artifact.write_bytes(data)
+    run = subprocess.run([sys.executable, "-m", "bpfdiff", "minimize", str(artifact), "--inject",
+                          "poke-skip-delete", "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "crash-0123abcd.min.scn"
+    small = parse_scenario(out.read_text())
+    assert small.size()[0] <= 12 and small.size()[1] <= 4
