@@ -27,6 +27,7 @@ coverage of ``bpfdiff.interp`` and ``bpfdiff.jit`` as ``line:`` features
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections import Counter
@@ -46,7 +47,7 @@ from bpfdiff.isa import (
     jump_target,
     opcode_class_name,
 )
-from bpfdiff.scenario import Delete, Load, Run, Scenario, Update
+from bpfdiff.scenario import Delete, Load, MapDef, Run, Scenario, Update
 
 TAIL_CALL_KINDS = ("direct", "indirect")
 EVENT_KINDS = (
@@ -115,23 +116,31 @@ def tail_call_kind(program: Program, site: int, max_entries: Callable[[str], int
     return "direct" if entries is not None and key < entries else "indirect"
 
 
-def direct_sites_by_xlate(program: Program, scenario: Scenario, profile: str) -> set[int] | None:
+def direct_sites_by_xlate(program: Program, scenario: Scenario, profile: str) -> frozenset[int] | None:
     """Pcs (as loaded) of the sites the JIT port's verifier pass makes direct; None if it refuses the program.
 
     This is the kernel's own rule (constant tracking through ALU ops, all
     paths agreeing on one map and an in-range key), so it is preferred to
     :func:`tail_call_kind`'s single-block approximation.
     """
+    used = set(program.map_names)
+    return _direct_sites(program, tuple(m for m in scenario.maps if m.name in used), profile)
+
+
+@functools.lru_cache(maxsize=4096)
+def _direct_sites(program: Program, maps: tuple[MapDef, ...], profile: str) -> frozenset[int] | None:
+    # Cached: the campaign asks for the features of every scenario it runs, and
+    # mutants share most programs with their parents.
     from bpfdiff.jit.bpf_jit_comp import JitOptions
     from bpfdiff.jit.xlate import xlate
 
     from bpfdiff.profiles import get_profile
 
     try:
-        xlated = xlate(program, {m.name: m for m in scenario.maps}, get_profile(profile), JitOptions())
+        xlated = xlate(program, {m.name: m for m in maps}, get_profile(profile), JitOptions())
     except Exception:  # noqa: BLE001 - an invalid program has no classification; the simple rule decides
         return None
-    return {xlated.orig_pc[poke.insn_idx] for poke in xlated.pokes}
+    return frozenset(xlated.orig_pc[poke.insn_idx] for poke in xlated.pokes)
 
 
 def tail_call_sites(scenario: Scenario, profile: str | None = None) -> list[tuple[str, int, str]]:
@@ -144,6 +153,8 @@ def tail_call_sites(scenario: Scenario, profile: str | None = None) -> list[tupl
     entries = {m.name: m.max_entries for m in scenario.maps}
     sites = []
     for prog in scenario.programs:
+        if not any(insn.is_tail_call for insn in prog.insns):
+            continue
         direct = direct_sites_by_xlate(prog, scenario, profile)
         for pc, insn in enumerate(prog.insns):
             if insn.is_tail_call and not (pc > 0 and prog.insns[pc - 1].is_lddw):
