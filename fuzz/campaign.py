@@ -33,19 +33,20 @@ import queue
 import random
 import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from bpfdiff.fuzz.checker import check_scenario, tail_call_sites
+from bpfdiff.fuzz.checker import check_scenario
 from bpfdiff.fuzz.generate import RandomDraw, mutate_scenario, scenario_from_seed
 from bpfdiff.fuzz.oracle import DIVERGENCE, EnginePool, Finding, Verdict, run_oracle
 
 from bpfdiff.engine import EngineError, EventOutcome
-from bpfdiff.isa import opcode_class_name
+from bpfdiff.isa import Insn, opcode_class_name
 from bpfdiff.profiles import get_profile
 from bpfdiff.scenario import Run, Scenario
 from bpfdiff.scenario_text import SUFFIX, format_scenario
@@ -93,45 +94,57 @@ class Stats:
 # Features
 # ---------------------------------------------------------------------------
 class FeatureModel:
-    """Corpus features: static ones (corpus module) plus what the runs actually touched."""
+    """Corpus features: the static ones of :mod:`bpfdiff.fuzz.corpus`, plus what the runs touched.
+
+    Dynamic features, per run: ``run:<class>×<tail-call kind>×<last map event>``
+    for every program the run entered (instruction class as in
+    :func:`coarse_class`, the program's tail-call site kinds, the kind of the
+    last prog-array or load event before the run), the tail-call count in
+    buckets of 8, and the exit kind.  Coarse on purpose: the corpus should
+    saturate, not grow with every scenario.
+    """
 
     def __init__(self, profile: str) -> None:
         self.profile = get_profile(profile)
 
     def features(self, scenario: Scenario, outcomes: list[EventOutcome]) -> frozenset[str]:
-        from bpfdiff.fuzz.corpus import event_kinds, scenario_features
+        from bpfdiff.fuzz.corpus import event_kinds, scenario_features, tail_call_sites
 
         found = set(scenario_features(scenario))
         kinds = event_kinds(scenario)
-        classes: dict[str, set[str]] = {}
         tc_kinds: dict[str, set[str]] = {}
-        for prog in scenario.programs:
-            classes[prog.name] = program_classes(prog.insns)
-            sites = tail_call_sites(prog, scenario, self.profile)
-            tc_kinds[prog.name] = {("direct" if s.direct else "indirect") + (".sub" if s.in_subprog else "")
-                                   for s in sites} or {"none"}
+        for prog, _pc, kind in tail_call_sites(scenario):
+            tc_kinds.setdefault(prog, set()).add(kind)
+        classes = {prog.name: program_classes(prog.insns) for prog in scenario.programs}
         last_map_event = "none"
         for outcome, kind in zip(outcomes, kinds, strict=False):
             if outcome.run is None:
-                last_map_event = kind
+                if kind.startswith(("prog_array.", "load")):
+                    last_map_event = kind
                 continue
             for name in set(outcome.run.trace):
                 for cls in classes.get(name, ()):
-                    for tck in tc_kinds.get(name, ()):
+                    for tck in tc_kinds.get(name, {"none"}):
                         found.add(f"run:{cls}×{tck}×{last_map_event}")
             found.add(f"tailcalls:{min(outcome.run.tail_calls, 40) // 8}")
             found.add(f"exit:{outcome.run.exit}:{outcome.run.fault_kind}")
         return frozenset(found)
 
 
-def program_classes(insns) -> set[str]:
+def coarse_class(insn: Insn) -> str:
+    """The instruction class (``alu64``, ``jmp32``, ``ldx``...), atomics apart: ``stx.atomic``."""
+    name = opcode_class_name(insn)
+    return "stx.atomic" if name.startswith("stx.atomic") else name.split(".")[0]
+
+
+def program_classes(insns: Sequence[Insn]) -> set[str]:
     out, skip = set(), False
     for insn in insns:
         if skip:
             skip = False
             continue
         skip = insn.is_lddw
-        out.add(opcode_class_name(insn))
+        out.add(coarse_class(insn))
     return out
 
 
@@ -250,9 +263,14 @@ def _digest(text: str) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Campaign:
@@ -388,21 +406,33 @@ class Campaign:
             self.config.crashes.mkdir(parents=True, exist_ok=True)
         self.load_corpus()
         self.stats.started = time.monotonic()
+        # Ctrl-C sets a flag instead of raising, so that no file write is cut
+        # short; the loops stop at the next scenario.  A second Ctrl-C raises.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             if self.config.jobs <= 1:
                 self.run_inline()
             else:
                 self.run_workers()
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             if self.status is not None and self._status_is_tty:
                 self.status.write("\r\x1b[K")
         return self.stats
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
 
     def run_inline(self) -> None:
         worker = Worker(self.config, 0, self.corpus)
         quota = worker.quota()
         try:
-            while (quota is None or self.stats.scenarios < quota) and not self.time_up():
+            while (quota is None or self.stats.scenarios < quota) and not self.time_up() and not self.interrupted:
                 done, runs, invalid, items = worker.step()
                 self.absorb(done, runs, invalid, items)
                 self.show_status()
@@ -422,7 +452,7 @@ class Campaign:
         running = len(procs)
         try:
             while running:
-                if self.time_up():
+                if self.time_up() or self.interrupted:
                     stop.set()
                 try:
                     kind, _, done, runs, invalid, items = results.get(timeout=0.2)
