@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     merge.add_argument("--coverage", action="store_true",
                        help="also keep Python line coverage of bpfdiff.interp and bpfdiff.jit")
-    merge.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
-                       help="profile the engines run with for --coverage (default %(default)s)")
+    merge.add_argument("--profile", choices=sorted(PROFILES),
+                       help="profile the engines run with for --coverage "
+                       f"(default: each scenario's meta, else {DEFAULT_PROFILE})")
     generate = sub.add_parser("generate", help="seed corpus: generated scenarios (fixed seeds), merged")
     generate.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     generate.add_argument("--seeds", type=int, default=500, metavar="N", help="seeds per profile (default 500)")
@@ -73,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
     if args.coverage:
         try:
             for entry in entries:
-                entry.features = entry.features | line_coverage_features(entry.scenario, args.profile)
+                profile = args.profile or entry.scenario.meta_dict.get("profile", DEFAULT_PROFILE)
+                entry.features = entry.features | line_coverage_features(entry.scenario, profile)
         except RuntimeError as exc:
             print(f"bpfdiff: error: {exc}", file=sys.stderr)
             return 2
