@@ -27,7 +27,7 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
 * SITES -- which tail-call sites are involved, by a probe: the JIT engine is
   run again with every tail call forced indirect; ``direct`` when that makes
   the divergence go away (the bug is in the patched direct sites), ``any``
-  when it stays; ``+sub`` (for trace and count divergences) when a program
+  when it stays; ``+sub`` (``any`` trace and count divergences) when a program
   of the diverging run has a tail call inside a subprogram (the counter
   crosses a bpf-to-bpf call there);
 * RELATION -- for ``direct``: the map event that exposed it, ``delete`` or
@@ -220,6 +220,9 @@ def trigger_event(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], i
     """
     from bpfdiff.fuzz.corpus import event_kinds
 
+    named = trigger_from_violations(outcomes, index)
+    if named is not None:
+        return named
     names = _programs_of_run(scenario, outcomes, index)
     site_progs: set[str] = set()
     keys: set[tuple[str, bytes]] = set()
@@ -240,6 +243,32 @@ def trigger_event(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], i
                 and kinds[j] in ("prog_array.delete", "prog_array.retarget"):
             return kinds[j].split(".", 1)[1]
     return "fill"
+
+
+# What a poke-site self-check says about the slot, and the map event it means:
+# a site still jumping although its slot is empty was not patched on delete;
+# one jumping to the wrong program was not patched on retarget; one still a
+# nop although its slot holds a program was not patched on fill.  (Failed
+# text pokes are consequences of an earlier stale site, not causes.)
+VIOLATION_TRIGGERS = (
+    (re.compile(r"= empty\) holds jmp"), "delete"),
+    (re.compile(r"bypass at \S+ \([^)]*= empty\) holds nop"), "delete"),
+    (re.compile(r"site at \S+ \([^)]*= [\w-]+\) holds jmp\w*, expected jmp"), "retarget"),
+    (re.compile(r"site at \S+ \([^)]*= [\w-]+\) holds nop"), "fill"),
+    (re.compile(r"bypass at \S+ \([^)]*= (?!empty\))[\w-]+\) holds jmp"), "fill"),
+)
+
+
+def trigger_from_violations(outcomes: dict[str, list[EventOutcome]], index: int) -> str | None:
+    """The map event the earliest poke-site self-check failure up to ``index`` points at, if any."""
+    for seq in outcomes.values():
+        for outcome in seq[:index + 1]:
+            for text in outcome.violations:
+                shape = violation_signature(text, "", "")
+                for pattern, trigger in VIOLATION_TRIGGERS:
+                    if pattern.search(shape):
+                        return trigger
+    return None
 
 
 def _programs_of_run(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int) -> set[str]:
@@ -314,10 +343,10 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
         relation = tail_call_relation(counts, profile)
-    if what in ("trace", "tail_calls") and subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
+    if sites == "any" and what in ("trace", "tail_calls") \
+            and subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
         sites += "+sub"
-        if relation not in ("delete", "retarget", "fill"):
-            relation = "count"
+        relation = "count"
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
     values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
     event = scenario.events[index] if index < len(scenario.events) else None
