@@ -240,3 +240,35 @@ def test_self_check_violation_is_a_finding_even_when_results_agree():
     verdict = run_oracle(scenario(DIRECT_CALL), engines=("interp", "selfcheck"), pool=FakePool())
     assert [f.kind for f in verdict.findings] == [VIOLATION]
     assert verdict.signature == "violation:linux-6.1:selfcheck:poke site N at N: nopN"
+
+
+DELETE_AFTER_RETARGET = MAPS + TARGETS + """-- events
+update jmp 1 prog:a
+run caller
+update jmp 1 prog:b
+run a
+delete jmp 1
+run caller
+"""
+
+RETARGET_THEN_DELETE = MAPS + TARGETS + """-- events
+update jmp 1 prog:a
+run caller
+update jmp 1 prog:b
+run a
+delete jmp 1
+update jmp 1 prog:b
+run caller
+"""
+
+
+@pytest.mark.parametrize("bug,text,trigger,profile", [
+    ("poke-skip-delete", DELETE_AFTER_RETARGET, "delete", "linux-6.1"),
+    ("poke-skip-delete", DELETE_AFTER_RETARGET, "delete", "linux-5.5"),
+    # 6.1's bypass jumps over the stale site once the slot is empty: only 5.5 shows this one
+    ("poke-retarget-stale", DELETE_AFTER_RETARGET, "retarget", "linux-5.5"),
+    ("poke-retarget-stale", RETARGET_THEN_DELETE, "retarget", "linux-6.1"),
+])
+def test_direct_site_signature_names_the_mishandled_map_event(bug, text, trigger, profile, pool):
+    verdict = run_oracle(scenario(text), profile=profile, bugs=frozenset({bug}), pool=pool)
+    assert verdict.signature == f"divergence:{profile}:trace:{trigger}:direct"
