@@ -147,7 +147,7 @@ def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[st
     from bpfdiff.inputs import load_input
 
     try:
-        scenario = load_input(path)
+        scenario = load_input(path, profile=profile)
     except Exception as exc:  # noqa: BLE001 - an unreadable finding is reported, not raised
         return FindingRecord(path, None, profile or "?", bugs or frozenset(), None, None,
                              path.stat().st_mtime, error=_one_line(exc))
@@ -232,13 +232,20 @@ def triage(
     engines: tuple[str, ...] = ("interp", "jit"),
     progress: Callable[[str], None] | None = None,
     merge_related: bool = True,
+    profile: str | None = None,
+    bugs: frozenset[str] | None = None,
 ) -> list[Bucket]:
-    """Replay, bucket and (optionally) minimise every finding in ``crash_dir``."""
+    """Replay, bucket and (optionally) minimise every finding in ``crash_dir``.
+
+    ``profile``/``bugs`` override what each finding's meta records (needed for
+    atheris artifacts, whose bytes record nothing; or set ``BPFDIFF_PROFILE`` /
+    ``BPFDIFF_INJECT`` as for the harness).
+    """
     pool = _make_pool()
     records = []
     files = finding_files(crash_dir)
     for n, path in enumerate(files, 1):
-        record = replay_finding(path, engines=engines, pool=pool)
+        record = replay_finding(path, profile=profile, bugs=bugs, engines=engines, pool=pool)
         if progress is not None:
             state = "reproduces" if record.reproduces else (record.error or "does not reproduce (flaky)")
             progress(f"triage: [{n}/{len(files)}] {path.name}: {state}")

@@ -17,6 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bpfdiff.bugs import validate_bugs
+from bpfdiff.profiles import PROFILES
+
 NAME = "triage"
 HELP = "replay a crash directory, bucket findings by signature, write per-bucket reports"
 
@@ -34,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimisation time budget per bucket (default 60)")
     parser.add_argument("--no-merge", action="store_true",
                         help="one bucket per signature, even when one replay shows several of them")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="kernel profile (default: each finding's meta)")
+    parser.add_argument("--inject", metavar="BUG,...", help="planted bugs (default: each finding's meta)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -51,8 +56,15 @@ def main(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
+    bugs = None if args.inject is None else frozenset(b for b in args.inject.split(",") if b)
+    try:
+        if bugs is not None:
+            validate_bugs(bugs)
+    except ValueError as exc:
+        print(f"bpfdiff: error: --inject: {exc}", file=sys.stderr)
+        return 2
     buckets = triage(crash_dir, minimize=args.minimize, time_budget=args.time, out_dir=reports, progress=progress,
-                     merge_related=not args.no_merge)
+                     merge_related=not args.no_merge, profile=args.profile, bugs=bugs)
     if not args.no_reports:
         for path in write_markdown_reports(buckets, reports):
             progress(f"triage: wrote {path}")
