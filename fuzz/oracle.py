@@ -33,9 +33,10 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
 * RELATION -- for ``direct``: the map event that exposed it, ``delete`` or
   ``retarget`` (see :func:`trigger_event`; else ``fill``); with ``+sub``:
   ``count`` (totals over subprogram chains are not comparable to the limit);
-  otherwise the tail-call counts: ``limit+1`` (one engine took one tail call
-  more than the profile allows), ``limit-1`` (one stopped one short of it),
-  ``count`` for any other difference, ``-`` when they agree.
+  otherwise, by a second probe, ``ENGINE@limit+1`` / ``ENGINE@limit-1``
+  when that engine runs exactly like the clean interpreter with
+  MAX_TAIL_CALL_CNT one higher / lower (:func:`probe_limit`), else from the
+  counts: ``count`` when they differ, ``-`` when they agree.
 
 Crashes: ``crash:PROFILE:ENGINE:ExceptionType@module.function`` (innermost
 frame inside bpfdiff); violations: ``violation:PROFILE:ENGINE:<text with
@@ -117,6 +118,18 @@ class EnginePool:
         engine = self._engines.get(key)
         if engine is None:
             engine = make_engine(name, profile=profile, bugs=key[2], **options)
+            self._engines[key] = engine
+        return engine
+
+    def shifted_interp(self, profile: str, delta: int) -> Engine:
+        """The clean interpreter with MAX_TAIL_CALL_CNT moved by ``delta`` (a signature probe)."""
+        key = ("interp", profile, frozenset(), (("limit_shift", delta),))
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = make_engine("interp", profile=profile)
+            base = get_profile(profile)
+            # the interpreter reads its limit from its profile: a what-if copy of it
+            engine.profile = base.with_options(max_tail_call_cnt=base.max_tail_call_cnt + delta)
             self._engines[key] = engine
         return engine
 
@@ -342,7 +355,8 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
         relation = trigger_event(scenario, verdict.outcomes, index, profile)
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
-        relation = tail_call_relation(counts, profile)
+        shifted = probe_limit(scenario, verdict, profile, pool, index) if probe and counts else None
+        relation = shifted or tail_call_relation(counts, profile)
     if sites == "any" and what in ("trace", "tail_calls") \
             and subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
         sites += "+sub"
@@ -379,6 +393,30 @@ def probe_sites(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: fr
     others = {name: seq for name, seq in verdict.outcomes.items() if name != "jit"}
     still = [d for d in compare_outcomes({**others, "jit": probe}) if d.event_index <= index]
     return "any" if still else "direct"
+
+
+def probe_limit(scenario: Scenario, verdict: Verdict, profile: Profile, pool: EnginePool,
+                index: int) -> str | None:
+    """``ENGINE@limit+1`` / ``ENGINE@limit-1``: the engine that runs like the clean interpreter
+    with a tail-call limit one higher / lower (and not like it at the profile's own limit).
+
+    A limit off by one shows as one tail call more or less wherever a chain
+    reaches the limit -- how many calls that is in total depends on how many
+    calls went through empty slots, so the counts alone do not say it.
+    """
+    def agrees(a: list[EventOutcome], b: list[EventOutcome]) -> bool:
+        return not [d for d in compare_outcomes({"a": a, "b": b}) if d.event_index <= index]
+
+    try:
+        clean = pool.get("interp", profile.name, frozenset()).execute(scenario)
+        for delta in (1, -1):
+            shifted = pool.shifted_interp(profile.name, delta).execute(scenario)
+            for name, seq in verdict.outcomes.items():
+                if agrees(shifted, seq) and not agrees(clean, seq):
+                    return f"{name}@limit{delta:+d}"
+    except Exception:  # noqa: BLE001 - the probe only refines a signature
+        return None
+    return None
 
 
 def close_default_pool() -> None:

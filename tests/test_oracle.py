@@ -163,8 +163,8 @@ def test_limit_bugs_are_told_apart_by_the_tail_call_count(pool):
     early = run_oracle(s, bugs=frozenset({"interp-tail-call-limit"}), pool=pool).findings[0]
     # 1 + 33 programs is the kernel's answer; ja lets the JIT take a 34th tail call,
     # the interpreter bug stops at 32.
-    assert ja.values == {"interp": "33", "jit": "34"} and ":limit+1:" in ja.signature
-    assert early.values == {"interp": "32", "jit": "33"} and ":limit-1:" in early.signature
+    assert ja.values == {"interp": "33", "jit": "34"} and ":jit@limit+1:" in ja.signature
+    assert early.values == {"interp": "32", "jit": "33"} and ":interp@limit-1:" in early.signature
 
 
 def test_signatures_separate_the_planted_bugs(pool):
