@@ -1,6 +1,7 @@
 """Turn any input file the CLI accepts into a :class:`Scenario`.
 
-Three kinds of file, told apart by content (and the ``.data`` suffix):
+Three kinds of file, told apart by name (``.data``, ``.scn``, libFuzzer's
+``crash-<sha1>``...) and otherwise by content:
 
 * a conformance ``.data`` file (or any text with a section only such files
   have -- ``asm``, ``raw``, ``mem``, ``c`` -- and no ``-- prog``): one
@@ -20,12 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bpfdiff.scenario import Scenario
-from bpfdiff.scenario_text import ScenarioSyntaxError, parse_scenario
+from bpfdiff.scenario_text import SUFFIX, ScenarioSyntaxError, parse_scenario
 
 # Sections that only a conformance .data file has (`result` and `error` are
 # shared with scenarios).
 DATAFILE_SECTIONS = frozenset({"asm", "raw", "mem", "c"})
 _SECTION = re.compile(r"^-- (\S+)", re.MULTILINE)
+# What libFuzzer (and so atheris) names the inputs it saves: crash-<sha1> etc.
+_LIBFUZZER_ARTIFACT = re.compile(r"(crash|leak|timeout|oom|slow-unit|minimized-from)-[0-9a-f]{40}\Z")
 
 
 class InputError(Exception):
@@ -33,9 +36,18 @@ class InputError(Exception):
 
 
 def input_kind(path: str | os.PathLike[str], data: bytes) -> str:
-    """``"data"``, ``"scenario"`` or ``"bytes"``: how :func:`load_input` reads this content."""
-    if Path(path).suffix == ".data":
+    """``"data"``, ``"scenario"`` or ``"bytes"``: how :func:`load_input` reads this content.
+
+    The name decides first (``.data``, ``.scn``, libFuzzer's artifact names),
+    then the content: an artifact's bytes may happen to look like text.
+    """
+    name = Path(path).name
+    if name.endswith(".data"):
         return "data"
+    if name.endswith(SUFFIX):
+        return "scenario"
+    if _LIBFUZZER_ARTIFACT.match(name):
+        return "bytes"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

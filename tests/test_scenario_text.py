@@ -204,6 +204,11 @@ def test_input_kinds(tmp_path: Path) -> None:
     assert input_kind("crash-123", b"-- prog p\nexit\n-- result\n0x0\n") == "scenario"
     assert input_kind("crash-123", b"\xff\xfe\x00binary") == "bytes"
     assert input_kind("crash-123", b"plain text, no section header") == "bytes"
+    # the name decides before the content
+    sha1 = "0123456789abcdef0123456789abcdef01234567"
+    assert input_kind(f"crash-{sha1}", b"-- prog p\nexit\n") == "bytes"
+    assert input_kind(f"dir/timeout-{sha1}", b"-- asm\nexit\n") == "bytes"
+    assert input_kind("x.scn", b"-- asm\nexit\n") == "scenario"
 
 
 def test_load_input_missing_file_is_one_line(tmp_path: Path) -> None:
