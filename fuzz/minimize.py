@@ -662,7 +662,13 @@ def minimize_finding(
     Raises ValueError when the scenario shows no divergence (nothing to keep).
     The result's meta keeps the input's and records the signature.
     """
+    from bpfdiff.fuzz.checker import check_scenario
+
     profile, bugs = finding_settings(scenario, profile, bugs)
+    refused = check_scenario(scenario, profile)
+    if refused:
+        # Every candidate must pass the checker; when the input itself does not, none can.
+        raise ValueError(f"the checker refuses this scenario ({refused[0]}), so no reduction of it would be valid")
     signature = oracle_signature(scenario, profile, bugs, engines, pool)
     if signature is None:
         raise ValueError("the engines agree on this scenario: nothing to minimise")
