@@ -31,7 +31,10 @@ unconditional ``bswap`` (ALU64 END) and ``gotol`` (JMP32 JA) -- are JITed as
 the current kernel does; register shifts use the ``shl/shr/sar %cl`` form, as
 on a CPU without BMI2 (qemu's default CPU, where the fixtures were taken);
 division uses the 6.1-era ``push rax/rdx; [mov r11, src]; mov rax,dst; xor
-edx,edx; div`` sequence for both flavours.
+edx,edx; div`` and ``imul`` sequences (5.16+) in the v6.1 flavour and the older
+``div r11`` / ``mul r11`` ones (as the v5.10 tree has them, the nearest tree
+read) in the v5.5 flavour; register shifts keep rcx saved around the shift
+even when it is the destination, as up to 6.1 (6.2 changed it).
 
 Public API (used by the JIT engine; keep stable): :class:`JitEnv`,
 :class:`JitOptions`, :class:`JitImage`, :class:`JitProgram`,
@@ -713,14 +716,10 @@ class JitFlavour:
     call_prefix: Callable[[FuncJit, Insn], bytes]
     tail_call_cnt_off: Callable[[FuncJit], int | None]
     uses_all_callee_regs: bool
+    div_mod: Callable[[Insn], bytes]
+    mul: Callable[[Insn], bytes]
 
 
-FLAVOURS: dict[str, JitFlavour] = {
-    "v6.1": JitFlavour("v6.1", emit_prologue_v61, emit_epilogue_v61, emit_bpf_tail_call_direct_v61,
-                       emit_bpf_tail_call_indirect_v61, emit_call_prefix_v61, tail_call_cnt_off_v61, False),
-    "v5.5": JitFlavour("v5.5", emit_prologue_v55, emit_epilogue_v55, emit_bpf_tail_call_direct_v55,
-                       emit_bpf_tail_call_indirect_v55, emit_call_prefix_v55, tail_call_cnt_off_v55, True),
-}
 
 
 # -- do_jit: one BPF instruction -> x86 ------------------------------------------------------
@@ -779,6 +778,50 @@ def emit_div_mod(insn: Insn) -> bytes:
     return bytes(out)
 
 
+def emit_div_mod_v55(insn: Insn) -> bytes:
+    """The pre-5.16 div/mod: always save rax/rdx, divide r11, result through r11.
+
+    Signed division (ISA v4) did not exist then: emitted as today's kernel does.
+    """
+    if insn.off:
+        return emit_div_mod(insn)
+    is64 = insn.cls == isa.BPF_ALU64
+    out = bytearray(b"\x50\x52")                                   # push rax; push rdx
+    if insn.source == isa.BPF_X:
+        out += emit_mov(AUX_REG, insn.src)                          # mov r11, src
+    else:
+        out += b"\x49\xc7\xc3" + imm32(insn.imm)                     # mov r11, imm32
+    out += emit_mov(0, insn.dst)                                    # mov rax, dst
+    out += b"\x31\xd2"                                              # xor edx, edx
+    out += b"\x49\xf7\xf3" if is64 else b"\x41\xf7\xf3"               # div r11 / div r11d
+    out += b"\x49\x89\xd3" if insn.op == isa.BPF_MOD else b"\x49\x89\xc3"   # mov r11, rdx / rax
+    out += b"\x5a\x58"                                              # pop rdx; pop rax
+    out += emit_mov(insn.dst, AUX_REG)                              # mov dst, r11
+    return bytes(out)
+
+
+def emit_mul_v55(insn: Insn) -> bytes:
+    """The pre-5.16 mul: one-operand ``mul r11`` with rax/rdx saved unless they are the destination."""
+    is64 = insn.cls == isa.BPF_ALU64
+    dst = insn.dst
+    out = bytearray()
+    if dst != 0:
+        out += b"\x50"                                              # push rax
+    if dst != 3:
+        out += b"\x52"                                              # push rdx
+    out += emit_mov(AUX_REG, dst)                                   # mov r11, dst
+    if insn.source == isa.BPF_X:
+        out += emit_mov_reg(is64, 0, insn.src)                      # mov rax, src
+    else:
+        out += emit_mov_imm32(is64, 0, insn.imm)                    # mov rax, imm32
+    out += maybe_emit_1mod(AUX_REG, is64) + bytes([0xF7, add_1reg(0xE0, AUX_REG)])   # mul r11
+    if dst != 3:
+        out += b"\x5a"                                              # pop rdx
+    if dst != 0:
+        out += emit_mov(dst, 0) + b"\x58"                           # mov dst, rax; pop rax
+    return bytes(out)
+
+
 def emit_mul(insn: Insn) -> bytes:
     is64 = insn.cls == isa.BPF_ALU64
     dst = insn.dst
@@ -799,23 +842,25 @@ def emit_shift_imm(insn: Insn) -> bytes:
 
 
 def emit_shift_reg(insn: Insn) -> bytes:
-    """Shift by cl: move the count into rcx, saving rcx (push, or r11 when rcx is the destination)."""
+    """Shift by cl, as 5.x-6.1 emit it (6.2 dropped the push when rcx is the destination).
+
+    A destination in rcx is shifted in r11; a count not in rcx is moved there
+    with rcx saved on the stack around the shift.
+    """
     is64 = insn.cls == isa.BPF_ALU64
     dst, src = insn.dst, insn.src
     out = bytearray()
+    if dst == 4:
+        out += emit_mov(AUX_REG, dst)            # mov r11, rcx
+        dst = AUX_REG
     if src != 4:
-        if dst == 4:
-            out += emit_mov(AUX_REG, dst)        # shift r11 instead of rcx
-            dst = AUX_REG
-        else:
-            out += b"\x51"                       # push rcx
+        out += b"\x51"                           # push rcx
         out += emit_mov(4, src)                  # mov rcx, src
     out += maybe_emit_1mod(dst, is64) + bytes([0xD3, add_1reg(SIMPLE_ALU_OPCODES[insn.op], dst)])
     if src != 4:
-        if insn.dst == 4:
-            out += emit_mov(insn.dst, AUX_REG)   # mov rcx, r11
-        else:
-            out += b"\x59"                       # pop rcx
+        out += b"\x59"                           # pop rcx
+    if insn.dst == 4:
+        out += emit_mov(insn.dst, AUX_REG)       # mov rcx, r11
     return bytes(out)
 
 
@@ -946,6 +991,16 @@ def emit_call_insn(fn: FuncJit, state: PassState, i: int, insn: Insn) -> bytes:
     return prefix + emit_call(func, ip)
 
 
+FLAVOURS: dict[str, JitFlavour] = {
+    "v6.1": JitFlavour("v6.1", emit_prologue_v61, emit_epilogue_v61, emit_bpf_tail_call_direct_v61,
+                       emit_bpf_tail_call_indirect_v61, emit_call_prefix_v61, tail_call_cnt_off_v61, False,
+                       emit_div_mod, emit_mul),
+    "v5.5": JitFlavour("v5.5", emit_prologue_v55, emit_epilogue_v55, emit_bpf_tail_call_direct_v55,
+                       emit_bpf_tail_call_indirect_v55, emit_call_prefix_v55, tail_call_cnt_off_v55, True,
+                       emit_div_mod_v55, emit_mul_v55),
+}
+
+
 def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int) -> tuple[bytes, int]:
     """JIT local slot i-1 (the kernel's loop index i); returns its bytes and how many slots it used."""
     cls, op = insn.cls, insn.op
@@ -962,9 +1017,9 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
         if op == isa.BPF_NEG:
             return maybe_emit_1mod(insn.dst, is64) + bytes([0xF7, add_1reg(0xD8, insn.dst)]), 1
         if op in (isa.BPF_DIV, isa.BPF_MOD):
-            return emit_div_mod(insn), 1
+            return fn.flavour.div_mod(insn), 1
         if op == isa.BPF_MUL:
-            return emit_mul(insn), 1
+            return fn.flavour.mul(insn), 1
         if op in (isa.BPF_LSH, isa.BPF_RSH, isa.BPF_ARSH):
             return (emit_shift_reg(insn) if insn.source == isa.BPF_X else emit_shift_imm(insn)), 1
         if op == isa.BPF_END:

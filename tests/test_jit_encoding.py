@@ -106,8 +106,11 @@ INSN_CASES = [
     (alu(A32, isa.BPF_ARSH, 0, imm=3), "c1f803", ["sar $0x3,%eax"]),
     (alu(A64, isa.BPF_LSH, 1, 2, source=X), "514889f148d3e759",
      ["push %rcx", "mov %rsi,%rcx", "shl %cl,%rdi", "pop %rcx"]),
-    (alu(A64, isa.BPF_RSH, 4, 2, source=X), "4989cb4889f149d3eb4c89d9",
-     ["mov %rcx,%r11", "mov %rsi,%rcx", "shr %cl,%r11", "mov %r11,%rcx"]),
+    # rcx as destination: shifted in r11, and (up to 6.1) rcx still saved around the shift
+    (alu(A64, isa.BPF_RSH, 4, 2, source=X), "4989cb514889f149d3eb594c89d9",
+     ["mov %rcx,%r11", "push %rcx", "mov %rsi,%rcx", "shr %cl,%r11", "pop %rcx", "mov %r11,%rcx"]),
+    (alu(A32, isa.BPF_LSH, 4, 4, source=X), "4989cb41d3e34c89d9",
+     ["mov %rcx,%r11", "shl %cl,%r11d", "mov %r11,%rcx"]),
     (alu(A32, isa.BPF_ARSH, 0, 4, source=X), "d3f8", ["sar %cl,%eax"]),
     (alu(A64, isa.BPF_DIV, 1, 2, source=X), "50524889f831d248f7f64889c75a58",
      ["push %rax", "push %rdx", "mov %rdi,%rax", "xor %edx,%edx", "div %rsi", "mov %rax,%rdi", "pop %rdx",
@@ -141,9 +144,32 @@ INSN_CASES = [
 ]
 
 
-def jit_single(insn: Insn) -> bytes:
+SEED_ERA_CASES = [
+    # v5.5 flavour: div/mod always through r11 with rax/rdx saved, mul through `mul r11`
+    (alu(A64, isa.BPF_DIV, 1, 2, source=X), "50524989f34889f831d249f7f34989c35a584c89df",
+     ["push %rax", "push %rdx", "mov %rsi,%r11", "mov %rdi,%rax", "xor %edx,%edx", "div %r11", "mov %rax,%r11",
+      "pop %rdx", "pop %rax", "mov %r11,%rdi"]),
+    (alu(A32, isa.BPF_MOD, 0, imm=7), "505249c7c30700000031d241f7f34989d35a584c89d8",
+     ["push %rax", "push %rdx", "mov $0x7,%r11", "xor %edx,%edx", "div %r11d", "mov %rdx,%r11", "pop %rdx",
+      "pop %rax", "mov %r11,%rax"]),
+    (alu(A64, isa.BPF_MUL, 1, 2, source=X), "50524989fb4889f049f7e35a4889c758",
+     ["push %rax", "push %rdx", "mov %rdi,%r11", "mov %rsi,%rax", "mul %r11", "pop %rdx", "mov %rax,%rdi",
+      "pop %rax"]),
+    (alu(A32, isa.BPF_MUL, 0, imm=3), "524989c3b80300000041f7e35a",
+     ["push %rdx", "mov %rax,%r11", "mov $0x3,%eax", "mul %r11d", "pop %rdx"]),
+]
+
+
+@pytest.mark.parametrize("insn, expected_hex, expected_text", SEED_ERA_CASES)
+def test_seed_era_arithmetic(insn: Insn, expected_hex: str, expected_text: list[str]) -> None:
+    code = jit_single(insn, LINUX_5_5)
+    assert code.hex() == expected_hex
+    assert listing(code) == expected_text
+
+
+def jit_single(insn: Insn, profile=LINUX_6_1) -> bytes:
     """The bytes do_jit gives one instruction (between the prologue and the exit)."""
-    fn = make_fn([insn, Insn(isa.EXIT_OPCODE)])
+    fn = make_fn([insn, Insn(isa.EXIT_OPCODE)], profile)
     code, addrs, _, _ = jc.jit_function(fn)
     return code[addrs[0]:addrs[1]]
 
