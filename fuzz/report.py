@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,8 @@ class ReportData:
     title: str
     signature: str
     related: list[str]
+    first_seen: str
+    reproducer: str
     flaky: bool
     count: int
     profile: str
@@ -88,6 +91,8 @@ def collect_report(bucket: Any, title: str) -> ReportData:
     notes: list[str] = []
     data = ReportData(
         title=title, signature=bucket.signature, related=list(bucket.related), flaky=bucket.flaky,
+        first_seen=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(bucket.first_seen)),
+        reproducer=str(bucket.minimized or rep.path),
         count=bucket.count,
         profile=rep.profile, bugs=tuple(sorted(rep.bugs)),
         files=[str(f.path) for f in bucket.findings], scenario_text="", divergences=[], listings={},
@@ -328,6 +333,7 @@ def render_markdown(data: ReportData) -> str:
     out += [f"- related signature (shown together by one replay): `{sig}`" for sig in data.related]
     out.append(f"- findings: {data.count}{' (FLAKY: does not reproduce)' if data.flaky else ''}")
     out.append(f"- profile: {data.profile}; injected bugs: {', '.join(data.bugs) or 'none'}")
+    out.append(f"- first seen: {data.first_seen}; reproducer: `{data.reproducer}`")
     out.append(f"- files: {', '.join(data.files)}")
     for note in data.notes:
         out.append(f"- note: {note}")
@@ -406,11 +412,13 @@ def _e(text: object) -> str:
 def render_html(reports: Sequence[ReportData], title: str) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
-    parts.append("<table><tr><th>bucket</th><th>count</th><th>signature</th></tr>")
+    parts.append("<table><tr><th>bucket</th><th>count</th><th>first seen</th><th>signature</th>"
+                 "<th>reproducer</th></tr>")
     for index, data in enumerate(reports, 1):
         flaky = ' <span class="flaky">flaky</span>' if data.flaky else ""
         parts.append(f'<tr><td><a href="#bucket-{index}">{index}</a>{flaky}</td><td>{data.count}</td>'
-                     f'<td class="sig">{_e(data.signature)}</td></tr>')
+                     f'<td>{_e(data.first_seen)}</td><td class="sig">{_e(data.signature)}</td>'
+                     f'<td class="code">{_e(data.reproducer)}</td></tr>')
     parts.append("</table>")
     for index, data in enumerate(reports, 1):
         parts.append(_html_bucket(index, data))
@@ -426,6 +434,7 @@ def _html_bucket(index: int, data: ReportData) -> str:
     flaky = ' <span class="flaky">flaky: does not reproduce</span>' if data.flaky else ""
     p.append(f"<li>findings: {data.count}{flaky}</li>")
     p.append(f"<li>profile: {_e(data.profile)}; injected bugs: {_e(', '.join(data.bugs) or 'none')}</li>")
+    p.append(f"<li>first seen: {_e(data.first_seen)}; reproducer: <code>{_e(data.reproducer)}</code></li>")
     p.append(f"<li>files: {_e(', '.join(data.files))}</li>")
     p += [f"<li>note: {_e(n)}</li>" for n in data.notes]
     p.append("</ul><h3>Divergence</h3>")
