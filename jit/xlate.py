@@ -123,8 +123,8 @@ def _sext32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
-def _join(a: State, b: State) -> State:
-    return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
+def _is_fp(value: Value) -> bool:
+    return value is not None and value[0] == "f"
 
 
 CONST_ALU = {
@@ -178,10 +178,19 @@ class FunctionFlow:
                 if not self.start <= succ < self.end:
                     continue     # a jump out of the function: check_subprogs reports it
                 old = states.get(succ)
-                new = out if old is None else _join(old, out)
+                new = out if old is None else self.join(old, out)
                 if new != old:
                     states[succ] = new
                     work.append(succ)
+
+    def join(self, a: State, b: State) -> State:
+        """Merge two paths; a frame pointer known on one path only can no longer be followed."""
+        merged = []
+        for x, y in zip(a, b, strict=True):
+            if x != y and (_is_fp(x) or _is_fp(y)):
+                self.escaped = True
+            merged.append(x if x == y else None)
+        return tuple(merged)
 
     def step(self, pc: int, regs: State) -> list[tuple[int, State]]:
         insn = self.insns[pc]

@@ -363,3 +363,11 @@ def test_compile_is_fast() -> None:
 def test_format_jited_text() -> None:
     text = format_jited(bytes.fromhex("0f1f4400006690c3cc"))
     assert text == "   0:\tnopl   0x0(%rax,%rax,1)\n   5:\txchg   %ax,%ax\n   7:\tretq\n   8:\tint3\n"
+
+
+def test_stack_pointer_walking_in_a_loop_gets_the_full_stack() -> None:
+    """r2 = r10; loop: r2 -= 8; *(u64 *)(r2 + 0) = 0 -- the depth grows per iteration."""
+    insns = [Insn(0xBF, 2, 10), Insn(0xB7, 3, 0, 0, 4), Insn(0x07, 2, 0, 0, -8),
+             Insn(isa.BPF_ST | isa.BPF_MEM | DW, 2, 0, 0, 0), Insn(0x07, 3, 0, 0, -1),
+             Insn(isa.BPF_JMP | isa.BPF_JNE | isa.BPF_K, 3, 0, -4, 0), Insn(0xB7, 0, 0, 0, 0), Insn(isa.EXIT_OPCODE)]
+    assert Env().jit(insns).images[0].stack_depth == 512
