@@ -435,3 +435,25 @@ def test_minimize_an_atheris_artifact(tmp_path: Path, oracle) -> None:
     out = tmp_path / "crash-0123abcd.min.scn"
     small = parse_scenario(out.read_text())
     assert small.size()[0] <= 12 and small.size()[1] <= 4
+
+
+def test_minimised_finding_is_one_minimal(oracle) -> None:
+    """Removing any single event or instruction of the result loses the divergence (or validity)."""
+    from dataclasses import replace
+
+    from bpfdiff.fuzz.minimize import finding_test, minimize_finding
+
+    scenario = parse_scenario(FINDINGS["poke-retarget-stale"])
+    result = minimize_finding(scenario, time_budget=60)
+    best = result.scenario
+    signature = best.meta_dict["signature"]
+    assert oracle.run_oracle(best, bugs=frozenset({"poke-retarget-stale"})).signature == signature
+    still = finding_test(signature, "linux-6.1", frozenset({"poke-retarget-stale"}))
+    for i in range(len(best.events)):
+        assert not still(replace(best, events=best.events[:i] + best.events[i + 1:])), f"event {i} removable"
+    for prog in best.programs:
+        for start, _ in instruction_units(prog.insns):
+            smaller = rewrite_program(prog.insns, {start: ()})
+            if smaller:
+                programs = tuple(Program(p.name, tuple(smaller)) if p is prog else p for p in best.programs)
+                assert not still(replace(best, programs=programs)), f"{prog.name}:{start} removable"
