@@ -33,7 +33,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bpfdiff.isa import (
@@ -316,8 +316,7 @@ class MinimizeResult:
     cache_hits: int                       # candidates answered from the cache
     seconds: float
     timed_out: bool
-    rounds: int
-    log: list[str] = field(default_factory=list)
+    rounds: int                           # passes over all reductions until nothing changed
 
 
 class Minimizer:
