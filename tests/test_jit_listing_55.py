@@ -155,3 +155,16 @@ def test_tail_call_offset_bug_misses_the_prologue_end() -> None:
     loader.slot = target
     seed = loader.load(SEED, JitOptions(bugs=frozenset({"tail-call-offset"})))
     assert jmpq_target(seed, seed.images[0].code) == target.bpf_func + PROLOGUE_SIZE + 1
+
+
+def test_xlated_listing_is_the_seed_commits() -> None:
+    """`bpftool p d x i 1655` in the seed commit (map id 526)."""
+    seed = Loader().load(SEED)
+    text = seed.xlate_result.format(map_id=lambda name: 526)
+    assert text.splitlines() == [
+        "   0: (b7) r3 = 0",
+        "   1: (18) r2 = map[id:526]",
+        "   3: (85) call bpf_tail_call#12",
+        "   4: (b7) r0 = 1",
+        "   5: (95) exit",
+    ]
