@@ -14,6 +14,8 @@ import pytest
 from bpfdiff.jit import bpf_jit_comp as jc
 from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, bpf_int_jit_compile
 from bpfdiff.jit.dump import format_jited, jited_lines
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program, lddw_pair
@@ -371,3 +373,52 @@ def test_stack_pointer_walking_in_a_loop_gets_the_full_stack() -> None:
              Insn(isa.BPF_ST | isa.BPF_MEM | DW, 2, 0, 0, 0), Insn(0x07, 3, 0, 0, -1),
              Insn(isa.BPF_JMP | isa.BPF_JNE | isa.BPF_K, 3, 0, -4, 0), Insn(0xB7, 0, 0, 0, 0), Insn(isa.EXIT_OPCODE)]
     assert Env().jit(insns).images[0].stack_depth == 512
+
+
+# -- property: whatever the program, the image decodes and every branch lands on a slot start --------
+ALU_OPS = [isa.BPF_ADD, isa.BPF_SUB, isa.BPF_MUL, isa.BPF_DIV, isa.BPF_OR, isa.BPF_AND, isa.BPF_LSH, isa.BPF_RSH,
+           isa.BPF_MOD, isa.BPF_XOR, isa.BPF_MOV, isa.BPF_ARSH]
+JMP_OPS = sorted(jc.JMP_COND)
+
+
+@st.composite
+def straight_programs(draw) -> list[Insn]:
+    n = draw(st.integers(2, 40))
+    insns: list[Insn] = []
+    for k in range(n):
+        kind = draw(st.sampled_from(["alu", "alu", "jmp", "mem"]))
+        dst, src = draw(st.integers(0, 9)), draw(st.integers(0, 9))
+        imm = draw(st.sampled_from([0, 1, -1, 7, 127, 128, -129, 1 << 20, -(1 << 31)]))
+        if kind == "alu":
+            op = draw(st.sampled_from(ALU_OPS))
+            cls = draw(st.sampled_from([A64, A32]))
+            source = draw(st.sampled_from([isa.BPF_K, X]))
+            if op in (isa.BPF_DIV, isa.BPF_MOD) and source == isa.BPF_K and imm == 0:
+                imm = 3
+            if op in (isa.BPF_LSH, isa.BPF_RSH, isa.BPF_ARSH) and source == isa.BPF_K:
+                imm &= 31
+            insns.append(Insn(cls | op | source, dst, src if source == X else 0, 0, 0 if source == X else imm))
+        elif kind == "jmp":
+            remaining = n - k - 1
+            off = draw(st.integers(0, remaining))
+            op = draw(st.sampled_from(JMP_OPS))
+            insns.append(Insn(draw(st.sampled_from([isa.BPF_JMP, isa.BPF_JMP32])) | op | isa.BPF_K, dst, 0, off, imm))
+        else:
+            size = draw(st.sampled_from([B, H, W, DW]))
+            insns.append(Insn(isa.BPF_STX | isa.BPF_MEM | size, 10, dst, -8 * draw(st.integers(1, 60))))
+    return insns + [Insn(0xB7, 0, 0, 0, 0), Insn(isa.EXIT_OPCODE)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(straight_programs(), st.sampled_from([LINUX_6_1, LINUX_5_5]))
+def test_images_decode_and_branches_land_on_slot_starts(insns: list[Insn], profile) -> None:
+    jited = Env().jit(insns, profile=profile)
+    image = jited.images[0]
+    lines = jited_lines(image.code)
+    assert all(line.mnemonic != "(bad)" for line in lines)
+    boundaries = {line.offset for line in lines} | {len(image.code)}
+    assert set(image.addrs) <= boundaries
+    starts = set(image.addrs)
+    for line in lines:
+        if line.mnemonic.startswith("j") and line.operands.startswith("0x"):
+            assert int(line.operands, 16) in starts
