@@ -42,6 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except OSError as exc:
+        where = exc.filename or getattr(args, "output", "") or ""
+        print(f"bpfdiff: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     from bpfdiff.fuzz.corpus import (
         format_stats,
         generate_entries,

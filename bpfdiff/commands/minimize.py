@@ -54,7 +54,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"bpfdiff: error: {crash}: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output) if args.output else default_output(crash)
-    write_scenario(out, result.scenario)
+    try:
+        write_scenario(out, result.scenario)
+    except OSError as exc:
+        print(f"bpfdiff: error: {out}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     (s0, e0), (s1, e1) = result.start_size, result.end_size
     status = " (time budget exhausted)" if result.timed_out else ""
     print(f"{out}: {s0} -> {s1} slots, {e0} -> {e1} events in {result.seconds:.1f}s, "

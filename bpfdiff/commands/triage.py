@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except OSError as exc:
+        print(f"bpfdiff: error: {exc.filename or args.crash_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     from bpfdiff.fuzz.report import write_html_report, write_markdown_reports
     from bpfdiff.fuzz.triage import format_json, format_table, triage
 
