@@ -231,3 +231,17 @@ def test_seed_corpus_agrees_on_both_engines_without_bugs() -> None:
         profile = entry.scenario.meta_dict.get("profile", "linux-6.1")
         verdict = run_oracle(entry.scenario, profile=profile)
         assert verdict.ok, (entry.path, verdict.signature)
+
+
+def test_merge_into_unwritable_place_is_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    run = _bpfdiff("corpus", "merge", str(EXAMPLES), "-o", str(blocker / "out"))
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr and "file" in run.stderr
+
+
+def test_stats_of_missing_directory_is_one_line_error(tmp_path: Path) -> None:
+    run = _bpfdiff("corpus", "stats", str(tmp_path / "nowhere"))
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "nowhere" in run.stderr
