@@ -46,6 +46,7 @@ class FindingRecord:
     # Every finding's signature in this replay (the primary one first): a
     # divergence and the JIT self-check violation the same run shows, say.
     all_signatures: tuple[str, ...] = ()
+    unstable: bool = False             # replays disagreed with each other
 
     @property
     def reproduces(self) -> bool:
@@ -139,8 +140,12 @@ def _first_seen(path: Path, meta: dict[str, str]) -> float:
 
 
 def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[str] | None = None,
-                   engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None) -> FindingRecord:
-    """Load and replay one finding with the settings its meta records."""
+                   engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None, replays: int = 2) -> FindingRecord:
+    """Load and replay one finding with the settings its meta records.
+
+    It is replayed ``replays`` times: a finding whose signature changes from
+    one replay to the next is flaky even though it diverged.
+    """
     from bpfdiff.fuzz.minimize import finding_settings
     from bpfdiff.fuzz.oracle import run_oracle
 
@@ -160,11 +165,19 @@ def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[st
     record = FindingRecord(path, scenario, used_profile, used_bugs, meta.get("signature"), None,
                            _first_seen(path, meta))
     try:
-        verdict = run_oracle(scenario, engines=engines, profile=used_profile, bugs=used_bugs, pool=pool)
+        verdicts = [run_oracle(scenario, engines=engines, profile=used_profile, bugs=used_bugs, pool=pool)
+                    for _ in range(replays)]
     except Exception as exc:  # noqa: BLE001 - the oracle reports engine crashes itself; anything else is bad input
         record.error = f"{path}: replay failed: {_one_line(exc)}"
         return record
+    verdict = verdicts[0]
     record.verdict = verdict
+    seen = [v.signature if not v.ok else None for v in verdicts]
+    if len(set(seen)) > 1:
+        # Same input, same settings, different answers: the finding cannot be trusted to reproduce.
+        record.error = f"{path}: unstable: replays gave {' / '.join(str(x) for x in seen)}"
+        record.unstable = True
+        return record
     record.signature = None if verdict.ok else verdict.signature
     record.all_signatures = tuple(dict.fromkeys(f.signature for f in verdict.findings))
     return record
@@ -191,6 +204,8 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
             key = (str(record.signature), False)
         elif record.scenario is None:
             key = (UNREADABLE_SIGNATURE, True)
+        elif record.unstable:
+            key = (FLAKY_PREFIX + "unstable " + (record.recorded_signature or "replays"), True)
         else:
             key = (FLAKY_PREFIX + (record.recorded_signature or "no longer diverges"), True)
         groups.setdefault(key, []).append(record)

@@ -52,6 +52,24 @@ def test_signatures_seen_together_merge_into_one_bucket() -> None:
     assert len(bucket_findings([a, v1, v2, other], merge_related=False)) == 3
 
 
+def test_a_finding_whose_replays_disagree_is_flaky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+    from types import SimpleNamespace
+
+    import bpfdiff.fuzz.oracle as oracle_module
+    from bpfdiff.fuzz.triage import replay_finding
+
+    answers = itertools.cycle([SimpleNamespace(ok=False, signature="sig-A", findings=[]),
+                               SimpleNamespace(ok=True, signature="", findings=[])])
+    monkeypatch.setattr(oracle_module, "run_oracle", lambda *args, **kwargs: next(answers))
+    path = tmp_path / "f.scn"
+    path.write_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n-- meta\nsignature sig-A\n")
+    record = replay_finding(path)
+    assert record.unstable and not record.reproduces and "unstable" in record.error
+    (bucket,) = bucket_findings([record])
+    assert bucket.flaky and bucket.signature == "flaky: unstable sig-A"
+
+
 # -- real crash directories -------------------------------------------------------------
 @pytest.fixture
 def engines_ready() -> None:
