@@ -616,18 +616,31 @@ def finding_settings(scenario: Scenario, profile: str | None = None,
     return profile, validate_bugs(bugs)
 
 
-def oracle_signature(scenario: Scenario, profile: str, bugs: frozenset[str],
-                     engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None) -> str | None:
-    """The oracle's signature for a scenario, or None when the engines agree."""
+def oracle_signatures(scenario: Scenario, profile: str, bugs: frozenset[str],
+                      engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None) -> tuple[str, ...]:
+    """Every finding's signature for a scenario, the primary one first; empty when the engines agree."""
     from bpfdiff.fuzz.oracle import run_oracle
 
     verdict = run_oracle(scenario, engines=engines, profile=profile, bugs=bugs, pool=pool)
-    return None if verdict.ok else verdict.signature
+    return tuple(dict.fromkeys(f.signature for f in verdict.findings))
+
+
+def oracle_signature(scenario: Scenario, profile: str, bugs: frozenset[str],
+                     engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None) -> str | None:
+    """The oracle's (primary) signature for a scenario, or None when the engines agree."""
+    signatures = oracle_signatures(scenario, profile, bugs, engines, pool)
+    return signatures[0] if signatures else None
 
 
 def finding_test(target_signature: str, profile: str, bugs: frozenset[str],
-                 engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None) -> Interesting:
-    """Valid for the checker and still diverging with exactly ``target_signature``."""
+                 engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None,
+                 primary: bool = True) -> Interesting:
+    """Valid for the checker and still showing ``target_signature``.
+
+    ``primary``: it must be the primary finding's signature (the default);
+    otherwise any finding of the verdict may have it (a scenario showing two
+    bugs, minimised for the second one).
+    """
     from bpfdiff.fuzz.checker import check_scenario
 
     from bpfdiff.engine import EngineError
@@ -639,9 +652,10 @@ def finding_test(target_signature: str, profile: str, bugs: frozenset[str],
         if not candidate.events or check_scenario(candidate, profile_obj):
             return False
         try:
-            return oracle_signature(candidate, profile, bugs, engines, pool) == target_signature
+            signatures = oracle_signatures(candidate, profile, bugs, engines, pool)
         except EngineError:
             return False
+        return bool(signatures) and (signatures[0] == target_signature if primary else target_signature in signatures)
 
     return test
 
@@ -655,11 +669,14 @@ def minimize_finding(
     time_budget: float | None = 60.0,
     progress: Progress | None = None,
     pool: Any = None,
+    signature: str | None = None,
 ) -> MinimizeResult:
     """Minimise a finding for the divergence it shows now (with its meta's settings).
 
-    Raises ValueError when the scenario shows no divergence (nothing to keep).
-    The result's meta keeps the input's and records the signature.
+    By default the primary finding's signature is kept; ``signature`` names
+    another finding of the scenario to keep instead.  Raises ValueError when
+    the scenario shows no divergence (or not ``signature``), or the checker
+    refuses it.  The result's meta keeps the input's and records the signature.
     """
     from bpfdiff.fuzz.checker import check_scenario
 
@@ -668,16 +685,19 @@ def minimize_finding(
     if refused:
         # Every candidate must pass the checker; when the input itself does not, none can.
         raise ValueError(f"the checker refuses this scenario ({refused[0]}), so no reduction of it would be valid")
-    signature = oracle_signature(scenario, profile, bugs, engines, pool)
-    if signature is None:
+    shown = oracle_signatures(scenario, profile, bugs, engines, pool)
+    if not shown:
         raise ValueError("the engines agree on this scenario: nothing to minimise")
-    test = finding_test(signature, profile, bugs, engines, pool)
+    if signature is not None and signature not in shown:
+        raise ValueError(f"the scenario does not show {signature!r} (it shows {', '.join(shown)})")
+    target = signature or shown[0]
+    test = finding_test(target, profile, bugs, engines, pool, primary=signature is None)
     result = Minimizer(scenario, test, time_budget=time_budget, progress=progress).run()
     meta = dict(result.scenario.meta)
     meta.setdefault("profile", profile)
     if bugs:
         meta.setdefault("inject", ",".join(sorted(bugs)))
-    meta["signature"] = signature
+    meta["signature"] = target
     meta["original_size"] = f"{result.start_size[0]}/{result.start_size[1]}"
     result.scenario = replace(result.scenario, meta=tuple(meta.items()))
     return result

@@ -457,3 +457,19 @@ def test_minimised_finding_is_one_minimal(oracle) -> None:
             if smaller:
                 programs = tuple(Program(p.name, tuple(smaller)) if p is prog else p for p in best.programs)
                 assert not still(replace(best, programs=programs)), f"{prog.name}:{start} removable"
+
+
+def test_minimise_for_a_secondary_finding(oracle) -> None:
+    """A stale direct jump both diverges and breaks the JIT's poke invariant: keep the latter."""
+    from bpfdiff.fuzz.minimize import minimize_finding
+
+    scenario = parse_scenario(FINDINGS["poke-skip-delete"])
+    verdict = oracle.run_oracle(scenario, bugs=frozenset({"poke-skip-delete"}))
+    violation = next(f.signature for f in verdict.findings if f.kind == "violation")
+    result = minimize_finding(scenario, signature=violation)
+    after = oracle.run_oracle(result.scenario, bugs=frozenset({"poke-skip-delete"}))
+    assert violation in {f.signature for f in after.findings}
+    # A violation needs no run at all: the delete that leaves the site stale is enough.
+    assert result.end_size[1] <= 2
+    with pytest.raises(ValueError, match="does not show"):
+        minimize_finding(scenario, signature="divergence:linux-6.1:made-up")

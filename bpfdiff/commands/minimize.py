@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inject", metavar="BUG,...", help="planted bugs (default: the finding's meta)")
     parser.add_argument("--time", type=float, default=60.0, metavar="SECONDS",
                         help="time budget; the best scenario so far is written when it runs out (default 60)")
+    parser.add_argument("--signature", metavar="SIG",
+                        help="keep this finding's signature instead of the primary one (see `bpfdiff triage --json`)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -49,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         bugs = frozenset(b for b in args.inject.split(",") if b)
     try:
         result = minimize_finding(scenario, profile=args.profile, bugs=bugs, time_budget=args.time,
-                                  progress=None if args.quiet else stderr_progress)
+                                  progress=None if args.quiet else stderr_progress, signature=args.signature)
     except ValueError as exc:
         print(f"bpfdiff: error: {crash}: {exc}", file=sys.stderr)
         return 2
