@@ -104,7 +104,11 @@ def collect_report(bucket: Any, title: str) -> ReportData:
         return data
     data.scenario_text = format_scenario(scenario)
     data.listings = {p.name: format_xlated(p.insns) for p in scenario.programs}
-    verdict = _verdict(scenario, rep.profile, rep.bugs)
+    try:
+        verdict = _verdict(scenario, rep.profile, rep.bugs)
+    except Exception as exc:  # noqa: BLE001 - e.g. an engine refusing the input: the report says so
+        notes.append(f"replay failed: {type(exc).__name__}: {exc}")
+        return data
     if verdict is not None:
         data.divergences = [_finding_dict(f) for f in verdict.findings]
     elif bucket.flaky:
@@ -341,9 +345,12 @@ def render_markdown(data: ReportData) -> str:
     if not data.divergences:
         out.append("none (the engines agree)")
     for d in data.divergences:
-        out.append(f"- {d['kind']} at event {d['event_index']}, field `{d['field']}`: {d['detail']}")
+        where = "" if d["event_index"] is None else f" at event {d['event_index']}"
+        field = "" if d["field"] is None else f", field `{d['field']}`"
+        out.append(f"- {d['kind']}{where}{field}: `{d['signature']}`")
         for engine, value in d["values"].items():
-            out.append(f"  - {engine}: `{value}`")
+            out.append(f"  - {engine}: `{_md_cell(value)}`")
+        out += ["", "  ```", *("  " + line for line in str(d["detail"]).splitlines()), "  ```"]
     out += ["", "## Scenario", "", "```", data.scenario_text.rstrip(), "```"]
     out += ["", "## BPF listing"]
     for name, listing in data.listings.items():
@@ -402,6 +409,7 @@ td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; vertical-align: top; text
 tr.mark td { background: #fff3cd; } tr.divergence td { background: #f8d7da; }
 .flaky { color: #8a6d3b; font-weight: bold; } .sig { font-family: ui-monospace, monospace; }
 section.bucket { margin-bottom: 3em; }
+td.detail { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; }
 """
 
 
@@ -439,14 +447,17 @@ def _html_bucket(index: int, data: ReportData) -> str:
     p += [f"<li>note: {_e(n)}</li>" for n in data.notes]
     p.append("</ul><h3>Divergence</h3>")
     if data.divergences:
-        p.append("<table><tr><th>kind</th><th>event</th><th>field</th><th>engine</th><th>value</th></tr>")
+        p.append("<table><tr><th>kind</th><th>event</th><th>field</th><th>engine</th><th>value</th>"
+                 "<th>detail</th></tr>")
         for d in data.divergences:
             values = list(d["values"].items()) or [("", "")]
             for k, (engine, value) in enumerate(values):
                 span = f'<td rowspan="{len(values)}">'
-                lead = (f'{span}{_e(d["kind"])}</td>{span}{_e(d["event_index"])}</td>{span}{_e(d["field"])}</td>'
-                        if k == 0 else "")
-                p.append(f'<tr>{lead}<td>{_e(engine)}</td><td class="code">{_e(value)}</td></tr>')
+                event = "" if d["event_index"] is None else d["event_index"]
+                field = "" if d["field"] is None else d["field"]
+                lead = f"{span}{_e(d['kind'])}</td>{span}{_e(event)}</td>{span}{_e(field)}</td>" if k == 0 else ""
+                detail = f'<td rowspan="{len(values)}" class="detail">{_e(d["detail"])}</td>' if k == 0 else ""
+                p.append(f'<tr>{lead}<td>{_e(engine)}</td><td class="code">{_e(value)}</td>{detail}</tr>')
         p.append("</table>")
     else:
         p.append("<p>none (the engines agree)</p>")
