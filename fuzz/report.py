@@ -406,6 +406,7 @@ h3 { font-size: 1.05em; } pre, code, td.code { font-family: ui-monospace, monosp
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; vertical-align: top; text-align: left; }
+td.code { white-space: pre; }
 tr.mark td { background: #fff3cd; } tr.divergence td { background: #f8d7da; }
 .flaky { color: #8a6d3b; font-weight: bold; } .sig { font-family: ui-monospace, monospace; }
 section.bucket { margin-bottom: 3em; }
