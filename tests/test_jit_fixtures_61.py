@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile
+from bpfdiff.jit.dump import jited_lines
+from bpfdiff.jit.engine import JitEngine
 from bpfdiff.jit.poke import EBUSY, NOP5, bpf_arch_text_poke, map_poke_run
 
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program, lddw_pair
 from bpfdiff.profiles import LINUX_6_1
-from bpfdiff.scenario import MapDef
+from bpfdiff.scenario import Delete, MapDef, Run, Scenario, Update, key_u32
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jit" / "linux-6.1-images.txt"
 MAP_ADDR = 0x7888_8000_0040
@@ -196,8 +198,6 @@ DYNAMIC_KEY = Program("dyn", (*lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map="j
     (0x7FFF_8200_0000, [(0x31, "jmpq", "THUNK")]),
 ])
 def test_indirect_tail_call_sequence(thunk: int | None, last: list[tuple[int, str, str]]) -> None:
-    from bpfdiff.jit.dump import jited_lines
-
     loader = Loader()
     if thunk is not None:
         loader.env.indirect_thunk_addr = lambda reg: thunk + 32 * reg
@@ -213,3 +213,28 @@ def test_indirect_tail_call_sequence(thunk: int | None, last: list[tuple[int, st
         target = thunk + 32 * 1 - image.base
         want[-1] = (0x31, "jmpq", f"0x{target & (2**64 - 1):016x}")
     assert lines == want
+
+
+def test_fixture_images_through_the_engine() -> None:
+    """The same three states, produced by the JIT engine's own map updates on unicorn memory."""
+    fixtures = load_fixtures()
+    scenario = Scenario(maps=tuple(MAPS.values()), programs=(PROG_B, PROG_A),
+                        events=(Run("A"), Update("jmp_table", key_u32(0), "B"), Run("A"),
+                                Delete("jmp_table", key_u32(0)), Run("A")))
+    engine = JitEngine(profile="linux-6.1")
+    engine.start(scenario)
+    a = engine.programs["A"]
+    b = engine.programs["B"]
+    [poke] = a.images[0].pokes
+    states = ["A-empty", "A-updated", "A-updated", "A-deleted", "A-deleted"]
+    results = []
+    for index, (event, state) in enumerate(zip(scenario.events, states, strict=True)):
+        outcome = engine.apply(index, event)
+        assert outcome.violations == ()
+        holes = match_image(fixtures[state], engine.image_bytes("A"))
+        if "rel32" in holes:
+            assert rel32_target(poke.tailcall_target, holes["rel32"]) == b.bpf_func + X86_TAIL_CALL_OFFSET
+        if outcome.run is not None:
+            results.append((outcome.run.r0, outcome.run.tail_calls))
+    assert results == [(1, 0), (42, 1), (1, 0)]
+    assert engine.image_bytes("B").hex() == fixtures["B"]
