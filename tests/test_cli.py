@@ -41,6 +41,9 @@ BAD_INPUTS = [
     ("register.scn", "-- prog p\nmov %r12, 1\nexit\n", r":2:5: bad register '%r12'"),
     ("noasm.data", "# no program here\n-- result\n0x1\n", r":1: no '-- asm' section"),
     ("truncated.data", "-- asm\nlddw %r0\nexit\n-- result\n0x0\n", r":2:1: "),
+    ("raw_truncated.data", "-- raw\n0x0000000000000018\n-- result\n0x0\n", r": .*insn 0: truncated lddw"),
+    ("raw_opcode.data", "-- raw\n0x00000000000000ff\n0x0000000000000095\n-- result\n0x0\n",
+     r": .*insn 0: unknown opcode 0xff"),
     ("unknown_map.scn", "-- prog p\nlddw %r1, map:nope\nexit\n", r":2:11: unknown map 'nope'"),
 ]
 
