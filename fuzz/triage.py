@@ -285,8 +285,15 @@ def _minimize_bucket(bucket: Bucket, index: int, out: Path, time_budget: float, 
     assert rep.scenario is not None
     if progress is not None:
         progress(f"triage: minimising bucket {index} ({rep.path.name})")
-    result = minimize_finding(rep.scenario, profile=rep.profile, bugs=rep.bugs, engines=engines,
-                              time_budget=time_budget, progress=progress, pool=pool)
+    try:
+        result = minimize_finding(rep.scenario, profile=rep.profile, bugs=rep.bugs, engines=engines,
+                                  time_budget=time_budget, progress=progress, pool=pool)
+    except ValueError as exc:
+        # e.g. the checker refuses a hand-written reproducer: keep it as it is, say why.
+        rep.error = f"{rep.path}: not minimised: {exc}"
+        if progress is not None:
+            progress(f"triage: {rep.error}")
+        return
     # minimize_finding keeps the reproducer's own signature by construction (one of the bucket's).
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bucket-{index}-{rep.path.stem}.min{SUFFIX}"
