@@ -47,7 +47,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from bpfdiff import isa
@@ -763,6 +763,8 @@ class ScenarioGenerator:
         if self.motif == "chain_subprog":
             count = max(count, 2)
         prog_arrays = [MapDef(f"jmp{i}", "prog_array", 4, 4, draw.choice((4, 1, 2, 3, 8))) for i in range(count)]
+        if self.motif == "chain_subprog" and prog_arrays[0].max_entries < 2:
+            prog_arrays[0] = replace(prog_arrays[0], max_entries=2)     # room for the hop through `pre`
         data_maps = [MapDef("arr", "array", 4, draw.choice((8, 16)), draw.integer(1, 4))]
         if draw.boolean(0.4):
             data_maps.append(MapDef("hash", "hash", 4, 8, draw.integer(1, 4)))
@@ -819,7 +821,7 @@ class ScenarioGenerator:
     def plan_programs(self) -> list[ProgramPlan]:
         draw = self.draw
         nprogs = draw.integer(1, self.options.max_programs)
-        nprogs = max(nprogs, {"plain": 1, "chain_subprog": 3}.get(self.motif, 2))
+        nprogs = max(nprogs, {"plain": 1, "chain_subprog": 4}.get(self.motif, 2))
         plans = []
         for i in range(nprogs):
             plan = ProgramPlan(f"p{i}")
@@ -837,17 +839,30 @@ class ScenarioGenerator:
         if motif == "plain":
             return []
         if motif == "chain_subprog":
+            # entry (-> pre) -> middle, whose subprogram tail-calls into a
+            # self loop.  The hop through `pre` makes the count at the
+            # subprogram call 2: a counter lost across that call then costs
+            # two extra tail calls, which no limit off by one explains.
             entry, middle, loop = plans[0], plans[1], plans[2]
-            entry.inner = middle.inner = False
-            middle.allow_subprogs, loop.inner, loop.allow_subprogs = True, True, False
             outer, inner = self.maps.prog_arrays[0], self.maps.prog_arrays[-1]
-            k, kl = draw.integer(0, outer.max_entries - 1), draw.integer(0, inner.max_entries - 1)
-            entry.forced.append((outer.name, k))
+            hops = [entry]
+            if len(plans) > 3 and outer.max_entries > 1 and draw.boolean(0.8):
+                hops.append(plans[3])
+            middle.allow_subprogs, loop.inner, loop.allow_subprogs = True, True, False
+            keys = list(range(outer.max_entries))
+            fills = []
+            for hop, nxt in zip(hops, hops[1:] + [middle], strict=True):
+                hop.inner = False
+                k = keys.pop(draw.integer(0, len(keys) - 1))
+                hop.forced.append((outer.name, k))
+                hop.tail_calls = True
+                fills.append((outer.name, k, nxt.name))
+            middle.inner = False
+            kl = draw.integer(0, inner.max_entries - 1)
             middle.forced_sub.append((inner.name, kl))
             loop.forced.append((inner.name, kl))
-            for plan in (entry, middle, loop):
-                plan.tail_calls = True
-            return [(outer.name, k, middle.name), (inner.name, kl, loop.name)]
+            middle.tail_calls = loop.tail_calls = True
+            return fills + [(inner.name, kl, loop.name)]
         if motif == "self_loop":
             loop = draw.choice(plans)
             pa = self.site_maps(loop, False)[0]

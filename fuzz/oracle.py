@@ -20,23 +20,23 @@ Signatures are what crash directories are bucketed by (``bpfdiff triage``):
 stable across findings of one bug, different between bugs.  A divergence's
 signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
 
-* WHAT -- the first control field (in :data:`CONTROL_FIELDS` order: exit,
-  fault kind, trace, tail-call count, ...) that differs at the first
-  diverging event -- R0, maps and memory are then consequences --, or
-  ``data`` when only R0 / maps / memory differ;
+* WHAT -- ``control`` when a control field (:data:`CONTROL_FIELDS`: exit,
+  fault kind, trace, tail-call count, ...) differs at the first diverging
+  event -- R0, maps and memory are then consequences --, ``data`` when only
+  R0 / maps / memory differ, ``retval`` for a map operation's return code.
+  One bug can show as a fault on one input and as a wrong trace on another,
+  so the control fields are not told apart;
 * SITES -- which tail-call sites are involved, by a probe: the JIT engine is
   run again with every tail call forced indirect; ``direct`` when that makes
   the divergence go away (the bug is in the patched direct sites), ``any``
-  when it stays; ``+sub`` (``any`` trace and count divergences) when a program
-  of the diverging run has a tail call inside a subprogram (the counter
-  crosses a bpf-to-bpf call there);
+  when it stays;
 * RELATION -- for ``direct``: the map event that exposed it, ``delete`` or
-  ``retarget`` (see :func:`trigger_event`; else ``fill``); with ``+sub``:
-  ``count`` (totals over subprogram chains are not comparable to the limit);
-  otherwise, by a second probe, ``ENGINE@limit+1`` / ``ENGINE@limit-1``
-  when that engine runs exactly like the clean interpreter with
-  MAX_TAIL_CALL_CNT one higher / lower (:func:`probe_limit`), else from the
-  counts: ``count`` when they differ, ``-`` when they agree.
+  ``retarget`` (see :func:`trigger_event`; else ``fill``); otherwise, by
+  what-if probes (:data:`WHAT_IF_MODELS`), ``ENGINE@MODEL`` when that engine
+  runs exactly like the clean interpreter under a changed counter rule --
+  MAX_TAIL_CALL_CNT one higher or lower, or a counter that restarts at zero in
+  every subprogram -- and not like it under the profile's own rule; else from
+  the counts: ``count`` when they differ, ``-`` when they agree.
 
 Crashes: ``crash:PROFILE:ENGINE:ExceptionType@module.function`` (innermost
 frame inside bpfdiff); violations: ``violation:PROFILE:ENGINE:<text with
@@ -66,6 +66,19 @@ DIVERGENCE, CRASH, VIOLATION = "divergence", "crash", "violation"
 CONTROL_FIELDS = ("events", "kind", "run", "retval", "exit", "fault_kind", "trace", "tail_calls", "fault_pc")
 DATA_FIELDS = ("r0", "maps", "mem")
 PROBE_OPTIONS = {"force_indirect": True}
+# What-if variants of the reference interpreter a divergence is held against
+# (name -> profile changes as a function of the profile): the tail-call limit
+# off by one either way, and the counter lost across bpf-to-bpf calls.
+# The first model that explains a divergence names it.  A chain that enters a
+# subprogram after exactly one tail call cannot tell a lost counter from a
+# limit one higher (both give one extra call); the subprogram model goes first
+# because on such chains it is the likelier cause, while a limit bug shows on
+# every self loop.
+WHAT_IF_MODELS: tuple[tuple[str, Any], ...] = (
+    ("subprog-reset", lambda p: {"subprog_counter": "reset"} if p.tail_calls_in_subprogs else None),
+    ("limit+1", lambda p: {"max_tail_call_cnt": p.max_tail_call_cnt + 1}),
+    ("limit-1", lambda p: {"max_tail_call_cnt": p.max_tail_call_cnt - 1}),
+)
 
 
 @dataclass(frozen=True)
@@ -121,15 +134,19 @@ class EnginePool:
             self._engines[key] = engine
         return engine
 
-    def shifted_interp(self, profile: str, delta: int) -> Engine:
-        """The clean interpreter with MAX_TAIL_CALL_CNT moved by ``delta`` (a signature probe)."""
-        key = ("interp", profile, frozenset(), (("limit_shift", delta),))
+    def what_if_interp(self, profile: str, model: str) -> Engine | None:
+        """The clean interpreter under a what-if counter rule (a signature probe), or None
+        when the model does not apply to the profile."""
+        key = ("interp", profile, frozenset(), (("what_if", model),))
         engine = self._engines.get(key)
         if engine is None:
-            engine = make_engine("interp", profile=profile)
             base = get_profile(profile)
-            # the interpreter reads its limit from its profile: a what-if copy of it
-            engine.profile = base.with_options(max_tail_call_cnt=base.max_tail_call_cnt + delta)
+            changes = dict(WHAT_IF_MODELS)[model](base)
+            if changes is None:
+                return None
+            engine = make_engine("interp", profile=profile)
+            # the interpreter reads its counter rules from its profile: a what-if copy of it
+            engine.profile = base.with_options(**changes)
             self._engines[key] = engine
         return engine
 
@@ -189,6 +206,7 @@ def violation_signature(text: str, engine: str, profile: str) -> str:
     for pattern, word in PATCH_BYTES:
         shape = pattern.sub(word, shape)
     shape = re.sub(r"= (?!empty\))[\w-]+\)", "= prog)", shape)     # which program a slot holds
+    shape = re.sub(r"(right program|jumps into|instead of) [\w-]+", r"\1 prog", shape)
     shape = re.sub(r"0x[0-9a-fA-F]+|\d+", "N", shape)
     return f"{VIOLATION}:{profile}:{engine}:{shape[:120]}"
 
@@ -217,7 +235,9 @@ def first_event_differences(differences: Sequence[Difference]) -> list[Differenc
 
 def divergence_what(diffs: Sequence[Difference]) -> str:
     fields = {d.field for d in diffs}
-    return next((f for f in CONTROL_FIELDS if f in fields), "data")
+    if fields & {"events", "kind", "run", "retval"}:
+        return "retval" if fields & {"retval"} else "events"
+    return "control" if fields & set(CONTROL_FIELDS) else "data"
 
 
 def trigger_event(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int,
@@ -266,7 +286,7 @@ def trigger_event(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], i
 VIOLATION_TRIGGERS = (
     (re.compile(r"= empty\) holds jmp"), "delete"),
     (re.compile(r"bypass at \S+ \([^)]*= empty\) holds nop"), "delete"),
-    (re.compile(r"site at \S+ \([^)]*= [\w-]+\) holds jmp\w*, expected jmp"), "retarget"),
+    (re.compile(r"site at \S+ \([^)]*= [\w-]+\) holds jmp\w*, expected jmp\w* \(jumps into"), "retarget"),
     (re.compile(r"site at \S+ \([^)]*= [\w-]+\) holds nop"), "fill"),
     (re.compile(r"bypass at \S+ \([^)]*= (?!empty\))[\w-]+\) holds jmp"), "fill"),
 )
@@ -293,16 +313,6 @@ def _programs_of_run(scenario: Scenario, outcomes: dict[str, list[EventOutcome]]
     if isinstance(event, Run):
         names.add(event.prog)
     return names
-
-
-def subprog_sites_in_run(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], index: int,
-                         profile: Profile) -> bool:
-    """Does a program the diverging run entered have a tail call inside a subprogram?"""
-    names = _programs_of_run(scenario, outcomes, index)
-    for prog in scenario.programs:
-        if prog.name in names and any(site.in_subprog for site in tail_call_sites(prog, scenario, profile)):
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------
@@ -355,12 +365,8 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
         relation = trigger_event(scenario, verdict.outcomes, index, profile)
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
-        shifted = probe_limit(scenario, verdict, profile, pool, index) if probe and counts else None
-        relation = shifted or tail_call_relation(counts, profile)
-    if sites == "any" and what in ("trace", "tail_calls") \
-            and subprog_sites_in_run(scenario, verdict.outcomes, index, profile):
-        sites += "+sub"
-        relation = "count"
+        what_if = probe_what_if(scenario, verdict, profile, pool, index) if probe and what == "control" else None
+        relation = what_if or tail_call_relation(counts, profile)
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
     values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
     event = scenario.events[index] if index < len(scenario.events) else None
@@ -395,25 +401,29 @@ def probe_sites(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: fr
     return "any" if still else "direct"
 
 
-def probe_limit(scenario: Scenario, verdict: Verdict, profile: Profile, pool: EnginePool,
-                index: int) -> str | None:
-    """``ENGINE@limit+1`` / ``ENGINE@limit-1``: the engine that runs like the clean interpreter
-    with a tail-call limit one higher / lower (and not like it at the profile's own limit).
+def probe_what_if(scenario: Scenario, verdict: Verdict, profile: Profile, pool: EnginePool,
+                  index: int) -> str | None:
+    """``ENGINE@MODEL``: the engine that runs like the clean interpreter under a what-if
+    counter rule (:data:`WHAT_IF_MODELS`), and not like it under the profile's own.
 
     A limit off by one shows as one tail call more or less wherever a chain
     reaches the limit -- how many calls that is in total depends on how many
-    calls went through empty slots, so the counts alone do not say it.
+    calls went through empty slots and subprograms, so the counts alone do
+    not say it.
     """
     def agrees(a: list[EventOutcome], b: list[EventOutcome]) -> bool:
         return not [d for d in compare_outcomes({"a": a, "b": b}) if d.event_index <= index]
 
     try:
         clean = pool.get("interp", profile.name, frozenset()).execute(scenario)
-        for delta in (1, -1):
-            shifted = pool.shifted_interp(profile.name, delta).execute(scenario)
+        for model, _ in WHAT_IF_MODELS:
+            engine = pool.what_if_interp(profile.name, model)
+            if engine is None:
+                continue
+            what_if = engine.execute(scenario)
             for name, seq in verdict.outcomes.items():
-                if agrees(shifted, seq) and not agrees(clean, seq):
-                    return f"{name}@limit{delta:+d}"
+                if agrees(what_if, seq) and not agrees(clean, seq):
+                    return f"{name}@{model}"
     except Exception:  # noqa: BLE001 - the probe only refines a signature
         return None
     return None

@@ -23,7 +23,8 @@ Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
 * Tail calls from subprograms (profiles with ``tail_calls_in_subprogs``):
   ``subprog_counter == "copy"`` gives the callee the caller's current count
   and drops the callee's increments on return (6.1's x86 JIT passes the
-  count by value in rax); ``"shared"`` keeps one counter for the whole chain.
+  count by value in rax); ``"shared"`` keeps one counter for the whole chain;
+  ``"reset"`` starts every callee at zero (a what-if model for signatures).
 * At most ``budget`` instructions run; then the run ends with TIMEOUT.
 
 ``RunOutcome.tail_calls`` is the number of tail calls *taken* (programs
@@ -48,7 +49,11 @@ M64 = (1 << 64) - 1
 M32 = 0xFFFFFFFF
 
 # After a subprogram returns, does the caller get back its own count?
-RESTORE_COUNT_ON_RETURN = {"copy": True, "shared": False}
+RESTORE_COUNT_ON_RETURN = {"copy": True, "shared": False, "reset": True}
+# Does a subprogram start with a zero count?  ("reset" is no kernel's design:
+# it is the what-if model of the counter lost across a call -- the x86
+# "tailcall infinite loop" fixes -- that the oracle's signature probe uses.)
+RESET_COUNT_AT_CALL = {"copy": False, "shared": False, "reset": True}
 
 
 class CallDepthFault(HelperFault):
@@ -108,6 +113,8 @@ class Machine:
             raise CallDepthFault(f"call to slot {target} would need frame {depth + 1} (max {MAX_CALL_FRAMES})")
         self.frames.append(Frame(self.prog, self.code, return_pc, (r[6], r[7], r[8], r[9]), r[10],
                                  self.tail_call_count))
+        if RESET_COUNT_AT_CALL[self.profile.subprog_counter]:
+            self.tail_call_count = 0
         r[10] = frame_pointer(depth)
         self.mem.set_stack_depth(depth)
         return target

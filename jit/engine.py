@@ -304,8 +304,29 @@ class JitEngine(Engine):
             have = self.emu.read(addr, len(want))
             if have != want:
                 problems.append(f"{prog}: tail-call {what} at 0x{addr:x} ({slot}) holds {have.hex()}, "
-                                f"expected {want.hex()}")
+                                f"expected {want.hex()}{self._jump_mismatch(addr, have, want)}")
         return problems
+
+    def _jump_mismatch(self, addr: int, have: bytes, want: bytes) -> str:
+        """When both are jumps: do they go to another program, or into the right one at another offset?
+
+        The two are different bugs (a stale retarget vs a miscounted prologue
+        skip); the words keep them apart once the numbers are normalised away.
+        """
+        if have[:1] != b"\xe9" or want[:1] != b"\xe9":
+            return ""
+        have_prog, want_prog = self._image_owner(addr, have), self._image_owner(addr, want)
+        if have_prog == want_prog:
+            return f" (right program {want_prog}, wrong offset into it)"
+        return f" (jumps into {have_prog or 'no program'} instead of {want_prog})"
+
+    def _image_owner(self, site: int, jmp: bytes) -> str | None:
+        dest = site + 5 + int.from_bytes(jmp[1:5], "little", signed=True)
+        for name, lp in self.loaded.items():
+            for image in lp.jited.images:
+                if image.base <= dest < image.base + len(image.code):
+                    return name
+        return None
 
     def close(self) -> None:
         """Free the emulator; the engine cannot run scenarios afterwards."""

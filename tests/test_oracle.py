@@ -271,4 +271,33 @@ run caller
 ])
 def test_direct_site_signature_names_the_mishandled_map_event(bug, text, trigger, profile, pool):
     verdict = run_oracle(scenario(text), profile=profile, bugs=frozenset({bug}), pool=pool)
-    assert verdict.signature == f"divergence:{profile}:trace:{trigger}:direct"
+    assert verdict.signature == f"divergence:{profile}:control:{trigger}:direct"
+
+
+# entry -> pre -> middle: the subprogram of `middle` is called with a count of
+# 2, so a counter lost across the call costs two extra tail calls.
+SUBPROG_CHAIN_TWO_HOPS = SUBPROG_CHAIN.replace("""-- prog middle""", """-- prog pre
+mov %r3, 2
+lddw %r2, map:jmp
+call 12
+mov %r0, 5
+exit
+-- prog middle""").replace("update jmp 0 prog:middle", "update jmp 0 prog:pre\nupdate jmp 2 prog:middle")
+
+
+@pytest.mark.parametrize("bug,model", [("subprog-counter-reset", "subprog-reset"),
+                                       ("tail-call-limit-ja", "limit+1")])
+def test_counter_bugs_through_subprograms_are_named_by_their_what_if_model(bug, model, pool):
+    verdict = run_oracle(scenario(SUBPROG_CHAIN_TWO_HOPS), profile="linux-6.1", bugs=frozenset({bug}), pool=pool)
+    assert verdict.signature == f"divergence:linux-6.1:control:jit@{model}:any"
+
+
+def test_one_hop_before_the_subprogram_cannot_tell_the_counter_bugs_apart(pool):
+    # With a count of 1 at the call, losing it and a limit one higher both
+    # give exactly one extra tail call: the outcomes are identical, so the
+    # signature can only follow the probe order (WHAT_IF_MODELS).
+    s = scenario(SUBPROG_CHAIN)
+    reset = run_oracle(s, profile="linux-6.1", bugs=frozenset({"subprog-counter-reset"}), pool=pool)
+    limit = run_oracle(s, profile="linux-6.1", bugs=frozenset({"tail-call-limit-ja"}), pool=pool)
+    assert reset.outcomes["jit"] == limit.outcomes["jit"]
+    assert reset.signature == limit.signature
