@@ -12,6 +12,23 @@ from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
+class KernelBug:
+    """A real divergence of a profile's kernel, and the profile change its fix made.
+
+    A profile models its kernel *with* its bugs; a fuzzer that rediscovers one
+    is working.  The oracle re-runs a diverging scenario on the profile with
+    the fix applied (``get_profile("linux-5.5+a657182a5c51")``): a divergence
+    the fix removes is reported as this known bug, not as a new one.
+    """
+
+    commit: str                           # the fixing commit (12 hex digits)
+    title: str
+    introduced: str                       # commit and release that brought it in
+    fixed_in: str
+    fix: tuple[tuple[str, object], ...]   # Profile field -> value after the fix
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     name: str
     description: str
@@ -46,6 +63,8 @@ class Profile:
     # max_entries - 1), key), which until then also let keys up to the next power of two
     # minus one through (the site is then direct, its slot can never be filled).
     verifier_tail_call_key_range: str = "exact"
+    # Real divergences of this kernel (see KernelBug), oldest first.
+    kernel_bugs: tuple[KernelBug, ...] = ()
 
     def allows_tail_call(self, count: int) -> bool:
         """The interpreter's limit test: may a tail call be taken after ``count`` of them?"""
@@ -73,12 +92,21 @@ LINUX_5_5 = Profile(
     off_array_max_entries=0x24,  # the seed listing: cmp %edx,0x24(%rsi)
     off_array_ptrs=0xD0,         # mov 0xd0(%rsi,%rdx,8),%rax
     off_prog_bpf_func=0x30,      # mov 0x30(%rax),%rax
-    # The real 5.5 verifier used "tnum" (a key up to the next power of two minus one is
-    # direct; such a site counts a tail call before its nop falls through, while the
-    # interpreter's bounds check does not count it: a genuine seed-era JIT/interpreter
-    # divergence).  Default "exact" so that a campaign without injected bugs finds
-    # nothing; LINUX_5_5.with_options(verifier_tail_call_key_range="tnum") brings it back.
-    verifier_tail_call_key_range="exact",
+    # The 5.5 verifier's range test for a constant tail-call key let keys up to
+    # the next power of two minus one through: such a site is direct, counts a
+    # tail call before its nop falls through (and the load-time fixup reads
+    # ptrs[] out of bounds), while the interpreter's bounds check leaves
+    # without counting -- a genuine JIT/interpreter divergence of this kernel.
+    verifier_tail_call_key_range="tnum",
+    kernel_bugs=(
+        KernelBug(
+            commit="a657182a5c51",
+            title="bpf: Don't use tnum_range on array range checking for poke descriptors",
+            introduced="d2e4c1e6c294 (v5.5-rc1, constant map key tracking for prog array pokes)",
+            fixed_in="v6.0-rc4",
+            fix=(("verifier_tail_call_key_range", "exact"),),
+        ),
+    ),
 )
 
 LINUX_6_1 = Profile(
@@ -104,7 +132,21 @@ DEFAULT_PROFILE = LINUX_6_1.name
 
 
 def get_profile(name: str) -> Profile:
+    """A profile by name; ``BASE+COMMIT[+COMMIT...]`` is BASE with those known kernel bugs fixed."""
+    base_name, *fixes = name.split("+")
     try:
-        return PROFILES[name]
+        profile = PROFILES[base_name]
     except KeyError:
-        raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})") from None
+        raise ValueError(f"unknown profile {base_name!r} (known: {', '.join(PROFILES)})") from None
+    bugs = {bug.commit: bug for bug in profile.kernel_bugs}
+    for commit in fixes:
+        if commit not in bugs:
+            raise ValueError(f"profile {base_name} has no known kernel bug {commit!r} "
+                             f"(known: {', '.join(bugs) or 'none'})")
+        profile = profile.with_options(**dict(bugs[commit].fix))
+    return profile.with_options(name=name) if fixes else profile
+
+
+def with_kernel_bug_fixed(profile: str, commit: str) -> str:
+    """The name of ``profile`` with one more known kernel bug fixed."""
+    return f"{profile}+{commit}"

@@ -43,7 +43,7 @@ from typing import TextIO
 
 from bpfdiff.fuzz.checker import check_scenario
 from bpfdiff.fuzz.generate import RandomDraw, mutate_scenario, scenario_from_seed
-from bpfdiff.fuzz.oracle import DIVERGENCE, EnginePool, Finding, Verdict, run_oracle
+from bpfdiff.fuzz.oracle import DIVERGENCE, KNOWN, NEW_KINDS, EnginePool, Finding, Verdict, run_oracle
 
 from bpfdiff.engine import EngineError, EventOutcome
 from bpfdiff.isa import Insn, opcode_class_name
@@ -88,6 +88,11 @@ class Stats:
     @property
     def divergences(self) -> int:
         return self.findings[DIVERGENCE]
+
+    @property
+    def new_findings(self) -> int:
+        """Findings that fail a campaign: all but known kernel bugs of the profile."""
+        return sum(self.findings[kind] for kind in NEW_KINDS)
 
 
 # ---------------------------------------------------------------------------
@@ -380,7 +385,8 @@ class Campaign:
         t = max(s.elapsed, 1e-9)
         return (f"[fuzz {self.config.profile}] {s.elapsed:6.1f}s  scenarios {s.scenarios} ({s.scenarios / t:.0f}/s)  "
                 f"runs {s.engine_runs} ({s.engine_runs / t:.0f}/s)  divergences {s.divergences}  "
-                f"findings {sum(s.findings.values())}  signatures {len(s.signatures)}  corpus {s.corpus_size}")
+                f"findings {sum(s.findings.values())} (known kernel bugs {s.findings[KNOWN]})  "
+                f"signatures {len(s.signatures)}  corpus {s.corpus_size}")
 
     def show_status(self, force: bool = False) -> None:
         if self.status is None:
@@ -500,7 +506,8 @@ class Campaign:
             f"{'interrupted' if self.interrupted else 'done'} after {s.elapsed:.1f}s: {s.scenarios} scenarios "
             f"({s.scenarios / t:.1f}/s), {s.engine_runs} engine runs ({s.engine_runs / t:.1f}/s), "
             f"{s.invalid} invalid skipped, corpus {s.corpus_size}",
-            f"findings: {sum(s.findings.values())} ({kinds}), {len(s.signatures)} distinct signatures",
+            f"findings: {sum(s.findings.values())} ({kinds}), {len(s.signatures)} distinct signatures; "
+            f"new: {s.new_findings} (known kernel bugs of the profile are not new)",
         ]
         for signature, count in sorted(s.signatures.items()):
             path = self.first_findings.get(signature)

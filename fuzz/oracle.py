@@ -12,6 +12,10 @@ bugs=frozenset(), pool=None) -> Verdict``.  Three kinds of :class:`Finding`:
     an engine's self-check failed after an event
     (:attr:`EventOutcome.violations`, e.g. a JIT poke site whose bytes do not
     match its slot) -- a finding even when the results agree;
+``known``
+    a divergence that the profile's real kernel has: fixing one of the
+    profile's known kernel bugs (:class:`bpfdiff.profiles.KernelBug`) makes
+    it disappear -- the bug rediscovered, not a new one;
 ``crash``
     an engine raised a Python exception (anything but ``EngineError``, which
     means "this engine cannot take this input" and propagates).
@@ -57,10 +61,13 @@ from bpfdiff.fuzz.checker import tail_call_sites
 from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.compare import Difference, compare_outcomes, format_value
 from bpfdiff.engine import Engine, EngineError, EventOutcome, make_engine
-from bpfdiff.profiles import Profile, get_profile
+from bpfdiff.profiles import KernelBug, Profile, get_profile, with_kernel_bug_fixed
 from bpfdiff.scenario import Delete, Run, Scenario, Update, key_u32
 
-DIVERGENCE, CRASH, VIOLATION = "divergence", "crash", "violation"
+DIVERGENCE, CRASH, VIOLATION, KNOWN = "divergence", "crash", "violation", "known"
+# Findings that mean "bpfdiff or an engine is wrong" -- what a campaign fails on.
+# A KNOWN finding is a divergence the profile's real kernel has (Profile.kernel_bugs).
+NEW_KINDS = (DIVERGENCE, CRASH, VIOLATION)
 # Control fields in the order that names a divergence: the first one that differs wins
 # (a different exit explains a different trace, a different trace a different count).
 CONTROL_FIELDS = ("events", "kind", "run", "retval", "exit", "fault_kind", "trace", "tail_calls", "fault_pc")
@@ -110,6 +117,11 @@ class Verdict:
     @property
     def divergences(self) -> list[Finding]:
         return [f for f in self.findings if f.kind == DIVERGENCE]
+
+    @property
+    def new_findings(self) -> list[Finding]:
+        """Findings that are not a known bug of the profile's kernel."""
+        return [f for f in self.findings if f.kind in NEW_KINDS]
 
 
 class EnginePool:
@@ -345,7 +357,8 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
     differences = compare_outcomes(verdict.outcomes)
     verdict.differences = differences
     if differences:
-        verdict.findings.append(divergence_finding(scenario, verdict, prof, bugs, pool, probe))
+        known = known_kernel_bug(scenario, verdict, prof, bugs, pool)
+        verdict.findings.append(known or divergence_finding(scenario, verdict, prof, bugs, pool, probe))
     for name, seq in verdict.outcomes.items():
         for outcome in seq:
             for text in outcome.violations:
@@ -353,6 +366,34 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
                                                 None, {name: text}, f"event {outcome.index}: {name}: {text}"))
     verdict.findings += crashes
     return verdict
+
+
+def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
+                     pool: EnginePool) -> Finding | None:
+    """A KNOWN finding when fixing one of the profile's known kernel bugs makes the engines agree.
+
+    The profile models its kernel faithfully, bugs included; a divergence that
+    the kernel's own fix removes is that bug rediscovered, not a new one.
+    """
+    for bug in profile.kernel_bugs:
+        fixed = with_kernel_bug_fixed(profile.name, bug.commit)
+        try:
+            outcomes = {name: pool.get(name, fixed, bugs).execute(scenario) for name in verdict.outcomes}
+        except Exception:  # noqa: BLE001 - the check only classifies a divergence
+            continue
+        if not compare_outcomes(outcomes):
+            return known_finding(bug, profile, verdict)
+    return None
+
+
+def known_finding(bug: KernelBug, profile: Profile, verdict: Verdict) -> Finding:
+    diffs = first_event_differences(verdict.differences)
+    primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
+    values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
+    detail = (f"event {primary.event_index}: engines differ in {', '.join(d.field for d in diffs)} -- the known "
+              f"kernel bug {bug.commit} (\"{bug.title}\"; introduced by {bug.introduced}, fixed in {bug.fixed_in}): "
+              f"with its fix applied ({profile.name}+{bug.commit}) the engines agree")
+    return Finding(KNOWN, f"{KNOWN}:{profile.name}:{bug.commit}", primary.event_index, primary.field, values, detail)
 
 
 def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],

@@ -16,7 +16,7 @@ from bpfdiff.jit.xlate import VerifierError, xlate
 
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program, lddw_pair
-from bpfdiff.profiles import LINUX_5_5, LINUX_6_1
+from bpfdiff.profiles import LINUX_5_5, LINUX_6_1, get_profile
 from bpfdiff.scenario import MapDef
 
 BASE = 0x1000
@@ -256,12 +256,13 @@ def test_jumps_are_retargeted_across_patches() -> None:
     assert xl.orig_pc == [0, 1, 1, 1, 1, 2, 3]
 
 
-SEED_TNUM = LINUX_5_5.with_options(verifier_tail_call_key_range="tnum")
+SEED_TNUM = LINUX_5_5          # the seed era's verifier, bugs and all
+SEED_FIXED = get_profile("linux-5.5+a657182a5c51")
 
 
 @pytest.mark.parametrize("key, profile, expected", [
     (4, LINUX_6_1, [1]), (5, LINUX_6_1, [0]), (7, LINUX_6_1, [0]),
-    (4, SEED_TNUM, [1]), (5, SEED_TNUM, [1]), (7, SEED_TNUM, [1]), (8, SEED_TNUM, [0]), (5, LINUX_5_5, [0]),
+    (4, SEED_TNUM, [1]), (5, SEED_TNUM, [1]), (7, SEED_TNUM, [1]), (8, SEED_TNUM, [0]), (5, SEED_FIXED, [0]),
 ])
 def test_key_range_check_per_era(key: int, profile, expected: list[int]) -> None:
     """max_entries 5: tnum_range(0, 4) has mask 7, so the seed era also made keys 5..7 direct."""

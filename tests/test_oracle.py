@@ -301,3 +301,36 @@ def test_one_hop_before_the_subprogram_cannot_tell_the_counter_bugs_apart(pool):
     limit = run_oracle(s, profile="linux-6.1", bugs=frozenset({"tail-call-limit-ja"}), pool=pool)
     assert reset.outcomes["jit"] == limit.outcomes["jit"]
     assert reset.signature == limit.signature
+
+
+# A constant key of 3 on a 3-entry prog array: the 5.5 verifier's tnum range
+# test (tnum_range(0, 2) also holds 3) makes the site direct, and the direct
+# site counts a tail call before its nop falls through, where the
+# interpreter's bounds check leaves without counting.  Real 5.5 behaviour,
+# fixed by a657182a5c51 in v6.0-rc4.
+TNUM_KEY = """-- maps
+jmp prog_array key_size=4 value_size=4 max_entries=3
+-- prog loop
+mov %r3, 3
+lddw %r2, map:jmp
+call 12
+mov %r3, 0
+lddw %r2, map:jmp
+call 12
+mov %r0, 7
+exit
+-- events
+update jmp 0 prog:loop
+run loop
+"""
+
+
+def test_divergence_of_the_real_55_kernel_is_reported_as_its_known_bug(pool):
+    verdict = run_oracle(scenario(TNUM_KEY), profile="linux-5.5", pool=pool)
+    assert [f.kind for f in verdict.findings] == ["known"]
+    assert verdict.signature == "known:linux-5.5:a657182a5c51"
+    # every loop iteration costs the JIT two counts (key 3, then key 0): 16 tail calls
+    assert (verdict.findings[0].field, verdict.findings[0].values) == ("tail_calls", {"interp": "33", "jit": "16"})
+    assert not verdict.new_findings
+    # 6.1 has the fix: the same scenario agrees there.
+    assert run_oracle(scenario(TNUM_KEY), profile="linux-6.1", pool=pool).ok

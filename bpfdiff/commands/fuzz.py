@@ -88,6 +88,6 @@ def main(args: argparse.Namespace) -> int:
     campaign = Campaign(config, status=None if args.quiet else sys.stderr)
     stats = campaign.run()
     print(campaign.summary())
-    if sum(stats.findings.values()):
+    if stats.new_findings:
         return 1
     return 130 if campaign.interrupted else 0
