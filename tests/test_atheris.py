@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("atheris")
-pytest.importorskip("bpfdiff.jit.engine")
+pytest.importorskip("atheris", reason="atheris is not installed (no binary wheel for this platform): "
+                                       "the libFuzzer harness cannot run here")
 
 from bpfdiff.fuzz.generate import scenario_from_bytes  # noqa: E402
 from bpfdiff.fuzz.oracle import run_oracle  # noqa: E402

@@ -13,8 +13,6 @@ from bpfdiff.fuzz.campaign import Campaign, CampaignConfig
 from bpfdiff.cli import main as cli_main
 from bpfdiff.scenario_text import read_scenario
 
-pytest.importorskip("bpfdiff.jit.engine")
-
 EXAMPLES = Path(__file__).parent.parent / "corpus" / "examples"
 
 

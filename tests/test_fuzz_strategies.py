@@ -66,7 +66,6 @@ def test_shrinking_keeps_scenarios_valid_and_small():
 
 
 def test_shrinking_a_planted_bug_gives_a_small_valid_reproducer():
-    pytest.importorskip("bpfdiff.jit.engine")
     from bpfdiff.fuzz.oracle import run_oracle
 
     def diverges(s):

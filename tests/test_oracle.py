@@ -15,8 +15,6 @@ from bpfdiff.fuzz.oracle import CRASH, DIVERGENCE, VIOLATION, EnginePool, run_or
 from bpfdiff.engine import Engine, EventOutcome
 from bpfdiff.scenario_text import parse_scenario
 
-pytest.importorskip("bpfdiff.jit.engine")
-
 MAPS = "-- maps\njmp prog_array key_size=4 value_size=4 max_entries=4\n"
 
 SELF_LOOP_DIRECT = MAPS + """-- prog loop

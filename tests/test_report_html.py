@@ -28,9 +28,6 @@ def _render(page: Path) -> tuple[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def html_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("bpfdiff.fuzz.oracle", reason="the oracle has not landed")
-    pytest.importorskip("bpfdiff.jit.engine", reason="the JIT engine has not landed")
-    pytest.importorskip("bpfdiff.interp.engine", reason="the interpreter engine has not landed")
     root = tmp_path_factory.mktemp("html")
     crashes = _crash_dir(root, ["poke-skip-delete", "alu32-no-zext"], flaky=True)
     out = root / "report.html"

@@ -71,13 +71,6 @@ def test_a_finding_whose_replays_disagree_is_flaky(tmp_path: Path, monkeypatch: 
 
 
 # -- real crash directories -------------------------------------------------------------
-@pytest.fixture
-def engines_ready() -> None:
-    pytest.importorskip("bpfdiff.fuzz.oracle", reason="the oracle has not landed")
-    pytest.importorskip("bpfdiff.jit.engine", reason="the JIT engine has not landed")
-    pytest.importorskip("bpfdiff.interp.engine", reason="the interpreter engine has not landed")
-
-
 def _variants(bug: str) -> list[str]:
     """The same finding with different data (constants, memory): the same bug, the same signature."""
     base = FINDINGS[bug]
@@ -105,7 +98,7 @@ def _triage(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, timeout=300)
 
 
-def test_two_planted_bugs_give_exactly_two_buckets(tmp_path: Path, engines_ready: None) -> None:
+def test_two_planted_bugs_give_exactly_two_buckets(tmp_path: Path) -> None:
     crashes = _crash_dir(tmp_path, ["poke-skip-delete", "alu32-no-zext"])
     run = _triage(str(crashes), "--reports", str(tmp_path / "reports"))
     assert run.returncode == 1, run.stderr           # findings reproduce
@@ -144,7 +137,7 @@ def _generated_findings(crashes: Path, bug: str, count: int) -> None:
     raise AssertionError(f"fewer than {count} findings for {bug}")
 
 
-def test_generated_findings_of_two_bugs_give_two_buckets(tmp_path: Path, engines_ready: None) -> None:
+def test_generated_findings_of_two_bugs_give_two_buckets(tmp_path: Path) -> None:
     # Real fuzzer output: one planted bug shows up as several symptoms (a stale
     # direct jump diverges, and the JIT's self-check flags the poke site);
     # replays that show both tie them into one bucket.
@@ -160,7 +153,7 @@ def test_generated_findings_of_two_bugs_give_two_buckets(tmp_path: Path, engines
     assert len(split) > 2
 
 
-def test_json_output_has_two_buckets_with_counts(tmp_path: Path, engines_ready: None) -> None:
+def test_json_output_has_two_buckets_with_counts(tmp_path: Path) -> None:
     crashes = _crash_dir(tmp_path, ["poke-retarget-stale", "alu32-no-zext"])
     run = _triage(str(crashes), "--json", "--no-reports")
     buckets = json.loads(run.stdout)
@@ -174,7 +167,7 @@ def test_json_output_has_two_buckets_with_counts(tmp_path: Path, engines_ready: 
     assert injected == {("poke-retarget-stale",), ("alu32-no-zext",)}
 
 
-def test_flaky_finding_is_reported_not_dropped(tmp_path: Path, engines_ready: None) -> None:
+def test_flaky_finding_is_reported_not_dropped(tmp_path: Path) -> None:
     crashes = _crash_dir(tmp_path, ["alu32-no-zext"], flaky=True)
     run = _triage(str(crashes), "--json", "--no-reports")
     buckets = json.loads(run.stdout)
@@ -186,7 +179,7 @@ def test_flaky_finding_is_reported_not_dropped(tmp_path: Path, engines_ready: No
     assert "(flaky)" in table and table.strip().endswith("4 findings, 1 distinct, 1 flaky")
 
 
-def test_only_flaky_findings_exit_zero(tmp_path: Path, engines_ready: None) -> None:
+def test_only_flaky_findings_exit_zero(tmp_path: Path) -> None:
     crashes = tmp_path / "c"
     crashes.mkdir()
     (crashes / "old.scn").write_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n")
@@ -195,7 +188,7 @@ def test_only_flaky_findings_exit_zero(tmp_path: Path, engines_ready: None) -> N
     assert "1 findings, 0 distinct, 1 flaky" in run.stdout
 
 
-def test_unreadable_file_is_its_own_flaky_bucket(tmp_path: Path, engines_ready: None) -> None:
+def test_unreadable_file_is_its_own_flaky_bucket(tmp_path: Path) -> None:
     crashes = tmp_path / "c"
     crashes.mkdir()
     (crashes / "garbage.scn").write_text("-- prog p\nnot an instruction\n")
@@ -206,7 +199,7 @@ def test_unreadable_file_is_its_own_flaky_bucket(tmp_path: Path, engines_ready: 
     assert "garbage.scn" in bucket["errors"][0]
 
 
-def test_triage_minimize_shrinks_each_reproducer(tmp_path: Path, engines_ready: None) -> None:
+def test_triage_minimize_shrinks_each_reproducer(tmp_path: Path) -> None:
     crashes = _crash_dir(tmp_path, ["poke-skip-delete"])
     reports = tmp_path / "reports"
     run = _triage(str(crashes), "--json", "--minimize", "--reports", str(reports), "--quiet")
@@ -224,7 +217,7 @@ def test_not_a_directory_is_one_line_error(tmp_path: Path) -> None:
     assert run.stderr.count("\n") == 1 and "missing" in run.stderr
 
 
-def test_first_seen_prefers_meta_over_mtime(tmp_path: Path, engines_ready: None) -> None:
+def test_first_seen_prefers_meta_over_mtime(tmp_path: Path) -> None:
     crashes = _crash_dir(tmp_path, ["alu32-no-zext"])
     for p in crashes.glob("*.scn"):
         os.utime(p, (2_000_000_000, 2_000_000_000))
