@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bpfdiff.commands.run import parse_bugs, parse_engines, unavailable_engine
+from bpfdiff.commands.run import parse_bugs, parse_engines
 from bpfdiff.engine import engine_names
 from bpfdiff.inputs import InputError
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
@@ -70,13 +70,7 @@ def main(args: argparse.Namespace) -> int:
     inject = f", inject {','.join(sorted(bugs))}" if bugs else ""
     print(f"conformance: {len(files)} files in {directory}; engines {', '.join(engines)}; "
           f"profile {args.profile}{inject}", flush=True)
-    try:
-        report = run_conformance_files(files, engines, args.profile, bugs=bugs, directory=str(directory))
-    except ModuleNotFoundError as exc:
-        name = unavailable_engine(exc)
-        if name is None:
-            raise
-        raise InputError(f"engine {name} is not available ({exc})") from None
+    report = run_conformance_files(files, engines, args.profile, bugs=bugs, directory=str(directory))
 
     by_file: dict[str, list] = {}
     for outcome in report.outcomes:

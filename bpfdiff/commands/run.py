@@ -16,14 +16,14 @@ import argparse
 import json
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.compare import Difference, compare_outcomes, format_difference, format_trace, format_value
-from bpfdiff.engine import _REGISTRY, EXIT, Engine, EngineError, EventOutcome, RunResult, engine_names, make_engine
+from bpfdiff.engine import EXIT, Engine, EngineError, EventOutcome, RunResult, engine_names, make_engine
 from bpfdiff.inputs import InputError, load_input
-from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
+from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES, KernelBug, get_profile, with_kernel_bug_fixed
 from bpfdiff.scenario import Event, Expect, MapDef, Scenario
 from bpfdiff.scenario_text import format_event
 
@@ -32,7 +32,6 @@ HELP = "run a scenario, .data file or crash artifact on several engines and comp
 
 META_PROFILE = "profile"
 META_INJECT = "inject"
-ENGINE_MODULES = {name: module for name, (module, _attr) in _REGISTRY.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,25 +114,8 @@ def execute_all(scenario: Scenario, settings: Settings, source: str,
     return outcomes
 
 
-def unavailable_engine(exc: ModuleNotFoundError) -> str | None:
-    """The engine whose own module is missing, or None for any other missing module.
-
-    Only an engine's module (or its package) missing means "not built"; any
-    other missing module is a real bug and must propagate.
-    """
-    for name, module in ENGINE_MODULES.items():
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            return name
-    return None
-
-
 def _make(name: str, settings: Settings) -> Engine:
-    try:
-        return make_engine(name, profile=settings.profile, bugs=bugs_for(name, settings.bugs))
-    except ModuleNotFoundError as exc:
-        if unavailable_engine(exc) != name:
-            raise
-        raise InputError(f"engine {name} is not available ({exc})") from None
+    return make_engine(name, profile=settings.profile, bugs=bugs_for(name, settings.bugs))
 
 
 def _innermost(exc: BaseException) -> str:
@@ -243,6 +225,21 @@ def json_report(path: str, settings: Settings, notes: list[str], outcomes: dict[
     }
 
 
+def explaining_kernel_bug(scenario: Scenario, settings: Settings) -> KernelBug | None:
+    """A known bug of the profile's kernel whose fix makes the engines agree, if any.
+
+    The divergence is still reported (the profile's kernel really has it);
+    this names it, as the fuzzer's oracle does.
+    """
+    for bug in get_profile(settings.profile).kernel_bugs:
+        fixed = replace(settings, profile=with_kernel_bug_fixed(settings.profile, bug.commit))
+        scratch = Report()
+        outcomes = execute_all(scenario, fixed, "", scratch)
+        if not scratch.crashes and len(outcomes) == len(settings.engines) and not compare_outcomes(outcomes):
+            return bug
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     notes: list[str] = []
     scenario = load_input(args.file, args.profile, warn=notes.append)
@@ -250,6 +247,11 @@ def main(args: argparse.Namespace) -> int:
     report = Report()
     outcomes = execute_all(scenario, settings, args.file, report)
     report.differences = compare_outcomes(outcomes)
+    if report.differences:
+        bug = explaining_kernel_bug(scenario, settings)
+        if bug is not None:
+            notes.append(f"the differences are the known kernel bug {bug.commit} ({bug.title}; fixed in "
+                         f"{bug.fixed_in}): with its fix applied ({settings.profile}+{bug.commit}) the engines agree")
     report.violations = collect_violations(outcomes)
     check_expectation(scenario.expect, outcomes, report)
     code = 0 if report.ok else 1
