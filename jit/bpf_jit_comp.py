@@ -465,6 +465,9 @@ class JitImage:
     tail_call_cnt_off: int | None    # rbp-relative offset of the counter dword, None without one
     first_insn: int = 0              # xlated pc of local slot 0
     orig_pc: list[int] = field(default_factory=list)   # local slot -> pc in the program as loaded
+    # Indirect tail calls: (image offset of the instruction that performs the jump -- emit_indirect_jump's
+    # ``jmp`` or the inline retpoline's ``call`` --, x86 register number holding the target address there)
+    indirect_tail_calls: list[tuple[int, int]] = field(default_factory=list)
 
     def xlated_insn_at(self, address: int) -> int | None:
         """Xlated pc (program-wide) whose code contains ``address``; None in the prologue or outside."""
@@ -533,6 +536,8 @@ class FuncJit:
     callee_regs_used: tuple[bool, bool, bool, bool] = (False, False, False, False)
     flavour: JitFlavour | None = None
     final_pass: bool = False       # the pass at the allocated address (addresses are real)
+    # final pass: (address of the indirect tail-call jump, x86 register holding its target)
+    indirect_jumps: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def bugs(self) -> frozenset[str]:
@@ -612,6 +617,8 @@ def emit_bpf_tail_call_indirect_v61(fn: FuncJit, ip: int, ctx: JitContext) -> by
         out += b"\x48\x81\xc4" + imm32(round_up8(fn.stack_depth))       # add rsp, stack
     out += b"\x48\x8b\x49" + imm8(profile.off_prog_bpf_func)            # mov rcx, [rcx+bpf_func]
     out += b"\x48\x83\xc1" + imm8(tail_call_adj_off(fn))                # add rcx, X86_TAIL_CALL_OFFSET
+    if fn.final_pass:
+        fn.indirect_jumps.append((ip + len(out), 1))                    # the jump, target in rcx
     out += emit_indirect_jump_thunk(1, ip + len(out), fn.retpoline, profile.jit_sls, fn.env.indirect_thunk_addr,
                                     sizing=not fn.final_pass)
     ctx.tail_call_indirect_label = len(out)
@@ -678,6 +685,8 @@ def emit_bpf_tail_call_indirect_v55(fn: FuncJit, ip: int, ctx: JitContext) -> by
     out += bytes([X86_JE]) + imm8(label - (len(out) + 2))
     out += b"\x48\x8b\x40" + imm8(profile.off_prog_bpf_func)           # mov rax, [rax+bpf_func]
     out += b"\x48\x83\xc0" + imm8(tail_call_adj_off(fn))               # add rax, PROLOGUE_SIZE
+    if fn.final_pass:
+        fn.indirect_jumps.append((ip + len(out), 0))                   # the jump (or retpoline), target in rax
     out += emit_indirect_jump_inline(0, fn.retpoline)
     ctx.tail_call_indirect_label = len(out)
     return bytes(out)
@@ -1075,6 +1084,8 @@ def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
     """One pass over the function: the image bytes and the new addrs[]."""
     state.seen_exit = False
     fn.final_pass = state.image is not None
+    if fn.final_pass:
+        fn.indirect_jumps.clear()
     out = bytearray(fn.flavour.prologue(fn))
     addrs = list(state.addrs)
     addrs[0] = len(out)
@@ -1175,7 +1186,8 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
                          pokes=sorted(fn.pokes.values(), key=lambda p: p.insn_idx), stack_depth=fn.stack_depth,
                          tail_call_reachable=fn.tail_call_reachable,
                          tail_call_cnt_off=flavour.tail_call_cnt_off(fn), first_insn=fn.first_insn,
-                         orig_pc=list(fn.orig_pc))
+                         orig_pc=list(fn.orig_pc),
+                         indirect_tail_calls=[(addr - base, reg) for addr, reg in fn.indirect_jumps])
         images.append(image)
 
     def slot_target(map_name: str, key: int) -> int | None:

@@ -41,16 +41,37 @@ page runs the Python helper (``bpfdiff.helpers``) with rdi, rsi, rdx, rcx, r8
 (R1-R5), puts the result in rax, poisons R1-R5 as the helpers module says, and
 lets the ``ret`` return into the image.
 
-Program trace: one-address code hooks per program on ``bpf_func`` (the
-normal entry of a run), ``bpf_func + x86_tail_call_offset`` (where a tail call
-lands; a normal entry walks through it too, which is told apart by the entry
-hook having just fired) and the end of the prologue (BPF pc 0).  At the end of
-the prologue the frame's tail-call counter (``rbp + tail_call_cnt_off``) must
-be at least the number of tail calls taken so far (it also counts attempts
-through empty slots); less is a violation.  The counter is checked there, not
-where the tail call lands, because in flight it may live in a register (6.1
-passes it in rax and an indirect jump's retpoline thunk overwrites the slot
-with its return address).
+Program trace: tail calls are recorded where they happen, at the tail-call
+*jump*, never inferred from where code lands -- the tail-call entry
+(``bpf_func + x86_tail_call_offset``) can also be the code of BPF pc 0, which a
+loop jumping back to its first instruction reaches with no tail call at all
+(always on 5.5, whose pc 0 starts at PROLOGUE_SIZE; on 6.1 when the prologue
+has nothing after ``mov rbp,rsp``).  One-address code hooks:
+
+* per program, ``bpf_func``: the normal entry, the first program of a run;
+* per direct tail-call site (the 5-byte poke site): when it runs holding a
+  ``jmp rel32``, the program whose image holds the destination is entered by
+  a tail call (as a ``nop5`` it does nothing: the slot was empty);
+* per indirect tail call, the instruction that performs the jump (6.1: ``jmp
+  __x86_indirect_thunk_rcx`` or ``jmp *%rcx``; 5.5: the inline retpoline's
+  ``call`` or ``jmp *%rax``): the target address is in the register the
+  sequence uses (``JitImage.indirect_tail_calls``), the program whose image
+  holds it is entered;
+* per program, the end of the prologue (BPF pc 0), for the counter check.
+
+A tail-call jump whose destination is not exactly the entered program's
+tail-call entry is a violation (the ``tail-call-offset`` kind of bug; for a
+direct site the poke check sees the bytes too, for an indirect jump, whose
+target is computed at run time, this is the only place that can).  A jump
+out of every image records nothing: fetching there faults.
+
+After a program was entered (normally or by a tail call), at the end of its
+prologue the frame's tail-call counter (``rbp + tail_call_cnt_off``) must be
+at least the number of tail calls taken so far (it also counts attempts
+through empty slots); less is a violation.  A loop back to pc 0 enters
+nothing and checks nothing.  The counter is checked there, not at the jump,
+because in flight it may live in a register (6.1 passes it in rax and an
+indirect jump's retpoline thunk overwrites the slot with its return address).
 
 Permissions are the kernel's: text is read-only and executable (pokes are
 host-side writes, which unicorn lets through, like ``text_poke``), data is
@@ -69,7 +90,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from unicorn import (
@@ -140,6 +161,11 @@ GPRS = (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_R
         x86.UC_X86_REG_R10, x86.UC_X86_REG_R11, x86.UC_X86_REG_R12, x86.UC_X86_REG_R13,
         x86.UC_X86_REG_R14, x86.UC_X86_REG_R15)
 
+# x86 register number (ModRM encoding, 0-7) -> unicorn register: where an indirect tail call's target is
+X86_REG_BY_NUMBER = (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RBX,
+                     x86.UC_X86_REG_RSP, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI)
+JMP_REL32 = 0xE9
+
 # unicorn error -> the engines' fault kind.  Data accesses are memory faults;
 # anything that breaks instruction fetch or decoding means the machine ran
 # something that is not the program's code.
@@ -209,8 +235,8 @@ class EntryPoint:
     tail_call_cnt_off: int | None    # rbp-relative counter slot of the main image
 
     def points(self) -> list[int]:
-        """The distinct addresses the trace hooks watch."""
-        return sorted({self.bpf_func, self.tail_entry, self.body})
+        """The distinct addresses the entry hooks watch (the tail-call entry is not one: see the module doc)."""
+        return sorted({self.bpf_func, self.body})
 
 
 @dataclass(frozen=True)
@@ -309,6 +335,7 @@ class Emulator:
         self._value_blocks: list[tuple[int, int, int, int | None]] = []   # (map start, size, base, slack hook)
         self._values_top = VALUES_BASE
         self._entry_hooks: list[int] = []
+        self._entries: dict[str, EntryPoint] = {}     # loaded program name -> its entry point
         self._text: list[TextRange] = []
         self._text_bases: list[int] = []
 
@@ -321,8 +348,7 @@ class Emulator:
 
         # per-run state the hooks fill in
         self._trace: list[str] = []
-        self._entering: EntryPoint | None = None    # passed bpf_func, not yet the tail-call entry
-        self._in_prologue: EntryPoint | None = None  # passed the tail-call entry, not yet the body
+        self._in_prologue: EntryPoint | None = None  # entered (normally or by a tail call), body not yet reached
         self._frame_rbp: int | None = None
         self._subprog_tail_call = False
         self._violations: list[str] = []
@@ -395,6 +421,7 @@ class Emulator:
         for hook in self._entry_hooks:
             self.uc.hook_del(hook)
         self._entry_hooks.clear()
+        self._entries.clear()
         self._text.clear()
         self._text_bases.clear()
         for start, length, _base, hook in self._value_blocks:
@@ -433,13 +460,29 @@ class Emulator:
         self._text.insert(index, TextRange(base, base + len(code), prog, insn_at))
 
     def add_entry_point(self, entry: EntryPoint) -> None:
-        """Hook a program's normal entry, tail-call entry and prologue end for the trace."""
+        """Hook a program's normal entry and prologue end; tail calls into it are seen by :meth:`add_tail_calls`."""
         uc = self.uc
+        self._entries[entry.name] = entry
         for address in entry.points():
             self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_prologue_point, entry,
                                                  begin=address, end=address))
         # A block translated before the hooks existed would not call them.
         uc.ctl_remove_cache(entry.bpf_func, max(entry.points()) + 1)
+
+    def add_tail_calls(self, direct_sites: Iterable[int], indirect_jumps: Iterable[tuple[int, int]]) -> None:
+        """Hook an image's tail-call jumps: its direct poke sites and its indirect jumps.
+
+        ``indirect_jumps``: (address of the instruction that performs the
+        jump, x86 register number 0-7 holding the target address there).
+        """
+        uc = self.uc
+        for site in direct_sites:
+            self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_direct_site, None, begin=site, end=site))
+            uc.ctl_remove_cache(site, site + 1)
+        for address, reg in indirect_jumps:
+            self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_indirect_jump, X86_REG_BY_NUMBER[reg],
+                                                 begin=address, end=address))
+            uc.ctl_remove_cache(address, address + 1)
 
     def text_at(self, addr: int) -> TextRange | None:
         index = bisect.bisect(self._text_bases, addr) - 1
@@ -486,7 +529,6 @@ class Emulator:
         uc.mem_write(INITIAL_RSP, SENTINEL.to_bytes(8, "little"))
 
         self._trace = []
-        self._entering = None
         self._in_prologue = None
         self._frame_rbp = None
         self._subprog_tail_call = False
@@ -571,21 +613,42 @@ class Emulator:
                                   f"{what} of {size} bytes at 0x{address:x}, before map values "
                                   f"(0x{block[0]:x}, {block[1]} bytes)")
 
+    def _on_direct_site(self, uc: Uc, address: int, size: int, user_data: object) -> None:
+        # Runs before the site's instruction: a jmp rel32 there is a tail call (a nop5, an empty slot).
+        code = uc.mem_read(address, 5)
+        if code[0] == JMP_REL32:
+            self._enter_by_tail_call(address, address + 5 + int.from_bytes(code[1:5], "little", signed=True))
+
+    def _on_indirect_jump(self, uc: Uc, address: int, size: int, reg: int) -> None:
+        self._enter_by_tail_call(address, self.regs.read(reg))
+
+    def _enter_by_tail_call(self, jump: int, dest: int) -> None:
+        """The tail-call jump at ``jump`` is about to go to ``dest``: the program whose image holds it is entered."""
+        text = self.text_at(dest)
+        entry = self._entries.get(text.prog) if text is not None else None
+        if entry is None:
+            return        # a jump out of every image: fetching there faults, which the run reports
+        self._trace.append(entry.name)
+        if dest != entry.tail_entry:
+            # Every tail call lands on bpf_func + the profile's tail-call offset
+            # (the direct sites' poke check says so for the bytes; this also
+            # covers indirect jumps, whose target is computed at run time).
+            source = self.text_at(jump)
+            self._violations.append(
+                f"{source.prog if source else '?'}: tail call at 0x{jump:x} jumps into {entry.name} "
+                f"at +0x{dest - entry.bpf_func:x}, not at its tail-call entry +0x{entry.tail_entry - entry.bpf_func:x}")
+        if self._frame_rbp is not None and self.regs.read(x86.UC_X86_REG_RBP) != self._frame_rbp:
+            # A subprogram tail-called (the jump keeps the caller's rbp): 6.1
+            # gives subprograms a *copy* of the counter, which no longer counts
+            # the whole run.
+            self._subprog_tail_call = True
+        self._in_prologue = entry
+
     def _on_prologue_point(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
-        # The three points may coincide (5.5: the tail-call entry is the body),
-        # so one address can play several roles, in prologue order.
-        if address == entry.bpf_func:
+        # The two points are distinct (the prologue is never empty), but the
+        # body may also be reached by a loop back to pc 0, which enters nothing.
+        if address == entry.bpf_func and not self._trace:
             self._trace.append(entry.name)       # a run's normal entry
-            self._entering = entry
-        if address == entry.tail_entry:
-            if self._entering is entry:
-                self._entering = None            # a normal entry walking through its prologue
-            else:
-                self._trace.append(entry.name)   # a tail call landed here
-                if self._frame_rbp is not None and self.regs.read(x86.UC_X86_REG_RBP) != self._frame_rbp:
-                    # A subprogram tail-called: 6.1 gives subprograms a *copy*
-                    # of the counter, which no longer counts the whole run.
-                    self._subprog_tail_call = True
             self._in_prologue = entry
         if address == entry.body and self._in_prologue is entry:
             # Prologue done (a jump back to pc 0 of a loop is not an entry).

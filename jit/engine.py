@@ -21,8 +21,9 @@ scenario.  Per scenario the engine
   else ``nop5``; with a bypass, the bypass the other way round) and reports
   breaches as :attr:`EventOutcome.violations`.
 
-Tail calls in a result: ``tail_calls`` is the number of tail-call entries the
-trace hooks saw (see :mod:`bpfdiff.jit.emulator`), the interpreter's measure
+Tail calls in a result: ``tail_calls`` is the number of tail-call jumps the
+trace hooks saw taken (at each direct poke site holding a ``jmp`` and each
+indirect jump; see :mod:`bpfdiff.jit.emulator`), the interpreter's measure
 too.  The counter the JIT keeps is larger when calls went through empty slots
 (the kernel counts an attempt before reading the slot); at every program
 entry it is cross-checked not to be *smaller* than the tail calls taken.
@@ -228,6 +229,9 @@ class JitEngine(Engine):
         entry = EntryPoint(name, jited.bpf_func, jited.bpf_func + self.profile.x86_tail_call_offset,
                            main.base + main.addrs[0], counter)
         self.emu.add_entry_point(entry)
+        for image in jited.images:
+            self.emu.add_tail_calls([poke.tailcall_target for poke in image.pokes],
+                                    [(image.base + offset, reg) for offset, reg in image.indirect_tail_calls])
         self.loaded[name] = LoadedProgram(program, jited, prog_struct, entry)
 
     def apply(self, index: int, event: Event) -> EventOutcome:
