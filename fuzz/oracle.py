@@ -39,8 +39,9 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
   what-if probes (:data:`WHAT_IF_MODELS`), ``ENGINE@MODEL`` when that engine
   runs exactly like the clean interpreter under a changed counter rule --
   MAX_TAIL_CALL_CNT one higher or lower, or a counter that restarts at zero in
-  every subprogram -- and not like it under the profile's own rule; else from
-  the counts: ``count`` when they differ, ``-`` when they agree.
+  every subprogram -- and not like it under the profile's own rule; else
+  ``other`` (``-`` for ``data`` divergences; without probes, from the counts:
+  ``limit+1``/``limit-1``/``count``/``-``).
 
 Crashes: ``crash:PROFILE:ENGINE:ExceptionType@module.function`` (innermost
 frame inside bpfdiff); violations: ``violation:PROFILE:ENGINE:<text with
@@ -212,8 +213,18 @@ PATCH_BYTES = ((re.compile(r"\be9[0-9a-f]{8}\b"), "jmp"), (re.compile(r"\b0f1f44
                (re.compile(r"\beb[0-9a-f]{2}\b"), "shortjmp"))
 
 
+# Self-checks that say the same thing in different words, by what they mean.
+VIOLATION_MEANINGS = (
+    (re.compile(r"wrong offset into it|not at its tail-call entry"),
+     "tail call lands at the wrong offset into its target"),
+)
+
+
 def violation_signature(text: str, engine: str, profile: str) -> str:
     """The violation's text without program name, addresses and numbers; patch bytes by what they are."""
+    for pattern, meaning in VIOLATION_MEANINGS:
+        if pattern.search(text):
+            return f"{VIOLATION}:{profile}:{engine}:{meaning}"
     shape = re.sub(r"^[\w.-]+: ", "", text.strip())
     for pattern, word in PATCH_BYTES:
         shape = pattern.sub(word, shape)
@@ -406,8 +417,14 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
         relation = trigger_event(scenario, verdict.outcomes, index, profile)
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
-        what_if = probe_what_if(scenario, verdict, profile, pool, index) if probe and what == "control" else None
-        relation = what_if or tail_call_relation(counts, profile)
+        if what != "control":
+            relation = "-"
+        elif probe:
+            # no what-if model explains it: the counts alone would split one bug
+            # into several buckets (they depend on the input), so say nothing more
+            relation = probe_what_if(scenario, verdict, profile, pool, index) or "other"
+        else:
+            relation = tail_call_relation(counts, profile)
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
     values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
     event = scenario.events[index] if index < len(scenario.events) else None
