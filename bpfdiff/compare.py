@@ -4,7 +4,9 @@ This is the one place where outcomes are compared: ``bpfdiff run`` and the
 fuzz oracle both build on :func:`compare_outcomes`.  For a ``run`` event every
 field of :meth:`RunResult.compared_fields` is compared (exit kind, R0 when the
 run exited, fault kind and pc, tail-call count, program trace, map contents,
-memory); for a map event (update, delete, load) the return code.  Engine
+memory) -- only exit kind and fault kind when a run overflowed the stack in any
+engine (how far it got is an engine detail); for a map event (update,
+delete, load) the return code.  Engine
 self-check violations are not compared: each one is a finding on its own.
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bpfdiff.engine import EventOutcome, RunResult
+from bpfdiff.engine import FAULT_STACK_OVERFLOW, EventOutcome, RunResult
 
 # Pseudo-fields for outcomes that cannot be compared field by field.
 FIELD_COUNT = "events"  # engines returned different numbers of outcomes
@@ -52,8 +54,9 @@ def _compare_event(index: int, events: Mapping[str, EventOutcome]) -> list[Diffe
         if any(run is None for run in runs.values()):
             return [Difference(index, kind, FIELD_RUN, {e: r is not None for e, r in runs.items()})]
         fields = {engine: run.compared_fields() for engine, run in runs.items() if run is not None}
+        overflowed = any(run.fault_kind == FAULT_STACK_OVERFLOW for run in runs.values() if run is not None)
         differences = []
-        for name in RunResult.COMPARED:
+        for name in RunResult.COMPARED_ON_OVERFLOW if overflowed else RunResult.COMPARED:
             values = {engine: f[name] for engine, f in fields.items()}
             if not _all_equal(values):
                 differences.append(Difference(index, kind, name, values))

@@ -7,8 +7,8 @@ is unmapped and faults):
 address                  what
 =======================  =====================================================
 ``0x1_0000_0000 + i``    the Run event's ``mem`` (context/packet), R1 at entry
-``0x2_0000_0000 + i``    the stack: 8 frames x 512 bytes; frame 0's R10 is
-                         ``0x2_0000_1000``, frame k's is 512*k lower
+``0x2_0000_0000 + i``    the stack: RUNTIME_FRAMES frames x 512 bytes; frame
+                         k's R10 is 512*k below frame 0's (the region's top)
 ``(0x10 + n) << 32``     values of the n-th array/hash map of the scenario
 ``0xffff_8880_...``      map pointers (``lddw map:NAME``): not dereferenceable
 =======================  =====================================================
@@ -32,7 +32,13 @@ STACK_REGION = 2
 FIRST_MAP_REGION = 0x10
 CTX_BASE = CTX_REGION << 32
 STACK_BASE = STACK_REGION << 32
-STACK_SIZE = MAX_CALL_FRAMES * MAX_BPF_STACK
+# How deep a verified program can nest at run time.  The verifier bounds each
+# program's own call chain by MAX_CALL_FRAMES, but a tail call from a
+# subprogram enters a new program *inside* that frame, whose calls nest further:
+# with at most 1 + 33 programs per run, 1 + 34 * (MAX_CALL_FRAMES - 1) frames.
+# Deeper only when tail calls never stop: a stack overflow.
+RUNTIME_FRAMES = 1 + 34 * (MAX_CALL_FRAMES - 1)
+STACK_SIZE = RUNTIME_FRAMES * MAX_BPF_STACK
 STACK_TOP = STACK_BASE + STACK_SIZE           # R10 of frame 0
 MAP_POINTER_BASE = 0xFFFF_8880_0000_0000
 MAP_POINTER_STRIDE = 0x1000
@@ -66,7 +72,7 @@ class Memory:
     :class:`bpfdiff.helpers.HelperEnv` of the helpers.
     """
 
-    __slots__ = ("regions", "stack", "maps_by_pointer", "prandom")
+    __slots__ = ("regions", "stack", "maps_by_pointer", "prandom", "deepest")
 
     def __init__(self) -> None:
         self.regions: dict[int, list] = {}
@@ -74,6 +80,7 @@ class Memory:
         self.regions[STACK_REGION] = self.stack
         self.maps_by_pointer: dict[int, BpfMap] = {}
         self.prandom = Prandom(0)
+        self.deepest = RUNTIME_FRAMES - 1   # zero the whole stack at the first reset
 
     # -- setup ------------------------------------------------------------------
     def add_region(self, region: int, size: int) -> None:
@@ -86,12 +93,17 @@ class Memory:
         return bytes(self.regions[CTX_REGION][0])
 
     def reset_stack(self) -> None:
-        self.stack[0][:] = bytes(STACK_SIZE)
+        # only the frames the last run reached can hold anything
+        used = (self.deepest + 1) * MAX_BPF_STACK
+        self.stack[0][STACK_SIZE - used:] = bytes(used)
+        self.deepest = 0
         self.set_stack_depth(0)
 
     def set_stack_depth(self, depth: int) -> None:
         """Make frames 0..depth accessible (depth 0 = only the main frame)."""
         self.stack[1] = STACK_SIZE - (depth + 1) * MAX_BPF_STACK
+        if depth > self.deepest:
+            self.deepest = depth
 
     # -- program accesses (hot path) ----------------------------------------------
     def load(self, addr: int, size: int) -> int:

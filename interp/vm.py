@@ -6,7 +6,10 @@ Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
   length, R10 = frame 0's frame pointer, every other register 0.
 * ``call`` to a subprogram pushes a frame: the callee runs with a new
   512-byte stack (R10 512 bytes lower), R1-R5 as passed, R6-R9 restored for
-  the caller on return.  A ninth frame faults (FAULT_CALL_DEPTH).
+  the caller on return.  A program's ninth frame faults (FAULT_CALL_DEPTH:
+  the verifier's limit, counted from where the program was entered); a
+  program entered by a tail call from a subprogram nests on top of it, up to
+  ``RUNTIME_FRAMES``, beyond which the run overflows (FAULT_STACK_OVERFLOW).
 * ``call bpf_tail_call`` (R2 = prog array, R3 = index), in the kernel's order:
   index (u32) >= max_entries -> fall through; the counter at the profile's
   limit -> fall through; then the counter goes up -- *before* the slot is
@@ -36,14 +39,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bpfdiff.engine import EXIT, FAULT, FAULT_CALL_DEPTH, FAULT_UNSUPPORTED, TIMEOUT
+from bpfdiff.engine import EXIT, FAULT, FAULT_CALL_DEPTH, FAULT_STACK_OVERFLOW, FAULT_UNSUPPORTED, TIMEOUT
 from bpfdiff.helpers import HelperFault, Prandom, call_helper
 from bpfdiff.isa import MAX_CALL_FRAMES, Program
 from bpfdiff.maps import ProgArrayMap
 from bpfdiff.profiles import Profile
 
 from .decode import Closure, Exit, TailCall, decoded
-from .memory import CTX_BASE, Memory, MemoryFault, frame_pointer
+from .memory import CTX_BASE, RUNTIME_FRAMES, Memory, MemoryFault, frame_pointer
 
 M64 = (1 << 64) - 1
 M32 = 0xFFFFFFFF
@@ -71,6 +74,7 @@ class Frame:
     callee_saved: tuple[int, int, int, int]   # R6..R9
     frame_pointer: int
     tail_call_count: int
+    entry_depth: int                          # the caller's program was entered at this depth
 
 
 @dataclass(slots=True)
@@ -102,6 +106,7 @@ class Machine:
     prog: str = ""
     code: list[Closure] = field(default_factory=list)
     tail_call_count: int = 0
+    entry_depth: int = 0        # frame depth at which the running program was entered
 
     # -- called from closures ---------------------------------------------------
     def call_helper(self, helper_id: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
@@ -109,10 +114,15 @@ class Machine:
 
     def call(self, r: list, target: int, return_pc: int) -> int:
         depth = len(self.frames) + 1
-        if depth >= MAX_CALL_FRAMES:
-            raise CallDepthFault(f"call to slot {target} would need frame {depth + 1} (max {MAX_CALL_FRAMES})")
+        # The verifier's limit is per program: frames since the running program was entered.
+        if depth - self.entry_depth >= MAX_CALL_FRAMES:
+            raise CallDepthFault(f"call to slot {target} would need frame {depth - self.entry_depth + 1} "
+                                 f"of {self.prog} (max {MAX_CALL_FRAMES})")
+        if depth >= RUNTIME_FRAMES:
+            raise HelperFault(FAULT_STACK_OVERFLOW, f"call to slot {target} would nest {depth + 1} frames: "
+                              "tail calls from subprograms that never stop")
         self.frames.append(Frame(self.prog, self.code, return_pc, (r[6], r[7], r[8], r[9]), r[10],
-                                 self.tail_call_count))
+                                 self.tail_call_count, self.entry_depth))
         if RESET_COUNT_AT_CALL[self.profile.subprog_counter]:
             self.tail_call_count = 0
         r[10] = frame_pointer(depth)
@@ -129,6 +139,7 @@ class Machine:
         r[1], r[2], r[10] = CTX_BASE, len(mem), frame_pointer(0)
         self.frames = []
         self.tail_call_count = 0
+        self.entry_depth = 0
         self.prog = prog_name
         code = self.code = decoded(self.programs[prog_name])
         trace = [prog_name]
@@ -151,6 +162,7 @@ class Machine:
                 m.set_stack_depth(len(self.frames))
                 if RESTORE_COUNT_ON_RETURN[self.profile.subprog_counter]:
                     self.tail_call_count = frame.tail_call_count
+                self.entry_depth = frame.entry_depth
                 self.prog, code, pc = frame.prog, frame.code, frame.return_pc
                 self.code = code
             except TailCall:
@@ -165,6 +177,7 @@ class Machine:
                 taken += 1
                 trace.append(target)
                 self.prog = target
+                self.entry_depth = len(self.frames)
                 code = self.code = decoded(self.programs[target])
                 pc = 0
             except HelperFault as fault:

@@ -108,7 +108,7 @@ from unicorn import (
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
 
-from bpfdiff.engine import EXIT, FAULT, FAULT_INVALID, FAULT_MEMORY, TIMEOUT, EngineError
+from bpfdiff.engine import EXIT, FAULT, FAULT_INVALID, FAULT_MEMORY, FAULT_STACK_OVERFLOW, TIMEOUT, EngineError
 from bpfdiff.helpers import CLOBBER_VALUES, HelperFault
 
 PAGE = 0x1000
@@ -129,8 +129,11 @@ IMAGE_ALIGN = 16
 DATA_ALIGN = 64                 # like a kmalloc'ed object: cache-line aligned
 
 STACK_BASE = 0x7C90_0000_0000
-STACK_SIZE = 0x10000            # 8 frames of 512 bytes + saved registers fit many times over
+STACK_SIZE = 0x10000            # deeper than verified programs nest, even 34 programs deep via tail calls
 STACK_TOP = STACK_BASE + STACK_SIZE
+# A memory fault with rsp this close to the stack's bottom is the stack running
+# out: a push or call faults before it moves rsp, so rsp is still at most 8 above.
+STACK_OVERFLOW_MARGIN = 8
 INITIAL_RBP = STACK_TOP - 0x10  # a made-up caller frame; `leave` in the epilogue restores it
 INITIAL_RSP = STACK_TOP - 0x40  # holds SENTINEL, the return address of the run
 
@@ -549,6 +552,8 @@ class Emulator:
                         violations=self._violations)
         if error is not None:
             kind = UC_ERROR_FAULT_KINDS.get(error.errno, FAULT_INVALID)
+            if kind == FAULT_MEMORY and regs.read(x86.UC_X86_REG_RSP) < STACK_BASE + STACK_OVERFLOW_MARGIN:
+                kind = FAULT_STACK_OVERFLOW      # the kernel stack ran out (the guard page below it)
             self._fill_fault(result, kind, rip, f"{error} at rip 0x{rip:x}")
         elif self._fault is not None:
             kind, fault_rip, reason = self._fault

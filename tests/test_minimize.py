@@ -304,6 +304,51 @@ run noise
 profile linux-6.1
 inject alu32-no-zext
 """,
+    # The fuzzer's shape: entry -> middle, whose subprogram tail-calls into a
+    # self loop; the minimiser may fold it into one program that nests
+    # through its own subprogram (the kernel allows that: 34 frames deep).
+    "subprog-counter-reset": """
+-- maps
+outer prog_array key_size=4 value_size=4 max_entries=4
+inner prog_array key_size=4 value_size=4 max_entries=4
+-- prog entry
+mov %r6, %r1
+mov %r3, 0
+lddw %r2, map:outer
+call 12
+mov %r0, 1
+exit
+-- prog middle
+mov %r6, 0x1234
+call local f
+add %r0, %r6
+exit
+f:
+mov %r7, 3
+mov %r3, 1
+lddw %r2, map:inner
+call 12
+mov %r0, %r7
+exit
+-- prog loop
+mov %r8, 5
+mov %r3, 1
+lddw %r2, map:inner
+call 12
+mov %r0, %r8
+exit
+""" + NOISE_PROG + """
+-- events
+run noise
+update outer 0 prog:middle
+update inner 1 prog:loop
+run noise
+run entry
+run noise
+-- meta
+profile linux-6.1
+inject subprog-counter-reset
+""",
     "tail-call-limit-ja": """
 -- maps
 jmp_table prog_array key_size=4 value_size=4 max_entries=4
