@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -25,21 +24,9 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def _command_module(name: str) -> ModuleType | None:
-    """The subcommand's module, or None when it is not written (yet).
-
-    Only a module that does not exist is skipped; an existing module that
-    fails to import is a real bug and its error propagates.
-    """
-    full_name = f"bpfdiff.commands.{name}"
-    if importlib.util.find_spec(full_name) is None:
-        return None
-    return importlib.import_module(full_name)
-
-
 def available_commands() -> dict[str, ModuleType]:
-    modules = {name: _command_module(name) for name in COMMANDS}
-    return {name: module for name, module in modules.items() if module is not None}
+    """Every subcommand's module, by name (an import error is a real bug: it propagates)."""
+    return {name: importlib.import_module(f"bpfdiff.commands.{name}") for name in COMMANDS}
 
 
 def build_parser(commands: dict[str, ModuleType] | None = None) -> argparse.ArgumentParser:
