@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bpfdiff.profiles import Profile
 from bpfdiff.scenario import Scenario
 
 # exit kinds
@@ -128,8 +129,8 @@ def engine_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def make_engine(name: str, profile: str = "linux-6.1", **options: Any) -> Engine:
-    """Create an engine by name (``interp``, ``jit``) for a kernel profile."""
+def make_engine(name: str, profile: str | Profile = "linux-6.1", **options: Any) -> Engine:
+    """Create an engine by name (``interp``, ``jit``) for a kernel profile (a name, or a Profile)."""
     import importlib
 
     try:

@@ -131,8 +131,13 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_5_5)}
 DEFAULT_PROFILE = LINUX_6_1.name
 
 
-def get_profile(name: str) -> Profile:
-    """A profile by name; ``BASE+COMMIT[+COMMIT...]`` is BASE with those known kernel bugs fixed."""
+def get_profile(name: str | Profile) -> Profile:
+    """A profile by name; ``BASE+COMMIT[+COMMIT...]`` is BASE with those known kernel bugs fixed.
+
+    A :class:`Profile` is returned as it is (a what-if variant, for instance).
+    """
+    if isinstance(name, Profile):
+        return name
     base_name, *fixes = name.split("+")
     try:
         profile = PROFILES[base_name]

@@ -157,9 +157,7 @@ class EnginePool:
             changes = dict(WHAT_IF_MODELS)[model](base)
             if changes is None:
                 return None
-            engine = make_engine("interp", profile=profile)
-            # the interpreter reads its counter rules from its profile: a what-if copy of it
-            engine.profile = base.with_options(**changes)
+            engine = make_engine("interp", profile=base.with_options(**changes))
             self._engines[key] = engine
         return engine
 

@@ -37,7 +37,7 @@ from bpfdiff.isa import (
     lddw_value,
 )
 from bpfdiff.maps import BpfMap, MapDefinitionError, create_map, value_region_size
-from bpfdiff.profiles import get_profile
+from bpfdiff.profiles import Profile, get_profile
 from bpfdiff.scenario import Delete, Load, Run, Scenario, Update
 
 from .decode import decoded
@@ -50,7 +50,7 @@ INTERP_LIMIT_BUG = "interp-tail-call-limit"
 class InterpEngine(Engine):
     name = "interp"
 
-    def __init__(self, profile: str = "linux-6.1", bugs: frozenset[str] = frozenset(),
+    def __init__(self, profile: str | Profile = "linux-6.1", bugs: frozenset[str] = frozenset(),
                  budget: int = DEFAULT_BUDGET, seed: int = 0) -> None:
         self.profile = get_profile(profile)
         self.bugs = bugs_for("interp", validate_bugs(frozenset(bugs)))

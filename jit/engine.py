@@ -80,7 +80,7 @@ class JitEngine(Engine):
 
     name = "jit"
 
-    def __init__(self, profile: str = "linux-6.1", bugs: frozenset[str] = frozenset(),
+    def __init__(self, profile: str | Profile = "linux-6.1", bugs: frozenset[str] = frozenset(),
                  budget: int = DEFAULT_BUDGET, seed: int = 0, retpoline: bool | None = None,
                  force_indirect: bool = False) -> None:
         try:
