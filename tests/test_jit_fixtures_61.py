@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 
 import pytest
-from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile
+from bpfdiff.jit.bpf_jit_comp import JitOptions
 from bpfdiff.jit.dump import jited_lines
 from bpfdiff.jit.engine import JitEngine
 from bpfdiff.jit.poke import EBUSY, NOP5, bpf_arch_text_poke, map_poke_run
+from jit_loader import Loader as TextLoader
 
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program, lddw_pair
@@ -57,42 +58,8 @@ def match_image(expected: str, code: bytes) -> dict[str, bytes]:
     return {name: bytes.fromhex(value) for name, value in found.groupdict().items()}
 
 
-class Loader:
-    """A tiny stand-in for the engine: bump-allocated images, a byte-array "text", one prog array."""
-
-    def __init__(self) -> None:
-        self.next = 0x7FFF_A000_0000
-        self.text = bytearray()
-        self.text_base = self.next
-        self.slots: dict[int, JitProgram] = {}
-        self.env = JitEnv(alloc_image=self.alloc, helper_addr=lambda i: 0x7FFF_8100_0000 + 8 * i,
-                          map_addr=lambda name: MAP_ADDR, map_value_addr=lambda name: MAP_ADDR + 0x110)
-
-    def alloc(self, size: int) -> int:
-        addr = self.next
-        self.next += (size + 15) & ~15
-        return addr
-
-    def target(self, map_name: str, key: int) -> int | None:
-        prog = self.slots.get(key)
-        return None if prog is None else prog.bpf_func
-
-    def load(self, prog: Program, options: JitOptions | None = None) -> JitProgram:
-        jited = bpf_int_jit_compile(prog, MAPS, LINUX_6_1, self.env, options or JitOptions(), self.target)
-        for image in jited.images:
-            end = image.base + len(image.code) - self.text_base
-            self.text.extend(b"\xcc" * max(0, end - len(self.text)))
-            self.text[image.base - self.text_base:end] = image.code
-        return jited
-
-    def read(self, addr: int, n: int) -> bytes:
-        return bytes(self.text[addr - self.text_base:addr - self.text_base + n])
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.text[addr - self.text_base:addr - self.text_base + len(data)] = data
-
-    def image(self, jited: JitProgram) -> bytes:
-        return self.read(jited.bpf_func, len(jited.images[0].code))
+def Loader() -> TextLoader:  # noqa: N802 - reads like the class it stands for
+    return TextLoader(LINUX_6_1, MAPS, MAP_ADDR)
 
 
 def rel32_target(site: int, rel: bytes) -> int:

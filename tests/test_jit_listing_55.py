@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile
+from bpfdiff.jit.bpf_jit_comp import JitOptions, JitProgram
 from bpfdiff.jit.dump import format_jited, jited_lines
 from bpfdiff.jit.poke import map_poke_run
+from jit_loader import Loader as TextLoader
 
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program, lddw_pair
@@ -50,34 +51,8 @@ def assert_listing(code: bytes, name: str) -> list[tuple[int, str, str]]:
     return got
 
 
-class Loader:
-    def __init__(self) -> None:
-        self.next = 0x7FFF_A000_0000
-        self.text_base = self.next
-        self.text = bytearray()
-        self.slot: JitProgram | None = None
-        self.env = JitEnv(alloc_image=self.alloc, helper_addr=lambda i: 0x7FFF_8100_0000 + 8 * i,
-                          map_addr=lambda name: MAP_ADDR, map_value_addr=lambda name: MAP_ADDR + 0xD0)
-
-    def alloc(self, size: int) -> int:
-        addr = self.next
-        self.next += (size + 15) & ~15
-        return addr
-
-    def load(self, prog: Program, options: JitOptions | None = None) -> JitProgram:
-        jited = bpf_int_jit_compile(prog, MAPS, LINUX_5_5, self.env, options or JitOptions(),
-                                    lambda m, k: None if self.slot is None else self.slot.bpf_func)
-        image = jited.images[0]
-        end = image.base + len(image.code) - self.text_base
-        self.text.extend(b"\xcc" * max(0, end - len(self.text)))
-        self.text[image.base - self.text_base:end] = image.code
-        return jited
-
-    def read(self, addr: int, n: int) -> bytes:
-        return bytes(self.text[addr - self.text_base:addr - self.text_base + n])
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.text[addr - self.text_base:addr - self.text_base + len(data)] = data
+def Loader() -> TextLoader:  # noqa: N802 - reads like the class it stands for
+    return TextLoader(LINUX_5_5, MAPS, MAP_ADDR)
 
 
 def movabs_operand(lines: list[tuple[int, str, str]]) -> int:
@@ -93,7 +68,7 @@ def jmpq_target(jited: JitProgram, code: bytes) -> int:
 def test_direct_site_after_jit_update_delete() -> None:
     loader = Loader()
     target = loader.load(TARGET)
-    loader.slot = target
+    loader.slots[0] = target
     seed = loader.load(SEED)
     image = seed.images[0]
     assert len(image.code) == 0x4D and image.stack_depth == 512
@@ -105,13 +80,13 @@ def test_direct_site_after_jit_update_delete() -> None:
     assert image.tail_call_cnt_off == -0x224
 
     # delete: the site goes back to nopl
-    loader.slot = None
+    loader.slots.pop(0)
     assert map_poke_run([seed], "jmp_table", 0, target.bpf_func, None, loader.read, loader.write) == []
     now = loader.read(image.base, len(image.code))
     assert_listing(now, "linux-5.5-seed-deleted.txt")
 
     # update again: jmpq to the target + PROLOGUE_SIZE
-    loader.slot = target
+    loader.slots[0] = target
     assert map_poke_run([seed], "jmp_table", 0, None, target.bpf_func, loader.read, loader.write) == []
     now = loader.read(image.base, len(image.code))
     assert_listing(now, "linux-5.5-seed-after.txt")
@@ -152,7 +127,7 @@ def test_seed_limit_is_ja_32(bug: str, site_jcc: str) -> None:
 def test_tail_call_offset_bug_misses_the_prologue_end() -> None:
     loader = Loader()
     target = loader.load(TARGET)
-    loader.slot = target
+    loader.slots[0] = target
     seed = loader.load(SEED, JitOptions(bugs=frozenset({"tail-call-offset"})))
     assert jmpq_target(seed, seed.images[0].code) == target.bpf_func + PROLOGUE_SIZE + 1
 
