@@ -103,10 +103,42 @@ class EngineError(Exception):
     """The scenario cannot be run by this engine (bad input, not a finding)."""
 
 
+class ProgramRefused(EngineError):
+    """The engine's loader -- for a kernel engine, the real verifier -- refused a program.
+
+    ``message`` is the verifier's reason (the last meaningful line of its log),
+    ``errno`` the positive errno of ``BPF_PROG_LOAD``.  When one engine refuses
+    what the others load, that is a fidelity finding (our verifier model and
+    the kernel's disagree), not a JIT bug.
+    """
+
+    def __init__(self, prog: str, message: str, errno: int = 13) -> None:
+        super().__init__(f"program {prog!r} refused: {message}")
+        self.prog = prog
+        self.message = message
+        self.errno = errno
+
+
+class EngineUnsupported(EngineError):
+    """By design this engine cannot run this scenario; it is left out of the comparison.
+
+    Example: the kernel's interpreter refuses programs that mix bpf-to-bpf
+    calls and tail calls ("tail_calls are not allowed in non-JITed programs
+    with bpf-to-bpf calls").  Not a finding, but reported as a note.
+    """
+
+
 class Engine(ABC):
     """Runs scenarios.  One instance may run many scenarios, one at a time."""
 
     name: str = "?"
+    # The RunResult fields this engine can observe.  The oracle compares a
+    # field only among the engines that observe it: the real kernel shows no
+    # program trace, no tail-call count and no fault pc.
+    observes: frozenset[str] = frozenset(RunResult.COMPARED)
+    # Bits of R0 the engine reports: BPF_PROG_TEST_RUN returns a u32 retval,
+    # so R0 is compared on its low ``min(r0_bits)`` bits across engines.
+    r0_bits: int = 64
 
     @abstractmethod
     def execute(self, scenario: Scenario) -> list[EventOutcome]:
