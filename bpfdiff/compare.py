@@ -8,6 +8,13 @@ memory) -- only exit kind and fault kind when a run overflowed the stack in any
 engine (how far it got is an engine detail); for a map event (update,
 delete, load) the return code.  Engine
 self-check violations are not compared: each one is a finding on its own.
+
+Engines observe different things (:attr:`bpfdiff.engine.Engine.observes`,
+:attr:`~bpfdiff.engine.Engine.r0_bits`): the real kernel shows no program
+trace or tail-call count and returns a 32-bit R0.  A field is compared only
+among the engines that observe it (:class:`Observation`), R0 on the low
+``min(r0_bits)`` bits of those engines.  :func:`odd_one_out` names the engine
+that stands alone against all the others.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bpfdiff.engine import FAULT_STACK_OVERFLOW, EventOutcome, RunResult
+from bpfdiff.engine import FAULT_STACK_OVERFLOW, Engine, EventOutcome, RunResult
 
 # Pseudo-fields for outcomes that cannot be compared field by field.
 FIELD_COUNT = "events"  # engines returned different numbers of outcomes
@@ -39,12 +46,44 @@ class Difference:
         return tuple(self.values)
 
 
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What an engine can observe of a run: the RunResult fields it reports and R0's width."""
+
+    observes: frozenset[str] = frozenset(RunResult.COMPARED)
+    r0_bits: int = 64
+
+    @classmethod
+    def of(cls, engine: Engine) -> Observation:
+        return cls(frozenset(engine.observes), engine.r0_bits)
+
+
+FULL = Observation()
+Observations = Mapping[str, Observation]
+
+
+def observations_of(engines: Mapping[str, Engine]) -> dict[str, Observation]:
+    return {name: Observation.of(engine) for name, engine in engines.items()}
+
+
 def _all_equal(values: Mapping[str, Any]) -> bool:
     items = list(values.values())
     return all(item == items[0] for item in items[1:])
 
 
-def _compare_event(index: int, events: Mapping[str, EventOutcome]) -> list[Difference]:
+def _run_field_values(name: str, fields: Mapping[str, dict[str, Any]],
+                      observations: Observations) -> dict[str, Any]:
+    """The field's value per engine that observes it; R0 cut to the narrowest observer's width."""
+    seen = {engine: f[name] for engine, f in fields.items() if name in observations.get(engine, FULL).observes}
+    if name == "r0" and seen:
+        bits = min(observations.get(engine, FULL).r0_bits for engine in seen)
+        if bits < 64:
+            mask = (1 << bits) - 1
+            seen = {engine: None if value is None else value & mask for engine, value in seen.items()}
+    return seen
+
+
+def _compare_event(index: int, events: Mapping[str, EventOutcome], observations: Observations) -> list[Difference]:
     kinds = {engine: outcome.kind for engine, outcome in events.items()}
     if not _all_equal(kinds):
         return [Difference(index, "?", FIELD_KIND, kinds)]
@@ -57,8 +96,8 @@ def _compare_event(index: int, events: Mapping[str, EventOutcome]) -> list[Diffe
         overflowed = any(run.fault_kind == FAULT_STACK_OVERFLOW for run in runs.values() if run is not None)
         differences = []
         for name in RunResult.COMPARED_ON_OVERFLOW if overflowed else RunResult.COMPARED:
-            values = {engine: f[name] for engine, f in fields.items()}
-            if not _all_equal(values):
+            values = _run_field_values(name, fields, observations)
+            if len(values) > 1 and not _all_equal(values):
                 differences.append(Difference(index, kind, name, values))
         return differences
     retvals = {engine: outcome.retval for engine, outcome in events.items()}
@@ -67,21 +106,50 @@ def _compare_event(index: int, events: Mapping[str, EventOutcome]) -> list[Diffe
     return []
 
 
-def compare_outcomes(outcomes: Mapping[str, Sequence[EventOutcome]]) -> list[Difference]:
+def compare_outcomes(outcomes: Mapping[str, Sequence[EventOutcome]],
+                     observations: Observations | None = None) -> list[Difference]:
     """Every field on which the engines' outcomes differ, in event order then field order.
 
-    ``outcomes`` maps engine name -> that engine's outcomes (one per event).
-    With fewer than two engines there is nothing to compare.
+    ``outcomes`` maps engine name -> that engine's outcomes (one per event);
+    ``observations`` engine name -> what it observes (default: everything,
+    64-bit R0).  A run field is compared among the engines that observe it,
+    R0 on the low ``min(r0_bits)`` bits of those.  With fewer than two engines
+    there is nothing to compare.
     """
     if len(outcomes) < 2:
         return []
+    observations = observations or {}
     lengths = {engine: len(seq) for engine, seq in outcomes.items()}
     differences: list[Difference] = []
     for index in range(min(lengths.values())):
-        differences += _compare_event(index, {engine: seq[index] for engine, seq in outcomes.items()})
+        differences += _compare_event(index, {engine: seq[index] for engine, seq in outcomes.items()}, observations)
     if not _all_equal(lengths):
         differences.append(Difference(min(lengths.values()), "?", FIELD_COUNT, lengths))
     return differences
+
+
+def odd_one_out(differences: Sequence[Difference]) -> str | None:
+    """The engine that stands alone against all the others on these differences, if one does.
+
+    Each difference with three or more engines that observed the field votes:
+    when every other engine has one value and a single engine another, that
+    engine is its candidate; a field where the engines split otherwise gives
+    no candidate and makes the answer None.  Differences seen by only two
+    engines cannot say which one is wrong and do not vote.  The answer is the
+    one candidate all voting differences agree on, else None.
+    """
+    candidates: set[str] = set()
+    for difference in differences:
+        if len(difference.values) < 3:
+            continue
+        groups: dict[str, list[str]] = {}
+        for engine, value in difference.values.items():
+            groups.setdefault(repr(value), []).append(engine)
+        alone = [members[0] for members in groups.values() if len(members) == 1]
+        if len(groups) != 2 or len(alone) != 1:
+            return None
+        candidates.add(alone[0])
+    return candidates.pop() if len(candidates) == 1 else None
 
 
 # -- display ---------------------------------------------------------------------

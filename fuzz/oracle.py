@@ -1,7 +1,12 @@
 """The differential oracle: run one scenario on several engines, turn disagreements into findings.
 
 ``run_oracle(scenario, engines=("interp", "jit"), profile="linux-6.1",
-bugs=frozenset(), pool=None) -> Verdict``.  Three kinds of :class:`Finding`:
+bugs=frozenset(), pool=None) -> Verdict``, for any subset of two or more
+engines.  Each field is compared only among the engines that observe it
+(:attr:`bpfdiff.engine.Engine.observes`; R0 on the low ``min(r0_bits)``
+bits); an engine that raises :class:`~bpfdiff.engine.EngineUnsupported` is
+left out of the comparison (a note in :attr:`Verdict.notes`).  Kinds of
+:class:`Finding`:
 
 ``divergence``
     the engines' outcomes differ (:func:`bpfdiff.compare.compare_outcomes`,
@@ -16,6 +21,12 @@ bugs=frozenset(), pool=None) -> Verdict``.  Three kinds of :class:`Finding`:
     a divergence that the profile's real kernel has: fixing one of the
     profile's known kernel bugs (:class:`bpfdiff.profiles.KernelBug`) makes
     it disappear -- the bug rediscovered, not a new one;
+``refused``
+    some engines refused to load a program
+    (:class:`~bpfdiff.engine.ProgramRefused`, e.g. the real verifier) that the
+    others loaded and ran: a fidelity finding (our verifier model and the
+    kernel's disagree), not a JIT bug.  When every engine refuses, the input
+    is invalid and the refusal propagates;
 ``crash``
     an engine raised a Python exception (anything but ``EngineError``, which
     means "this engine cannot take this input" and propagates).
@@ -41,8 +52,14 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
   MAX_TAIL_CALL_CNT one higher or lower, or a counter that restarts at zero in
   every subprogram -- and not like it under the profile's own rule; else
   ``other`` (``-`` for ``data`` divergences; without probes, from the counts:
-  ``limit+1``/``limit-1``/``count``/``-``).
+  ``limit+1``/``limit-1``/``count``/``-``).  With three or more engines,
+  when one engine stands alone against all the others
+  (:func:`bpfdiff.compare.odd_one_out`) RELATION names it: ``ENGINE@TRIGGER``
+  for a direct site, ``ENGINE@MODEL`` when a what-if model explains that
+  engine, else ``ENGINE@odd``; with no odd one out, it is found as for two.
 
+Refusals: ``refused:PROFILE:ENGINE[+ENGINE...]:<first words of the message,
+numbers replaced by N>`` naming the engines that refused.
 Crashes: ``crash:PROFILE:ENGINE:ExceptionType@module.function`` (innermost
 frame inside bpfdiff); violations: ``violation:PROFILE:ENGINE:<text with
 numbers replaced by N>``.
@@ -60,15 +77,25 @@ from typing import Any
 from bpfdiff.fuzz.checker import tail_call_sites
 
 from bpfdiff.bugs import bugs_for, validate_bugs
-from bpfdiff.compare import Difference, compare_outcomes, format_value
-from bpfdiff.engine import Engine, EngineError, EventOutcome, make_engine
+from bpfdiff.compare import Difference, Observation, compare_outcomes, format_value, odd_one_out
+from bpfdiff.engine import (
+    Engine,
+    EngineError,
+    EngineUnsupported,
+    EventOutcome,
+    ProgramRefused,
+    make_engine,
+)
 from bpfdiff.profiles import KernelBug, Profile, get_profile, with_kernel_bug_fixed
 from bpfdiff.scenario import Delete, Run, Scenario, Update, key_u32
 
-DIVERGENCE, CRASH, VIOLATION, KNOWN = "divergence", "crash", "violation", "known"
+DIVERGENCE, CRASH, VIOLATION, KNOWN, REFUSED = "divergence", "crash", "violation", "known", "refused"
 # Findings that mean "bpfdiff or an engine is wrong" -- what a campaign fails on.
 # A KNOWN finding is a divergence the profile's real kernel has (Profile.kernel_bugs).
-NEW_KINDS = (DIVERGENCE, CRASH, VIOLATION)
+# A REFUSED one says our verifier model accepts what a real verifier refuses (or back).
+NEW_KINDS = (DIVERGENCE, CRASH, VIOLATION, REFUSED)
+# The words of a refusal message that name it in a signature.
+REFUSAL_WORDS = 8
 # Control fields in the order that names a divergence: the first one that differs wins
 # (a different exit explains a different trace, a different trace a different count).
 CONTROL_FIELDS = ("events", "kind", "run", "retval", "exit", "fault_kind", "trace", "tail_calls", "fault_pc")
@@ -97,6 +124,8 @@ class Finding:
     field: str | None
     values: dict[str, str]         # engine -> its value, formatted
     detail: str
+    # With three or more engines: the engine that stands alone against the others.
+    odd: str | None = None
 
 
 @dataclass
@@ -105,6 +134,14 @@ class Verdict:
     outcomes: dict[str, list[EventOutcome]] = field(default_factory=dict)
     differences: list[Difference] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)   # engine -> time spent in execute()
+    # What each engine that ran observes (compared fields, R0 width).
+    observations: dict[str, Observation] = field(default_factory=dict)
+    # Engines left out and why (EngineUnsupported), refusals of the input by every engine.
+    notes: list[str] = field(default_factory=list)
+
+    def compare(self, outcomes: dict[str, list[EventOutcome]]) -> list[Difference]:
+        """``compare_outcomes`` with the observations of the engines of this verdict."""
+        return compare_outcomes(outcomes, self.observations)
 
     @property
     def ok(self) -> bool:
@@ -342,18 +379,28 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
     """Run ``scenario`` on every engine and report what they disagree on.
 
     ``EngineError`` (an engine refuses the input) propagates: it is not a
-    finding.  ``probe`` re-runs a diverging scenario with the JIT's tail calls
-    forced indirect to tell direct-site bugs apart (see the module docstring).
+    finding -- except :class:`ProgramRefused` on some engines only (a
+    ``refused`` finding) and :class:`EngineUnsupported` (the engine is left
+    out, noted).  ``probe`` re-runs a diverging scenario with the JIT's tail
+    calls forced indirect to tell direct-site bugs apart, and the what-if
+    interpreters (see the module docstring).
     """
     pool = pool or _DEFAULT_POOL
     bugs = validate_bugs(frozenset(bugs))
     prof = get_profile(profile)
     verdict = Verdict()
     crashes: list[Finding] = []
+    refusals: dict[str, ProgramRefused] = {}
     for name in engines:
         started = time.perf_counter()
         try:
-            verdict.outcomes[name] = pool.get(name, profile, bugs).execute(scenario)
+            engine = pool.get(name, profile, bugs)
+            verdict.outcomes[name] = engine.execute(scenario)
+            verdict.observations[name] = Observation.of(engine)
+        except EngineUnsupported as exc:
+            verdict.notes.append(f"{name} left out: {exc}")
+        except ProgramRefused as exc:
+            refusals[name] = exc
         except EngineError:
             raise
         except Exception as exc:  # noqa: BLE001 - an engine crash is a finding
@@ -363,11 +410,18 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
                                    {name: f"{type(exc).__name__}: {exc}"[:300]}, detail[:2000]))
         finally:
             verdict.seconds[name] = time.perf_counter() - started
-    differences = compare_outcomes(verdict.outcomes)
+    if refusals and not verdict.outcomes and not crashes:
+        # Every engine refused: the input is not a valid program, not a finding.
+        raise next(iter(refusals.values()))
+    differences = verdict.compare(verdict.outcomes)
     verdict.differences = differences
     if differences:
         known = known_kernel_bug(scenario, verdict, prof, bugs, pool)
         verdict.findings.append(known or divergence_finding(scenario, verdict, prof, bugs, pool, probe))
+    if refusals and verdict.outcomes:
+        verdict.findings.append(refused_finding(refusals, list(verdict.outcomes), profile))
+    elif refusals:
+        verdict.notes += [f"{name}: {exc}" for name, exc in refusals.items()]
     for name, seq in verdict.outcomes.items():
         for outcome in seq:
             for text in outcome.violations:
@@ -375,6 +429,26 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
                                                 None, {name: text}, f"event {outcome.index}: {name}: {text}"))
     verdict.findings += crashes
     return verdict
+
+
+def refusal_shape(message: str) -> str:
+    """The first words of a refusal message, numbers replaced by N: what names it in a signature."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    words = (lines[0] if lines else "").split()[:REFUSAL_WORDS]
+    return re.sub(r"0x[0-9a-fA-F]+|\d+", "N", " ".join(words)) or "?"
+
+
+def refused_finding(refusals: dict[str, ProgramRefused], loaded: list[str], profile: str) -> Finding:
+    """Some engines refused a program that the others (``loaded``) ran: a fidelity finding."""
+    names = sorted(refusals)
+    first = refusals[next(iter(refusals))]
+    values = {name: f"refused {exc.prog}: {exc.message}"[:300] for name, exc in refusals.items()}
+    values.update({name: "loaded" for name in loaded})
+    detail = "\n".join([f"{name} refused program {exc.prog!r} (errno {exc.errno}): {exc.message}"
+                        for name, exc in refusals.items()] + [f"loaded and ran by {', '.join(loaded)}"])
+    odd = names[0] if len(names) == 1 and len(loaded) >= 2 else None
+    return Finding(REFUSED, f"{REFUSED}:{profile}:{'+'.join(names)}:{refusal_shape(first.message)}", None, None,
+                   values, detail[:2000], odd)
 
 
 def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
@@ -390,7 +464,7 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
             outcomes = {name: pool.get(name, fixed, bugs).execute(scenario) for name in verdict.outcomes}
         except Exception:  # noqa: BLE001 - the check only classifies a divergence
             continue
-        if not compare_outcomes(outcomes):
+        if not verdict.compare(outcomes):
             return known_finding(bug, profile, verdict)
     return None
 
@@ -410,9 +484,18 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     diffs = first_event_differences(verdict.differences)
     index = diffs[0].event_index
     what = divergence_what(diffs)
-    sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe else "any"
+    odd = odd_one_out(diffs) if len(verdict.outcomes) >= 3 else None
+    # Forcing the JIT's tail calls indirect can only explain a divergence the JIT is part of.
+    jit_suspect = odd is None or odd == "jit"
+    sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe and jit_suspect else "any"
     if sites == "direct":
         relation = trigger_event(scenario, verdict.outcomes, index, profile)
+        if odd is not None:
+            relation = f"{odd}@{relation}"
+    elif odd is not None:
+        model = probe_what_if(scenario, verdict, profile, pool, index, only=odd) \
+            if probe and what == "control" else None
+        relation = model or f"{odd}@odd"
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
         if what != "control":
@@ -427,11 +510,14 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
     event = scenario.events[index] if index < len(scenario.events) else None
     lines = [f"event {index} ({_describe(event)}): engines differ in " + ", ".join(d.field for d in diffs)]
+    if odd is not None:
+        others = [name for name in verdict.outcomes if name != odd]
+        lines[0] += f"; {odd} stands alone against {', '.join(others)}"
     for d in diffs:
         shown = "  ".join(f"{e}={format_value(d.field, v)}" for e, v in d.values.items())
         lines.append(f"  {d.field}: {shown}"[:600])
     return Finding(DIVERGENCE, f"{DIVERGENCE}:{profile.name}:{what}:{relation}:{sites}", index, primary.field,
-                   values, "\n".join(lines))
+                   values, "\n".join(lines), odd)
 
 
 def _describe(event: object) -> str:
@@ -453,23 +539,27 @@ def probe_sites(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: fr
         pool.discard("jit", profile.name, bugs, **PROBE_OPTIONS)
         return "any"
     others = {name: seq for name, seq in verdict.outcomes.items() if name != "jit"}
-    still = [d for d in compare_outcomes({**others, "jit": probe}) if d.event_index <= index]
+    still = [d for d in verdict.compare({**others, "jit": probe}) if d.event_index <= index]
     return "any" if still else "direct"
 
 
 def probe_what_if(scenario: Scenario, verdict: Verdict, profile: Profile, pool: EnginePool,
-                  index: int) -> str | None:
+                  index: int, only: str | None = None) -> str | None:
     """``ENGINE@MODEL``: the engine that runs like the clean interpreter under a what-if
-    counter rule (:data:`WHAT_IF_MODELS`), and not like it under the profile's own.
+    counter rule (:data:`WHAT_IF_MODELS`), and not like it under the profile's own
+    (``only``: ask about that engine alone).
 
     A limit off by one shows as one tail call more or less wherever a chain
     reaches the limit -- how many calls that is in total depends on how many
     calls went through empty slots and subprograms, so the counts alone do
-    not say it.
+    not say it.  Each engine is held against the interpreters on the fields
+    it observes.
     """
-    def agrees(a: list[EventOutcome], b: list[EventOutcome]) -> bool:
-        return not [d for d in compare_outcomes({"a": a, "b": b}) if d.event_index <= index]
+    def agrees(a: list[EventOutcome], b: list[EventOutcome], name: str) -> bool:
+        observations = {"b": verdict.observations[name]} if name in verdict.observations else {}
+        return not [d for d in compare_outcomes({"a": a, "b": b}, observations) if d.event_index <= index]
 
+    suspects = {name: seq for name, seq in verdict.outcomes.items() if only is None or name == only}
     try:
         clean = pool.get("interp", profile.name, frozenset()).execute(scenario)
         for model, _ in WHAT_IF_MODELS:
@@ -477,8 +567,8 @@ def probe_what_if(scenario: Scenario, verdict: Verdict, profile: Profile, pool: 
             if engine is None:
                 continue
             what_if = engine.execute(scenario)
-            for name, seq in verdict.outcomes.items():
-                if agrees(what_if, seq) and not agrees(clean, seq):
+            for name, seq in suspects.items():
+                if agrees(what_if, seq, name) and not agrees(clean, seq, name):
                     return f"{name}@{model}"
     except Exception:  # noqa: BLE001 - the probe only refines a signature
         return None
