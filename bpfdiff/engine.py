@@ -10,11 +10,13 @@ so the kernel's interpreter and JIT under qemu fit the same interface.
 
 from __future__ import annotations
 
+import bisect
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bpfdiff.isa import Insn
 from bpfdiff.profiles import Profile
 from bpfdiff.scenario import Scenario
 
@@ -128,6 +130,73 @@ class EngineUnsupported(EngineError):
     """
 
 
+@dataclass(frozen=True, slots=True)
+class PokeSite:
+    """A patchable direct tail-call point of an image, as it is now.
+
+    ``kind`` is ``site`` (the jump to the target) or ``bypass`` (6.1's jump
+    over the pops while the slot is empty); ``expected`` is what the engine's
+    own invariant says the bytes should be for the slot's current program
+    (None when it has no opinion, e.g. a site not stable yet)."""
+
+    insn_idx: int            # xlated pc of the tail call
+    map: str
+    key: int
+    kind: str
+    address: int
+    stable: bool
+    current: bytes
+    expected: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCode:
+    """One function's machine code as it is in memory now (pokes applied).
+
+    ``addrs`` is the kernel's ``addrs[]`` for it: the code of the function's
+    instruction slot ``k`` is ``code[addrs[k]:addrs[k + 1]]``, what comes before
+    ``addrs[0]`` is the prologue; ``pcs[k]`` is slot ``k``'s pc in the program as
+    loaded.  Empty when the engine cannot tell.
+    """
+
+    func_index: int
+    base: int
+    code: bytes
+    addrs: tuple[int, ...] = ()
+    pcs: tuple[int, ...] = ()
+    poke_sites: tuple[PokeSite, ...] = ()
+
+    def pc_at(self, address: int) -> int | None:
+        """The pc (program as loaded) whose code contains ``address``; None in the prologue or outside."""
+        offset = address - self.base
+        if not self.addrs or offset < self.addrs[0] or offset >= self.addrs[-1]:
+            return None
+        slot = bisect.bisect_right(self.addrs, offset) - 1
+        return self.pcs[slot] if slot < len(self.pcs) else None
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.base + len(self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramCode:
+    """A loaded program as an engine compiled it: instructions after the verifier's rewrites
+    (``xlated``) and one image per function (main program first)."""
+
+    name: str
+    xlated: tuple[Insn, ...]
+    images: tuple[ImageCode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """The loaded programs' code after loading (``index`` None) or after event ``index``."""
+
+    index: int | None
+    outcome: EventOutcome | None
+    programs: dict[str, ProgramCode]
+
+
 class Engine(ABC):
     """Runs scenarios.  One instance may run many scenarios, one at a time."""
 
@@ -146,6 +215,12 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing
         """Release what the engine holds (an emulator, a VM); idempotent."""
+
+    def inspect(self, scenario: Scenario, stop: int | None = None) -> Iterator[Inspection]:
+        """Apply the scenario's events up to and including ``stop`` (default: all), yielding the
+        loaded programs' code after loading and after every event -- what ``bpfdiff dump`` and
+        the triage reports show.  Engines that have no code to show raise EngineUnsupported."""
+        raise EngineUnsupported(f"engine {self.name} shows no program code")
 
 
 EngineFactory = Callable[..., Engine]

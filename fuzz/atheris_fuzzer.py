@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 import atheris
 
@@ -49,21 +50,20 @@ from bpfdiff.fuzz.checker import check_scenario
 from bpfdiff.fuzz.generate import scenario_from_bytes
 from bpfdiff.fuzz.oracle import EnginePool, run_oracle
 
-from bpfdiff.bugs import validate_bugs
 from bpfdiff.engine import EngineError
-from bpfdiff.profiles import DEFAULT_PROFILE, get_profile
+from bpfdiff.profiles import DEFAULT_PROFILE
+from bpfdiff.settings import resolve_settings
 
 
 class FindingError(Exception):
     """The engines disagreed (or one crashed): libFuzzer saves the input."""
 
 
-def settings_from_env(env: dict[str, str] | os._Environ = os.environ) -> tuple[str, frozenset[str]]:
-    """Profile and planted bugs from BPFDIFF_PROFILE / BPFDIFF_INJECT; bad values are one-line errors."""
-    profile = env.get("BPFDIFF_PROFILE") or DEFAULT_PROFILE
-    get_profile(profile)
-    names = {n.strip() for n in env.get("BPFDIFF_INJECT", "").split(",") if n.strip()}
-    return profile, validate_bugs(names)
+def settings_from_env(env: Mapping[str, str] = os.environ) -> tuple[str, frozenset[str]]:
+    """Profile and planted bugs from BPFDIFF_PROFILE / BPFDIFF_INJECT (:mod:`bpfdiff.settings`,
+    as ``bpfdiff run`` reads them for an artifact); bad values are one-line errors."""
+    settings = resolve_settings(None, env=env)
+    return settings.profile, settings.bugs
 
 
 PROFILE, BUGS = DEFAULT_PROFILE, frozenset()

@@ -600,22 +600,6 @@ def _simpler_keys(key: bytes) -> list[bytes]:
 # --------------------------------------------------------------------------
 # Findings: the interestingness test from the oracle and the checker.
 # --------------------------------------------------------------------------
-def finding_settings(scenario: Scenario, profile: str | None = None,
-                     bugs: frozenset[str] | None = None) -> tuple[str, frozenset[str]]:
-    """The profile and injected bugs a finding was found with (its meta), unless overridden."""
-    from bpfdiff.bugs import validate_bugs
-    from bpfdiff.profiles import DEFAULT_PROFILE, get_profile
-
-    meta = scenario.meta_dict
-    if profile is None:
-        profile = meta.get("profile", DEFAULT_PROFILE)
-    get_profile(profile)
-    if bugs is None:
-        raw = meta.get("inject", meta.get("bugs", ""))
-        bugs = frozenset(b for b in raw.replace(" ", ",").split(",") if b and b != "none")
-    return profile, validate_bugs(bugs)
-
-
 def oracle_signatures(scenario: Scenario, profile: str, bugs: frozenset[str],
                       engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None) -> tuple[str, ...]:
     """Every finding's signature for a scenario, the primary one first; empty when the engines agree."""
@@ -665,13 +649,14 @@ def minimize_finding(
     *,
     profile: str | None = None,
     bugs: frozenset[str] | None = None,
-    engines: tuple[str, ...] = ("interp", "jit"),
+    engines: tuple[str, ...] | None = None,
     time_budget: float | None = 60.0,
     progress: Progress | None = None,
     pool: Any = None,
     signature: str | None = None,
 ) -> MinimizeResult:
-    """Minimise a finding for the divergence it shows now (with its meta's settings).
+    """Minimise a finding for the divergence it shows now (with its meta's settings,
+    :func:`bpfdiff.settings.resolve_settings`; the arguments override them).
 
     By default the primary finding's signature is kept; ``signature`` names
     another finding of the scenario to keep instead.  Raises ValueError when
@@ -680,7 +665,10 @@ def minimize_finding(
     """
     from bpfdiff.fuzz.checker import check_scenario
 
-    profile, bugs = finding_settings(scenario, profile, bugs)
+    from bpfdiff.settings import resolve_settings
+
+    settings = resolve_settings(scenario, profile=profile, inject=bugs, engines=engines)
+    profile, bugs, engines = settings.profile, settings.bugs, settings.engines
     refused = check_scenario(scenario, profile)
     if refused:
         # Every candidate must pass the checker; when the input itself does not, none can.
@@ -693,10 +681,14 @@ def minimize_finding(
     target = signature or shown[0]
     test = finding_test(target, profile, bugs, engines, pool, primary=signature is None)
     result = Minimizer(scenario, test, time_budget=time_budget, progress=progress).run()
-    meta = dict(result.scenario.meta)
-    meta.setdefault("profile", profile)
+    # the settings it was minimised with, which may override the input's meta
+    meta = {"profile": profile, **dict(result.scenario.meta)}
+    meta["profile"] = profile
+    meta.pop("inject", None)
+    meta.pop("bugs", None)
     if bugs:
-        meta.setdefault("inject", ",".join(sorted(bugs)))
+        meta["inject"] = ",".join(sorted(bugs))
+    meta["engines"] = ",".join(engines)
     meta["signature"] = target
     meta["original_size"] = f"{result.start_size[0]}/{result.start_size[1]}"
     result.scenario = replace(result.scenario, meta=tuple(meta.items()))

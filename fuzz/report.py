@@ -9,7 +9,12 @@ A report shows, for a bucket's (minimised) reproducer:
 * for each program the diverging run entered, the JIT image disassembled side
   by side with the BPF instruction that produced each part of it (the image
   ranges come from the JIT's ``addrs[]``), poke sites marked;
-* the poke sites' state (nop or jmp target) after each event.
+* the poke sites' state (nop or jmp target, and what the engine expected)
+  after each event.
+
+Engines are used only through the engine interface: the reproducer is
+replayed on the engines it was found with, and the code comes from every
+engine that shows it (:meth:`bpfdiff.engine.Engine.inspect`: today the JIT).
 
 The data is gathered once (:func:`collect_report`) and rendered twice.  The
 HTML page has inline CSS only: no scripts, no external resources.
@@ -48,6 +53,7 @@ class JitListing:
     rows: list[JitRow]
     prologue: list[str]
     note: str = ""
+    engine: str = "jit"
 
 
 @dataclass
@@ -104,8 +110,9 @@ def collect_report(bucket: Any, title: str) -> ReportData:
         return data
     data.scenario_text = format_scenario(scenario)
     data.listings = {p.name: format_xlated(p.insns) for p in scenario.programs}
+    engines = tuple(getattr(rep, "engines", ("interp", "jit")))
     try:
-        verdict = _verdict(scenario, rep.profile, rep.bugs)
+        verdict = _verdict(scenario, rep.profile, rep.bugs, engines)
     except Exception as exc:  # noqa: BLE001 - e.g. an engine refusing the input: the report says so
         notes.append(f"replay failed: {type(exc).__name__}: {exc}")
         return data
@@ -113,21 +120,26 @@ def collect_report(bucket: Any, title: str) -> ReportData:
         data.divergences = [_finding_dict(f) for f in verdict.findings]
     elif bucket.flaky:
         notes.append("the engines agree on this scenario now (flaky finding)")
-    outcomes = _outcomes(scenario, rep.profile, rep.bugs, notes)
+    if verdict is not None:
+        notes.extend(verdict.notes)
+    outcomes = _outcomes(scenario, rep.profile, rep.bugs, engines, notes)
     event_index = data.divergences[0]["event_index"] if data.divergences else None
     for engine, events in outcomes.items():
         data.outcomes[engine] = [_outcome_line(scenario, o) for o in events]
         run = _run_at(events, event_index)
         if run is not None:
             data.traces[engine] = list(run.trace)
-    data.jit, data.pokes = _jit_views(scenario, rep.profile, rep.bugs, event_index, outcomes, notes)
+    for engine in engines:
+        listings, pokes = _jit_views(scenario, engine, rep.profile, rep.bugs, event_index, outcomes, notes)
+        data.jit += listings
+        data.pokes = data.pokes or pokes
     return data
 
 
-def _verdict(scenario: Scenario, profile: str, bugs: frozenset[str]) -> Any:
+def _verdict(scenario: Scenario, profile: str, bugs: frozenset[str], engines: tuple[str, ...]) -> Any:
     from bpfdiff.fuzz.oracle import run_oracle
 
-    verdict = run_oracle(scenario, profile=profile, bugs=bugs)
+    verdict = run_oracle(scenario, engines=engines, profile=profile, bugs=bugs)
     return None if verdict.ok else verdict
 
 
@@ -135,18 +147,26 @@ def _finding_dict(finding: Any) -> dict[str, Any]:
     return {
         "kind": finding.kind, "signature": finding.signature, "event_index": finding.event_index,
         "field": finding.field, "values": dict(finding.values), "detail": finding.detail,
+        "odd": getattr(finding, "odd", None),
     }
 
 
-def _outcomes(scenario: Scenario, profile: str, bugs: frozenset[str], notes: list[str]) -> dict[str, list[Any]]:
+def _outcomes(scenario: Scenario, profile: str, bugs: frozenset[str], engines: tuple[str, ...],
+              notes: list[str]) -> dict[str, list[Any]]:
     from bpfdiff.bugs import bugs_for
-    from bpfdiff.engine import make_engine
+    from bpfdiff.engine import EngineError, make_engine
 
     result = {}
-    for name in ("interp", "jit"):
-        engine = make_engine(name, profile=profile, bugs=bugs_for(name, bugs))
+    for name in engines:
+        try:
+            engine = make_engine(name, profile=profile, bugs=bugs_for(name, bugs))
+        except EngineError as exc:
+            notes.append(f"{name} not available: {exc}")
+            continue
         try:
             result[name] = engine.execute(scenario)
+        except EngineError as exc:
+            notes.append(f"{name}: {exc}")
         except Exception as exc:  # noqa: BLE001 - an engine crash is part of what the report shows
             notes.append(f"{name} crashed: {type(exc).__name__}: {exc}")
         finally:
@@ -184,43 +204,51 @@ def _outcome_line(scenario: Scenario, outcome: Any) -> str:
 
 
 # --------------------------------------------------------------------------
-# The JIT side: image around the divergence, poke sites after each event.
+# The code side: each image around the divergence, poke sites after each event,
+# from every engine that shows its code (Engine.inspect).
 # --------------------------------------------------------------------------
 class JitUnavailable(Exception):
-    """The JIT side of a report cannot be shown (engine crashed, no JIT image)."""
+    """The code of an engine cannot be shown (engine crashed, no image)."""
 
 
-def _jit_views(scenario: Scenario, profile: str, bugs: frozenset[str], event_index: int | None,
+def _jit_views(scenario: Scenario, engine_name: str, profile: str, bugs: frozenset[str], event_index: int | None,
                outcomes: dict[str, list[Any]], notes: list[str]) -> tuple[list[JitListing], list[PokeState]]:
+    from bpfdiff.engine import EngineUnsupported
+
     try:
-        return _collect_jit(scenario, profile, bugs, event_index, outcomes)
+        return _collect_code(scenario, engine_name, profile, bugs, event_index, outcomes)
+    except EngineUnsupported:
+        pass                    # an engine without code to show (the interpreter): nothing to say
     except JitUnavailable as exc:
-        notes.append(f"JIT image not shown: {exc}")
-    except Exception as exc:  # noqa: BLE001 - a report must still come out when the JIT crashes
-        notes.append(f"JIT image not shown: the JIT engine raised {type(exc).__name__}: {exc}")
+        notes.append(f"{engine_name} image not shown: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a report must still come out when an engine crashes
+        notes.append(f"{engine_name} image not shown: the engine raised {type(exc).__name__}: {exc}")
     return [], []
 
 
-def _collect_jit(scenario: Scenario, profile: str, bugs: frozenset[str], event_index: int | None,
-                 outcomes: dict[str, list[Any]]) -> tuple[list[JitListing], list[PokeState]]:
-    """Step the JIT engine through the events, recording poke sites; disassemble at the divergence."""
+def _collect_code(scenario: Scenario, engine_name: str, profile: str, bugs: frozenset[str],
+                  event_index: int | None, outcomes: dict[str, list[Any]]) -> tuple[list[JitListing], list[PokeState]]:
+    """Step the engine through the events, recording poke sites; disassemble at the divergence."""
     from bpfdiff.bugs import bugs_for
     from bpfdiff.engine import make_engine
 
-    engine = make_engine("jit", profile=profile, bugs=bugs_for("jit", bugs))
+    engine = make_engine(engine_name, profile=profile, bugs=bugs_for(engine_name, bugs))
     try:
-        if not hasattr(engine, "start") or not hasattr(engine, "apply"):
-            raise JitUnavailable("the JIT engine cannot be stepped event by event")
-        engine.start(scenario)
-        pokes = [PokeState("after loading", _poke_sites(engine))]
         stop = event_index if event_index is not None else len(scenario.events) - 1
-        for index, event in enumerate(scenario.events[: stop + 1]):
-            engine.apply(index, event)
-            if not isinstance(event, Run):
-                pokes.append(PokeState(f"after event {_describe_event(scenario, index)}", _poke_sites(engine)))
+        pokes: list[PokeState] = []
+        programs: dict[str, Any] = {}
+        for step in engine.inspect(scenario, stop):
+            programs = step.programs
+            if step.index is None:
+                pokes.append(PokeState("after loading", _poke_sites(programs)))
+            elif not isinstance(scenario.events[step.index], Run):
+                pokes.append(PokeState(f"after event {_describe_event(scenario, step.index)}", _poke_sites(programs)))
+        if not programs:
+            raise JitUnavailable("no program was loaded")
         entered = _entered_programs(outcomes, event_index) or [p.name for p in scenario.programs]
         fault = _fault_point(outcomes, event_index)
-        listings = [_jit_listing(engine, scenario, name, fault) for name in entered if name in engine.programs]
+        listings = [_jit_listing(programs, scenario, name, fault, engine_name) for name in entered
+                    if name in programs and programs[name].images]
         if not any(state.sites for state in pokes):
             pokes = []          # no direct tail-call site anywhere: nothing to follow
         return listings, pokes
@@ -245,61 +273,58 @@ def _fault_point(outcomes: dict[str, list[Any]], event_index: int | None) -> tup
     return None
 
 
-def _describe_address(engine: Any, address: int) -> str:
+def _describe_address(programs: dict[str, Any], address: int) -> str:
     """``prog+0xOFF`` (offset into that program's image, as the listings show it), or the raw address."""
-    for name, jited in engine.programs.items():
-        for image in jited.images:
-            if image.base <= address < image.base + len(image.code):
+    for name, program in programs.items():
+        for image in program.images:
+            if image.contains(address):
                 label = name if image.func_index == 0 else f"{name}/func{image.func_index}"
-                return f"{label}+0x{address - jited.images[0].base:x}"
+                return f"{label}+0x{address - program.images[0].base:x}"
     return f"0x{address:x}"
 
 
-def _site_state(engine: Any, site: int) -> str:
-    code = engine.emu.read(site, 5)
+def _describe_patch(programs: dict[str, Any], site: int, code: bytes) -> str:
     if code == bytes.fromhex("0f1f440000"):
         return "nop5"
-    if code[0] == 0xE9:
+    if code[:1] == b"\xe9" and len(code) == 5:
         target = site + 5 + int.from_bytes(code[1:], "little", signed=True)
-        return f"jmp {_describe_address(engine, target)}"
+        return f"jmp {_describe_address(programs, target)}"
     return f"unexpected bytes {code.hex()}"
 
 
-def _poke_sites(engine: Any) -> list[tuple[str, str]]:
+def _poke_sites(programs: dict[str, Any]) -> list[tuple[str, str]]:
     sites = []
-    for name, jited in engine.programs.items():
-        for image in jited.images:
-            for poke in image.pokes:
+    for name, program in programs.items():
+        for image in program.images:
+            for poke in image.poke_sites:
                 where = f"{name} tail call at xlated pc {poke.insn_idx} ({poke.map}[{poke.key}])"
-                stable = "" if poke.tailcall_target_stable else " [not stable yet]"
-                sites.append((f"{where}: site {_describe_address(engine, poke.tailcall_target)}{stable}",
-                              _site_state(engine, poke.tailcall_target)))
-                if poke.tailcall_bypass:
-                    sites.append((f"{where}: bypass {_describe_address(engine, poke.tailcall_bypass)}",
-                                  _site_state(engine, poke.tailcall_bypass)))
+                stable = "" if poke.stable else " [not stable yet]"
+                state = _describe_patch(programs, poke.address, poke.current)
+                if poke.expected is not None and poke.expected != poke.current:
+                    state += f" -- EXPECTED {_describe_patch(programs, poke.address, poke.expected)}"
+                sites.append((f"{where}: {poke.kind} {_describe_address(programs, poke.address)}{stable}", state))
     return sites
 
 
-def _jit_listing(engine: Any, scenario: Scenario, name: str, fault: tuple[str, int] | None) -> JitListing:
+def _jit_listing(programs: dict[str, Any], scenario: Scenario, name: str, fault: tuple[str, int] | None,
+                 engine_name: str = "jit") -> JitListing:
     """The program's image(s) as they are now, grouped by the BPF instruction that produced them."""
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
     from bpfdiff.disasm import instruction_starts, xlated_insn
 
     insns = scenario.program(name).insns
-    jited = engine.programs[name]
+    program = programs[name]
     cs = Cs(CS_ARCH_X86, CS_MODE_64)
     by_pc: dict[int, list[str]] = {}
     prologue: list[str] = []
     site_marks: dict[int, list[str]] = {}
-    base = jited.images[0].base
-    for index, image in enumerate(jited.images):
-        code = engine.image_bytes(name, index)
-        sites = {p.tailcall_target: "poke site" for p in image.pokes}
-        sites.update({p.tailcall_bypass: "poke bypass" for p in image.pokes if p.tailcall_bypass})
-        for ins in cs.disasm(code, image.base):
+    base = program.images[0].base
+    for image in program.images:
+        sites = {p.address: f"poke {'site' if p.kind == 'site' else 'bypass'}" for p in image.poke_sites}
+        for ins in cs.disasm(image.code, image.base):
             text = f"{ins.address - base:4x}: {ins.bytes.hex(' '):<24} {ins.mnemonic} {ins.op_str}".rstrip()
-            pc = image.insn_at(ins.address)
+            pc = image.pc_at(ins.address)
             if ins.address in sites:
                 text += f"    <- {sites[ins.address]}"
                 if pc is not None:
@@ -317,7 +342,7 @@ def _jit_listing(engine: Any, scenario: Scenario, name: str, fault: tuple[str, i
             marks.append("tail call")
         rows.append(JitRow(pc, xlated_insn(pc, insns), by_pc.get(pc, []), marks))
     note = "" if len(shown) == len(starts) else f"showing BPF pcs within {WINDOW} of {sorted(focus)}"
-    return JitListing(name, base, rows, prologue, note)
+    return JitListing(name, base, rows, prologue, note, engine_name)
 
 
 def _focus_pcs(insns: Sequence[Any], starts: list[int], name: str, fault: tuple[str, int] | None) -> list[int]:
@@ -348,6 +373,8 @@ def render_markdown(data: ReportData) -> str:
         where = "" if d["event_index"] is None else f" at event {d['event_index']}"
         field = "" if d["field"] is None else f", field `{d['field']}`"
         out.append(f"- {d['kind']}{where}{field}: `{d['signature']}`")
+        if d.get("odd"):
+            out.append(f"  - {d['odd']} stands alone against the other engines")
         for engine, value in d["values"].items():
             out.append(f"  - {engine}: `{_md_cell(value)}`")
         out += ["", "  ```", *("  " + line for line in str(d["detail"]).splitlines()), "  ```"]
@@ -362,7 +389,7 @@ def render_markdown(data: ReportData) -> str:
         out += ["", "## Traces of the diverging run", ""]
         out += [f"- {engine}: {' > '.join(trace) or '(none)'}" for engine, trace in data.traces.items()]
     for listing in data.jit:
-        out += ["", f"## JIT image of {listing.program} (base 0x{listing.base:x})", ""]
+        out += ["", f"## JIT image of {listing.program} ({listing.engine}, base 0x{listing.base:x})", ""]
         if listing.note:
             out += [listing.note, ""]
         out += ["| pc | BPF | x86-64 | marks |", "|---:|---|---|---|"]
@@ -458,7 +485,8 @@ def _html_bucket(index: int, data: ReportData) -> str:
                 field = "" if d["field"] is None else d["field"]
                 lead = f"{span}{_e(d['kind'])}</td>{span}{_e(event)}</td>{span}{_e(field)}</td>" if k == 0 else ""
                 detail = f'<td rowspan="{len(values)}" class="detail">{_e(d["detail"])}</td>' if k == 0 else ""
-                p.append(f'<tr>{lead}<td>{_e(engine)}</td><td class="code">{_e(value)}</td>{detail}</tr>')
+                alone = " (stands alone)" if engine == d.get("odd") else ""
+                p.append(f'<tr>{lead}<td>{_e(engine)}{alone}</td><td class="code">{_e(value)}</td>{detail}</tr>')
         p.append("</table>")
     else:
         p.append("<p>none (the engines agree)</p>")
@@ -473,7 +501,7 @@ def _html_bucket(index: int, data: ReportData) -> str:
         p += [f"<li>{_e(engine)}: {_e(' > '.join(trace) or '(none)')}</li>" for engine, trace in data.traces.items()]
         p.append("</ul>")
     for listing in data.jit:
-        p.append(f"<h3>JIT image of {_e(listing.program)} (base 0x{listing.base:x})</h3>")
+        p.append(f"<h3>JIT image of {_e(listing.program)} ({_e(listing.engine)}, base 0x{listing.base:x})</h3>")
         if listing.note:
             p.append(f"<p>{_e(listing.note)}</p>")
         p.append("<table><tr><th>pc</th><th>BPF</th><th>x86-64</th><th>marks</th></tr>")

@@ -47,6 +47,7 @@ class FindingRecord:
     # divergence and the JIT self-check violation the same run shows, say.
     all_signatures: tuple[str, ...] = ()
     unstable: bool = False             # replays disagreed with each other
+    engines: tuple[str, ...] = ("interp", "jit")   # what it was replayed on
 
     @property
     def reproduces(self) -> bool:
@@ -102,6 +103,7 @@ class Bucket:
                      "events": (self.best_scenario.size()[1] if self.best_scenario else None)},
             "profile": rep.profile,
             "inject": sorted(rep.bugs),
+            "engines": list(rep.engines),
             "files": [str(f.path) for f in sorted(self.findings, key=FindingRecord.sort_key)],
             "errors": sorted({f.error for f in self.findings if f.error}),
             "report": str(self.report) if self.report else None,
@@ -140,33 +142,35 @@ def _first_seen(path: Path, meta: dict[str, str]) -> float:
 
 
 def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[str] | None = None,
-                   engines: tuple[str, ...] = ("interp", "jit"), pool: Any = None, replays: int = 2) -> FindingRecord:
-    """Load and replay one finding with the settings its meta records.
+                   engines: tuple[str, ...] | None = None, pool: Any = None, replays: int = 2) -> FindingRecord:
+    """Load and replay one finding with the settings its meta records (or the environment's,
+    for an atheris artifact; ``profile``/``bugs``/``engines`` override them:
+    :func:`bpfdiff.settings.load_finding`).
 
     It is replayed ``replays`` times: a finding whose signature changes from
     one replay to the next is flaky even though it diverged.
     """
-    from bpfdiff.fuzz.minimize import finding_settings
     from bpfdiff.fuzz.oracle import run_oracle
 
     from bpfdiff.inputs import load_input
+    from bpfdiff.settings import SettingsError, byte_input_profile, resolve_settings
 
     try:
-        scenario = load_input(path, profile=profile)
+        scenario = load_input(path, profile=byte_input_profile(profile))
     except Exception as exc:  # noqa: BLE001 - an unreadable finding is reported, not raised
         return FindingRecord(path, None, profile or "?", bugs or frozenset(), None, None,
                              path.stat().st_mtime, error=_one_line(exc))
     meta = scenario.meta_dict
     try:
-        used_profile, used_bugs = finding_settings(scenario, profile, bugs)
-    except ValueError as exc:
+        settings = resolve_settings(scenario, profile=profile, inject=bugs, engines=engines, source=str(path))
+    except SettingsError as exc:
         return FindingRecord(path, scenario, meta.get("profile", "?"), frozenset(), meta.get("signature"),
-                             None, _first_seen(path, meta), error=f"{path}: meta: {_one_line(exc)}")
-    record = FindingRecord(path, scenario, used_profile, used_bugs, meta.get("signature"), None,
-                           _first_seen(path, meta))
+                             None, _first_seen(path, meta), error=_one_line(exc))
+    record = FindingRecord(path, scenario, settings.profile, settings.bugs, meta.get("signature"), None,
+                           _first_seen(path, meta), engines=settings.engines)
     try:
-        verdicts = [run_oracle(scenario, engines=engines, profile=used_profile, bugs=used_bugs, pool=pool)
-                    for _ in range(replays)]
+        verdicts = [run_oracle(scenario, engines=settings.engines, profile=settings.profile, bugs=settings.bugs,
+                               pool=pool) for _ in range(replays)]
     except Exception as exc:  # noqa: BLE001 - the oracle reports engine crashes itself; anything else is bad input
         record.error = f"{path}: replay failed: {_one_line(exc)}"
         return record
@@ -244,7 +248,7 @@ def triage(
     minimize: bool = False,
     time_budget: float = 60.0,
     out_dir: str | os.PathLike[str] | None = None,
-    engines: tuple[str, ...] = ("interp", "jit"),
+    engines: tuple[str, ...] | None = None,
     progress: Callable[[str], None] | None = None,
     merge_related: bool = True,
     profile: str | None = None,
@@ -252,9 +256,9 @@ def triage(
 ) -> list[Bucket]:
     """Replay, bucket and (optionally) minimise every finding in ``crash_dir``.
 
-    ``profile``/``bugs`` override what each finding's meta records (needed for
-    atheris artifacts, whose bytes record nothing; or set ``BPFDIFF_PROFILE`` /
-    ``BPFDIFF_INJECT`` as for the harness).
+    ``profile``/``bugs``/``engines`` override what each finding's meta records
+    (needed for atheris artifacts, whose bytes record nothing; or set
+    ``BPFDIFF_PROFILE`` / ``BPFDIFF_INJECT`` as for the harness).
     """
     pool = _make_pool()
     records = []
@@ -271,11 +275,11 @@ def triage(
         for index, bucket in enumerate(buckets, 1):
             if bucket.flaky:
                 continue
-            _minimize_bucket(bucket, index, out, time_budget, engines, pool, progress)
+            _minimize_bucket(bucket, index, out, time_budget, pool, progress)
     return buckets
 
 
-def _minimize_bucket(bucket: Bucket, index: int, out: Path, time_budget: float, engines: tuple[str, ...],
+def _minimize_bucket(bucket: Bucket, index: int, out: Path, time_budget: float,
                      pool: Any, progress: Callable[[str], None] | None) -> None:
     from bpfdiff.fuzz.minimize import minimize_finding
 
@@ -286,7 +290,7 @@ def _minimize_bucket(bucket: Bucket, index: int, out: Path, time_budget: float, 
     if progress is not None:
         progress(f"triage: minimising bucket {index} ({rep.path.name})")
     try:
-        result = minimize_finding(rep.scenario, profile=rep.profile, bugs=rep.bugs, engines=engines,
+        result = minimize_finding(rep.scenario, profile=rep.profile, bugs=rep.bugs, engines=rep.engines,
                                   time_budget=time_budget, progress=progress, pool=pool)
     except ValueError as exc:
         # e.g. the checker refuses a hand-written reproducer: keep it as it is, say why.

@@ -34,6 +34,7 @@ counts every tail call of the run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bpfdiff.interp.engine import check_loadable
@@ -43,7 +44,19 @@ from bpfdiff.jit.poke import PokeDescriptor, map_poke_run
 from bpfdiff.jit.xlate import VerifierError
 
 from bpfdiff.bugs import bugs_for, validate_bugs
-from bpfdiff.engine import DEFAULT_BUDGET, FAULT_MEMORY, Engine, EngineError, EventOutcome, MapContents, RunResult
+from bpfdiff.engine import (
+    DEFAULT_BUDGET,
+    FAULT_MEMORY,
+    Engine,
+    EngineError,
+    EventOutcome,
+    ImageCode,
+    Inspection,
+    MapContents,
+    PokeSite,
+    ProgramCode,
+    RunResult,
+)
 from bpfdiff.helpers import HelperFault, Prandom, call_helper
 from bpfdiff.isa import Program
 from bpfdiff.maps import (
@@ -121,6 +134,34 @@ class JitEngine(Engine):
         """An image as it is now in emulated memory, pokes included."""
         image = self.loaded[prog].jited.images[index]
         return self.emu.read(image.base, len(image.code))
+
+    def inspect(self, scenario: Scenario, stop: int | None = None) -> Iterator[Inspection]:
+        """The programs' code after loading and after each event (the public view of the images)."""
+        self.start(scenario)
+        yield Inspection(None, None, self.program_code())
+        last = len(scenario.events) - 1 if stop is None else min(stop, len(scenario.events) - 1)
+        for index in range(last + 1):
+            outcome = self.apply(index, scenario.events[index])
+            yield Inspection(index, outcome, self.program_code())
+
+    def program_code(self) -> dict[str, ProgramCode]:
+        """Every loaded program's xlated instructions and images as they are in memory now."""
+        result = {}
+        for name, lp in self.loaded.items():
+            images = []
+            for index, image in enumerate(lp.jited.images):
+                sites = []
+                for poke in image.pokes:
+                    expected = dict(self._expected_poke_bytes(poke)) if poke.tailcall_target_stable else {}
+                    points = [("site", poke.tailcall_target)]
+                    if poke.tailcall_bypass is not None:
+                        points.append(("bypass", poke.tailcall_bypass))
+                    sites += [PokeSite(poke.insn_idx, poke.map, poke.key, kind, addr, poke.tailcall_target_stable,
+                                       self.emu.read(addr, 5), expected.get(addr)) for kind, addr in points]
+                images.append(ImageCode(image.func_index, image.base, self.image_bytes(name, index),
+                                        tuple(image.addrs), tuple(image.orig_pc), tuple(sites)))
+            result[name] = ProgramCode(name, tuple(lp.jited.xlated), tuple(images))
+        return result
 
     # -- HelperEnv (bpfdiff.helpers) ---------------------------------------------------
     def map_at(self, addr: int) -> BpfMap | None:
@@ -290,19 +331,31 @@ class JitEngine(Engine):
                         problems.extend(self._check_poke(name, poke))
         return problems
 
-    def _check_poke(self, prog: str, poke: PokeDescriptor) -> list[str]:
+    def _slot_target(self, poke: PokeDescriptor) -> str | None:
         bpf_map = self.maps.get(poke.map)
-        target = bpf_map.get(poke.key) if isinstance(bpf_map, ProgArrayMap) else None
-        slot = f"{poke.map}[{poke.key}] = {target or 'empty'}"
-        # filled slot: site jumps to the target's tail-call entry (the profile's
-        # offset, not the descriptor's adj_off, so a miscounted adj_off shows),
-        # bypass (if any) is a nop; empty slot: site is a nop, bypass jumps
-        # over the pops and the site.
+        return bpf_map.get(poke.key) if isinstance(bpf_map, ProgArrayMap) else None
+
+    def _expected_poke_bytes(self, poke: PokeDescriptor) -> list[tuple[int, bytes]]:
+        """(address, bytes) the site and its bypass must hold for the slot's current program.
+
+        Filled slot: the site jumps to the target's tail-call entry (the
+        profile's offset, not the descriptor's adj_off, so a miscounted adj_off
+        shows), the bypass (if any) is a nop; empty slot: the site is a nop, the
+        bypass jumps over the pops and the site.
+        """
+        target = self._slot_target(poke)
         entry = None if target is None else self.loaded[target].entry.tail_entry
-        expected = [("site", poke.tailcall_target, NOP5 if entry is None else jmp_rel32(poke.tailcall_target, entry))]
+        expected = [(poke.tailcall_target, NOP5 if entry is None else jmp_rel32(poke.tailcall_target, entry))]
         if poke.tailcall_bypass is not None and poke.bypass_addr is not None:
-            expected.append(("bypass", poke.tailcall_bypass,
+            expected.append((poke.tailcall_bypass,
                              jmp_rel32(poke.tailcall_bypass, poke.bypass_addr) if target is None else NOP5))
+        return expected
+
+    def _check_poke(self, prog: str, poke: PokeDescriptor) -> list[str]:
+        target = self._slot_target(poke)
+        slot = f"{poke.map}[{poke.key}] = {target or 'empty'}"
+        expected = [("site" if addr == poke.tailcall_target else "bypass", addr, want)
+                    for addr, want in self._expected_poke_bytes(poke)]
         problems = []
         for what, addr, want in expected:
             have = self.emu.read(addr, len(want))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import bpfdiff.commands.run as run_command
+import bpfdiff.engine as engine_module
 from bpfdiff import cli
 from bpfdiff.compare import Difference, compare_outcomes, format_difference
 from bpfdiff.engine import EXIT, FAULT, FAULT_MEMORY, Engine, EventOutcome, RunResult
@@ -87,7 +88,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: p
     def interrupted(*args: object, **kwargs: object) -> Scenario:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_command, "load_input", interrupted)
+    monkeypatch.setattr(run_command, "load_finding", interrupted)
     code, _, err = run_cli(capsys, "run", "whatever.scn")
     assert code == 130
     assert err.strip() == "bpfdiff: interrupted"
@@ -132,7 +133,8 @@ class ScriptedEngine(Engine):
 
 
 def use_engines(monkeypatch: pytest.MonkeyPatch, scripts: dict[str, list[RunResult]]) -> None:
-    monkeypatch.setattr(run_command, "engine_names", lambda: tuple(scripts))
+    # engine names are checked where every command resolves its settings (bpfdiff.settings)
+    monkeypatch.setattr(engine_module, "engine_names", lambda: tuple(scripts))
     monkeypatch.setattr(run_command, "make_engine", lambda name, **_: ScriptedEngine(scripts[name]))
 
 

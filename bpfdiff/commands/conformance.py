@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bpfdiff.commands.run import parse_bugs, parse_engines
 from bpfdiff.engine import engine_names
 from bpfdiff.inputs import InputError
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
+from bpfdiff.settings import parse_bugs, parse_engines
 
 NAME = "conformance"
 HELP = "run the conformance suite (*.data files) through the engines"

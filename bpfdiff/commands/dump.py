@@ -8,28 +8,44 @@ taken after every event of the scenario has been applied; with it, once after
 loading and again after each event, so a site can be watched turning from
 nop5 into a jump and back.  Programs loaded by a later Load event appear from
 that event on.
+
+FILE is anything ``bpfdiff run`` takes (a scenario, a ``.data`` file, an
+atheris artifact); profile and planted bugs come from ``--profile`` /
+``--inject``, else the file's meta, else ``BPFDIFF_PROFILE`` /
+``BPFDIFF_INJECT`` (:mod:`bpfdiff.settings`), so the code shown is the code
+that produced a finding.  ``--engine`` picks whose code is shown (any engine
+that shows its code: :meth:`bpfdiff.engine.Engine.inspect`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from bpfdiff.engine import EngineError
+from bpfdiff.bugs import bugs_for
+from bpfdiff.engine import EngineError, Inspection, ProgramCode, make_engine
+from bpfdiff.inputs import InputError
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
+from bpfdiff.settings import load_finding
 
 NAME = "dump"
 HELP = "show a scenario's programs as bpftool does (JIT images or xlated instructions)"
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+DEFAULT_ENGINE = "jit"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="scenario (.scn) or conformance .data file")
+    parser.add_argument("file", metavar="FILE", help="scenario (.scn), conformance .data file or fuzzer input")
     parser.add_argument("--prog", metavar="NAME", help="only this program (default: all)")
     parser.add_argument("--profile", choices=sorted(PROFILES),
                         help=f"kernel profile (default: the scenario's meta, else {DEFAULT_PROFILE})")
+    parser.add_argument("--inject", metavar="BUG,...",
+                        help="planted bugs to switch on (default: the scenario's meta; see `bpfdiff bugs`)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE,
+                        help="whose code to show (default: %(default)s)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--jited", dest="mode", action="store_const", const="jited",
                       help="x86-64 images as they are in memory (default)")
@@ -59,70 +75,80 @@ def describe_event(event: object) -> str:
     return repr(event)
 
 
-def render(engine: object, mode: str, only: str | None, map_ids: dict[str, int]) -> str:
+def render(programs: dict[str, ProgramCode], mode: str, only: str | None, map_ids: dict[str, int]) -> str:
     """Every loaded program (or just ``only``) in the chosen form."""
     from bpfdiff.disasm import format_xlated
     from bpfdiff.jit.dump import format_jited
 
     out = []
-    for name, jited in engine.programs.items():  # type: ignore[attr-defined]
+    for name, program in programs.items():
         if only is not None and name != only:
             continue
         if mode == "xlated":
             out.append(f"{name}:")
-            out.append(format_xlated(jited.xlated, map_id=map_ids.__getitem__).rstrip("\n"))
+            out.append(format_xlated(program.xlated, map_id=map_ids.__getitem__).rstrip("\n"))
             continue
-        for index, image in enumerate(jited.images):
+        for index, image in enumerate(program.images):
             title = name if index == 0 else f"{name} (subprog {index})"
             out.append(f"{title}: {len(image.code)} bytes")
             out.append(f"0x{image.base:x}:")           # bpftool's address line
-            code = engine.image_bytes(name, index)  # type: ignore[attr-defined]
-            out.append(format_jited(code).rstrip("\n"))
+            out.append(format_jited(image.code).rstrip("\n"))
     return "\n".join(out)
 
 
-def main(args: argparse.Namespace) -> int:
-    from bpfdiff.jit.engine import JitEngine
-    from bpfdiff.scenario_text import ScenarioSyntaxError, read_scenario
+def _status(step: Inspection) -> str:
+    outcome = step.outcome
+    if outcome is None:
+        return ""
+    if outcome.run is not None:
+        run = outcome.run
+        return f" -> {run.exit} r0=0x{run.r0:x} tail_calls={run.tail_calls} trace={','.join(run.trace)}"
+    return "" if outcome.retval is None else f" -> {outcome.retval}"
 
+
+def main(args: argparse.Namespace) -> int:
     try:
-        scenario = read_scenario(args.file)
-    except ScenarioSyntaxError as exc:
-        print(exc, file=sys.stderr)
+        return _main(args)
+    except InputError as exc:
+        # the one line names the file and the place (PATH:LINE:COL: message)
+        print(str(exc).strip().splitlines()[0], file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as exc:
-        print(f"{args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+
+def _main(args: argparse.Namespace) -> int:
+    scenario, settings = load_finding(args.file, profile=args.profile, inject=args.inject)
     names = [p.name for p in scenario.programs]
     if args.prog is not None and args.prog not in names:
-        print(f"{args.file}: no program {args.prog!r} (programs: {', '.join(names) or 'none'})", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    profile = args.profile or scenario.meta_dict.get("profile", DEFAULT_PROFILE)
-    retpoline = None if args.retpoline is None else args.retpoline == "on"
+        raise InputError(f"{args.file}: no program {args.prog!r} (programs: {', '.join(names) or 'none'})")
+    options: dict[str, Any] = {}
+    if args.retpoline is not None:
+        options["retpoline"] = args.retpoline == "on"
+    if args.force_indirect:
+        options["force_indirect"] = True
     map_ids = {m.name: number for number, m in enumerate(scenario.maps, start=1)}
     try:
-        engine = JitEngine(profile=profile, retpoline=retpoline, force_indirect=args.force_indirect)
-        engine.start(scenario)
-        if args.after_each_event:
-            print("-- after load")
-            print(render(engine, args.mode, args.prog, map_ids))
-        for index, event in enumerate(scenario.events):
-            outcome = engine.apply(index, event)
-            if args.after_each_event:
-                status = "" if outcome.retval is None else f" -> {outcome.retval}"
-                if outcome.run is not None:
-                    run = outcome.run
-                    status = f" -> {run.exit} r0=0x{run.r0:x} tail_calls={run.tail_calls} trace={','.join(run.trace)}"
-                print(f"-- after event {index}: {describe_event(event)}{status}")
-                for violation in outcome.violations:
+        engine = make_engine(args.engine, profile=settings.profile, bugs=bugs_for(args.engine, settings.bugs),
+                             **options)
+    except TypeError:
+        raise InputError(f"--retpoline/--force-indirect: engine {args.engine} has no such option") from None
+    try:
+        last: Inspection | None = None
+        for step in engine.inspect(scenario):
+            last = step
+            if not args.after_each_event:
+                continue
+            if step.index is None:
+                print("-- after load")
+            else:
+                print(f"-- after event {step.index}: {describe_event(scenario.events[step.index])}{_status(step)}")
+                assert step.outcome is not None
+                for violation in step.outcome.violations:
                     print(f"!! {violation}")
-                print(render(engine, args.mode, args.prog, map_ids))
-        if not args.after_each_event:
-            print(render(engine, args.mode, args.prog, map_ids))
+            print(render(step.programs, args.mode, args.prog, map_ids))
+        if not args.after_each_event and last is not None:
+            print(render(last.programs, args.mode, args.prog, map_ids))
     except EngineError as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise InputError(f"{args.file}: {exc}") from None
     finally:
-        if "engine" in locals():
-            engine.close()
+        engine.close()
     return EXIT_OK

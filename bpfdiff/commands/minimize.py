@@ -1,8 +1,9 @@
 """``bpfdiff minimize CRASH [-o OUT]``: shrink a finding to a smallest scenario showing the same divergence.
 
 CRASH is a scenario (``.scn``), a conformance ``.data`` file or an atheris
-crash artifact.  The divergence is replayed with the profile and injected
-bugs recorded in the file's meta (``--profile``/``--inject`` override them);
+crash artifact.  The divergence is replayed with the profile, injected bugs
+and engines recorded in the file's meta, else the atheris variables
+(``--profile``/``--inject``/``--engines`` override them; :mod:`bpfdiff.settings`);
 candidates are kept only while the checker accepts them and the oracle gives
 the same signature.  Progress goes to stderr; the result is written
 atomically (default: ``CRASH`` with ``.min.scn`` in place of its suffix).
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="OUT", help="where to write the minimised scenario")
     parser.add_argument("--profile", choices=sorted(PROFILES), help="kernel profile (default: the finding's meta)")
     parser.add_argument("--inject", metavar="BUG,...", help="planted bugs (default: the finding's meta)")
+    parser.add_argument("--engines", metavar="E,...", help="engines to compare (default: the finding's meta)")
     parser.add_argument("--time", type=float, default=60.0, metavar="SECONDS",
                         help="time budget; the best scenario so far is written when it runs out (default 60)")
     parser.add_argument("--signature", metavar="SIG",
@@ -41,17 +43,15 @@ def default_output(crash: Path) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     from bpfdiff.fuzz.minimize import minimize_finding, stderr_progress
-    from bpfdiff.inputs import load_input
     from bpfdiff.scenario_text import write_scenario
+    from bpfdiff.settings import load_finding
 
     crash = Path(args.crash)
-    scenario = load_input(crash, profile=args.profile)
-    bugs = None
-    if args.inject is not None:
-        bugs = frozenset(b for b in args.inject.split(",") if b)
+    scenario, settings = load_finding(crash, profile=args.profile, inject=args.inject, engines=args.engines)
     try:
-        result = minimize_finding(scenario, profile=args.profile, bugs=bugs, time_budget=args.time,
-                                  progress=None if args.quiet else stderr_progress, signature=args.signature)
+        result = minimize_finding(scenario, profile=settings.profile, bugs=settings.bugs, engines=settings.engines,
+                                  time_budget=args.time, progress=None if args.quiet else stderr_progress,
+                                  signature=args.signature)
     except ValueError as exc:
         print(f"bpfdiff: error: {crash}: {exc}", file=sys.stderr)
         return 2

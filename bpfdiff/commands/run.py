@@ -7,7 +7,11 @@ agree, per engine and field by field when they do not; map events show their
 return codes.  Exit 0 when every engine agrees (and R0 matches the file's
 ``-- result``), 1 on a divergence, a mismatch or an engine crash, 2 on bad
 input.  ``--profile`` and ``--inject`` default to the scenario's ``-- meta``
-(``profile``, ``inject``) so that a finding replays as it was found.
+(``profile``, ``inject``, ``engines``; :mod:`bpfdiff.settings`) so that a
+finding replays as it was found.  Fields an engine cannot observe (a kernel
+engine's trace, its R0 beyond 32 bits) are compared among the engines that do;
+with three or more engines, one that stands alone against all the others is
+named.
 """
 
 from __future__ import annotations
@@ -19,25 +23,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bpfdiff.bugs import bugs_for, validate_bugs
-from bpfdiff.compare import Difference, compare_outcomes, format_difference, format_trace, format_value
-from bpfdiff.engine import EXIT, Engine, EngineError, EventOutcome, RunResult, engine_names, make_engine
-from bpfdiff.inputs import InputError, load_input
+from bpfdiff.bugs import bugs_for
+from bpfdiff.compare import (
+    Difference,
+    Observation,
+    compare_outcomes,
+    format_difference,
+    format_trace,
+    format_value,
+    odd_one_out,
+)
+from bpfdiff.engine import EXIT, Engine, EngineError, EngineUnsupported, EventOutcome, RunResult, make_engine
+from bpfdiff.inputs import InputError
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES, KernelBug, get_profile, with_kernel_bug_fixed
 from bpfdiff.scenario import Event, Expect, MapDef, Scenario
 from bpfdiff.scenario_text import format_event
+from bpfdiff.settings import DEFAULT_ENGINES, FindingSettings, load_finding
 
 NAME = "run"
 HELP = "run a scenario, .data file or crash artifact on several engines and compare them"
 
-META_PROFILE = "profile"
-META_INJECT = "inject"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="scenario (.scn), conformance .data file or fuzzer input")
-    parser.add_argument("--engines", default=",".join(engine_names()),
-                        help="comma-separated engines to run (default: %(default)s)")
+    parser.add_argument("--engines",
+                        help=f"comma-separated engines to run (default: the scenario's meta, else "
+                        f"{','.join(DEFAULT_ENGINES)})")
     parser.add_argument("--profile", choices=sorted(PROFILES),
                         help=f"kernel profile (default: the scenario's meta, else {DEFAULT_PROFILE})")
     parser.add_argument("--inject", metavar="BUG,...",
@@ -46,11 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON object (settings, every engine's outcomes, differences) instead of text")
 
 
-@dataclass(slots=True)
-class Settings:
-    engines: tuple[str, ...]
-    profile: str
-    bugs: frozenset[str]
+Settings = FindingSettings
 
 
 @dataclass(slots=True)
@@ -61,40 +68,13 @@ class Report:
     violations: list[str] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # What each engine that ran observes: fields are compared among their observers.
+    observations: dict[str, Observation] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not (self.differences or self.violations or self.crashes or self.mismatches)
-
-
-def parse_engines(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in engine_names()]
-    if not names or unknown:
-        raise InputError(f"--engines: unknown engine {', '.join(unknown) or '(none given)'} "
-                         f"(known: {', '.join(engine_names())})")
-    return names
-
-
-def parse_bugs(text: str, where: str) -> frozenset[str]:
-    names = {name.strip() for name in text.split(",") if name.strip()}
-    try:
-        return validate_bugs(names)
-    except ValueError as exc:
-        raise InputError(f"{where}: {exc}") from None
-
-
-def settings_for(args: argparse.Namespace, scenario: Scenario) -> Settings:
-    """Command-line options first, then the scenario's meta, then the defaults."""
-    meta = scenario.meta_dict
-    profile = args.profile or meta.get(META_PROFILE) or DEFAULT_PROFILE
-    if profile not in PROFILES:
-        raise InputError(f"{args.file}: meta profile {profile!r} is unknown (known: {', '.join(PROFILES)})")
-    if args.inject is not None:
-        bugs = parse_bugs(args.inject, "--inject")
-    else:
-        bugs = parse_bugs(meta.get(META_INJECT, ""), f"{args.file}: meta inject")
-    return Settings(parse_engines(args.engines), profile, bugs)
 
 
 def execute_all(scenario: Scenario, settings: Settings, source: str,
@@ -105,6 +85,9 @@ def execute_all(scenario: Scenario, settings: Settings, source: str,
         engine = _make(name, settings)
         try:
             outcomes[name] = engine.execute(scenario)
+            report.observations[name] = Observation.of(engine)
+        except EngineUnsupported as exc:
+            report.notes.append(f"engine {name} left out: it cannot run this scenario: {exc}")
         except EngineError as exc:
             raise InputError(f"{source}: engine {name} refuses the scenario: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - a crash inside an engine is a finding, not an abort
@@ -151,6 +134,8 @@ def summarize_outcome(outcome: EventOutcome) -> str:
 
 def print_events(scenario: Scenario, outcomes: dict[str, list[EventOutcome]],
                  differences: Sequence[Difference]) -> None:
+    """Each event's outcome, once when the engines agree; per engine, and each differing field,
+    when they do not (naming the engine that stands alone against all others, if one does)."""
     by_event: dict[int, list[Difference]] = {}
     for difference in differences:
         by_event.setdefault(difference.event_index, []).append(difference)
@@ -164,7 +149,8 @@ def print_events(scenario: Scenario, outcomes: dict[str, list[EventOutcome]],
             print(f"{label}: (no outcome)")
             continue
         if index in by_event:
-            print(f"{label}: ENGINES DIFFER")
+            odd = odd_one_out(by_event[index]) if len(present) >= 3 else None
+            print(f"{label}: ENGINES DIFFER" + (f" ({odd} stands alone)" if odd else ""))
             for engine, outcome in present.items():
                 print(f"    {engine:<{pad}}  {summarize_outcome(outcome)}")
             for difference in by_event[index]:
@@ -206,11 +192,16 @@ def collect_violations(outcomes: dict[str, list[EventOutcome]]) -> list[str]:
 def json_report(path: str, settings: Settings, notes: list[str], outcomes: dict[str, list[EventOutcome]],
                 report: Report) -> dict[str, Any]:
     """Everything `run` found, as plain JSON values (outcomes as EventOutcome.to_json)."""
+    first = min((d.event_index for d in report.differences), default=None)
+    odd = odd_one_out([d for d in report.differences if d.event_index == first]) if len(outcomes) >= 3 else None
     return {
         "file": path,
         "profile": settings.profile,
         "inject": sorted(settings.bugs),
         "engines": list(settings.engines),
+        "observes": {engine: {"fields": sorted(o.observes), "r0_bits": o.r0_bits}
+                     for engine, o in report.observations.items()},
+        "odd_one_out": odd,
         "notes": notes,
         "ok": report.ok,
         "outcomes": {engine: [o.to_json() for o in seq] for engine, seq in outcomes.items()},
@@ -235,18 +226,20 @@ def explaining_kernel_bug(scenario: Scenario, settings: Settings) -> KernelBug |
         fixed = replace(settings, profile=with_kernel_bug_fixed(settings.profile, bug.commit))
         scratch = Report()
         outcomes = execute_all(scenario, fixed, "", scratch)
-        if not scratch.crashes and len(outcomes) == len(settings.engines) and not compare_outcomes(outcomes):
+        if not scratch.crashes and len(outcomes) == len(settings.engines) \
+                and not compare_outcomes(outcomes, scratch.observations):
             return bug
     return None
 
 
 def main(args: argparse.Namespace) -> int:
     notes: list[str] = []
-    scenario = load_input(args.file, args.profile, warn=notes.append)
-    settings = settings_for(args, scenario)
+    scenario, settings = load_finding(args.file, profile=args.profile, inject=args.inject, engines=args.engines,
+                                      warn=notes.append)
     report = Report()
     outcomes = execute_all(scenario, settings, args.file, report)
-    report.differences = compare_outcomes(outcomes)
+    notes += report.notes
+    report.differences = compare_outcomes(outcomes, report.observations)
     if report.differences:
         bug = explaining_kernel_bug(scenario, settings)
         if bug is not None:

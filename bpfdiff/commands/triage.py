@@ -1,6 +1,8 @@
 """``bpfdiff triage CRASHDIR``: replay every finding, group them into distinct bugs, write reports.
 
-Every finding is replayed with the profile and injected bugs of its meta and
+Every finding is replayed with the profile, injected bugs and engines of its
+meta (an atheris artifact, which records nothing, with ``--profile`` /
+``--inject``, else ``BPFDIFF_PROFILE`` / ``BPFDIFF_INJECT``: :mod:`bpfdiff.settings`) and
 bucketed by the oracle's signature (signatures that one replay shows together
 are merged: ``--no-merge`` keeps them apart); findings that no longer diverge
 are listed as flaky, never dropped.  Prints a table (bucket, count, first seen,
@@ -17,8 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpfdiff.bugs import validate_bugs
 from bpfdiff.profiles import PROFILES
+from bpfdiff.settings import SettingsError, parse_bugs, parse_engines
 
 NAME = "triage"
 HELP = "replay a crash directory, bucket findings by signature, write per-bucket reports"
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one bucket per signature, even when one replay shows several of them")
     parser.add_argument("--profile", choices=sorted(PROFILES), help="kernel profile (default: each finding's meta)")
     parser.add_argument("--inject", metavar="BUG,...", help="planted bugs (default: each finding's meta)")
+    parser.add_argument("--engines", metavar="E,...", help="engines to compare (default: each finding's meta)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -64,15 +67,14 @@ def _main(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    bugs = None if args.inject is None else frozenset(b for b in args.inject.split(",") if b)
     try:
-        if bugs is not None:
-            validate_bugs(bugs)
-    except ValueError as exc:
-        print(f"bpfdiff: error: --inject: {exc}", file=sys.stderr)
+        bugs = None if args.inject is None else parse_bugs(args.inject, "--inject")
+        engines = None if args.engines is None else parse_engines(args.engines, "--engines")
+    except SettingsError as exc:
+        print(f"bpfdiff: error: {exc}", file=sys.stderr)
         return 2
     buckets = triage(crash_dir, minimize=args.minimize, time_budget=args.time, out_dir=reports, progress=progress,
-                     merge_related=not args.no_merge, profile=args.profile, bugs=bugs)
+                     merge_related=not args.no_merge, profile=args.profile, bugs=bugs, engines=engines)
     if not args.no_reports:
         for path in write_markdown_reports(buckets, reports):
             progress(f"triage: wrote {path}")
