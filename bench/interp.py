@@ -23,7 +23,7 @@ from bpfdiff.interp.engine import InterpEngine
 from bpfdiff.asm import assemble_program
 from bpfdiff.datafile import DataFileError, read_datafile
 from bpfdiff.isa import Program
-from bpfdiff.scenario import MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import PROG_RAW, MapDef, Run, Scenario, Update, key_u32
 
 
 def count_instructions(engine: InterpEngine, scenario: Scenario) -> int:
@@ -85,7 +85,8 @@ exit
 
 def bench_loop(n: int) -> None:
     iterations = n // 5
-    scenario = Scenario(programs=(assemble_program("loop", LOOP.format(n=iterations)),), events=(Run("loop"),))
+    scenario = Scenario(prog_type=PROG_RAW, programs=(assemble_program("loop", LOOP.format(n=iterations)),),
+                        events=(Run("loop"),))
     engine = InterpEngine(budget=n + 10)
     start = time.perf_counter()
     result = engine.execute(scenario)[-1].run
@@ -97,7 +98,7 @@ def bench_loop(n: int) -> None:
 
 def bench_tail_calls(repeat: int) -> None:
     prog = assemble_program("self", "lddw %r2, map:jt\nmov %r3, 0\ncall 12\nmov %r0, 0\nexit\n")
-    scenario = Scenario(maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(prog,),
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(prog,),
                         events=(Update("jt", key_u32(0), "self"), Run("self", b"")))
     engine = InterpEngine()
     start = time.perf_counter()

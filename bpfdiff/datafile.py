@@ -27,7 +27,7 @@ from pathlib import Path
 from bpfdiff import isa
 from bpfdiff.asm import AsmError, assemble
 from bpfdiff.isa import Insn, Program
-from bpfdiff.scenario import Expect, Run, Scenario
+from bpfdiff.scenario import PROG_RAW, Expect, Run, Scenario
 
 KNOWN_SECTIONS = ("asm", "mem", "result", "error", "raw", "c")
 U64_MASK = (1 << 64) - 1
@@ -72,7 +72,11 @@ class DataFile:
         return Path(self.path).stem
 
     def to_scenario(self) -> Scenario:
-        """One program named after the file, no maps, one run over ``mem``."""
+        """One program named after the file, no maps, one run over ``mem``.
+
+        A conformance file keeps the uBPF convention it was written for (R1 =
+        ``mem``, R2 = its length): the scenario's type is "raw".
+        """
         program = Program(self.name, tuple(self.insns))
         return Scenario(
             maps=(),
@@ -80,6 +84,7 @@ class DataFile:
             events=(Run(program.name, self.mem),),
             expect=Expect(result=self.result, error=self.error),
             meta=(("datafile", self.path),),
+            prog_type=PROG_RAW,
         )
 
 

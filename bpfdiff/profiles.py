@@ -29,6 +29,45 @@ class KernelBug:
 
 
 @dataclass(frozen=True, slots=True)
+class XdpLayout:
+    """The kernel structures an XDP program's context accesses become (``xdp_convert_ctx_access``).
+
+    ``struct xdp_md`` is uapi; the verifier rewrites each field load into loads
+    from ``struct xdp_buff`` (``include/net/xdp.h``), ``struct xdp_rxq_info``
+    and ``struct net_device`` (``include/linux/netdevice.h``), whose offsets
+    are this kernel's (x86-64).
+    """
+
+    xdp_md_size: int            # sizeof(struct xdp_md): 24 with egress_ifindex (v5.8+), 20 before
+    off_buff_data: int          # offsetof(struct xdp_buff, data)
+    off_buff_data_end: int
+    off_buff_data_meta: int
+    off_buff_data_hard_start: int
+    off_buff_rxq: int
+    off_buff_txq: int | None    # None: no txq member (before v5.8)
+    off_rxq_dev: int            # offsetof(struct xdp_rxq_info, dev)
+    off_rxq_queue_index: int
+    off_txq_dev: int            # offsetof(struct xdp_txq_info, dev)
+    off_netdev_ifindex: int     # offsetof(struct net_device, ifindex)
+
+
+# v6.1 (include/net/xdp.h: data, data_end, data_meta, data_hard_start, rxq,
+# txq, frame_sz, flags; include/linux/netdevice.h: name[16], name_node,
+# ifalias, mem_end, mem_start, base_addr, state, six list_heads, adj_list,
+# flags, priv_flags (u64), netdev_ops, ifindex -- the "read-mostly" group
+# that v6.3 changed by inserting xdp_features).
+XDP_LAYOUT_6_1 = XdpLayout(xdp_md_size=24, off_buff_data=0x00, off_buff_data_end=0x08, off_buff_data_meta=0x10,
+                           off_buff_data_hard_start=0x18, off_buff_rxq=0x20, off_buff_txq=0x28,
+                           off_rxq_dev=0x00, off_rxq_queue_index=0x08, off_txq_dev=0x00, off_netdev_ifindex=0xD8)
+# v5.5: xdp_buff still has `unsigned long handle` before rxq and no txq; xdp_md
+# has no egress_ifindex; net_device's ifindex follows `int irq`, state, the
+# list heads, adj_list and seven netdev_features_t (the v5.10 layout too).
+XDP_LAYOUT_5_5 = XdpLayout(xdp_md_size=20, off_buff_data=0x00, off_buff_data_end=0x08, off_buff_data_meta=0x10,
+                           off_buff_data_hard_start=0x18, off_buff_rxq=0x28, off_buff_txq=None,
+                           off_rxq_dev=0x00, off_rxq_queue_index=0x08, off_txq_dev=0x00, off_netdev_ifindex=0x100)
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     name: str
     description: str
@@ -63,6 +102,13 @@ class Profile:
     # max_entries - 1), key), which until then also let keys up to the next power of two
     # minus one through (the site is then direct, its slot can never be filled).
     verifier_tail_call_key_range: str = "exact"
+    # The range a packet pointer gets from `if (rP + N >= data_end)` (and the
+    # other "right open" comparisons, find_good_pkt_pointers): N + 1 since
+    # 2fa7d94afc1a "bpf: Fix the off-by-two error in range markings" (v5.16),
+    # N - 1 before.  `>`-style comparisons give N on every version.
+    verifier_pkt_range_open_adjust: int = 1
+    # XDP context rewrite (convert_ctx_accesses) and the structures behind it.
+    xdp: XdpLayout = XDP_LAYOUT_6_1
     # Real divergences of this kernel (see KernelBug), oldest first.
     kernel_bugs: tuple[KernelBug, ...] = ()
 
@@ -98,6 +144,8 @@ LINUX_5_5 = Profile(
     # ptrs[] out of bounds), while the interpreter's bounds check leaves
     # without counting -- a genuine JIT/interpreter divergence of this kernel.
     verifier_tail_call_key_range="tnum",
+    verifier_pkt_range_open_adjust=-1,
+    xdp=XDP_LAYOUT_5_5,
     kernel_bugs=(
         KernelBug(
             commit="a657182a5c51",

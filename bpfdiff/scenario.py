@@ -21,6 +21,19 @@ from bpfdiff.isa import Program
 
 MAP_KINDS = ("array", "hash", "prog_array")
 
+# What R1 is when a program runs (one type per scenario: the kernel's prog arrays
+# only hold programs of one type).  "xdp": BPF_PROG_TYPE_XDP, R1 points at a
+# read-only ``struct xdp_md`` and the run's bytes are the packet, reached
+# through its data/data_end fields (:mod:`bpfdiff.xdp`); the kernel engines
+# load every program so.  "raw": the uBPF convention of the conformance
+# suite's ``.data`` files, R1 = the bytes themselves, R2 = their length; only
+# our engines give it that meaning (the real verifier refuses R1 as memory).
+PROG_XDP = "xdp"
+PROG_RAW = "raw"
+PROG_TYPES = (PROG_XDP, PROG_RAW)
+# What a scenario is when it does not say (the text form omits it then).
+DEFAULT_PROG_TYPE = PROG_RAW
+
 # update flags (include/uapi/linux/bpf.h)
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -45,7 +58,7 @@ class MapDef:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Run a program once. R1 points at ``mem`` (the context/packet), R2 holds its length."""
+    """Run a program once on ``mem``: the packet (xdp) or, for "raw" scenarios, R1's memory."""
 
     prog: str
     mem: bytes = b""
@@ -91,6 +104,7 @@ class Scenario:
     expect: Expect | None = None
     # free-form settings recorded with a finding: profile, injected bug, seed...
     meta: tuple[tuple[str, str], ...] = field(default=())
+    prog_type: str = DEFAULT_PROG_TYPE  # one of PROG_TYPES
 
     def program(self, name: str) -> Program:
         for prog in self.programs:

@@ -55,6 +55,10 @@ Sections (each at most once, except ``prog``; any order):
 ``meta``
     ``KEY VALUE`` lines (``profile``, ``inject``, ``seed``...): free-form
     settings recorded with a finding.
+``prog_type``
+    one word, what R1 is when a program runs: ``xdp`` (R1 is a ``struct
+    xdp_md``, ``mem`` the packet) or ``raw`` (R1 = ``mem``, R2 = its length);
+    without the section, :data:`bpfdiff.scenario.DEFAULT_PROG_TYPE`.
 
 Every error is one line ``PATH:LINE:COL: message`` (:class:`ScenarioSyntaxError`),
 assembler errors included, at their line in the file.  :func:`format_scenario`
@@ -75,7 +79,9 @@ from pathlib import Path
 
 from bpfdiff.isa import Insn, InvalidInstruction, Program, check_program
 from bpfdiff.scenario import (
+    DEFAULT_PROG_TYPE,
     MAP_KINDS,
+    PROG_TYPES,
     UPDATE_FLAGS,
     Delete,
     Event,
@@ -97,7 +103,7 @@ _FLAG_NAMES = {value: name for name, value in UPDATE_FLAGS.items()}
 _MAP_ATTRIBUTES = ("key_size", "value_size", "max_entries")
 _MAP_DEFAULTS = {"key_size": 4, "value_size": 4}
 # Sections that may appear once; `prog` sections repeat.
-_SINGLE_SECTIONS = ("maps", "events", "result", "error", "meta")
+_SINGLE_SECTIONS = ("maps", "events", "result", "error", "meta", "prog_type")
 
 
 class ScenarioSyntaxError(ValueError):
@@ -199,7 +205,8 @@ class _Parser:
         error = self.parse_error_text(by_name["error"]) if "error" in by_name else None
         expect = Expect(result, error) if result is not None or error is not None else None
         meta = self.parse_meta(by_name["meta"]) if "meta" in by_name else ()
-        return Scenario(tuple(maps.values()), tuple(programs.values()), events, expect, meta)
+        prog_type = self.parse_prog_type(by_name["prog_type"]) if "prog_type" in by_name else DEFAULT_PROG_TYPE
+        return Scenario(tuple(maps.values()), tuple(programs.values()), events, expect, meta, prog_type)
 
     # -- values ----------------------------------------------------------------
     def name(self, line: _Line, token: _Token, what: str) -> str:
@@ -443,6 +450,21 @@ class _Parser:
             raise self.error(line, tokens[0].col, f"result {tokens[0].text} is not a 64-bit value")
         return value & ((1 << 64) - 1)
 
+    def parse_prog_type(self, section: _Section) -> str:
+        content = list(section.content())
+        if not content:
+            raise self.error(section.header, len(section.header.text) + 1,
+                             f"empty '-- prog_type' section (one of: {', '.join(PROG_TYPES)})")
+        line = content[0]
+        tokens = line.tokens()
+        self.no_more(line, tokens, 1)
+        if len(content) > 1:
+            raise self.error(content[1], 1, "'-- prog_type' holds one word")
+        if tokens[0].text not in PROG_TYPES:
+            raise self.error(line, tokens[0].col,
+                             f"unknown program type '{tokens[0].text}' (known: {', '.join(PROG_TYPES)})")
+        return tokens[0].text
+
     def parse_error_text(self, section: _Section) -> str:
         return "\n".join(line.text.strip() for line in section.content())
 
@@ -493,6 +515,11 @@ def format_scenario(scenario: Scenario) -> str:
     if scenario.meta:
         out.append("-- meta")
         out += [_format_meta(key, value) for key, value in scenario.meta]
+    if scenario.prog_type != DEFAULT_PROG_TYPE:       # the default goes without saying
+        if scenario.prog_type not in PROG_TYPES:
+            raise ValueError(f"program type {scenario.prog_type!r} cannot be written "
+                             f"(known: {', '.join(PROG_TYPES)})")
+        out += ["-- prog_type", scenario.prog_type]
     return "\n".join(out) + "\n"
 
 

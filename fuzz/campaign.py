@@ -37,7 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -347,8 +347,7 @@ class Campaign:
     def save_finding(self, item: Item) -> Path:
         finding = item.finding
         assert finding is not None and self.config.crashes is not None and item.scenario is not None
-        scenario = Scenario(item.scenario.maps, item.scenario.programs, item.scenario.events, None,
-                            self.finding_meta(item))
+        scenario = replace(item.scenario, expect=None, meta=self.finding_meta(item))
         text = format_scenario(scenario)
         stem = f"{finding.kind}-{_digest(finding.signature)[:8]}-{_digest(text)[:8]}"
         path = self.config.crashes / f"{stem}{SUFFIX}"

@@ -16,6 +16,7 @@ calls ("tail_calls are not allowed in programs with bpf-to-bpf calls").
 
 from __future__ import annotations
 
+from bpfdiff import xdp
 from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.engine import DEFAULT_BUDGET, Engine, EngineError, EventOutcome, RunResult
 from bpfdiff.helpers import Prandom
@@ -38,7 +39,7 @@ from bpfdiff.isa import (
 )
 from bpfdiff.maps import BpfMap, MapDefinitionError, create_map, value_region_size
 from bpfdiff.profiles import Profile, get_profile
-from bpfdiff.scenario import Delete, Load, Run, Scenario, Update
+from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Load, Run, Scenario, Update
 
 from .decode import decoded
 from .memory import FIRST_MAP_REGION, Memory, map_pointer, map_region_base
@@ -61,7 +62,8 @@ class InterpEngine(Engine):
         mem = Memory()
         loaded: set[str] = set()
         maps = self._create_maps(scenario, mem, loaded.__contains__)
-        machine = Machine(self.profile, mem, {}, tail_call_limit_bug=INTERP_LIMIT_BUG in self.bugs)
+        machine = Machine(self.profile, mem, {}, tail_call_limit_bug=INTERP_LIMIT_BUG in self.bugs,
+                          prog_type=scenario.prog_type)
         for bpf_map, number in zip(maps.values(), range(len(maps)), strict=True):
             machine.map_pointer[bpf_map.name] = map_pointer(number)
             machine.map_value[bpf_map.name] = map_region_base(number)
@@ -79,6 +81,7 @@ class InterpEngine(Engine):
             if isinstance(event, Run):
                 if event.prog not in loaded:
                     raise EngineError(f"event {index}: run of {event.prog!r}, which is not loaded")
+                check_run_input(scenario, event, index)
                 outcome = machine.run(event.prog, event.mem, self.budget, Prandom.for_run(self.seed, index))
                 result = RunResult(
                     r0=outcome.r0, exit=outcome.exit, tail_calls=outcome.tail_calls, trace=outcome.trace,
@@ -158,6 +161,16 @@ def check_loadable(prog: Program, maps: dict[str, BpfMap], tail_calls_in_subprog
                               "with bpf-to-bpf calls on this profile")
 
 
+def check_run_input(scenario: Scenario, event: Run, index: int) -> None:
+    """Raise EngineError for a run the kernel's test run refuses (an XDP packet's size)."""
+    if scenario.prog_type not in PROG_TYPES:
+        raise EngineError(f"unknown program type {scenario.prog_type!r} (known: {', '.join(PROG_TYPES)})")
+    if scenario.prog_type == PROG_XDP:
+        problem = xdp.packet_length_error(len(event.mem))
+        if problem is not None:
+            raise EngineError(f"event {index}: run of {event.prog!r}: {problem}")
+
+
 def written_registers(insn: Insn) -> tuple[int, ...]:
     """Registers an instruction writes (other than through calls), for the verifier's R10 rule."""
     cls = insn.cls
@@ -178,4 +191,4 @@ def _map(maps: dict[str, BpfMap], name: str, index: int) -> BpfMap:
         raise EngineError(f"event {index}: unknown map {name!r}") from None
 
 
-__all__ = ["InterpEngine", "check_loadable"]
+__all__ = ["InterpEngine", "check_loadable", "check_run_input"]

@@ -6,7 +6,12 @@ is unmapped and faults):
 =======================  =====================================================
 address                  what
 =======================  =====================================================
-``0x1_0000_0000 + i``    the Run event's ``mem`` (context/packet), R1 at entry
+``0x1_0000_0000``        R1 at entry: in an xdp scenario the read-only
+                         ``struct xdp_md`` (not a byte buffer: its loads are
+                         answered field by field, see :meth:`Memory.load`); in
+                         a raw scenario the Run event's ``mem`` itself
+``0x3_0000_0000 + i``    xdp: the packet (the Run event's ``mem``), what
+                         ``data``..``data_end`` point at
 ``0x2_0000_0000 + i``    the stack: RUNTIME_FRAMES frames x 512 bytes; frame
                          k's R10 is 512*k below frame 0's (the region's top)
 ``(0x10 + n) << 32``     values of the n-th array/hash map of the scenario
@@ -22,6 +27,7 @@ are not.
 
 from __future__ import annotations
 
+from bpfdiff import xdp
 from bpfdiff.engine import FAULT_MEMORY
 from bpfdiff.helpers import HelperFault, Prandom
 from bpfdiff.isa import MAX_BPF_STACK, MAX_CALL_FRAMES
@@ -29,9 +35,11 @@ from bpfdiff.maps import BpfMap
 
 CTX_REGION = 1
 STACK_REGION = 2
+PACKET_REGION = 3
 FIRST_MAP_REGION = 0x10
 CTX_BASE = CTX_REGION << 32
 STACK_BASE = STACK_REGION << 32
+PACKET_BASE = PACKET_REGION << 32
 # How deep a verified program can nest at run time.  The verifier bounds each
 # program's own call chain by MAX_CALL_FRAMES, but a tail call from a
 # subprogram enters a new program *inside* that frame, whose calls nest further:
@@ -72,7 +80,7 @@ class Memory:
     :class:`bpfdiff.helpers.HelperEnv` of the helpers.
     """
 
-    __slots__ = ("regions", "stack", "maps_by_pointer", "prandom", "deepest")
+    __slots__ = ("regions", "stack", "maps_by_pointer", "prandom", "deepest", "xdp_md", "out_region")
 
     def __init__(self) -> None:
         self.regions: dict[int, list] = {}
@@ -81,16 +89,50 @@ class Memory:
         self.maps_by_pointer: dict[int, BpfMap] = {}
         self.prandom = Prandom(0)
         self.deepest = RUNTIME_FRAMES - 1   # zero the whole stack at the first reset
+        # xdp: the struct xdp_md fields (offset -> value); None in a raw scenario
+        self.xdp_md: dict[int, int] | None = None
+        self.out_region = CTX_REGION         # the region a run returns as its ``mem``
 
     # -- setup ------------------------------------------------------------------
     def add_region(self, region: int, size: int) -> None:
         self.regions[region] = [bytearray(size), 0, size]
 
     def set_ctx(self, data: bytes) -> None:
+        """A raw run: R1 points at ``data`` itself."""
+        self.xdp_md = None
+        self.regions.pop(PACKET_REGION, None)
         self.regions[CTX_REGION] = [bytearray(data), 0, len(data)]
+        self.out_region = CTX_REGION
+
+    def set_xdp(self, packet: bytes) -> None:
+        """An xdp run: R1 points at a struct xdp_md whose data..data_end is ``packet``.
+
+        The context is no byte buffer (its region is not mapped): the slow path
+        of :meth:`load` answers each field, and every store to it faults.
+        """
+        self.regions.pop(CTX_REGION, None)
+        self.regions[PACKET_REGION] = [bytearray(packet), 0, len(packet)]
+        self.xdp_md = {xdp.XDP_MD_DATA: PACKET_BASE, xdp.XDP_MD_DATA_END: PACKET_BASE + len(packet),
+                       xdp.XDP_MD_DATA_META: PACKET_BASE}
+        for off in (xdp.XDP_MD_INGRESS_IFINDEX, xdp.XDP_MD_RX_QUEUE_INDEX):
+            self.xdp_md[off] = xdp.xdp_md_scalar(off)
+        self.out_region = PACKET_REGION
 
     def ctx_bytes(self) -> bytes:
-        return bytes(self.regions[CTX_REGION][0])
+        """The run's memory afterwards: the packet (xdp) or R1's bytes (raw)."""
+        return bytes(self.regions[self.out_region][0])
+
+    def _ctx_field(self, addr: int, size: int) -> int:
+        """A load from the xdp_md context: 4-byte reads of the fields a test run fills in."""
+        assert self.xdp_md is not None
+        off = addr - CTX_BASE
+        value = self.xdp_md.get(off) if size == xdp.XDP_MD_FIELD_SIZE else None
+        if value is None:
+            # misaligned, not 4 bytes, outside the struct, or egress_ifindex
+            # (its xdp_txq_info is NULL in a test run): the verifier refuses all
+            raise MemoryFault(f"read of {size} bytes at 0x{addr:x}: invalid bpf_context access "
+                              f"off={off} size={size}")
+        return value
 
     def reset_stack(self) -> None:
         # only the frames the last run reached can hold anything
@@ -112,6 +154,8 @@ class Memory:
             off = addr & LOW32
             if region[1] <= off and off + size <= region[2]:
                 return int.from_bytes(region[0][off:off + size], "little")
+        if self.xdp_md is not None and addr >> 32 == CTX_REGION:
+            return self._ctx_field(addr, size)
         raise MemoryFault(f"read of {size} bytes at 0x{addr:x}: {self.describe(addr)}")
 
     def store(self, addr: int, size: int, value: int) -> None:
@@ -125,10 +169,12 @@ class Memory:
 
     def describe(self, addr: int) -> str:
         """Why ``addr`` is not accessible, for fault reasons."""
-        region_names = {CTX_REGION: "mem", STACK_REGION: "stack"}
+        region_names = {CTX_REGION: "mem", STACK_REGION: "stack", PACKET_REGION: "packet"}
         number = addr >> 32
         region = self.regions.get(number)
         if region is None:
+            if number == CTX_REGION and self.xdp_md is not None:
+                return "the xdp_md context is read only"
             return "unmapped"
         name = region_names.get(number, "map values")
         return f"outside {name} window [+{region[1]:#x}, +{region[2]:#x})"

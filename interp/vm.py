@@ -2,8 +2,11 @@
 
 Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
 
-* A run starts the program at slot 0 with R1 = the mem region, R2 = its
-  length, R10 = frame 0's frame pointer, every other register 0.
+* A run starts the program at slot 0 with R10 = frame 0's frame pointer and
+  R1 = the context: in an xdp scenario a read-only ``struct xdp_md`` whose
+  ``data``..``data_end`` is the run's ``mem`` (:mod:`bpfdiff.xdp`), every other
+  register 0 (the verifier refuses reading them); in a raw scenario the mem
+  region itself, with R2 = its length.
 * ``call`` to a subprogram pushes a frame: the callee runs with a new
   512-byte stack (R10 512 bytes lower), R1-R5 as passed, R6-R9 restored for
   the caller on return.  A program's ninth frame faults (FAULT_CALL_DEPTH:
@@ -44,6 +47,7 @@ from bpfdiff.helpers import HelperFault, Prandom, call_helper
 from bpfdiff.isa import MAX_CALL_FRAMES, Program
 from bpfdiff.maps import ProgArrayMap
 from bpfdiff.profiles import Profile
+from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP
 
 from .decode import Closure, Exit, TailCall, decoded
 from .memory import CTX_BASE, RUNTIME_FRAMES, Memory, MemoryFault, frame_pointer
@@ -101,6 +105,7 @@ class Machine:
     map_pointer: dict[str, int] = field(default_factory=dict)   # lddw map:NAME
     map_value: dict[str, int] = field(default_factory=dict)     # lddw map_value:NAME (value 0)
     tail_call_limit_bug: bool = False            # planted bug "interp-tail-call-limit"
+    prog_type: str = DEFAULT_PROG_TYPE           # what R1 is (bpfdiff.scenario.PROG_TYPES)
     # per-run state
     frames: list[Frame] = field(default_factory=list)
     prog: str = ""
@@ -132,11 +137,15 @@ class Machine:
     # -- the run loop -------------------------------------------------------------
     def run(self, prog_name: str, mem: bytes, budget: int, prandom: Prandom) -> RunOutcome:
         m = self.mem
-        m.set_ctx(mem)
+        r = [0] * 11
+        if self.prog_type == PROG_XDP:
+            m.set_xdp(mem)
+        else:
+            m.set_ctx(mem)
+            r[2] = len(mem)
         m.reset_stack()
         m.prandom = prandom
-        r = [0] * 11
-        r[1], r[2], r[10] = CTX_BASE, len(mem), frame_pointer(0)
+        r[1], r[10] = CTX_BASE, frame_pointer(0)
         self.frames = []
         self.tail_call_count = 0
         self.entry_depth = 0

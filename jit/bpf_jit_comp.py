@@ -75,7 +75,7 @@ from bpfdiff.jit.xlate import Xlated, xlate
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import Profile
-from bpfdiff.scenario import MapDef
+from bpfdiff.scenario import DEFAULT_PROG_TYPE, MapDef
 
 
 class JitError(ValueError):
@@ -1135,7 +1135,8 @@ def final_pass(fn: FuncJit, addrs: list[int], ctx: JitContext, base: int) -> tup
 # -- bpf_int_jit_compile --------------------------------------------------------------------------
 def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Profile, env: JitEnv,
                         options: JitOptions,
-                        prog_array_target: Callable[[str, int], int | None]) -> JitProgram:
+                        prog_array_target: Callable[[str, int], int | None],
+                        prog_type: str = DEFAULT_PROG_TYPE) -> JitProgram:
     """Verifier rewrites, then JIT every function, allocate, final pass, direct tail-call fixup.
 
     ``prog_array_target(map, key)`` gives the ``bpf_func`` of the program in a
@@ -1148,7 +1149,7 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
         flavour = FLAVOURS[profile.jit_prologue]
     except KeyError:
         raise JitError(f"profile {profile.name}: unknown JIT flavour {profile.jit_prologue!r}") from None
-    xl = xlate(prog, maps, profile, options)
+    xl = xlate(prog, maps, profile, options, prog_type)
     retpoline = profile.retpoline if options.retpoline is None else options.retpoline
     pokes = [PokeDescriptor(map=p.map, key=p.key, insn_idx=p.insn_idx, adj_off=profile.x86_tail_call_offset)
              for p in xl.pokes]

@@ -30,10 +30,14 @@ pointer exactly as for a kernel address:
                             ends at a page end before an unmapped guard
                             page, the slack below it is watched
 ``STACK_BASE``              the kernel stack of the run (zeroed each run)
-``MEM_END``                 the context/packet: ``mem`` ends exactly at
-                            ``MEM_END`` so reading past it faults, and the
-                            slack below it in its first page is watched by a
+``MEM_END``                 the packet (xdp) or raw context: ``mem`` ends
+                            exactly at ``MEM_END`` so reading past it faults,
+                            and the slack below it (for a packet, the
+                            test run's headroom and below) is watched by a
                             memory hook, so underruns fault too
+``XDP_CTX_BASE``            xdp: the ``struct xdp_buff`` R1 points at, the
+                            ``xdp_rxq_info`` and ``net_device`` behind it
+                            (filled in by the engine at the profile's offsets)
 ==========================  ==============================================
 
 Helpers: the image calls ``HELPER_BASE + 8 * id``; a code hook on the helper
@@ -138,6 +142,7 @@ INITIAL_RBP = STACK_TOP - 0x10  # a made-up caller frame; `leave` in the epilogu
 INITIAL_RSP = STACK_TOP - 0x40  # holds SENTINEL, the return address of the run
 
 MEM_END = 0x7888_0010_0000
+XDP_CTX_BASE = MEM_END + 0x10_0000      # one page: xdp_buff, its rxq info and net_device
 
 # Map values: each map's block in pages of its own, ending at a page end, an
 # unmapped guard page after it, and the slack below it in its first page
@@ -319,6 +324,7 @@ class Emulator:
         uc.mem_map(SENTINEL, PAGE, text)
         uc.mem_write(SENTINEL, b"\xcc" * PAGE)
         uc.mem_map(STACK_BASE, STACK_SIZE, data)
+        uc.mem_map(XDP_CTX_BASE, PAGE, data)
         self._zero_stack = bytes(STACK_SIZE)
         self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text)
         self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data)
@@ -494,11 +500,11 @@ class Emulator:
         return None
 
     # -- running ------------------------------------------------------------------
-    def _set_mem(self, mem: bytes) -> None:
+    def _set_mem(self, mem: bytes, headroom: int) -> None:
         n = len(mem)
         if n > MAX_MEM:
             raise EngineError(f"run context of {n} bytes exceeds {MAX_MEM}")
-        pages = round_up(n, PAGE) // PAGE
+        pages = round_up(n + headroom, PAGE) // PAGE
         uc = self.uc
         if pages != self._mem_pages:
             if self._mem_pages:
@@ -510,7 +516,8 @@ class Emulator:
         self.mem_len = n
         if n:
             uc.mem_write(self.mem_start, bytes(mem))
-        slack = (MEM_END - pages * PAGE, self.mem_start) if self.mem_start % PAGE else None
+        lowest = MEM_END - pages * PAGE
+        slack = (lowest, self.mem_start) if lowest < self.mem_start else None
         if slack != self._mem_slack:
             if self._mem_slack_hook is not None:
                 uc.hook_del(self._mem_slack_hook)
@@ -520,15 +527,31 @@ class Emulator:
                                                    begin=slack[0], end=slack[1] - 1)
             self._mem_slack = slack
 
-    def run(self, entry: EntryPoint, mem: bytes, budget: int) -> RawRun:
-        """Call ``entry.bpf_func(ctx=mem, len(mem))`` until it returns, faults or exhausts the budget."""
+    @staticmethod
+    def packet_start(n: int) -> int:
+        """Where a run's ``mem`` of ``n`` bytes starts (it ends at MEM_END)."""
+        return MEM_END - n
+
+    def run(self, entry: EntryPoint, mem: bytes, budget: int, context: int | None = None,
+            headroom: int = 0) -> RawRun:
+        """Call ``entry.bpf_func`` until it returns, faults or exhausts the budget.
+
+        ``context`` None: a raw run, ``bpf_func(mem, len(mem))``.  Otherwise R1
+        is ``context`` (an xdp_buff the caller wrote, pointing at
+        :meth:`packet_start`) and ``headroom`` bytes are mapped before the
+        packet, as the test run allocates them (watched: touching them faults).
+        """
         uc = self.uc
-        self._set_mem(mem)
+        self._set_mem(mem, headroom)
         uc.mem_write(STACK_BASE, self._zero_stack)
         uc.context_restore(self._initial_context)
         regs = self.regs
-        regs.write(x86.UC_X86_REG_RDI, self.mem_start)
-        regs.write(x86.UC_X86_REG_RSI, len(mem))
+        if context is None:
+            regs.write(x86.UC_X86_REG_RDI, self.mem_start)
+            regs.write(x86.UC_X86_REG_RSI, len(mem))
+        else:
+            # bpf_prog_run_xdp passes the xdp_buff; rsi (R2) is not the program's to read
+            regs.write(x86.UC_X86_REG_RDI, context)
         uc.mem_write(INITIAL_RSP, SENTINEL.to_bytes(8, "little"))
 
         self._trace = []
@@ -607,7 +630,7 @@ class Emulator:
         if self._fault is None:
             what = "write" if access == ucc.UC_MEM_WRITE else "read"
             self._stop_with_fault(FAULT_MEMORY, self.regs.read(x86.UC_X86_REG_RIP),
-                                  f"{what} of {size} bytes at 0x{address:x}, before the context "
+                                  f"{what} of {size} bytes at 0x{address:x}, before the packet/context "
                                   f"(0x{self.mem_start:x}, {self.mem_len} bytes)")
 
     def _on_value_slack(self, uc: Uc, access: int, address: int, size: int, value: int,

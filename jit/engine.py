@@ -11,6 +11,13 @@ scenario.  Per scenario the engine
 * JITs each program once, when it is loaded (up front, or at its Load event
   so that ``bpf_tail_call_direct_fixup`` sees the slots as they are then),
   and copies its images into emulated memory;
+* for an xdp scenario, before each run writes the ``struct xdp_buff`` R1
+  points at (``data``/``data_meta`` at the packet, ``data_end`` after it,
+  ``data_hard_start`` ``XDP_PACKET_HEADROOM`` before it), its
+  ``xdp_rxq_info`` (queue 0) and ``net_device`` (the loopback's ifindex 1)
+  at the profile's offsets (:class:`~bpfdiff.profiles.XdpLayout`), the
+  layout the verifier's context rewrite reads, as ``bpf_prog_test_run_xdp``
+  sets it up;
 * applies map events through :mod:`bpfdiff.maps`; a prog-array slot change
   first exchanges the ``ptrs[]`` entry and then re-patches every direct
   tail-call site through :func:`bpfdiff.jit.poke.map_poke_run`, the order of
@@ -37,12 +44,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bpfdiff.interp.engine import check_loadable
+from bpfdiff.interp.engine import check_loadable, check_run_input
 from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile, retpoline_thunk
-from bpfdiff.jit.emulator import Emulator, EntryPoint
+from bpfdiff.jit.emulator import XDP_CTX_BASE, Emulator, EntryPoint
 from bpfdiff.jit.poke import PokeDescriptor, map_poke_run
 from bpfdiff.jit.xlate import VerifierError
 
+from bpfdiff import xdp
 from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.engine import (
     DEFAULT_BUDGET,
@@ -68,10 +76,13 @@ from bpfdiff.maps import (
     value_region_size,
 )
 from bpfdiff.profiles import Profile, get_profile
-from bpfdiff.scenario import Delete, Event, Load, MapDef, Run, Scenario, Update
+from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Event, Load, MapDef, Run, Scenario, Update
 
 NOP5 = bytes.fromhex("0f1f440000")
 STRUCT_BPF_PROG_SIZE = 0x100      # room for the fields up to bpf_func and beyond; only bpf_func is read
+# Within the XDP_CTX_BASE page: where the xdp_buff's rxq info and device live.
+XDP_RXQ_INFO = XDP_CTX_BASE + 0x40
+XDP_NET_DEVICE = XDP_CTX_BASE + 0x200
 HASH_MAP_HEADER_SIZE = 0x100      # struct bpf_htab: nothing in it is read by generated code
 
 
@@ -203,6 +214,8 @@ class JitEngine(Engine):
         """Forget the previous scenario, create the maps, load the programs without a Load event."""
         self.emu.reset()
         self._reset_state()
+        if scenario.prog_type not in PROG_TYPES:
+            raise EngineError(f"unknown program type {scenario.prog_type!r} (known: {', '.join(PROG_TYPES)})")
         self._scenario = scenario
         for mapdef in scenario.maps:
             self._create_map(mapdef)
@@ -252,7 +265,7 @@ class JitEngine(Engine):
         check_loadable(program, self.maps, self.profile.tail_calls_in_subprogs)
         try:
             jited = bpf_int_jit_compile(program, self.mapdefs, self.profile, self.env, self.options,
-                                        self._prog_array_target)
+                                        self._prog_array_target, self._scenario.prog_type)
         except VerifierError as exc:
             # The kernel refuses the program at load (bad input).  A JitError
             # is left to propagate: the loader still has the interpreter, so
@@ -299,13 +312,39 @@ class JitEngine(Engine):
         loaded = self.loaded.get(event.prog)
         if loaded is None:
             raise EngineError(f"event {index}: run of {event.prog!r}, which is not loaded")
+        assert self._scenario is not None
+        check_run_input(self._scenario, event, index)
         self.prandom = Prandom.for_run(self.seed, index)
-        raw = self.emu.run(loaded.entry, event.mem, self.budget)
+        if self._scenario.prog_type == PROG_XDP:
+            raw = self.emu.run(loaded.entry, event.mem, self.budget, context=self._xdp_context(len(event.mem)),
+                               headroom=xdp.XDP_PACKET_HEADROOM)
+        else:
+            raw = self.emu.run(loaded.entry, event.mem, self.budget)
         result = RunResult(
             r0=raw.rax, exit=raw.exit, tail_calls=raw.tail_calls, trace=tuple(raw.trace),
             maps=self._contents(), mem=raw.mem, fault_kind=raw.fault_kind, fault_pc=raw.fault_pc,
             fault_prog=raw.fault_prog, fault_reason=raw.fault_reason)
         return EventOutcome(index, "run", run=result, violations=tuple(raw.violations))
+
+    def _xdp_context(self, length: int) -> int:
+        """Write the xdp_buff (and what it points to) of a run over ``length`` bytes; its address."""
+        layout = self.profile.xdp
+        data = self.emu.packet_start(length)
+        buff = bytearray(XDP_RXQ_INFO - XDP_CTX_BASE)
+        fields = {layout.off_buff_data: data, layout.off_buff_data_end: data + length,
+                  layout.off_buff_data_meta: data, layout.off_buff_data_hard_start: data - xdp.XDP_PACKET_HEADROOM,
+                  layout.off_buff_rxq: XDP_RXQ_INFO}
+        if layout.off_buff_txq is not None:
+            fields[layout.off_buff_txq] = 0          # the test run's xdp_buff has no txq
+        for off, value in fields.items():
+            buff[off:off + 8] = value.to_bytes(8, "little")
+        self.emu.write(XDP_CTX_BASE, bytes(buff))
+        rxq = bytearray(XDP_NET_DEVICE - XDP_RXQ_INFO)
+        rxq[layout.off_rxq_dev:layout.off_rxq_dev + 8] = XDP_NET_DEVICE.to_bytes(8, "little")
+        rxq[layout.off_rxq_queue_index:layout.off_rxq_queue_index + 4] = xdp.RX_QUEUE_INDEX.to_bytes(4, "little")
+        self.emu.write(XDP_RXQ_INFO, bytes(rxq))
+        self.emu.write(XDP_NET_DEVICE + layout.off_netdev_ifindex, xdp.LOOPBACK_IFINDEX.to_bytes(4, "little"))
+        return XDP_CTX_BASE
 
     def _contents(self) -> tuple[tuple[str, MapContents], ...]:
         return tuple((name, bpf_map.contents()) for name, bpf_map in self.maps.items())

@@ -19,6 +19,10 @@ for a privileged (CAP_BPF) program with the JIT on and no constant blinding:
 * ``tail_call_reachable`` -- a function that tail calls, or calls (transitively)
   one that does (``check_max_stack_depth``).
 * ``opt_remove_nops`` -- ``ja +0`` instructions are deleted.
+* ``convert_ctx_accesses`` -- for an XDP program, every load from the context
+  (``struct xdp_md``) becomes the loads of that field from the kernel's
+  ``struct xdp_buff`` and what hangs off it (``xdp_convert_ctx_access``, the
+  profile's :class:`~bpfdiff.profiles.XdpLayout`); see :func:`convert_ctx_accesses`.
 * ``do_misc_fixups``:
   - ``call bpf_tail_call`` becomes the internal ``BPF_JMP | BPF_TAIL_CALL`` with
     ``imm = poke index + 1`` when the site is *direct* -- the same prog array in
@@ -53,10 +57,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bpfdiff import isa
+from bpfdiff import isa, xdp
 from bpfdiff.isa import Insn, InvalidInstruction, Program
-from bpfdiff.profiles import Profile
-from bpfdiff.scenario import MapDef
+from bpfdiff.profiles import Profile, XdpLayout
+from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, MapDef
 
 if TYPE_CHECKING:
     from bpfdiff.jit.bpf_jit_comp import JitOptions
@@ -445,8 +449,9 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
     return starts
 
 
-def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: JitOptions) -> Xlated:
-    """The verifier's rewrites of ``prog`` for ``profile`` (raises :class:`VerifierError`)."""
+def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: JitOptions,
+          prog_type: str = DEFAULT_PROG_TYPE) -> Xlated:
+    """The verifier's rewrites of ``prog``, loaded as ``prog_type``, for ``profile`` (raises :class:`VerifierError`)."""
     insns = list(prog.insns)
     starts = _check(prog, maps, profile)
     ends = starts[1:] + [len(insns)]
@@ -483,6 +488,12 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     starts = [new_start[s] for s in starts]
     tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
 
+    ctx_patches = convert_ctx_accesses(insns, starts, profile, prog_type, f"program {prog.name}")
+    if ctx_patches:
+        insns, orig, new_start = rebuild(insns, orig, ctx_patches)
+        starts = [new_start[s] for s in starts]
+        tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
+
     # do_misc_fixups, in program order (poke indices follow it)
     patches: dict[int, list[Insn]] = {}
     pokes: list[tuple[int, str, int]] = []
@@ -508,3 +519,135 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     subprogs = [SubprogInfo(s, e, depths[k], has_tail_call[k], reachable[k])
                 for k, (s, e) in enumerate(zip(starts, ends, strict=True))]
     return Xlated(insns=insns, orig_pc=orig, pokes=poke_specs, subprogs=subprogs)
+
+
+# -- convert_ctx_accesses: the program type's context rewrite -----------------------------------
+# Which registers hold the context pointer, unmodified, at each instruction:
+# a small forward dataflow of its own (per function, the callee's R1-R5 joined
+# over its call sites).  A value is CTX_NO, CTX_YES or CTX_MIXED (ctx on one
+# path only: the verifier refuses an access through it).
+CTX_NO, CTX_YES, CTX_MIXED = 0, 1, 2
+
+
+def _ctx_join(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(x if x == y else CTX_MIXED for x, y in zip(a, b, strict=True))
+
+
+def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int]:
+    """pc -> CTX_YES / CTX_MIXED for every memory access whose base may be the context.
+
+    The context is R1 at the program's entry; it is followed through 64-bit
+    register moves and into subprograms (their R1-R5).  Anything else that
+    writes a register (a load, arithmetic, a call's R0-R5) makes it no context
+    pointer.  Context pointers spilled to the stack are not followed (bpfdiff
+    never spills one: the checker refuses pointers stored to memory).
+    """
+    ends = list(starts[1:]) + [len(insns)]
+    entry: dict[int, tuple[int, ...]] = {starts[0]: (CTX_NO, CTX_YES) + (CTX_NO,) * 9}
+    found: dict[int, int] = {}
+    pending = [starts[0]]
+    while pending:
+        start = pending.pop()
+        end = ends[list(starts).index(start)]
+        states = {start: entry[start]}
+        work = [start]
+        while work:
+            pc = work.pop()
+            regs = list(states[pc])
+            insn = insns[pc]
+            succs = [pc + 1]
+            cls = insn.cls
+            if insn.is_lddw:
+                regs[insn.dst] = CTX_NO
+                succs = [pc + 2]
+            elif cls in (isa.BPF_ALU, isa.BPF_ALU64):
+                moved = cls == isa.BPF_ALU64 and insn.op == isa.BPF_MOV and insn.source == isa.BPF_X and not insn.off
+                regs[insn.dst] = regs[insn.src] if moved else CTX_NO
+            elif cls in (isa.BPF_LDX, isa.BPF_ST, isa.BPF_STX):
+                base = insn.src if cls == isa.BPF_LDX else insn.dst
+                if regs[base] != CTX_NO:
+                    found[pc] = max(found.get(pc, CTX_NO), regs[base])
+                if cls == isa.BPF_LDX:
+                    regs[insn.dst] = CTX_NO
+                elif cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+                    regs[0 if insn.imm == isa.BPF_CMPXCHG else insn.src] = CTX_NO
+            elif insn.opcode == isa.CALL_OPCODE:
+                if insn.is_pseudo_call:
+                    target = pc + 1 + insn.imm
+                    callee = (CTX_NO,) + tuple(regs[1:6]) + (CTX_NO,) * 5
+                    old = entry.get(target)
+                    new = callee if old is None else _ctx_join(old, callee)
+                    if new != old:
+                        entry[target] = new
+                        pending.append(target)
+                for reg in range(6):
+                    regs[reg] = CTX_NO
+            elif insn.is_exit:
+                succs = []
+            elif cls in (isa.BPF_JMP, isa.BPF_JMP32):
+                target = isa.jump_target(pc, insn)
+                succs = [target] if insn.op == isa.BPF_JA else [pc + 1, target]
+            out = tuple(regs)
+            for succ in succs:
+                if not start <= succ < end:
+                    continue
+                old = states.get(succ)
+                new = out if old is None else _ctx_join(old, out)
+                if new != old:
+                    states[succ] = new
+                    work.append(succ)
+    return found
+
+
+def xdp_convert_ctx_access(insn: Insn, layout: XdpLayout, where: str) -> list[Insn]:
+    """One ``struct xdp_md`` load as the verifier rewrites it (``xdp_is_valid_access`` first).
+
+    ``data``, ``data_end``, ``data_meta``: one 8-byte load of the pointer from
+    ``struct xdp_buff``; ``ingress_ifindex``: ``xdp->rxq->dev->ifindex``;
+    ``rx_queue_index``: ``xdp->rxq->queue_index``.  ``egress_ifindex`` is
+    readable only by devmap programs (``xdp->txq->dev->ifindex``), which
+    bpfdiff does not load.
+    """
+    off, size = insn.off, isa.SIZE_BYTES[insn.size]
+    if insn.mode != isa.BPF_MEM or not 0 <= off < layout.xdp_md_size or off % size or \
+            size != xdp.XDP_MD_FIELD_SIZE or off not in xdp.READABLE_FIELDS:
+        raise VerifierError(f"{where}: invalid bpf_context access off={off} size={size}")
+    dst, src = insn.dst, insn.src
+
+    def ldx(size_code: int, to: int, base: int, at: int) -> Insn:
+        return Insn(isa.BPF_LDX | isa.BPF_MEM | size_code, to, base, at, 0)
+
+    pointer = {xdp.XDP_MD_DATA: layout.off_buff_data, xdp.XDP_MD_DATA_END: layout.off_buff_data_end,
+               xdp.XDP_MD_DATA_META: layout.off_buff_data_meta}
+    if off in pointer:
+        return [ldx(isa.BPF_DW, dst, src, pointer[off])]
+    if off == xdp.XDP_MD_INGRESS_IFINDEX:
+        return [ldx(isa.BPF_DW, dst, src, layout.off_buff_rxq), ldx(isa.BPF_DW, dst, dst, layout.off_rxq_dev),
+                ldx(isa.BPF_W, dst, dst, layout.off_netdev_ifindex)]
+    return [ldx(isa.BPF_DW, dst, src, layout.off_buff_rxq), ldx(isa.BPF_W, dst, dst, layout.off_rxq_queue_index)]
+
+
+def convert_ctx_accesses(insns: Sequence[Insn], starts: Sequence[int], profile: Profile, prog_type: str,
+                         where: str) -> dict[int, list[Insn]]:
+    """The verifier's ``convert_ctx_accesses`` for ``prog_type``: patches for :func:`rebuild`.
+
+    Only XDP has a context to rewrite ("raw" is no kernel program type: its R1
+    is plain memory to our engines).  A store to the context, or an access
+    whose base is the context on one path only, is refused as the verifier does.
+    """
+    if prog_type != PROG_XDP:
+        return {}
+    patches: dict[int, list[Insn]] = {}
+    for pc, kind in sorted(_ctx_accesses(insns, starts).items()):
+        insn = insns[pc]
+        if kind == CTX_MIXED:
+            raise VerifierError(f"{where}: insn {pc}: same insn cannot be used with different pointers")
+        if insn.cls == isa.BPF_ST:
+            raise VerifierError(f"{where}: insn {pc}: BPF_ST stores into R{insn.dst} ctx is not allowed")
+        if insn.cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC:
+            raise VerifierError(f"{where}: insn {pc}: BPF_ATOMIC stores into R{insn.dst} ctx is not allowed")
+        if insn.cls == isa.BPF_STX:       # xdp_is_valid_access refuses every write
+            raise VerifierError(f"{where}: insn {pc}: invalid bpf_context access off={insn.off} "
+                                f"size={isa.SIZE_BYTES[insn.size]}")
+        patches[pc] = xdp_convert_ctx_access(insn, profile.xdp, f"{where}: insn {pc}")
+    return patches

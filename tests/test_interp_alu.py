@@ -22,7 +22,7 @@ from bpfdiff.isa import (
     Program,
     lddw_pair,
 )
-from bpfdiff.scenario import Run, Scenario
+from bpfdiff.scenario import PROG_RAW, Run, Scenario
 
 ENGINE = InterpEngine()
 
@@ -93,7 +93,8 @@ s32s = st.one_of(st.sampled_from([0, 1, -1, 2, -2, 31, 32, 63, 64, -(1 << 31), (
 
 
 def run_r0(insns: list[Insn], mem: bytes = b"") -> int:
-    outcome = ENGINE.execute(Scenario(programs=(Program("t", tuple(insns)),), events=(Run("t", mem),)))[0]
+    outcome = ENGINE.execute(Scenario(prog_type=PROG_RAW, programs=(Program("t", tuple(insns)),),
+                                      events=(Run("t", mem),)))[0]
     assert outcome.run is not None and outcome.run.exit == "exit", outcome
     return outcome.run.r0
 

@@ -6,7 +6,7 @@ from bpfdiff.interp.engine import InterpEngine
 
 from bpfdiff.engine import EngineError
 from bpfdiff.isa import BPF_JA, BPF_JMP, EXIT_OPCODE, Insn, Program, lddw_pair
-from bpfdiff.scenario import Run, Scenario
+from bpfdiff.scenario import PROG_RAW, Run, Scenario
 
 
 def test_decoded_once_per_program_object():
@@ -21,6 +21,6 @@ def test_decoded_once_per_program_object():
 
 def test_jump_into_the_middle_of_lddw_is_refused():
     insns = (Insn(BPF_JMP | BPF_JA, 0, 0, 1), *lddw_pair(0, 7), Insn(EXIT_OPCODE))
-    scenario = Scenario(programs=(Program("p", insns),), events=(Run("p"),))
+    scenario = Scenario(prog_type=PROG_RAW, programs=(Program("p", insns),), events=(Run("p"),))
     with pytest.raises(EngineError, match="middle of ldimm64"):
         InterpEngine().execute(scenario)

@@ -8,14 +8,15 @@ from bpfdiff.interp.engine import InterpEngine
 from bpfdiff.asm import assemble_program
 from bpfdiff.engine import DEFAULT_BUDGET, EngineError
 from bpfdiff.helpers import CLOBBER_VALUES
-from bpfdiff.scenario import Delete, Load, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import PROG_RAW, Delete, Load, MapDef, Run, Scenario, Update, key_u32
 
 U64 = (1 << 64) - 1
 
 
 def run(text: str, mem: bytes = b"", maps=(), events_before=(), **engine_options):
     prog = assemble_program("p", text)
-    scenario = Scenario(maps=tuple(maps), programs=(prog,), events=tuple(events_before) + (Run("p", mem),))
+    scenario = Scenario(prog_type=PROG_RAW, maps=tuple(maps), programs=(prog,),
+                        events=tuple(events_before) + (Run("p", mem),))
     return InterpEngine(**engine_options).execute(scenario)[-1].run
 
 
@@ -152,7 +153,7 @@ def test_invalid_programs_and_events_are_engine_errors():
         run("lddw %r1, map:nope\nmov %r0, 0\nexit\n")
     prog = assemble_program("p", "mov %r0, 0\nexit\n")
     with pytest.raises(EngineError, match="not loaded"):
-        InterpEngine().execute(Scenario(programs=(prog,), events=(Run("p", b""), Load("p"))))
+        InterpEngine().execute(Scenario(prog_type=PROG_RAW, programs=(prog,), events=(Run("p", b""), Load("p"))))
 
 
 def test_map_events_and_load_event_order():
@@ -161,7 +162,7 @@ def test_map_events_and_load_event_order():
     jt = MapDef("jt", "prog_array", 4, 4, 1)
     events = (Update("jt", key_u32(0), "leaf"), Run("main", b""), Load("leaf"), Update("jt", key_u32(0), "leaf"),
               Run("main", b""), Delete("jt", key_u32(0)), Delete("jt", key_u32(0)), Run("main", b""))
-    outcomes = InterpEngine().execute(Scenario(maps=(jt,), programs=(leaf, main), events=events))
+    outcomes = InterpEngine().execute(Scenario(prog_type=PROG_RAW, maps=(jt,), programs=(leaf, main), events=events))
     assert outcomes[0].retval == -errno.EBADF             # leaf not loaded yet
     assert outcomes[1].run.r0 == 1 and outcomes[1].run.trace == ("main",)
     assert outcomes[2].retval == 0 and outcomes[3].retval == 0

@@ -7,7 +7,7 @@ from bpfdiff.interp.engine import InterpEngine
 
 from bpfdiff.asm import assemble_program
 from bpfdiff.engine import EngineError
-from bpfdiff.scenario import MapDef, Run, Scenario, Update
+from bpfdiff.scenario import PROG_RAW, MapDef, Run, Scenario, Update
 
 U64 = (1 << 64) - 1
 
@@ -38,7 +38,7 @@ exit
 
 def hash_run(flags: int, value: int, events_before=()):
     prog = assemble_program("p", f"mov %r6, {value}\nmov %r8, {flags}\n" + HASH_PROG)
-    scenario = Scenario(maps=(MapDef("h", "hash", 4, 8, 1),), programs=(prog,),
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("h", "hash", 4, 8, 1),), programs=(prog,),
                         events=tuple(events_before) + (Run("p"),))
     return InterpEngine().execute(scenario)[-1].run
 
@@ -60,7 +60,7 @@ def test_hash_map_through_helpers():
 def test_map_value_load_persists_across_runs():
     counter = assemble_program("c", "lddw %r1, map_value:cnt+8\nldxdw %r0, [%r1]\nadd %r0, 1\n"
                                     "stxdw [%r1], %r0\nexit\n")
-    scenario = Scenario(maps=(MapDef("cnt", "array", 4, 16, 1),), programs=(counter,),
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("cnt", "array", 4, 16, 1),), programs=(counter,),
                         events=(Run("c"), Run("c"), Update("cnt", bytes(4), bytes(8) + (40).to_bytes(8, "little")),
                                 Run("c")))
     outcomes = InterpEngine().execute(scenario)
@@ -74,13 +74,14 @@ def test_map_value_load_persists_across_runs():
 ])
 def test_map_value_refusals(text, message):
     maps = (MapDef("big", "array", 4, 8, 2), MapDef("one", "array", 4, 8, 1))
-    scenario = Scenario(maps=maps, programs=(assemble_program("p", text),), events=(Run("p"),))
+    scenario = Scenario(prog_type=PROG_RAW, maps=maps, programs=(assemble_program("p", text),), events=(Run("p"),))
     with pytest.raises(EngineError, match=message):
         InterpEngine().execute(scenario)
 
 
 def test_lookup_on_a_prog_array_is_unsupported():
     prog = assemble_program("p", "stw [%r10-4], 0\nlddw %r1, map:jt\nmov %r2, %r10\nadd %r2, -4\ncall 1\nexit\n")
-    scenario = Scenario(maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(prog,), events=(Run("p"),))
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(prog,),
+                        events=(Run("p"),))
     result = InterpEngine().execute(scenario)[-1].run
     assert (result.exit, result.fault_kind, result.fault_pc) == ("fault", "unsupported", 5)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from bpfdiff.engine import EngineError
 from bpfdiff.isa import EXIT_OPCODE, Insn, Program
-from bpfdiff.scenario import MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import PROG_RAW, MapDef, Run, Scenario, Update, key_u32
 
 ENGINE = InterpEngine(budget=2_000)
 MAPS = (MapDef("arr", "array", 4, 8, 2), MapDef("h", "hash", 4, 8, 2), MapDef("jt", "prog_array", 4, 4, 2))
@@ -92,7 +92,7 @@ def flatten(body: list[Insn]) -> list[Insn]:
 @given(body=st.lists(insns, min_size=1, max_size=12), mem=st.binary(max_size=16))
 def test_random_programs_never_crash_the_interpreter(body, mem):
     prog = Program("p", (*flatten(body), Insn(0xB7, 0, 0, 0, 0), Insn(EXIT_OPCODE)))
-    scenario = Scenario(maps=MAPS, programs=(prog,),
+    scenario = Scenario(prog_type=PROG_RAW, maps=MAPS, programs=(prog,),
                         events=(Update("jt", key_u32(0), "p"), Run("p", mem)))
     try:
         outcomes = ENGINE.execute(scenario)

@@ -13,7 +13,7 @@ import pytest
 from bpfdiff.interp.engine import InterpEngine
 
 from bpfdiff.asm import assemble_program
-from bpfdiff.scenario import Delete, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import PROG_RAW, Delete, MapDef, Run, Scenario, Update, key_u32
 
 PROFILES = ["linux-6.1", "linux-5.5"]
 
@@ -48,7 +48,7 @@ SLOTS = 8
 def table_scenario(run: str, extra_events=()) -> Scenario:
     programs = tuple(assemble_program(name, body(i)) for i, (name, body) in enumerate(TABLE))
     fill = tuple(Update("jt", key_u32(i), name) for i, (name, _) in enumerate(TABLE))
-    return Scenario(maps=(MapDef("jt", "prog_array", 4, 4, SLOTS),), programs=programs,
+    return Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, SLOTS),), programs=programs,
                     events=fill + tuple(extra_events) + (Run(run, bytes(4)),))
 
 
@@ -103,7 +103,7 @@ def test_tail_call_keeps_registers_and_reuses_the_frame():
     # the caller's registers (R6, R1) and stack are what the target sees
     caller = assemble_program("caller", "mov %r6, 42\nstdw [%r10-8], 7\n" + tail_call(1) + "mov %r0, -1\nexit\n")
     target = assemble_program("target", "ldxdw %r0, [%r10-8]\nadd %r0, %r6\nexit\n")
-    scenario = Scenario(maps=(MapDef("jt", "prog_array", 4, 4, 2),), programs=(caller, target),
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 2),), programs=(caller, target),
                         events=(Update("jt", key_u32(1), "target"), Run("caller", b"")))
     result = InterpEngine().execute(scenario)[-1].run
     assert (result.r0, result.trace) == (49, ("caller", "target"))
@@ -126,7 +126,7 @@ def test_tail_calls_from_subprograms_copy_the_counter():
     # of its own; the callee's count does not flow back into the caller.
     main = assemble_program("main", SUBPROG_TAIL_CALLS.format(tail_call=tail_call(0)))
     loop = assemble_program("loop", tail_call(0) + "mov %r0, 0\nexit\n")
-    scenario = Scenario(maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(main, loop),
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(main, loop),
                         events=(Update("jt", key_u32(0), "loop"), Run("main", b"")))
     result = InterpEngine("linux-6.1").execute(scenario)[-1].run
     assert result.exit == "exit"
@@ -137,14 +137,16 @@ def test_tail_calls_with_subprograms_refused_on_5_5():
     from bpfdiff.engine import EngineError
 
     main = assemble_program("main", SUBPROG_TAIL_CALLS.format(tail_call=tail_call(0)))
-    scenario = Scenario(maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(main,), events=(Run("main", b""),))
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(main,),
+                        events=(Run("main", b""),))
     with pytest.raises(EngineError, match="bpf-to-bpf"):
         InterpEngine("linux-5.5").execute(scenario)
 
 
 def test_tail_call_through_a_non_prog_array_is_unsupported():
     prog = assemble_program("p", "lddw %r2, map:arr\nmov %r3, 0\ncall 12\nmov %r0, 0\nexit\n")
-    scenario = Scenario(maps=(MapDef("arr", "array", 4, 8, 1),), programs=(prog,), events=(Run("p", b""),))
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("arr", "array", 4, 8, 1),), programs=(prog,),
+                        events=(Run("p", b""),))
     result = InterpEngine().execute(scenario)[-1].run
     assert (result.exit, result.fault_kind, result.fault_pc) == ("fault", "unsupported", 3)   # the call slot
 
@@ -156,7 +158,7 @@ def test_calls_through_an_empty_slot_count_towards_the_limit(profile):
     # Entry n starts with count 2(n-1); entry 17 finds 32, its empty-slot call
     # makes it 33 and the self call is refused: 16 tail calls, 17 entries.
     prog = assemble_program("self", add_state(1) + tail_call(1) + tail_call(0) + "mov %r0, 0\nexit\n")
-    scenario = Scenario(maps=(MapDef("jt", "prog_array", 4, 4, 2),), programs=(prog,),
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 2),), programs=(prog,),
                         events=(Update("jt", key_u32(0), "self"), Run("self", bytes(4))))
     result = InterpEngine(profile).execute(scenario)[-1].run
     assert result.tail_calls == 16 and len(result.trace) == 17
@@ -165,5 +167,5 @@ def test_calls_through_an_empty_slot_count_towards_the_limit(profile):
 
 def test_tail_call_through_a_non_map_pointer_faults_on_memory():
     prog = assemble_program("p", "mov %r2, 16\nmov %r3, 0\ncall 12\nmov %r0, 0\nexit\n")
-    result = InterpEngine().execute(Scenario(programs=(prog,), events=(Run("p", b""),)))[-1].run
+    result = InterpEngine().execute(Scenario(prog_type=PROG_RAW, programs=(prog,), events=(Run("p", b""),)))[-1].run
     assert (result.exit, result.fault_kind, result.fault_pc) == ("fault", "memory", 2)

@@ -21,7 +21,7 @@ from jit_loader import Loader as TextLoader
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program, lddw_pair
 from bpfdiff.profiles import LINUX_6_1
-from bpfdiff.scenario import Delete, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import PROG_RAW, Delete, MapDef, Run, Scenario, Update, key_u32
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jit" / "linux-6.1-images.txt"
 MAP_ADDR = 0x7888_8000_0040
@@ -185,7 +185,7 @@ def test_indirect_tail_call_sequence(thunk: int | None, last: list[tuple[int, st
 def test_fixture_images_through_the_engine() -> None:
     """The same three states, produced by the JIT engine's own map updates on unicorn memory."""
     fixtures = load_fixtures()
-    scenario = Scenario(maps=tuple(MAPS.values()), programs=(PROG_B, PROG_A),
+    scenario = Scenario(prog_type=PROG_RAW, maps=tuple(MAPS.values()), programs=(PROG_B, PROG_A),
                         events=(Run("A"), Update("jmp_table", key_u32(0), "B"), Run("A"),
                                 Delete("jmp_table", key_u32(0)), Run("A")))
     engine = JitEngine(profile="linux-6.1")
