@@ -22,10 +22,23 @@ Rules, each an error message below:
   returned in R0 -- the engines lay memory out differently, so a leaked
   address would be a false divergence;
 * memory: stack accesses inside [-512, 0), aligned, reads only of bytes this
-  function wrote; context (``mem``) accesses inside the smallest ``mem`` of the
-  runs that can reach the program (directly or through prog arrays it is ever
-  put in); map value accesses inside ``value_size`` and only after a
+  function wrote; map value accesses inside ``value_size`` and only after a
   NULL check of the lookup result; no atomics on the context;
+* the context, in an xdp scenario (``xdp_is_valid_access`` and the packet
+  rules of ``kernel/bpf/verifier.c``): only 4-byte, aligned reads of the
+  ``struct xdp_md`` fields a non-devmap program may read -- no stores (``BPF_ST
+  stores into R6 ctx is not allowed``), no atomics, no arithmetic on the
+  context pointer; ``data``/``data_meta``/``data_end`` give packet pointers:
+  ``add/sub K`` moves a packet pointer, a 64-bit ``j{gt,ge,lt,le}`` between a
+  packet pointer at offset N and ``data_end`` proves the range
+  (``find_good_pkt_pointers``: N, or N +/- 1 for the right-open forms, per
+  profile) for every packet pointer on the branch where it holds, and a
+  packet access (no atomics) must lie inside the proven range; other
+  comparisons of pointers are refused, packet pointers do not cross calls;
+  every run's packet is ETH_HLEN..XDP_MAX_PACKET bytes (:mod:`bpfdiff.xdp`);
+* the context in a raw scenario: R1 is ``mem`` itself, accessed inside the
+  smallest ``mem`` of the runs that can reach the program (directly or
+  through prog arrays it is ever put in);
 * loops (the bound must be visible): a backward jump is a 64-bit conditional
   jump ``j<cond> rC, N`` with an immediate, back to right after
   ``mov rC, C0``; the loop body is straight-line code (no jumps, calls or
@@ -45,7 +58,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bpfdiff import isa
+from bpfdiff import isa, xdp
 from bpfdiff.isa import (
     BPF_ADD,
     BPF_ALU64,
@@ -71,6 +84,7 @@ from bpfdiff.isa import (
     BPF_LD,
     BPF_LDX,
     BPF_LSH,
+    BPF_MEM,
     BPF_MOD,
     BPF_MOV,
     BPF_NEG,
@@ -85,7 +99,18 @@ from bpfdiff.isa import (
     Program,
 )
 from bpfdiff.profiles import Profile, get_profile
-from bpfdiff.scenario import MAP_KINDS, Delete, Load, MapDef, Run, Scenario, Update
+from bpfdiff.scenario import (
+    DEFAULT_PROG_TYPE,
+    MAP_KINDS,
+    PROG_TYPES,
+    PROG_XDP,
+    Delete,
+    Load,
+    MapDef,
+    Run,
+    Scenario,
+    Update,
+)
 
 MAX_LOOP_TRIPS = 1024
 TAIL_CALL_STACK_LIMIT = 256      # frames before a subprogram with a tail call
@@ -119,10 +144,17 @@ class Refused(Exception):
 # Tuples, so that states compare and hash cheaply:
 #   ("uninit",)  ("scalar", const|None)  ("ctx",)  ("fp", off)
 #   ("map", name)  ("value_or_null", name)  ("value", name, off)
+#   xdp: ("pkt", off, range)  ("pkt_end",)  ("pkt_meta", off): packet
+#   pointers of the verifier's id 0 (all loaded from the context), `range`
+#   the bytes from `data` a comparison with data_end proved
 UNINIT = ("uninit",)
 SCALAR = ("scalar", None)
 CTX = ("ctx",)
-POINTER_KINDS = frozenset({"ctx", "fp", "map", "value_or_null", "value"})
+PKT_END = ("pkt_end",)
+POINTER_KINDS = frozenset({"ctx", "fp", "map", "value_or_null", "value", "pkt", "pkt_end", "pkt_meta"})
+PACKET_KINDS = frozenset({"pkt", "pkt_end", "pkt_meta"})
+# BPF_MAX_VAR_OFF: the verifier refuses pointer offsets beyond it
+MAX_POINTER_OFF = 1 << 29
 
 
 def scalar(const: int | None = None) -> tuple:
@@ -134,6 +166,8 @@ def join_value(a: tuple, b: tuple) -> tuple:
         return a
     if a[0] == "scalar" and b[0] == "scalar":
         return SCALAR
+    if a[0] == "pkt" and b[0] == "pkt" and a[1] == b[1]:
+        return ("pkt", a[1], min(a[2], b[2]))     # proven on both paths: the smaller range
     return UNINIT
 
 
@@ -198,12 +232,14 @@ class TailCallSite:
 class ProgramChecker:
     """Checks one program against the scenario's maps and memory size."""
 
-    def __init__(self, program: Program, maps: dict[str, MapDef], mem_len: int, profile: Profile) -> None:
+    def __init__(self, program: Program, maps: dict[str, MapDef], mem_len: int, profile: Profile,
+                 prog_type: str = DEFAULT_PROG_TYPE) -> None:
         self.prog = program
         self.insns = program.insns
         self.maps = maps
-        self.mem_len = mem_len
+        self.mem_len = mem_len          # raw: the bytes R1 points at
         self.profile = profile
+        self.prog_type = prog_type
         self.sites: list[TailCallSite] = []
 
     # -- structure --------------------------------------------------------
@@ -431,6 +467,17 @@ class ProgramChecker:
             if write:
                 state = State(state.regs, state.stack | bits)
             return state, -at
+        if kind == "ctx" and self.prog_type == PROG_XDP:
+            self.xdp_ctx_access(base, off, size, pc, write, atomic)
+            return state, 0
+        if kind == "pkt":
+            if atomic:
+                raise Refused(pc, f"BPF_ATOMIC stores into R{base} pkt is not allowed")
+            at = ptr[1] + off
+            if at < 0 or at + size > ptr[2]:
+                raise Refused(pc, f"invalid access to packet, off={at} size={size}, "
+                                  f"R{base}(id=0,off={ptr[1]},r={ptr[2]})")
+            return state, 0
         if kind == "ctx":
             if atomic:
                 raise Refused(pc, "atomic access to the context is not allowed")
@@ -447,6 +494,30 @@ class ProgramChecker:
             raise Refused(pc, f"R{base} invalid mem access 'map_value_or_null'")
         raise Refused(pc, f"R{base} invalid mem access '{kind}'")
 
+    def xdp_ctx_access(self, base: int, off: int, size: int, pc: int, write: bool, atomic: bool) -> None:
+        """xdp_is_valid_access: 4-byte aligned reads of the fields a (non-devmap) XDP program may read."""
+        if atomic:
+            raise Refused(pc, f"BPF_ATOMIC stores into R{base} ctx is not allowed")
+        if write and self.insns[pc].cls == BPF_ST:
+            raise Refused(pc, f"BPF_ST stores into R{base} ctx is not allowed")
+        if write or not 0 <= off < self.profile.xdp.xdp_md_size or off % size or \
+                size != xdp.XDP_MD_FIELD_SIZE or off not in xdp.READABLE_FIELDS:
+            raise Refused(pc, f"invalid bpf_context access off={off} size={size}")
+
+    def loaded_value(self, state: State, insn: Insn, pc: int) -> tuple:
+        """What an LDX puts in its destination: a scalar, or from the XDP context a packet pointer."""
+        if self.prog_type == PROG_XDP and state.regs[insn.src] == CTX:
+            if insn.mode != BPF_MEM:
+                raise Refused(pc, "sign-extending load from the context")
+            kind = xdp.PACKET_POINTER_FIELDS.get(insn.off)
+            if kind == "pkt":
+                return ("pkt", 0, 0)
+            if kind == "pkt_meta":
+                return ("pkt_meta", 0)
+            if kind == "pkt_end":
+                return PKT_END
+        return SCALAR
+
     def step(self, pc: int, state: State, fn_start: int, sites: dict[int, TailCallSite],
              call_args: dict[int, State]) -> tuple[list[tuple[int, State]], int]:
         insn = self.insns[pc]
@@ -460,8 +531,9 @@ class ProgramChecker:
             return [(pc + 2, self.lddw(pc, insn, state))], 0
         if cls == BPF_LDX:
             size = isa.SIZE_BYTES[insn.size]
+            value = self.loaded_value(state, insn, pc)
             state, used = self.mem_access(state, insn.src, insn.off, size, pc, write=False)
-            return [(nxt, state.set(insn.dst, SCALAR))], used
+            return [(nxt, state.set(insn.dst, value))], used
         if cls in (BPF_ST, BPF_STX):
             size = isa.SIZE_BYTES[insn.size]
             atomic = cls == BPF_STX and insn.mode == BPF_ATOMIC
@@ -507,6 +579,16 @@ class ProgramChecker:
             if is64 and insn.source == BPF_K and op in (BPF_ADD, BPF_SUB):
                 return state.set(insn.dst, ("fp", dst[1] + (insn.imm if op == BPF_ADD else -insn.imm)))
             raise Refused(pc, f"R{insn.dst} pointer arithmetic with this operation is not allowed")
+        if dst[0] in ("pkt", "pkt_meta"):
+            # pointer += K keeps the pointer's id and range, moves its offset
+            if is64 and insn.source == BPF_K and op in (BPF_ADD, BPF_SUB):
+                moved = dst[1] + (insn.imm if op == BPF_ADD else -insn.imm)
+                if abs(moved) >= MAX_POINTER_OFF:
+                    raise Refused(pc, f"R{insn.dst} packet pointer offset {moved} is out of range")
+                return state.set(insn.dst, (dst[0], moved) + dst[2:])
+            raise Refused(pc, f"R{insn.dst} pointer arithmetic with this operation is not allowed")
+        if dst[0] == "pkt_end":
+            raise Refused(pc, f"R{insn.dst} pointer arithmetic on pkt_end prohibited")
         if dst[0] != "scalar":
             raise Refused(pc, f"R{insn.dst} pointer arithmetic on {dst[0]} is not allowed")
         return state.set(insn.dst, SCALAR)
@@ -537,8 +619,8 @@ class ProgramChecker:
         if insn.is_pseudo_call:
             for reg in range(1, 6):
                 value = state.regs[reg]
-                # a pointer into this frame cannot be followed into the callee's checks
-                if value[0] == "fp":
+                # a pointer into this frame (or the packet) is not followed into the callee's checks
+                if value[0] == "fp" or value[0] in PACKET_KINDS:
                     state = state.set(reg, UNINIT)
             callee = State(state.regs[:6] + (UNINIT,) * 4 + (("fp", 0),), 0).set(0, UNINIT)
             old = call_args.get(pc)
@@ -553,11 +635,46 @@ class ProgramChecker:
                 and op in (BPF_JEQ, BPF_JNE):
             null, nonnull = state.set(insn.dst, scalar(0)), state.set(insn.dst, ("value", lhs[1], 0))
             return ([(target, null), (nxt, nonnull)] if op == BPF_JEQ else [(target, nonnull), (nxt, null)]), 0
+        if lhs[0] in PACKET_KINDS and insn.source == BPF_X:
+            return self.packet_compare(pc, insn, state, lhs, self.read(state, insn.src, pc)), 0
         if lhs[0] != "scalar":
             raise Refused(pc, f"R{insn.dst} pointer comparison prohibited")
         if insn.source == BPF_X:
             self.read_scalar(state, insn.src, pc, " in a comparison")
         return [(nxt, state), (target, state)], 0
+
+    # (op, the packet pointer is the left operand) -> (branch where the range holds, right open)
+    PACKET_CHECKS = {
+        (BPF_JGT, True): ("fall", False), (BPF_JLT, True): ("taken", True),
+        (BPF_JGE, True): ("fall", True), (BPF_JLE, True): ("taken", False),
+        (BPF_JGT, False): ("taken", True), (BPF_JLT, False): ("fall", False),
+        (BPF_JGE, False): ("taken", False), (BPF_JLE, False): ("fall", True),
+    }
+
+    def packet_compare(self, pc: int, insn: Insn, state: State, lhs: tuple, rhs: tuple) -> list[tuple[int, State]]:
+        """``if pkt(+N) <op> data_end`` (or reversed): the range N proves, on the branch where it holds.
+
+        try_match_pkt_pointers + find_good_pkt_pointers: every packet pointer
+        (they all share the verifier's id 0 here) gets ``range = max(range,
+        N)``, N adjusted by the profile for the right-open forms, none when N
+        is negative or (right open) zero.  Anything else that compares
+        pointers is refused (the kernel is more lenient; this checker only
+        needs the bounds check).
+        """
+        pair = {lhs[0], rhs[0]}
+        if insn.cls != BPF_JMP or pair != {"pkt", "pkt_end"} or (insn.op, lhs[0] == "pkt") not in self.PACKET_CHECKS:
+            raise Refused(pc, f"R{insn.dst} pointer comparison prohibited")
+        pkt = lhs if lhs[0] == "pkt" else rhs
+        branch, right_open = self.PACKET_CHECKS[(insn.op, lhs[0] == "pkt")]
+        target = isa.jump_target(pc, insn)
+        new_range = pkt[1] + (self.profile.verifier_pkt_range_open_adjust if right_open else 0)
+        proven = state
+        if pkt[1] > 0 or (pkt[1] == 0 and not right_open):
+            regs = tuple(("pkt", r[1], max(r[2], new_range)) if r[0] == "pkt" else r for r in state.regs)
+            proven = State(regs, state.stack)
+        if branch == "fall":
+            return [(pc + 1, proven), (target, state)]
+        return [(pc + 1, state), (target, proven)]
 
     def after_call(self, state: State, r0: tuple) -> State:
         regs = (r0,) + (UNINIT,) * 5 + state.regs[6:]
@@ -644,6 +761,8 @@ def _check_maps(maps: Iterable[MapDef]) -> list[CheckError]:
 
 def _check_events(s: Scenario) -> list[CheckError]:
     errors = []
+    if s.prog_type not in PROG_TYPES:
+        errors.append(CheckError(None, None, f"unknown program type {s.prog_type!r} (known: {', '.join(PROG_TYPES)})"))
     maps = {m.name: m for m in s.maps}
     progs = {p.name for p in s.programs}
     upfront, explicit = s.load_order()
@@ -658,6 +777,8 @@ def _check_events(s: Scenario) -> list[CheckError]:
             loaded.add(ev.prog)
         elif isinstance(ev, Run) and ev.prog not in loaded:
             errors.append(CheckError(None, None, f"{where}: program {ev.prog!r} runs before it is loaded"))
+        elif isinstance(ev, Run) and s.prog_type == PROG_XDP and xdp.packet_length_error(len(ev.mem)):
+            errors.append(CheckError(None, None, f"{where}: {xdp.packet_length_error(len(ev.mem))}"))
         elif isinstance(ev, Update | Delete):
             mapdef = maps.get(ev.map)
             if mapdef is None:
@@ -704,7 +825,7 @@ def check_program(program: Program, s: Scenario, profile: str | Profile,
                   bounds: dict[str, int] | None = None) -> list[CheckError]:
     """Errors of one program of ``s`` (empty: the verifier would accept it)."""
     mem_len = (mem_bounds(s) if bounds is None else bounds).get(program.name, UNLIMITED_MEM)
-    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_len, _profile(profile))
+    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_len, _profile(profile), s.prog_type)
     try:
         checker.run()
     except Refused as exc:
@@ -715,7 +836,7 @@ def check_program(program: Program, s: Scenario, profile: str | Profile,
 def tail_call_sites(program: Program, s: Scenario, profile: str | Profile) -> list[TailCallSite]:
     """The tail-call sites of a valid program, with their map and (constant) key."""
     mem_len = mem_bounds(s).get(program.name, UNLIMITED_MEM)
-    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_len, _profile(profile))
+    checker = ProgramChecker(program, {m.name: m for m in s.maps}, mem_len, _profile(profile), s.prog_type)
     try:
         return checker.run()
     except Refused:

@@ -17,9 +17,15 @@ A scenario is a pure function of the draws: same seed or bytes, same scenario.
 What the programs look like (the checker, :mod:`bpfdiff.fuzz.checker`, accepts
 all of them -- ``tests/test_fuzz_generate.py`` asserts it over many seeds):
 
-* every function starts with ``mov r6, r1``: R6 holds the context pointer for
-  the whole function (memory accesses and the R1 of tail calls and subprogram
-  calls); R6 is never written again, R10 never;
+* the programs are XDP programs (every scenario's ``prog_type`` is "xdp"):
+  every function starts with ``mov r6, r1``: R6 holds the ``struct xdp_md``
+  pointer for the whole function (the R1 of tail calls and subprogram calls,
+  and loads of its scalar fields); R6 is never written again, R10 never;
+* packet access the way XDP programs do it: the first block that needs the
+  packet loads ``data`` and ``data_end`` from R6 and checks ``data + LEN >
+  data_end`` (LEN: the scenario's packet length, that of every run, so the
+  check never fails at run time but proves the range to the verifier); the
+  packet pointer stays in one of R7-R9, reads and writes go through it;
 * scalar registers are tracked: only initialised scalars are read, and R0-R5
   are forgotten after every call (helpers, ``call local`` and tail calls that
   fall through);
@@ -27,8 +33,9 @@ all of them -- ``tests/test_fuzz_generate.py`` asserts it over many seeds):
 * loops are counter loops ``mov rC, a; body; add rC, 1; jlt rC, b, body`` with
   a straight-line body that does not write rC (the checker's loop rule);
 * map values are used only inside the ``jeq r0, 0`` guard of a lookup;
-* pointers never reach R0, the maps or ``mem``: the engines lay memory out
-  differently, so a leaked address would be a false divergence;
+* pointers (packet pointers included) never reach R0, the maps or the
+  packet: the engines lay memory out differently, so a leaked address would
+  be a false divergence;
 * tail-call sites: ``mov r1, r6; mov r3, KEY; lddw r2, map:PA; call 12``
   (constant key: a direct site when KEY < max_entries) or ``mov r3, rX``
   (register key: indirect); bpf-to-bpf calls pass the context in R1 and one
@@ -50,7 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
-from bpfdiff import isa
+from bpfdiff import isa, xdp
 from bpfdiff.isa import (
     BPF_ADD,
     BPF_ALU,
@@ -65,6 +72,7 @@ from bpfdiff.isa import (
     BPF_END,
     BPF_FETCH,
     BPF_H,
+    BPF_JGT,
     BPF_JLT,
     BPF_JMP,
     BPF_JMP32,
@@ -94,11 +102,11 @@ from bpfdiff.isa import (
     Program,
 )
 from bpfdiff.profiles import DEFAULT_PROFILE, Profile, get_profile
-from bpfdiff.scenario import BPF_ANY, Delete, Event, Load, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import BPF_ANY, PROG_XDP, Delete, Event, Load, MapDef, Run, Scenario, Update, key_u32
 
 T = TypeVar("T")
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"      # 2: XDP programs (packet through data/data_end)
 
 
 # ---------------------------------------------------------------------------
@@ -200,10 +208,15 @@ class GenOptions:
     mem_sizes: tuple[int, ...] = (16, 32, 64)
 
 
-# Registers a function may use for scalars: R6 is the context, R10 the frame.
+# Registers a function may use for scalars: R6 is the context, R10 the frame
+# (and one of R7-R9 the packet pointer, once a function checked the packet).
 SCALAR_REGS = (0, 1, 2, 3, 4, 5, 7, 8, 9)
 CALLER_SAVED = frozenset({0, 1, 2, 3, 4, 5})
 CTX_REG = 6
+PACKET_REGS = (7, 8, 9)
+CTX_SCALAR_FIELDS = (xdp.XDP_MD_INGRESS_IFINDEX, xdp.XDP_MD_RX_QUEUE_INDEX)
+# enum xdp_action, for the packet check's exit: XDP_ABORTED, DROP, PASS, TX, REDIRECT
+XDP_ACTIONS = (0, 1, 2, 3, 4)
 FP = isa.BPF_REG_FP
 
 CORNER_IMM32 = (0, 1, -1, 2, 0x7FFFFFFF, -0x80000000, 31, 32, 63, 64, 0xFF, 0xFFFF, -2, 7, 0x10000, -0x7FFFFFFF)
@@ -311,12 +324,15 @@ class FunctionBuilder:
         self.calls: list[tuple[int, int]] = []
         self.scalars: set[int] = set()
         self.stack_bytes: set[int] = set()   # written stack bytes, as negative offsets
+        self.regs = SCALAR_REGS              # registers for scalars (all but the packet pointer's)
+        self.pkt_reg: int | None = None      # holds `data`, proven for mem_len bytes, once checked
+        self.pkt_check: int | None = None    # index of the bounds check's jump to the `out` exit
 
     # -- register helpers ---------------------------------------------------
     def scalar(self) -> int:
         """An initialised scalar register, initialising one if there is none."""
         if not self.scalars:
-            self.init_reg(self.draw.choice(SCALAR_REGS))
+            self.init_reg(self.draw.choice(self.regs))
         return self.draw.choice(sorted(self.scalars))
 
     def init_reg(self, reg: int) -> None:
@@ -354,7 +370,7 @@ class FunctionBuilder:
             source = BPF_TO_LE if cls == BPF_ALU64 else draw.choice((BPF_TO_LE, BPF_TO_BE))
             return Insn(cls | BPF_END | source, dst, 0, 0, draw.choice((16, 32, 64)))
         op = draw.choice(ALU_BINOPS)
-        writable = sorted(set(SCALAR_REGS) - avoid) if (op == BPF_MOV and new_regs) else readable
+        writable = sorted(set(self.regs) - avoid) if (op == BPF_MOV and new_regs) else readable
         dst = draw.choice(writable)
         if kind == "movsx" and self.gen.options.cpu_v4:
             offs = (8, 16, 32) if cls == BPF_ALU64 else (8, 16)
@@ -375,7 +391,7 @@ class FunctionBuilder:
         for _ in range(self.draw.integer(1, 4)):
             insn = self.alu_insn()
             if insn is None:
-                self.init_reg(self.draw.choice(SCALAR_REGS))
+                self.init_reg(self.draw.choice(self.regs))
                 continue
             self.insns.append(insn)
             if insn.op == BPF_MOV:
@@ -388,17 +404,18 @@ class FunctionBuilder:
         a JIT that forgets it visible even when later code would mask it.
         """
         draw = self.draw
-        dst = draw.choice(SCALAR_REGS)
+        self.packet()              # first: the check may take registers from the scalars
+        dst = draw.choice(self.regs)
         self.insns.extend(isa.lddw_pair(dst, draw.choice(CORNER_IMM64[2:]) | (1 << 32)))
         self.scalars.add(dst)
         src = draw.choice(sorted(self.scalars))
         op = draw.choice((BPF_ADD, BPF_SUB, BPF_OR, BPF_AND, BPF_XOR, BPF_MOV, BPF_MUL, BPF_LSH, BPF_RSH, BPF_ARSH))
         self.insns.append(alu(BPF_ALU, op, dst, src, source=BPF_X))
         off = 8 * draw.integer(0, self.gen.maps.mem_len // 8 - 1)
-        self.insns.append(stx(BPF_DW, CTX_REG, dst, off))
+        self.insns.append(stx(BPF_DW, self.packet(), dst, off))
 
     def block_lddw(self) -> None:
-        self.init_reg(self.draw.choice(SCALAR_REGS))
+        self.init_reg(self.draw.choice(self.regs))
 
     def straight(self, count: int, avoid: frozenset[int] = frozenset()) -> list[Insn]:
         """ALU instructions that only write already-initialised registers."""
@@ -425,11 +442,11 @@ class FunctionBuilder:
 
     def block_loop(self) -> None:
         draw = self.draw
-        counter = draw.choice(SCALAR_REGS)
+        counter = draw.choice(self.regs)
         start = draw.integer(0, 3)
         trips = draw.integer(1, self.gen.options.max_loop_trips)
         if not self.scalars - {counter}:
-            self.init_reg(draw.choice([r for r in SCALAR_REGS if r != counter]))
+            self.init_reg(draw.choice([r for r in self.regs if r != counter]))
         # the checker's loop rule: the counter's mov comes right before the body
         self.insns.append(mov64_imm(counter, start))
         self.scalars.add(counter)
@@ -470,7 +487,7 @@ class FunctionBuilder:
         if not offs:
             self.block_spill()
             return
-        dst = draw.choice(SCALAR_REGS)
+        dst = draw.choice(self.regs)
         self.insns.append(ldx(size, dst, FP, draw.choice(offs)))
         self.scalars.add(dst)
 
@@ -504,20 +521,58 @@ class FunctionBuilder:
             imm = BPF_CMPXCHG
         return Insn(BPF_STX | BPF_ATOMIC | size, base, src, off, imm)
 
-    # -- the context/packet region through R6 ------------------------------
+    # -- the XDP context (R6) and the packet -----------------------------------
+    def packet(self) -> int:
+        """The register holding ``data``, proven for ``mem_len`` bytes; the check is emitted on first use.
+
+        ``ldxw rP, [r6+data]; ldxw rE, [r6+data_end]; mov rT, rP; add rT, LEN;
+        if rT > rE goto out`` (or ``if rE < rT``): the verifier then allows
+        accesses to ``[rP, rP + LEN)``.  LEN is the length of every run's
+        packet, so the jump to ``out`` (``mov r0, imm; exit`` after the
+        epilogue, see :meth:`finish`) is never taken; it is there for the
+        verifier.  rP is callee-saved (R7-R9): it survives helper calls,
+        subprogram calls and tail calls that fall through.  rE and rT hold
+        pointers afterwards: they leave the scalars.
+        """
+        if self.pkt_reg is not None:
+            return self.pkt_reg
+        draw = self.draw
+        pkt = draw.choice(PACKET_REGS)
+        self.regs = tuple(r for r in SCALAR_REGS if r != pkt)
+        end, tmp = draw.choice([(e, t) for e in self.regs for t in self.regs if e != t])
+        self.scalars -= {pkt, end, tmp}
+        self.insns.append(ldx(BPF_W, pkt, CTX_REG, xdp.XDP_MD_DATA))
+        self.insns.append(ldx(BPF_W, end, CTX_REG, xdp.XDP_MD_DATA_END))
+        self.insns.append(mov64_reg(tmp, pkt))
+        self.insns.append(alu(BPF_ALU64, BPF_ADD, tmp, imm=self.gen.maps.mem_len))
+        self.pkt_check = len(self.insns)
+        if draw.boolean(0.75):
+            self.insns.append(Insn(BPF_JMP | BPF_JGT | BPF_X, tmp, end, 0, 0))
+        else:
+            self.insns.append(Insn(BPF_JMP | BPF_JLT | BPF_X, end, tmp, 0, 0))
+        self.pkt_reg = pkt
+        return pkt
+
     def block_mem(self) -> None:
         draw = self.draw
+        pkt = self.packet()
         size = draw.choice(MEM_SIZES)
         nbytes = isa.SIZE_BYTES[size]
         off = nbytes * draw.integer(0, self.gen.maps.mem_len // nbytes - 1)
         if draw.boolean(0.6):
-            dst = draw.choice(SCALAR_REGS)
-            self.insns.append(ldx(size, dst, CTX_REG, off))
+            dst = draw.choice(self.regs)
+            self.insns.append(ldx(size, dst, pkt, off))
             self.scalars.add(dst)
         elif draw.boolean(0.3):
-            self.insns.append(st(size, CTX_REG, off, self.imm32()))
+            self.insns.append(st(size, pkt, off, self.imm32()))
         else:
-            self.insns.append(stx(size, CTX_REG, self.scalar(), off))
+            self.insns.append(stx(size, pkt, self.scalar(), off))
+
+    def block_ctx_field(self) -> None:
+        """A scalar field of struct xdp_md (the verifier rewrites it into pointer chasing)."""
+        dst = self.draw.choice(self.regs)
+        self.insns.append(ldx(BPF_W, dst, CTX_REG, self.draw.choice(CTX_SCALAR_FIELDS)))
+        self.scalars.add(dst)
 
     # -- helpers and maps ----------------------------------------------------
     def put_key(self, mapdef: MapDef) -> int:
@@ -530,7 +585,7 @@ class FunctionBuilder:
         if self.draw.boolean(0.5):
             self.insns.append(st(BPF_W, FP, off, key))
         else:
-            reg = self.draw.choice(SCALAR_REGS)
+            reg = self.draw.choice(self.regs)
             self.insns.append(mov64_imm(reg, key))
             self.scalars.add(reg)
             self.insns.append(stx(BPF_W, FP, reg, off))
@@ -557,7 +612,7 @@ class FunctionBuilder:
             voff = nbytes * draw.integer(0, mapdef.value_size // nbytes - 1)
             action = weighted(draw, (("load", 3), ("store", 3), ("atomic", 2)))
             if action == "load" or not self.scalars:
-                dst = draw.choice([r for r in SCALAR_REGS if r != 0])
+                dst = draw.choice([r for r in self.regs if r != 0])
                 guarded.append(ldx(size, dst, 0, voff))
                 self.scalars.add(dst)
             elif action == "store":
@@ -621,7 +676,7 @@ class FunctionBuilder:
         if key is None:
             src = self.draw.choice(sorted(self.scalars - {1})) if self.scalars - {1} else None
             if src is None:
-                src = 7
+                src = self.regs[-1]
                 self.insns.append(mov64_imm(src, self.draw.integer(0, 8)))
                 self.scalars.add(src)
             cls = self.draw.choice(ALU_CLASSES)
@@ -665,7 +720,7 @@ class FunctionBuilder:
     BLOCKS: tuple[tuple[str, int], ...] = (
         ("alu", 30), ("alu32_upper", 3), ("lddw", 3), ("cond", 8), ("loop", 3), ("spill", 5), ("fill", 4), ("mem", 6),
         ("lookup", 5), ("update", 2), ("delete", 1), ("helper", 2), ("atomic_stack", 3),
-        ("tail_call", 9), ("call_local", 4),
+        ("tail_call", 9), ("call_local", 4), ("ctx_field", 1),
     )
 
     def build(self) -> list[Insn]:
@@ -674,7 +729,7 @@ class FunctionBuilder:
         if self.is_subprog:
             self.scalars.add(2)                 # the caller always passes a scalar in R2
         for _ in range(draw.integer(0, 2)):
-            self.init_reg(draw.choice(SCALAR_REGS))
+            self.init_reg(draw.choice(self.regs))
         nblocks = draw.integer(1, self.gen.options.max_blocks)
         forced_at = {draw.integer(0, nblocks): site for site in self.forced_sites}
         call_at = draw.integer(0, nblocks) if self.force_call else -1
@@ -686,8 +741,17 @@ class FunctionBuilder:
                 self.block_call_local()
             if i < nblocks:
                 getattr(self, "block_" + weighted(draw, blocks))()
-        self.epilogue()
+        self.finish()
         return self.insns
+
+    def finish(self) -> None:
+        """The epilogue, then the packet check's ``out`` exit if the function has one."""
+        self.epilogue()
+        if self.pkt_check is not None:
+            out = len(self.insns)
+            check = self.insns[self.pkt_check]
+            self.insns[self.pkt_check] = Insn(check.opcode, check.dst, check.src, out - (self.pkt_check + 1), 0)
+            self.insns += [mov64_imm(0, self.draw.choice(XDP_ACTIONS)), EXIT]
 
     def allowed(self, block: str) -> bool:
         if block == "tail_call":
@@ -897,7 +961,7 @@ class ScenarioGenerator:
         events = EventPlanner(self, plans, fills, self.motif).plan()
         return Scenario(maps=tuple(self.maps.prog_arrays + self.maps.data_maps), programs=tuple(programs),
                         events=tuple(events), meta=(("generator", f"bpfdiff.fuzz.generate v{GENERATOR_VERSION}"),
-                                                    ("motif", self.motif)))
+                                                    ("motif", self.motif)), prog_type=PROG_XDP)
 
 
 class EventPlanner:
@@ -1055,8 +1119,7 @@ def generate_scenario(draw: Draw, profile: str | Profile = DEFAULT_PROFILE,
     """Build one valid scenario from ``draw`` for ``profile``."""
     prof = _profile(profile)
     scenario = ScenarioGenerator(draw, prof, options or GenOptions()).generate()
-    return Scenario(scenario.maps, scenario.programs, scenario.events, scenario.expect,
-                    (("profile", prof.name),) + meta + scenario.meta)
+    return replace(scenario, meta=(("profile", prof.name),) + meta + scenario.meta)
 
 
 def scenario_from_seed(seed: int, profile: str | Profile = DEFAULT_PROFILE,
@@ -1138,5 +1201,5 @@ def mutate_scenario(s: Scenario, draw: Draw) -> Scenario:
         i = draw.integer(0, len(s.programs) - 1)
         programs = list(s.programs)
         programs[i] = _mutate_program(programs[i], draw)
-        return Scenario(s.maps, tuple(programs), s.events, None, s.meta)
-    return Scenario(s.maps, s.programs, _mutate_events(s, draw), None, s.meta)
+        return replace(s, programs=tuple(programs), expect=None)
+    return replace(s, events=_mutate_events(s, draw), expect=None)

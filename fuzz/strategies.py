@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import DEFAULT_PROFILE, get_profile
-from bpfdiff.scenario import Event, MapDef, Run, Scenario
+from bpfdiff.scenario import PROG_XDP, Event, MapDef, Run, Scenario
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ def blocks(draw, kind: str | None = None, profile: str = DEFAULT_PROFILE) -> Sce
     name = kind or draw(st.sampled_from(BLOCK_KINDS))
     fb.insns.append(Insn(0xBF, 6, 1))                  # mov r6, r1: the context, as in every function
     getattr(fb, "block_" + name)()
-    fb.epilogue()
+    fb.finish()
     gen = fb.gen
     functions = [fb.insns] + gen.subprogs
     starts, pos = [], 0
@@ -119,7 +119,7 @@ def blocks(draw, kind: str | None = None, profile: str = DEFAULT_PROFILE) -> Sce
     maps = tuple(gen.maps.prog_arrays + gen.maps.data_maps)
     program = Program("main", tuple(out))
     return Scenario(maps, (program,), (Run("main", bytes(gen.maps.mem_len)),), None,
-                    (("profile", profile), ("block", name)))
+                    (("profile", profile), ("block", name)), PROG_XDP)
 
 
 @st.composite
