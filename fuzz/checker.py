@@ -34,7 +34,9 @@ Rules, each an error message below:
   (``find_good_pkt_pointers``: N, or N +/- 1 for the right-open forms, per
   profile) for every packet pointer on the branch where it holds, and a
   packet access (no atomics) must lie inside the proven range; other
-  comparisons of pointers are refused, packet pointers do not cross calls;
+  comparisons of pointers are refused, packet pointers do not cross calls
+  and are forgotten after ``bpf_tail_call`` (v6.13 does so; conservative for
+  older kernels);
   every run's packet is ETH_HLEN..XDP_MAX_PACKET bytes (:mod:`bpfdiff.xdp`);
 * the context in a raw scenario: R1 is ``mem`` itself, accessed inside the
   smallest ``mem`` of the runs that can reach the program (directly or
@@ -715,7 +717,10 @@ class ProgramChecker:
             key = state.regs[3][1]
             direct = key is not None and key < mapdef.max_entries
             sites[pc] = TailCallSite(pc, mapdef.name, key, fn_start != 0, direct)
-            return self.after_call(state, UNINIT)
+            # The tail-called program may have moved the packet (bpf_xdp_adjust_head...): since
+            # v6.13 the verifier forgets packet pointers here; this checker does on every profile.
+            after = self.after_call(state, UNINIT)
+            return State(tuple(UNINIT if r[0] in PACKET_KINDS else r for r in after.regs), after.stack)
         if result == "value_or_null":
             assert mapdef is not None
             return self.after_call(state, ("value_or_null", mapdef.name))

@@ -326,7 +326,7 @@ class FunctionBuilder:
         self.stack_bytes: set[int] = set()   # written stack bytes, as negative offsets
         self.regs = SCALAR_REGS              # registers for scalars (all but the packet pointer's)
         self.pkt_reg: int | None = None      # holds `data`, proven for mem_len bytes, once checked
-        self.pkt_check: int | None = None    # index of the bounds check's jump to the `out` exit
+        self.pkt_checks: list[int] = []      # indices of the bounds checks' jumps to the `out` exit
 
     # -- register helpers ---------------------------------------------------
     def scalar(self) -> int:
@@ -530,9 +530,12 @@ class FunctionBuilder:
         accesses to ``[rP, rP + LEN)``.  LEN is the length of every run's
         packet, so the jump to ``out`` (``mov r0, imm; exit`` after the
         epilogue, see :meth:`finish`) is never taken; it is there for the
-        verifier.  rP is callee-saved (R7-R9): it survives helper calls,
-        subprogram calls and tail calls that fall through.  rE and rT hold
-        pointers afterwards: they leave the scalars.
+        verifier.  rP is callee-saved (R7-R9): it survives helper and
+        subprogram calls.  After a tail call that falls through the packet is
+        checked again: since v6.13 ("bpf: consider that tail calls invalidate
+        packet pointers") the verifier forgets packet pointers there, and the
+        checker does so on every profile.  rE and rT hold pointers afterwards:
+        they leave the scalars.
         """
         if self.pkt_reg is not None:
             return self.pkt_reg
@@ -545,7 +548,7 @@ class FunctionBuilder:
         self.insns.append(ldx(BPF_W, end, CTX_REG, xdp.XDP_MD_DATA_END))
         self.insns.append(mov64_reg(tmp, pkt))
         self.insns.append(alu(BPF_ALU64, BPF_ADD, tmp, imm=self.gen.maps.mem_len))
-        self.pkt_check = len(self.insns)
+        self.pkt_checks.append(len(self.insns))
         if draw.boolean(0.75):
             self.insns.append(Insn(BPF_JMP | BPF_JGT | BPF_X, tmp, end, 0, 0))
         else:
@@ -688,8 +691,11 @@ class FunctionBuilder:
         self.insns.extend(isa.lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map=map_name))
         self.insns.append(call_helper(isa.BPF_FUNC_tail_call))
         self.plan.sites.append(Site(map_name, key, self.is_subprog))
-        # a tail call that falls through leaves R0-R5 undefined
+        # a tail call that falls through leaves R0-R5 undefined, and the packet unchecked
         self.forget_caller_saved()
+        if self.pkt_reg is not None:
+            self.pkt_reg = None
+            self.regs = SCALAR_REGS
 
     def block_tail_call(self) -> None:
         draw = self.draw
@@ -747,10 +753,11 @@ class FunctionBuilder:
     def finish(self) -> None:
         """The epilogue, then the packet check's ``out`` exit if the function has one."""
         self.epilogue()
-        if self.pkt_check is not None:
+        if self.pkt_checks:
             out = len(self.insns)
-            check = self.insns[self.pkt_check]
-            self.insns[self.pkt_check] = Insn(check.opcode, check.dst, check.src, out - (self.pkt_check + 1), 0)
+            for at in self.pkt_checks:
+                check = self.insns[at]
+                self.insns[at] = Insn(check.opcode, check.dst, check.src, out - (at + 1), 0)
             self.insns += [mov64_imm(0, self.draw.choice(XDP_ACTIONS)), EXIT]
 
     def allowed(self, block: str) -> bool:

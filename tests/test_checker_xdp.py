@@ -131,3 +131,13 @@ def test_raw_scenarios_keep_r1_as_memory() -> None:
     assert errors("ldxdw %r0, [%r1+8]\nexit", mem=bytes(16), prog_type=PROG_RAW) == []
     assert errors("ldxdw %r0, [%r1+8]\nexit", mem=bytes(16), prog_type=PROG_XDP) == \
         ["invalid bpf_context access off=8 size=8"]
+
+
+def test_packet_pointers_do_not_survive_a_tail_call() -> None:
+    jt = (MapDef("jt", "prog_array", 4, 4, 1),)
+    body = "mov %r1, %r6\nmov %r3, 0\nlddw %r2, map:jt\ncall 12\nldxb %r0, [%r7+0]"
+    assert any("R7 !read_ok" in e for e in errors(CHECK14.format(body=body), maps=jt))
+    # checked again after the call: fine
+    again = body.replace("ldxb %r0, [%r7+0]", "ldxw %r7, [%r6+0]\nldxw %r8, [%r6+4]\nmov %r9, %r7\n"
+                                                   "add %r9, 1\njgt %r9, %r8, out\nldxb %r0, [%r7+0]")
+    assert errors(CHECK14.format(body=again), maps=jt) == []
