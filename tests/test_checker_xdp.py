@@ -9,10 +9,10 @@ messages it prints; the off-by-two history of the right-open comparisons
 from __future__ import annotations
 
 import pytest
+from bpfdiff.fuzz.checker import check_scenario
 
 from bpfdiff import xdp
 from bpfdiff.asm import assemble_program
-from bpfdiff.fuzz.checker import check_scenario
 from bpfdiff.scenario import PROG_RAW, PROG_XDP, MapDef, Run, Scenario
 
 CHECK14 = """
