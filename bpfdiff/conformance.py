@@ -3,7 +3,11 @@
 Each file holds one program, optional ``mem`` and the expected ``-- result``
 (R0) or ``-- error``.  A file passes on an engine when the run exits with that
 R0, or -- for an expected error -- when the engine refuses to load the program
-or the run faults.  Files with a section this project does not know (e.g.
+or the run faults.  A file whose program the profile's kernel would not load
+(the verifier model, :mod:`bpfdiff.verifier`: ISA v4 instructions before 6.6,
+a constant shift by the operand width...) and that expects a result is
+*refused*, counted apart from pass and fail -- when every engine refuses it;
+an engine that refuses what another runs fails.  Files with a section this project does not know (e.g.
 ``-- no register offset``: the suite's marker for features of other
 runtimes) are skipped, the reason naming the section and its line; nothing
 else is skipped.  A file that cannot be read or assembled fails.
@@ -24,12 +28,13 @@ from pathlib import Path
 
 from bpfdiff.asm import AsmError
 from bpfdiff.datafile import DataFile, DataFileError, read_datafile
-from bpfdiff.engine import DEFAULT_BUDGET, EXIT, Engine, EngineError, make_engine
+from bpfdiff.engine import DEFAULT_BUDGET, EXIT, Engine, EngineError, ProgramRefused, make_engine
 
 PASS = "pass"
 FAIL = "fail"
 SKIP = "skip"
-STATUSES = (PASS, FAIL, SKIP)
+REFUSED = "refused"     # the profile's kernel does not load the program (every engine alike)
+STATUSES = (PASS, FAIL, SKIP, REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,7 @@ class ConformanceReport:
                 lines.append(f"{outcome.status.upper():4} {outcome.engine:6} {outcome.path}: {outcome.reason}")
         for engine, counts in self.counts().items():
             lines.append(f"{engine} ({self.profile}): {counts[PASS]} passed, {counts[FAIL]} failed, "
-                         f"{counts[SKIP]} skipped")
+                         f"{counts[SKIP]} skipped, {counts[REFUSED]} refused by the verifier")
         return "\n".join(lines)
 
 
@@ -86,6 +91,10 @@ def judge(datafile: DataFile, engine: Engine) -> tuple[str, str]:
     scenario = datafile.to_scenario()
     try:
         outcomes = engine.execute(scenario)
+    except ProgramRefused as exc:
+        if datafile.error is not None:
+            return PASS, f"refused as expected: {exc.message}"
+        return REFUSED, exc.message
     except EngineError as exc:
         if datafile.error is not None:
             return PASS, f"refused as expected: {exc}"
@@ -146,4 +155,9 @@ def _run_file(path: str, engines: dict[str, Engine]) -> list[FileOutcome]:
         except Exception as exc:  # noqa: BLE001 - one engine crash must not hide the other files' results
             status, reason = FAIL, f"engine crashed: {type(exc).__name__}: {exc}"
         outcomes.append(FileOutcome(path, name, status, reason))
+    refused = [o.engine for o in outcomes if o.status == REFUSED]
+    if refused and len(refused) < len(outcomes):
+        loaded = ", ".join(o.engine for o in outcomes if o.status != REFUSED)
+        outcomes = [FileOutcome(o.path, o.engine, FAIL, f"refused ({o.reason}) where {loaded} loaded it")
+                    if o.status == REFUSED else o for o in outcomes]
     return outcomes

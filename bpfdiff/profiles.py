@@ -96,6 +96,10 @@ class Profile:
     off_array_max_entries: int        # offsetof(struct bpf_array, map.max_entries)
     off_array_ptrs: int               # offsetof(struct bpf_array, ptrs)
     off_prog_bpf_func: int            # offsetof(struct bpf_prog, bpf_func)
+    # Longest forward displacement a BPF jump gets the short (imm8) form for: 127, or
+    # 123 with the pass-loop convergence fix (``is_imm8_jmp_offset``; Debian's 6.1.192
+    # has the 6.1.y backport: its images use the 32-bit form from +124 on).
+    jit_imm8_jmp_max: int = 127
     # -- verifier (jit/xlate.py) ----------------------------------------------------
     # When is a constant tail-call key "in range" for a direct site (record_func_key)?
     # "exact": key < max_entries (a657182a5c51, v6.0-rc4); "tnum": tnum_in(tnum_range(0,
@@ -109,6 +113,14 @@ class Profile:
     verifier_pkt_range_open_adjust: int = 1
     # XDP context rewrite (convert_ctx_accesses) and the structures behind it.
     xdp: XdpLayout = XDP_LAYOUT_6_1
+    # -- instruction set the verifier accepts (bpfdiff/verifier.py) -------------------
+    # ISA v4 (v6.6): movsx, sign-extending loads, sdiv/smod, 64-bit bswap, ja32/gotol.
+    # Without it the kernel refuses them: "BPF_MOV uses reserved fields", "BPF_LDX uses
+    # reserved fields", "BPF_ALU uses reserved fields", "unknown opcode d7" / "06".
+    isa_v4: bool = False
+    # BPF_ATOMIC beyond the plain add (or/and/xor, BPF_FETCH, xchg, cmpxchg): v5.12.
+    # Before, BPF_XADD with imm 0 was the only atomic ("BPF_XADD uses reserved fields").
+    atomic_fetch: bool = True
     # Real divergences of this kernel (see KernelBug), oldest first.
     kernel_bugs: tuple[KernelBug, ...] = ()
 
@@ -138,6 +150,7 @@ LINUX_5_5 = Profile(
     off_array_max_entries=0x24,  # the seed listing: cmp %edx,0x24(%rsi)
     off_array_ptrs=0xD0,         # mov 0xd0(%rsi,%rdx,8),%rax
     off_prog_bpf_func=0x30,      # mov 0x30(%rax),%rax
+    atomic_fetch=False,
     # The 5.5 verifier's range test for a constant tail-call key let keys up to
     # the next power of two minus one through: such a site is direct, counts a
     # tail call before its nop falls through (and the load-time fixup reads
@@ -173,6 +186,7 @@ LINUX_6_1 = Profile(
     off_array_max_entries=0x24,
     off_array_ptrs=0x110,
     off_prog_bpf_func=0x30,
+    jit_imm8_jmp_max=123,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_5_5)}

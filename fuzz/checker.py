@@ -113,6 +113,7 @@ from bpfdiff.scenario import (
     Scenario,
     Update,
 )
+from bpfdiff.verifier import VerifierError, check_isa, key_in_range, track_const_alu
 
 MAX_LOOP_TRIPS = 1024
 TAIL_CALL_STACK_LIMIT = 256      # frames before a subprogram with a tail call
@@ -279,8 +280,8 @@ class ProgramChecker:
         """Function starts and, for each start, its end (exclusive)."""
         insns = self.insns
         try:
-            isa.check_program(insns)
-        except isa.InvalidInstruction as exc:
+            check_isa(self.prog, self.profile)      # the verifier model: the profile's instruction set
+        except VerifierError as exc:
             raise Refused(exc.pc, exc.reason) from None
         if not insns:
             raise Refused(None, "empty program")
@@ -381,9 +382,13 @@ class ProgramChecker:
         callees = self.callees(starts)
 
         def depth(fn: int, chain: tuple[int, ...]) -> int:
-            if fn in chain:
-                raise Refused(fn, "recursive call")
-            return 1 + max((depth(c, chain + (fn,)) for _, c in callees[fn]), default=0)
+            deepest = 0
+            for pc, callee in callees[fn]:
+                if callee in chain + (fn,):
+                    # check_cfg: the call's target is still on the DFS stack (kernel wording)
+                    raise Refused(pc, f"back-edge from insn {pc} to {callee}")
+                deepest = max(deepest, depth(callee, chain + (fn,)))
+            return 1 + deepest
 
         frames = depth(0, ())
         if frames > MAX_CALL_FRAMES:
@@ -460,7 +465,7 @@ class ProgramChecker:
         if kind == "fp":
             at = ptr[1] + off
             if not -MAX_BPF_STACK <= at or at + size > 0:
-                raise Refused(pc, f"invalid stack access off={at} size={size}")
+                raise Refused(pc, f"invalid {'write to' if write else 'read from'} stack R{base} off={at} size={size}")
             if at % size:
                 raise Refused(pc, f"misaligned stack access off={at} size={size}")
             bits = stack_bits(at, size)
@@ -593,7 +598,8 @@ class ProgramChecker:
             raise Refused(pc, f"R{insn.dst} pointer arithmetic on pkt_end prohibited")
         if dst[0] != "scalar":
             raise Refused(pc, f"R{insn.dst} pointer arithmetic on {dst[0]} is not allowed")
-        return state.set(insn.dst, SCALAR)
+        src = state.regs[insn.src][1] if insn.source == BPF_X else None
+        return state.set(insn.dst, scalar(track_const_alu(insn, dst[1], src)))   # the verifier model's rule
 
     def lddw(self, pc: int, insn: Insn, state: State) -> State:
         value = isa.lddw_value(insn, self.insns[pc + 1])
@@ -715,7 +721,7 @@ class ProgramChecker:
         if insn.imm == isa.BPF_FUNC_tail_call:
             assert mapdef is not None
             key = state.regs[3][1]
-            direct = key is not None and key < mapdef.max_entries
+            direct = key is not None and key_in_range(self.profile, key, mapdef.max_entries)
             sites[pc] = TailCallSite(pc, mapdef.name, key, fn_start != 0, direct)
             # The tail-called program may have moved the packet (bpf_xdp_adjust_head...): since
             # v6.13 the verifier forgets packet pointers here; this checker does on every profile.

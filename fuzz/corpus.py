@@ -6,8 +6,8 @@ A scenario's *features* are plain strings in four families:
     every opcode class its programs use (:func:`bpfdiff.isa.opcode_class_name`);
 ``tc:<kind>``
     every tail-call site, ``direct`` or ``indirect``, as the JIT port's
-    verifier pass classifies it (:func:`direct_sites_by_xlate`; for programs it
-    refuses, a simple constant-key rule, :func:`tail_call_kind`);
+    verifier model classifies it (:func:`direct_sites_by_xlate`; a program it
+    refuses has none);
 ``ev:<kind>``
     every event kind, with prog-array updates told apart by what they do to
     the slot: ``prog_array.fill`` (empty -> program), ``prog_array.retarget``
@@ -36,15 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfdiff.isa import (
-    BPF_ALU,
-    BPF_ALU64,
-    BPF_LDX,
-    BPF_MOV,
-    BPF_PSEUDO_MAP_FD,
-    CALL_OPCODE,
-    Insn,
     Program,
-    jump_target,
     opcode_class_name,
 )
 from bpfdiff.scenario import Delete, Load, MapDef, Run, Scenario, Update
@@ -58,70 +50,14 @@ EVENT_KINDS = (
 PROG_ARRAY_EVENT_KINDS = tuple(k for k in EVENT_KINDS if k.startswith("prog_array."))
 FAMILIES = ("op", "tc", "ev", "tc×ev", "line")
 
-# Registers of a bpf_tail_call: R2 = the prog array, R3 = the key.
-_MAP_REG, _KEY_REG = 2, 3
-
-
 # --------------------------------------------------------------------------
 # Tail-call sites.
 # --------------------------------------------------------------------------
-def _block_starts(insns: Sequence[Insn]) -> set[int]:
-    """Pcs where straight-line code begins: jump targets and the slot after a branch."""
-    starts = {0}
-    for pc, insn in enumerate(insns):
-        target = jump_target(pc, insn)
-        if target is not None:
-            starts.add(target)
-            starts.add(pc + 1)
-    return starts
-
-
-def _last_writer(insns: Sequence[Insn], site: int, reg: int, starts: set[int]) -> Insn | None:
-    """The instruction that last set ``reg`` before ``site`` in the same basic block."""
-    pc = site - 1
-    while pc >= 0:
-        insn = insns[pc]
-        if insn.opcode == 0 and pc > 0 and insns[pc - 1].is_lddw:
-            pc -= 1
-            continue
-        if insn.opcode == CALL_OPCODE:
-            return None                        # calls clobber R1-R5
-        if insn.dst == reg and (insn.cls in (BPF_ALU, BPF_ALU64, BPF_LDX) or insn.is_lddw):
-            return insn
-        if pc in starts:
-            return None
-        pc -= 1
-    return None
-
-
-def tail_call_kind(program: Program, site: int, max_entries: Callable[[str], int | None]) -> str:
-    """``direct`` when the site's map and key are constants the verifier would track.
-
-    The kernel JITs a direct jump when every path gives the same map and a
-    constant key below that map's ``max_entries`` (verifier: the poke
-    descriptor is recorded only for an unpoisoned in-range key).  This
-    approximation looks within the site's basic block only: ``lddw r2,
-    map:NAME`` and ``mov r3, K`` there make it direct, anything else indirect.
-    """
-    insns = program.insns
-    starts = _block_starts(insns)
-    map_insn = _last_writer(insns, site, _MAP_REG, starts)
-    key_insn = _last_writer(insns, site, _KEY_REG, starts)
-    if map_insn is None or not map_insn.is_lddw or map_insn.src != BPF_PSEUDO_MAP_FD or map_insn.map is None:
-        return "indirect"
-    if key_insn is None or key_insn.op != BPF_MOV or key_insn.source != 0:
-        return "indirect"
-    entries = max_entries(map_insn.map)
-    key = key_insn.imm & 0xFFFFFFFF
-    return "direct" if entries is not None and key < entries else "indirect"
-
-
 def direct_sites_by_xlate(program: Program, scenario: Scenario, profile: str) -> frozenset[int] | None:
-    """Pcs (as loaded) of the sites the JIT port's verifier pass makes direct; None if it refuses the program.
+    """Pcs (as loaded) of the sites the verifier model makes direct; None if it refuses the program.
 
-    This is the kernel's own rule (constant tracking through ALU ops, all
-    paths agreeing on one map and an in-range key), so it is preferred to
-    :func:`tail_call_kind`'s single-block approximation.
+    The kernel's own rule (:func:`bpfdiff.verifier.track_const_alu` through ALU ops,
+    all paths agreeing on one map and an in-range key), the one xlate and the checker use.
     """
     used = set(program.map_names)
     return _direct_sites(program, tuple(m for m in scenario.maps if m.name in used), profile)
@@ -131,38 +67,33 @@ def direct_sites_by_xlate(program: Program, scenario: Scenario, profile: str) ->
 def _direct_sites(program: Program, maps: tuple[MapDef, ...], profile: str) -> frozenset[int] | None:
     # Cached: the campaign asks for the features of every scenario it runs, and
     # mutants share most programs with their parents.
-    from bpfdiff.jit.bpf_jit_comp import JitOptions
-    from bpfdiff.jit.xlate import xlate
-
     from bpfdiff.profiles import get_profile
+    from bpfdiff.verifier import VerifierError, verify
 
     try:
-        xlated = xlate(program, {m.name: m for m in maps}, get_profile(profile), JitOptions())
-    except Exception:  # noqa: BLE001 - an invalid program has no classification; the simple rule decides
-        return None
+        xlated = verify(program, {m.name: m for m in maps}, get_profile(profile))
+    except VerifierError:
+        return None                    # the kernel would not load it: no site to classify
     return frozenset(xlated.orig_pc[poke.insn_idx] for poke in xlated.pokes)
 
 
 def tail_call_sites(scenario: Scenario, profile: str | None = None) -> list[tuple[str, int, str]]:
     """(program, pc, kind) for every ``call bpf_tail_call`` in the scenario.
 
-    The kind comes from the JIT's verifier pass (:func:`direct_sites_by_xlate`)
-    for the scenario's profile, else from :func:`tail_call_kind`.
+    The kind comes from the verifier model (:func:`direct_sites_by_xlate`) for the
+    scenario's profile; a program the model refuses has no sites (it never runs).
     """
     profile = profile or scenario.meta_dict.get("profile", "linux-6.1")
-    entries = {m.name: m.max_entries for m in scenario.maps}
     sites = []
     for prog in scenario.programs:
         if not any(insn.is_tail_call for insn in prog.insns):
             continue
         direct = direct_sites_by_xlate(prog, scenario, profile)
+        if direct is None:
+            continue
         for pc, insn in enumerate(prog.insns):
             if insn.is_tail_call and not (pc > 0 and prog.insns[pc - 1].is_lddw):
-                if direct is not None:
-                    kind = "direct" if pc in direct else "indirect"
-                else:
-                    kind = tail_call_kind(prog, pc, entries.get)
-                sites.append((prog.name, pc, kind))
+                sites.append((prog.name, pc, "direct" if pc in direct else "indirect"))
     return sites
 
 

@@ -204,7 +204,9 @@ class GenOptions:
     max_events: int = 12
     max_prog_arrays: int = 3
     max_loop_trips: int = 12
-    cpu_v4: bool = True             # sdiv/smod, movsx, bswap (both engines implement them)
+    # ISA v4 (sdiv/smod, movsx, 64-bit bswap): None = what the profile's kernel has
+    # (Profile.isa_v4); the verifier model refuses them on kernels before 6.6.
+    cpu_v4: bool | None = None
     mem_sizes: tuple[int, ...] = (16, 32, 64)
 
 
@@ -508,7 +510,10 @@ class FunctionBuilder:
         draw = self.draw
         src = self.scalar()
         op = weighted(draw, (("simple", 4), ("fetch", 3), ("xchg", 1), ("cmpxchg", 1)))
-        if op == "simple":
+        if not self.gen.profile.atomic_fetch:
+            op = "simple"                       # before v5.12: BPF_XADD, add only
+            imm = BPF_ADD
+        elif op == "simple":
             imm = draw.choice(ATOMIC_SIMPLE)
         elif op == "fetch":
             imm = draw.choice(ATOMIC_SIMPLE) | BPF_FETCH
@@ -629,6 +634,8 @@ class FunctionBuilder:
                 if src is None:
                     continue
                 imm = draw.choice(ATOMIC_SIMPLE) | (BPF_FETCH if draw.boolean(0.4) else 0)
+                if not self.gen.profile.atomic_fetch:
+                    imm = BPF_ADD               # before v5.12: BPF_XADD, add only
                 guarded.append(Insn(BPF_STX | BPF_ATOMIC | size, 0, src, voff, imm))
         self.insns.append(Insn(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded), 0))
         self.insns.extend(guarded)
@@ -815,6 +822,8 @@ class ScenarioGenerator:
     def __init__(self, draw: Draw, profile: Profile, options: GenOptions) -> None:
         self.draw = draw
         self.profile = profile
+        if options.cpu_v4 is None:
+            options = replace(options, cpu_v4=profile.isa_v4)
         self.options = options
         self.motif = weighted(draw, MOTIFS)
         if self.motif == "chain_subprog" and not (profile.tail_calls_in_subprogs and options.max_subprogs):

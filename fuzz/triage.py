@@ -48,6 +48,9 @@ class FindingRecord:
     all_signatures: tuple[str, ...] = ()
     unstable: bool = False             # replays disagreed with each other
     engines: tuple[str, ...] = ("interp", "jit")   # what it was replayed on
+    # The profile's kernel would not load it (the verifier model): ``PATH:LINE: prog NAME
+    # insn N: reason``.  Not a divergence: it is neither replayed nor bucketed.
+    refused: str | None = None
 
     @property
     def reproduces(self) -> bool:
@@ -168,6 +171,13 @@ def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[st
                              None, _first_seen(path, meta), error=_one_line(exc))
     record = FindingRecord(path, scenario, settings.profile, settings.bugs, meta.get("signature"), None,
                            _first_seen(path, meta), engines=settings.engines)
+    from bpfdiff.profiles import get_profile
+    from bpfdiff.verifier import refusal_line
+
+    refused = refusal_line(str(path), scenario, get_profile(settings.profile))
+    if refused is not None:
+        record.refused = record.error = refused
+        return record
     try:
         verdicts = [run_oracle(scenario, engines=settings.engines, profile=settings.profile, bugs=settings.bugs,
                                pool=pool) for _ in range(replays)]
@@ -253,8 +263,12 @@ def triage(
     merge_related: bool = True,
     profile: str | None = None,
     bugs: frozenset[str] | None = None,
+    refused: list[str] | None = None,
 ) -> list[Bucket]:
     """Replay, bucket and (optionally) minimise every finding in ``crash_dir``.
+
+    Findings the profile's kernel would not load go, one line each, to ``refused``
+    when it is given (else they are reported like unreadable files).
 
     ``profile``/``bugs``/``engines`` override what each finding's meta records
     (needed for atheris artifacts, whose bytes record nothing; or set
@@ -265,6 +279,9 @@ def triage(
     files = finding_files(crash_dir)
     for n, path in enumerate(files, 1):
         record = replay_finding(path, profile=profile, bugs=bugs, engines=engines, pool=pool)
+        if refused is not None and record.refused is not None:
+            refused.append(record.refused)
+            continue
         if progress is not None:
             state = "reproduces" if record.reproduces else (record.error or "does not reproduce (flaky)")
             progress(f"triage: [{n}/{len(files)}] {path.name}: {state}")

@@ -6,40 +6,22 @@ apply the events in order.  Update/Delete answer 0 or -errno (bpfdiff.maps),
 Load answers 0, Run gives a RunResult with every map's contents in the
 scenario's declaration order and the final mem.
 
-Loading refuses what the kernel's loader would (EngineError, bad input):
-invalid encodings, references to unknown maps, ``map_value`` on anything but
-a one-element array or beyond its value, writes to R10 ("frame pointer is
-read only"), jumps into the second slot of an lddw, and, on profiles without
-``tail_calls_in_subprogs`` (5.5), a program mixing bpf-to-bpf calls with tail
-calls ("tail_calls are not allowed in programs with bpf-to-bpf calls").
+Loading refuses what the profile's kernel refuses (ProgramRefused, an
+EngineError): the verifier model, :func:`bpfdiff.verifier.verify`, the same
+call the JIT engine's loader makes, so both engines refuse alike.
 """
 
 from __future__ import annotations
 
 from bpfdiff import xdp
 from bpfdiff.bugs import bugs_for, validate_bugs
-from bpfdiff.engine import DEFAULT_BUDGET, Engine, EngineError, EventOutcome, RunResult
+from bpfdiff.engine import DEFAULT_BUDGET, Engine, EngineError, EventOutcome, ProgramRefused, RunResult
 from bpfdiff.helpers import Prandom
-from bpfdiff.isa import (
-    BPF_ALU,
-    BPF_ALU64,
-    BPF_ATOMIC,
-    BPF_CMPXCHG,
-    BPF_FETCH,
-    BPF_LDX,
-    BPF_PSEUDO_MAP_VALUE,
-    BPF_REG_FP,
-    BPF_STX,
-    Insn,
-    InvalidInstruction,
-    Program,
-    check_program,
-    jump_target,
-    lddw_value,
-)
+from bpfdiff.isa import Program
 from bpfdiff.maps import BpfMap, MapDefinitionError, create_map, value_region_size
 from bpfdiff.profiles import Profile, get_profile
 from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Load, Run, Scenario, Update
+from bpfdiff.verifier import VerifierError, verify
 
 from .decode import decoded
 from .memory import FIRST_MAP_REGION, Memory, map_pointer, map_region_base
@@ -74,7 +56,7 @@ class InterpEngine(Engine):
             programs[prog.name] = prog
         upfront, _ = scenario.load_order()
         for name in upfront:
-            self._load(programs[name], maps, machine, loaded)
+            self._load(programs[name], maps, machine, loaded, scenario.prog_type)
 
         outcomes = []
         for index, event in enumerate(scenario.events):
@@ -99,7 +81,7 @@ class InterpEngine(Engine):
                 if event.prog not in programs:
                     raise EngineError(f"event {index}: load of unknown program {event.prog!r}")
                 if event.prog not in loaded:
-                    self._load(programs[event.prog], maps, machine, loaded)
+                    self._load(programs[event.prog], maps, machine, loaded, scenario.prog_type)
                 outcomes.append(EventOutcome(index, "load", retval=0))
             else:
                 raise EngineError(f"event {index}: unknown event {event!r}")
@@ -122,43 +104,16 @@ class InterpEngine(Engine):
             mem.maps_by_pointer[map_pointer(number)] = bpf_map
         return maps
 
-    def _load(self, prog: Program, maps: dict[str, BpfMap], machine: Machine, loaded: set[str]) -> None:
-        check_loadable(prog, maps, self.profile.tail_calls_in_subprogs)
+    def _load(self, prog: Program, maps: dict[str, BpfMap], machine: Machine, loaded: set[str],
+              prog_type: str) -> None:
+        try:
+            # the verifier model, the call the JIT engine's loader makes: both engines refuse alike
+            verify(prog, maps, self.profile, prog_type=prog_type)
+        except VerifierError as exc:
+            raise ProgramRefused(prog.name, str(exc)) from None
         decoded(prog)
         machine.programs[prog.name] = prog
         loaded.add(prog.name)
-
-
-def check_loadable(prog: Program, maps: dict[str, BpfMap], tail_calls_in_subprogs: bool) -> None:
-    """Raise EngineError for what the kernel's loader/verifier refuses before running anything."""
-    try:
-        check_program(prog.insns)
-    except InvalidInstruction as exc:
-        raise EngineError(f"program {prog.name!r}: {exc}") from None
-    insns = prog.insns
-    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
-    for pc, insn in enumerate(insns):
-        if jump_target(pc, insn) in second_slots and pc not in second_slots:
-            raise EngineError(f"program {prog.name!r}: insn {pc}: jump into the middle of ldimm64 insn "
-                              f"{jump_target(pc, insn) - 1}")
-        if BPF_REG_FP in written_registers(insn):
-            raise EngineError(f"program {prog.name!r}: insn {pc}: frame pointer is read only")
-        if insn.is_lddw and insn.map is not None:
-            bpf_map = maps.get(insn.map)
-            if bpf_map is None:
-                raise EngineError(f"program {prog.name!r}: insn {pc}: unknown map {insn.map!r}")
-            if insn.src == BPF_PSEUDO_MAP_VALUE:
-                off = lddw_value(insn, insns[pc + 1]) >> 32
-                if bpf_map.kind != "array" or bpf_map.max_entries != 1:
-                    raise EngineError(f"program {prog.name!r}: insn {pc}: map_value needs a one-element array")
-                if off >= bpf_map.value_size:
-                    raise EngineError(f"program {prog.name!r}: insn {pc}: map_value offset {off} "
-                                      f"beyond value_size {bpf_map.value_size}")
-    if not tail_calls_in_subprogs:
-        has_calls = any(insn.is_pseudo_call for insn in insns)
-        if has_calls and any(insn.is_tail_call for insn in insns):
-            raise EngineError(f"program {prog.name!r}: tail_calls are not allowed in programs "
-                              "with bpf-to-bpf calls on this profile")
 
 
 def check_run_input(scenario: Scenario, event: Run, index: int) -> None:
@@ -171,19 +126,6 @@ def check_run_input(scenario: Scenario, event: Run, index: int) -> None:
             raise EngineError(f"event {index}: run of {event.prog!r}: {problem}")
 
 
-def written_registers(insn: Insn) -> tuple[int, ...]:
-    """Registers an instruction writes (other than through calls), for the verifier's R10 rule."""
-    cls = insn.cls
-    if cls in (BPF_ALU, BPF_ALU64, BPF_LDX) or insn.is_lddw:
-        return (insn.dst,)
-    if cls == BPF_STX and insn.mode == BPF_ATOMIC:
-        if insn.imm == BPF_CMPXCHG:
-            return (0,)
-        if insn.imm & BPF_FETCH:
-            return (insn.src,)
-    return ()
-
-
 def _map(maps: dict[str, BpfMap], name: str, index: int) -> BpfMap:
     try:
         return maps[name]
@@ -191,4 +133,4 @@ def _map(maps: dict[str, BpfMap], name: str, index: int) -> BpfMap:
         raise EngineError(f"event {index}: unknown map {name!r}") from None
 
 
-__all__ = ["InterpEngine", "check_loadable", "check_run_input"]
+__all__ = ["InterpEngine", "check_run_input"]

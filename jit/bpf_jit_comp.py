@@ -70,12 +70,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bpfdiff.jit.poke import X86_PATCH_SIZE, PokeDescriptor, bpf_tail_call_direct_fixup
-from bpfdiff.jit.xlate import Xlated, xlate
+from bpfdiff.jit.xlate import Xlated
 
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import Profile
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, MapDef
+from bpfdiff.verifier import verify
 
 
 class JitError(ValueError):
@@ -936,6 +937,13 @@ class PassState:
     jmp_padding: bool
     ctx: JitContext
     seen_exit: bool = False
+    imm8_jmp_max: int = 127          # Profile.jit_imm8_jmp_max
+
+
+def is_imm8_jmp_offset(state: PassState, value: int) -> bool:
+    """Short (imm8) form for a BPF jump?  Up to ``imm8_jmp_max`` forward (123 after the
+    convergence fix, ``is_imm8_jmp_offset``; 127 before), 128 back."""
+    return -128 <= value <= state.imm8_jmp_max
 
 
 def insn_size_diff(state: PassState, i: int, emitted: int) -> int:
@@ -944,7 +952,7 @@ def insn_size_diff(state: PassState, i: int, emitted: int) -> int:
 
 
 def emit_jcc(state: PassState, i: int, prefix_len: int, jmp_cond: int, jmp_offset: int) -> bytes:
-    if is_imm8(jmp_offset):
+    if is_imm8_jmp_offset(state, jmp_offset):
         pad = b""
         if state.jmp_padding:
             nops = insn_size_diff(state, i, prefix_len) - 2
@@ -958,7 +966,7 @@ def emit_jcc(state: PassState, i: int, prefix_len: int, jmp_cond: int, jmp_offse
 
 
 def emit_jmp(state: PassState, i: int, jmp_offset: int) -> bytes:
-    if is_imm8(jmp_offset):
+    if is_imm8_jmp_offset(state, jmp_offset):
         pad = b""
         if state.jmp_padding:
             nops = insn_size_diff(state, i, 0) - 2
@@ -1118,7 +1126,8 @@ def jit_function(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:
     for npass in range(MAX_PASSES):
         if not padding and npass >= PADDING_PASSES:
             padding = True
-        state = PassState(addrs=addrs, image=None, jmp_padding=padding, ctx=ctx)
+        state = PassState(addrs=addrs, image=None, jmp_padding=padding, ctx=ctx,
+                          imm8_jmp_max=fn.profile.jit_imm8_jmp_max)
         code, addrs = do_jit(fn, state)
         if len(code) == oldproglen:
             return code, addrs, ctx, npass + 1
@@ -1128,7 +1137,7 @@ def jit_function(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:
 
 def final_pass(fn: FuncJit, addrs: list[int], ctx: JitContext, base: int) -> tuple[bytes, list[int]]:
     """The pass at the allocated address (also the kernel's extra pass for subprograms: padding on)."""
-    state = PassState(addrs=addrs, image=base, jmp_padding=True, ctx=ctx)
+    state = PassState(addrs=addrs, image=base, jmp_padding=True, ctx=ctx, imm8_jmp_max=fn.profile.jit_imm8_jmp_max)
     return do_jit(fn, state)
 
 
@@ -1142,14 +1151,14 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
     ``prog_array_target(map, key)`` gives the ``bpf_func`` of the program in a
     prog-array slot now (None if empty): the fixup patches those sites, after
     which every poke is stable.  Raises :class:`JitError` (or
-    :class:`~bpfdiff.jit.xlate.VerifierError`, also a ValueError) for programs
-    the kernel would refuse.
+    :class:`~bpfdiff.verifier.VerifierError`, also a ValueError) for programs
+    the kernel would refuse (the verifier model, :func:`bpfdiff.verifier.verify`).
     """
     try:
         flavour = FLAVOURS[profile.jit_prologue]
     except KeyError:
         raise JitError(f"profile {profile.name}: unknown JIT flavour {profile.jit_prologue!r}") from None
-    xl = xlate(prog, maps, profile, options, prog_type)
+    xl = verify(prog, maps, profile, options, prog_type)
     retpoline = profile.retpoline if options.retpoline is None else options.retpoline
     pokes = [PokeDescriptor(map=p.map, key=p.key, insn_idx=p.insn_idx, adj_off=profile.x86_tail_call_offset)
              for p in xl.pokes]

@@ -44,11 +44,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bpfdiff.interp.engine import check_loadable, check_run_input
+from bpfdiff.interp.engine import check_run_input
 from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile, retpoline_thunk
 from bpfdiff.jit.emulator import XDP_CTX_BASE, Emulator, EntryPoint
 from bpfdiff.jit.poke import PokeDescriptor, map_poke_run
-from bpfdiff.jit.xlate import VerifierError
 
 from bpfdiff import xdp
 from bpfdiff.bugs import bugs_for, validate_bugs
@@ -63,6 +62,7 @@ from bpfdiff.engine import (
     MapContents,
     PokeSite,
     ProgramCode,
+    ProgramRefused,
     RunResult,
 )
 from bpfdiff.helpers import HelperFault, Prandom, call_helper
@@ -77,6 +77,7 @@ from bpfdiff.maps import (
 )
 from bpfdiff.profiles import Profile, get_profile
 from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Event, Load, MapDef, Run, Scenario, Update
+from bpfdiff.verifier import VerifierError
 
 NOP5 = bytes.fromhex("0f1f440000")
 STRUCT_BPF_PROG_SIZE = 0x100      # room for the fields up to bpf_func and beyond; only bpf_func is read
@@ -261,8 +262,8 @@ class JitEngine(Engine):
             program = self._scenario.program(name)
         except KeyError:
             raise EngineError(f"load of unknown program {name!r}") from None
-        # The same loader checks as the interpreter: both engines refuse the same programs.
-        check_loadable(program, self.maps, self.profile.tail_calls_in_subprogs)
+        # bpf_int_jit_compile asks the verifier model (bpfdiff.verifier.verify),
+        # as the interpreter's loader does: both engines refuse the same programs.
         try:
             jited = bpf_int_jit_compile(program, self.mapdefs, self.profile, self.env, self.options,
                                         self._prog_array_target, self._scenario.prog_type)
@@ -270,7 +271,7 @@ class JitEngine(Engine):
             # The kernel refuses the program at load (bad input).  A JitError
             # is left to propagate: the loader still has the interpreter, so
             # a JIT that gives up is an engine failure worth seeing.
-            raise EngineError(str(exc)) from None
+            raise ProgramRefused(program.name, str(exc)) from None
         for image in jited.images:
             self.emu.install_image(image.base, image.code, name, image.insn_at)
         prog_struct = self.emu.alloc_data(STRUCT_BPF_PROG_SIZE)

@@ -58,9 +58,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bpfdiff import isa, xdp
-from bpfdiff.isa import Insn, InvalidInstruction, Program
+from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import Profile, XdpLayout
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, MapDef
+from bpfdiff.verifier import VerifierError, key_in_range, track_const_alu
 
 if TYPE_CHECKING:
     from bpfdiff.jit.bpf_jit_comp import JitOptions
@@ -68,10 +69,6 @@ if TYPE_CHECKING:
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
 AX = isa.BPF_REG_AX
-
-
-class VerifierError(ValueError):
-    """A program the kernel's verifier would refuse, as ``prog: insn N: reason``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,36 +128,13 @@ def _is_fp(value: Value) -> bool:
     return value is not None and value[0] == "f"
 
 
-CONST_ALU = {
-    isa.BPF_ADD: lambda a, b, w: a + b,
-    isa.BPF_SUB: lambda a, b, w: a - b,
-    isa.BPF_MUL: lambda a, b, w: a * b,
-    isa.BPF_OR: lambda a, b, w: a | b,
-    isa.BPF_AND: lambda a, b, w: a & b,
-    isa.BPF_XOR: lambda a, b, w: a ^ b,
-    isa.BPF_LSH: lambda a, b, w: a << (b & (w - 1)),
-    isa.BPF_RSH: lambda a, b, w: a >> (b & (w - 1)),
-}
-
-
-def tnum_range_mask(max_entries: int) -> int:
-    """The mask of tnum_range(0, max_entries - 1): all bits up to the highest set bit of max - 1."""
-    return (1 << (max_entries - 1).bit_length()) - 1
-
-
-KEY_IN_RANGE: dict[str, Callable[[int, int], bool]] = {
-    "exact": lambda key, max_entries: key < max_entries,
-    "tnum": lambda key, max_entries: key & ~tnum_range_mask(max_entries) == 0,
-}
-
-
 class FunctionFlow:
     """Forward dataflow over one function: register values, stack depth, tail-call (map, key)."""
 
     def __init__(self, insns: Sequence[Insn], start: int, end: int, maps: Mapping[str, MapDef],
-                 key_range: str = "exact") -> None:
+                 profile: Profile) -> None:
         self.insns, self.start, self.end, self.maps = insns, start, end, maps
-        self.key_range = key_range
+        self.profile = profile
         self.depth = 0
         self.escaped = False
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
@@ -256,46 +230,102 @@ class FunctionFlow:
 
     def alu(self, insn: Insn, r: list) -> Value:
         is64 = insn.cls == isa.BPF_ALU64
-        width = 64 if is64 else 32
-        mask = U64 if is64 else U32
         dst = r[insn.dst]
         op = insn.op
-        if insn.source == isa.BPF_X:
-            operand = r[insn.src]
-        else:
-            operand = ("c", insn.imm & mask)     # sign-extended to 64 bits, or the low 32
-        if op == isa.BPF_MOV:
-            if insn.source == isa.BPF_K:
-                return ("c", insn.imm & mask)
-            if insn.off:
-                return None
-            if is64:
-                return operand
-            return ("c", operand[1] & U32) if operand is not None and operand[0] == "c" else None
-        if dst is not None and dst[0] == "f":
+        operand = r[insn.src] if insn.source == isa.BPF_X else ("c", insn.imm)
+        if op == isa.BPF_MOV and insn.source == isa.BPF_X and is64 and not insn.off:
+            return operand                   # a copy: frame and map pointers too
+        if dst is not None and dst[0] == "f" and op != isa.BPF_MOV:
             if is64 and op in (isa.BPF_ADD, isa.BPF_SUB) and operand is not None and operand[0] == "c":
-                delta = operand[1] if operand[1] < (1 << 63) else operand[1] - (1 << 64)
+                delta = insn.imm if insn.source == isa.BPF_K else operand[1] - ((operand[1] >> 63) << 64)
                 return ("f", dst[1] + delta if op == isa.BPF_ADD else dst[1] - delta)
             self.escaped = True              # pointer arithmetic the dataflow cannot follow
             return None
-        if op == isa.BPF_NEG and dst is not None and dst[0] == "c":
-            return ("c", -dst[1] & mask)
-        fn = CONST_ALU.get(op)
-        if fn is None or dst is None or operand is None or dst[0] != "c" or operand[0] != "c":
-            return None
-        return ("c", fn(dst[1] & mask, operand[1] & mask, width) & mask)
+        known = track_const_alu(insn, dst[1] if dst is not None and dst[0] == "c" else None,
+                                operand[1] if operand is not None and operand[0] == "c" else None)
+        return None if known is None else ("c", known)
 
     def record_tail_call(self, pc: int, r2: Value, r3: Value) -> None:
         """record_func_map + record_func_key: a direct site needs one prog array and one key in range."""
         map_name = r2[1] if r2 is not None and r2[0] == "m" else None
         key = None
         if map_name is not None and r3 is not None and r3[0] == "c" and \
-                KEY_IN_RANGE[self.key_range](r3[1], self.maps[map_name].max_entries):
+                key_in_range(self.profile, r3[1], self.maps[map_name].max_entries):
             key = r3[1]
         old = self.tail_calls.get(pc)
         if old is not None and old != (map_name, key):
             map_name, key = (old[0] if old[0] == map_name else None), None
         self.tail_calls[pc] = (map_name, key)
+
+
+# -- zero-extension after a 32-bit cmpxchg ----------------------------------------------------------
+CMPXCHG32 = isa.BPF_STX | isa.BPF_ATOMIC | isa.BPF_W
+ZEXT_R0 = Insn(isa.BPF_ALU | isa.BPF_MOV | isa.BPF_X, 0, 0, 0, 1)     # BPF_ZEXT_REG(BPF_REG_0)
+
+
+def _reads_r0_64(insn: Insn) -> bool:
+    """Does ``insn`` read R0 as a 64-bit value (the verifier's is_reg64 for a source)?"""
+    cls = insn.cls
+    if cls == isa.BPF_ALU64:
+        return (insn.dst == 0 and insn.op != isa.BPF_MOV) or (insn.source == isa.BPF_X and insn.src == 0)
+    if cls == isa.BPF_ALU:
+        return insn.op == isa.BPF_END and insn.imm == 64 and insn.dst == 0
+    if cls == isa.BPF_JMP:
+        if insn.is_exit:
+            return True
+        if insn.op in (isa.BPF_CALL, isa.BPF_JA):
+            return False
+        return insn.dst == 0 or (insn.source == isa.BPF_X and insn.src == 0)
+    if cls == isa.BPF_LDX:
+        return insn.src == 0
+    if cls == isa.BPF_ST:
+        return insn.dst == 0
+    if cls == isa.BPF_STX:
+        if insn.dst == 0:
+            return True
+        wide = insn.size == isa.BPF_DW
+        if insn.mode == isa.BPF_ATOMIC and insn.imm == isa.BPF_CMPXCHG:
+            return wide
+        return insn.src == 0 and wide
+    return False
+
+
+def _writes_r0(insn: Insn) -> bool:
+    cls = insn.cls
+    if cls in (isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_LDX) or insn.is_lddw:
+        return insn.dst == 0
+    if insn.opcode == isa.CALL_OPCODE:
+        return True            # the callee's or helper's return value (after a tail call: nothing)
+    if cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+        return insn.imm == isa.BPF_CMPXCHG or insn.src == 0
+    return False
+
+
+def r0_read_as_64(insns: Sequence[Insn], pc: int) -> bool:
+    """Is the R0 a 32-bit cmpxchg at ``pc`` defines read as 64 bits on some path (mark_insn_zext)?"""
+    seen: set[int] = set()
+    todo = [pc + 1]
+    while todo:
+        at = todo.pop()
+        if at in seen or not 0 <= at < len(insns):
+            continue
+        seen.add(at)
+        insn = insns[at]
+        if _reads_r0_64(insn):
+            return True
+        if _writes_r0(insn) or insn.is_exit:
+            continue
+        if insn.is_lddw:
+            todo.append(at + 2)
+            continue
+        target = isa.jump_target(at, insn)
+        if insn.is_jmp and insn.op == isa.BPF_JA:
+            todo.append(target)
+            continue
+        todo.append(at + 1)
+        if target is not None and not insn.is_pseudo_call:
+            todo.append(target)
+    return False
 
 
 # -- instruction-list surgery, with bpf_adj_branches semantics ---------------------------------
@@ -307,7 +337,7 @@ def _with_offset(insn: Insn, rel: int) -> Insn:
     if insn.is_pseudo_call or insn.opcode == isa.BPF_JMP32 | isa.BPF_JA:
         return Insn(insn.opcode, insn.dst, insn.src, insn.off, rel, insn.map)
     if not -(1 << 15) <= rel < (1 << 15):
-        raise VerifierError(f"jump offset {rel} out of range after patching")
+        raise VerifierError("?", None, f"jump offset {rel} out of range after patching")
     return Insn(insn.opcode, insn.dst, insn.src, rel, insn.imm, insn.map)
 
 
@@ -415,12 +445,8 @@ def _subprog_starts(insns: Sequence[Insn]) -> list[int]:
 
 
 def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[int]:
+    """Structure (the encodings were checked by :func:`bpfdiff.verifier.check_isa`)."""
     insns = prog.insns
-    where = f"program {prog.name}"
-    try:
-        isa.check_program(insns)
-    except InvalidInstruction as exc:
-        raise VerifierError(f"{where}: {exc}") from None
     starts = _subprog_starts(insns)
     ends = starts[1:] + [len(insns)]
     second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
@@ -428,24 +454,22 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
         if pc in second_slots:
             continue
         if insn.map is not None and insn.map not in maps:
-            raise VerifierError(f"{where}: insn {pc}: unknown map {insn.map!r}")
-        if insn.is_alu and insn.op in (isa.BPF_DIV, isa.BPF_MOD) and insn.source == isa.BPF_K and insn.imm == 0:
-            raise VerifierError(f"{where}: insn {pc}: division by zero")
+            raise VerifierError(prog.name, pc, f"unknown map {insn.map!r}")
         if insn.opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
-            raise VerifierError(f"{where}: insn {pc}: kfunc calls are not supported")
+            raise VerifierError(prog.name, pc, "kfunc calls are not supported")
         target = isa.jump_target(pc, insn)
         if target in second_slots:
-            raise VerifierError(f"{where}: insn {pc}: jump into the middle of ldimm64 insn {target - 1}")
+            raise VerifierError(prog.name, pc, f"jump into the middle of ldimm64 insn {target - 1}")
         if target is not None and not insn.is_pseudo_call:
             here = max(s for s in starts if s <= pc)
             if not here <= target < ends[starts.index(here)]:
-                raise VerifierError(f"{where}: insn {pc}: jump out of range from insn {pc} to {target}")
+                raise VerifierError(prog.name, pc, f"jump out of range from insn {pc} to {target}")
     for end in ends:
         last = insns[end - 1]
         if not (last.is_exit or last.opcode in (isa.BPF_JMP | isa.BPF_JA, isa.BPF_JMP32 | isa.BPF_JA)):
-            raise VerifierError(f"{where}: insn {end - 1}: last insn of a function is not an exit or jmp")
+            raise VerifierError(prog.name, end - 1, "last insn of a function is not an exit or jmp")
     if len(starts) > 1 and not profile.tail_calls_in_subprogs and any(i.is_tail_call for i in insns):
-        raise VerifierError(f"{where}: tail_calls are not allowed in programs with bpf-to-bpf calls")
+        raise VerifierError(prog.name, None, "tail_calls are not allowed in programs with bpf-to-bpf calls")
     return starts
 
 
@@ -459,13 +483,13 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     # analysis on the program as loaded (the verifier's do_check)
     flows = []
     for start, end in zip(starts, ends, strict=True):
-        flow = FunctionFlow(insns, start, end, maps, profile.verifier_tail_call_key_range)
+        flow = FunctionFlow(insns, start, end, maps, profile)
         flow.run()
         flows.append(flow)
     tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}
     for pc, (map_name, _) in tail_calls.items():
         if map_name is not None and maps[map_name].kind != "prog_array":
-            raise VerifierError(f"program {prog.name}: insn {pc}: cannot pass map_type "
+            raise VerifierError(prog.name, pc, "cannot pass map_type "
                                 f"{maps[map_name].kind} into func bpf_tail_call")
     has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in zip(starts, ends, strict=True)]
     callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
@@ -480,6 +504,9 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     if not profile.tail_calls_in_subprogs and any(has_tail_call):
         depths[0] = isa.MAX_BPF_STACK       # fixup_bpf_calls: "we cannot make any assumptions"
 
+    zext_cmpxchg = {pc for pc, insn in enumerate(insns)
+                    if insn.opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG and r0_read_as_64(insns, pc)}
+
     # opt_remove_nops
     orig = list(range(len(insns)))
     ja0 = Insn(isa.BPF_JMP | isa.BPF_JA)
@@ -488,7 +515,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     starts = [new_start[s] for s in starts]
     tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
 
-    ctx_patches = convert_ctx_accesses(insns, starts, profile, prog_type, f"program {prog.name}")
+    ctx_patches = convert_ctx_accesses(insns, starts, profile, prog_type, prog.name)
     if ctx_patches:
         insns, orig, new_start = rebuild(insns, orig, ctx_patches)
         starts = [new_start[s] for s in starts]
@@ -513,8 +540,19 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
             patches[pc] = [Insn(isa.TAIL_CALL_OPCODE, 0, 0, 0, imm)]
     insns, orig, new_start = rebuild(insns, orig, patches)
     # the tail call is the only instruction of its patch
-    poke_specs = [PokeSpec(map_name, key, new_start[pc]) for pc, map_name, key in pokes]
+    pokes = [(new_start[pc], map_name, key) for pc, map_name, key in pokes]
     starts = [new_start[s] for s in starts]
+
+    # opt_subreg_zext_lo32_rnd_hi32: x86 needs no zero-extension after 32-bit defs, except
+    # after a 32-bit cmpxchg whose R0 is later read as 64 bits (the CPU leaves RAX's upper
+    # half alone when the compare succeeds): BPF_ZEXT_REG(R0), ``w0 = w0`` with imm 1.
+    zext = {pc: [insn, ZEXT_R0] for pc, insn in enumerate(insns)
+            if insn.opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG and orig[pc] in zext_cmpxchg}
+    if zext:
+        insns, orig, new_start = rebuild(insns, orig, zext)
+        pokes = [(new_start[pc], map_name, key) for pc, map_name, key in pokes]
+        starts = [new_start[s] for s in starts]
+    poke_specs = [PokeSpec(map_name, key, pc) for pc, map_name, key in pokes]
     ends = starts[1:] + [len(insns)]
     subprogs = [SubprogInfo(s, e, depths[k], has_tail_call[k], reachable[k])
                 for k, (s, e) in enumerate(zip(starts, ends, strict=True))]
@@ -599,7 +637,7 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
     return found
 
 
-def xdp_convert_ctx_access(insn: Insn, layout: XdpLayout, where: str) -> list[Insn]:
+def xdp_convert_ctx_access(insn: Insn, layout: XdpLayout, prog: str, pc: int) -> list[Insn]:
     """One ``struct xdp_md`` load as the verifier rewrites it (``xdp_is_valid_access`` first).
 
     ``data``, ``data_end``, ``data_meta``: one 8-byte load of the pointer from
@@ -611,7 +649,7 @@ def xdp_convert_ctx_access(insn: Insn, layout: XdpLayout, where: str) -> list[In
     off, size = insn.off, isa.SIZE_BYTES[insn.size]
     if insn.mode != isa.BPF_MEM or not 0 <= off < layout.xdp_md_size or off % size or \
             size != xdp.XDP_MD_FIELD_SIZE or off not in xdp.READABLE_FIELDS:
-        raise VerifierError(f"{where}: invalid bpf_context access off={off} size={size}")
+        raise VerifierError(prog, pc, f"invalid bpf_context access off={off} size={size}")
     dst, src = insn.dst, insn.src
 
     def ldx(size_code: int, to: int, base: int, at: int) -> Insn:
@@ -628,7 +666,7 @@ def xdp_convert_ctx_access(insn: Insn, layout: XdpLayout, where: str) -> list[In
 
 
 def convert_ctx_accesses(insns: Sequence[Insn], starts: Sequence[int], profile: Profile, prog_type: str,
-                         where: str) -> dict[int, list[Insn]]:
+                         prog: str) -> dict[int, list[Insn]]:
     """The verifier's ``convert_ctx_accesses`` for ``prog_type``: patches for :func:`rebuild`.
 
     Only XDP has a context to rewrite ("raw" is no kernel program type: its R1
@@ -641,13 +679,13 @@ def convert_ctx_accesses(insns: Sequence[Insn], starts: Sequence[int], profile: 
     for pc, kind in sorted(_ctx_accesses(insns, starts).items()):
         insn = insns[pc]
         if kind == CTX_MIXED:
-            raise VerifierError(f"{where}: insn {pc}: same insn cannot be used with different pointers")
+            raise VerifierError(prog, pc, "same insn cannot be used with different pointers")
         if insn.cls == isa.BPF_ST:
-            raise VerifierError(f"{where}: insn {pc}: BPF_ST stores into R{insn.dst} ctx is not allowed")
+            raise VerifierError(prog, pc, f"BPF_ST stores into R{insn.dst} ctx is not allowed")
         if insn.cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC:
-            raise VerifierError(f"{where}: insn {pc}: BPF_ATOMIC stores into R{insn.dst} ctx is not allowed")
+            raise VerifierError(prog, pc, f"BPF_ATOMIC stores into R{insn.dst} ctx is not allowed")
         if insn.cls == isa.BPF_STX:       # xdp_is_valid_access refuses every write
-            raise VerifierError(f"{where}: insn {pc}: invalid bpf_context access off={insn.off} "
+            raise VerifierError(prog, pc, f"invalid bpf_context access off={insn.off} "
                                 f"size={isa.SIZE_BYTES[insn.size]}")
-        patches[pc] = xdp_convert_ctx_access(insn, profile.xdp, f"{where}: insn {pc}")
+        patches[pc] = xdp_convert_ctx_access(insn, profile.xdp, prog, pc)
     return patches

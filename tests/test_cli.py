@@ -236,7 +236,7 @@ def test_compare_maps_mem_and_counts() -> None:
 
 # -- `conformance` ------------------------------------------------------------------
 CONFORMANCE = ROOT.parent / "shared" / "conformance"
-CLOSING_LINE = re.compile(r"\A\d+ passed, \d+ failed, \d+ skipped\Z")
+CLOSING_LINE = re.compile(r"\A\d+ passed, \d+ failed, \d+ skipped, \d+ refused by the verifier\Z")
 
 
 def test_conformance_bad_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -249,14 +249,17 @@ def test_conformance_failure_and_skip_lines(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "good.data").write_text("-- asm\nmov %r0, 2\nexit\n-- result\n0x2\n")
     (tmp_path / "wrong.data").write_text("-- asm\nmov %r0, 1\nexit\n-- result\n0x2\n")
     (tmp_path / "odd.data").write_text("-- asm\nexit\n-- result\n0x0\n-- no register offset\n")
-    code, out, _ = run_cli(capsys, "conformance", str(tmp_path), "--engines", "interp")
+    # 6.1's check_alu_op: "invalid shift 48" -- refused by the verifier, for every engine alike
+    (tmp_path / "shift.data").write_text("-- asm\nmov32 %r0, 1\nlsh32 %r0, 48\nexit\n-- result\n0x0\n")
+    code, out, _ = run_cli(capsys, "conformance", str(tmp_path), "--engines", "interp,jit")
     lines = out.strip().splitlines()
     assert code == 1
-    assert lines[0] == f"conformance: 3 files in {tmp_path}; engines interp; profile linux-6.1"
+    assert lines[0] == f"conformance: 4 files in {tmp_path}; engines interp, jit; profile linux-6.1"
     assert "FAIL wrong.data [interp]: expected r0=0x2, got r0=0x1" in lines
     assert "SKIP odd.data: unknown section '-- no register offset' at line 5" in lines
+    assert "REFUSED shift.data: prog shift insn 1: invalid shift 48" in lines
     assert not any("good.data" in line for line in lines)
-    assert lines[-1] == "1 passed, 1 failed, 1 skipped"
+    assert lines[-1] == "1 passed, 1 failed, 1 skipped, 1 refused by the verifier"
 
 
 @pytest.mark.skipif(not CONFORMANCE.is_dir(), reason="conformance suite not present")

@@ -1,13 +1,41 @@
 """The conformance suite through the interpreter, and the runner's own behaviour."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from bpfdiff.conformance import FAIL, PASS, SKIP, run_conformance, run_conformance_files
+from bpfdiff.conformance import FAIL, PASS, REFUSED, SKIP, run_conformance, run_conformance_files
 
 SUITE = Path("/work/shared/conformance")
 needs_suite = pytest.mark.skipif(not SUITE.is_dir(), reason="conformance suite not present")
+
+
+# What a kernel without ISA v4 (before 6.6) refuses, by mnemonic, with its message.
+V4_MNEMONICS = {
+    r"\b(sdiv|smod)(32)?\b": "BPF_ALU uses reserved fields",
+    r"\bmovsx\d+\b": "BPF_MOV uses reserved fields",
+    r"\bldxs[bhw]\b": "BPF_LDX uses reserved fields",
+    r"\b(bswap|swap)(16|32|64)\b": "unknown opcode d7",
+    r"\bja32\b": "unknown opcode 06",
+}
+SHIFT = re.compile(r"^\s*(lsh|rsh|arsh)(32)?\s+%r\d+,\s*(-?\d+)\s*$", re.MULTILINE)
+ATOMIC_BEYOND_ADD = re.compile(r"^\s*lock\s+(?!add)|^\s*lock\s+fetch|xchg", re.MULTILINE)
+
+
+def expected_refusal(path: Path, profile: str) -> str | None:
+    """What the profile's verifier says of a suite file, worked out from its text alone."""
+    asm = path.read_text().split("-- asm", 1)[1].split("\n-- ", 1)[0]
+    asm = "\n".join(line.split("#", 1)[0] for line in asm.splitlines())
+    for pattern, message in V4_MNEMONICS.items():
+        if re.search(pattern, asm):
+            return message
+    for _, width, amount in SHIFT.findall(asm):
+        if not 0 <= int(amount) < (32 if width else 64):
+            return f"invalid shift {amount}"
+    if profile == "linux-5.5" and ATOMIC_BEYOND_ADD.search(asm):
+        return "BPF_XADD uses reserved fields"      # 5.5 had BPF_XADD (add, no fetch) only
+    return None
 
 
 @needs_suite
@@ -21,8 +49,30 @@ def test_whole_suite_passes_through_the_interpreter(profile):
     for outcome in skipped:
         assert outcome.reason.startswith("unknown section '-- ")
     assert {Path(o.path).name for o in skipped} == {"call_unwind_fail.data", "callx.data", "mem-len.data"}
+    # refused by the profile's verifier: exactly the files with instructions its kernel lacks
+    # (ISA v4 arrived in 6.6) or a constant shift by the operand width or more, with its message
+    refused = {Path(o.path).name: o.reason for o in report.by_status(REFUSED)}
+    expected = {path.name: expected_refusal(path, profile) for path in SUITE.glob("*.data")
+                if path.name not in {Path(o.path).name for o in skipped}}
+    expected = {name: message for name, message in expected.items() if message is not None}
+    assert set(refused) == set(expected)
+    for name, reason in refused.items():
+        assert reason.endswith(": " + expected[name]), (name, reason)
+    assert len(refused) >= 60
     counts = report.counts()["interp"]
-    assert counts[PASS] == len(list(SUITE.glob("*.data"))) - len(skipped)
+    assert counts[PASS] == len(list(SUITE.glob("*.data"))) - len(skipped) - len(refused)
+    assert report.ok
+
+
+def test_a_program_the_verifier_refuses_is_refused_by_every_engine(tmp_path):
+    # check_alu_op: "div by zero" for a constant divisor 0 -- the interpreter used to run
+    # it (RFC 9669: the result is 0) while the JIT refused it; one verifier model now
+    path = tmp_path / "div-by-zero-imm.data"
+    path.write_text("-- asm\nmov32 %r0, 1\ndiv32 %r0, 0\nexit\n-- result\n0x0\n")
+    report = run_conformance_files([path], ["interp", "jit"], "linux-6.1")
+    assert [(o.engine, o.status, o.reason) for o in report.outcomes] == [
+        ("interp", REFUSED, "prog div-by-zero-imm insn 1: div by zero"),
+        ("jit", REFUSED, "prog div-by-zero-imm insn 1: div by zero")]
     assert report.ok
 
 

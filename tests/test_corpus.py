@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bpfdiff.profiles import get_profile
 from bpfdiff.scenario_text import parse_scenario, read_scenario
 
 from bpfdiff.fuzz.corpus import (  # isort: skip
@@ -169,13 +170,19 @@ def test_seed_corpus_covers_every_class_kind_and_event() -> None:
     for kind in ("run", "load", "load.after-fill", "prog_array.fill", "prog_array.retarget", "prog_array.delete"):
         assert f"ev:{kind}" in features, kind
     covered = {f.split(":", 1)[1] for f in features if f.startswith("op:")}
-    missing = _opcode_class_universe() - covered
+    profiles = {get_profile(e.scenario.meta_dict.get("profile", "linux-6.1")) for e in entries}
+    missing = _opcode_class_universe(profiles) - covered
     assert not missing, f"seed corpus misses opcode classes {sorted(missing)}"
 
 
-def _opcode_class_universe() -> set[str]:
-    """Every opcode class label of an encoding the ISA model accepts (independent of any corpus)."""
+def _opcode_class_universe(profiles=None) -> set[str]:
+    """Every opcode class label of an encoding the ISA model accepts (independent of any corpus).
+
+    With ``profiles``: only what at least one of those kernels has (the verifier model's
+    instruction set per profile: no ISA v4 before 6.6, no atomics beyond add before 5.12).
+    """
     from bpfdiff.isa import Insn, InvalidInstruction, check_insn, opcode_class_name
+    from bpfdiff.verifier import insn_refusal
 
     names = set()
     for opcode in range(1, 256):
@@ -185,8 +192,18 @@ def _opcode_class_universe() -> set[str]:
                 check_insn(0, insn)
             except InvalidInstruction:
                 continue
-            names.add(opcode_class_name(insn))
+            if profiles is None or any(insn_refusal(insn, p) is None for p in profiles):
+                names.add(opcode_class_name(insn))
     return names
+
+
+def test_opcode_class_universe_of_the_modelled_kernels() -> None:
+    from bpfdiff.profiles import LINUX_5_5, LINUX_6_1
+
+    universe = _opcode_class_universe([LINUX_6_1, LINUX_5_5])
+    assert {"alu64.add.k", "alu.end.x", "jmp32.jset", "jmp.ja", "stx.atomic.w", "stx.atomic.dw"} <= universe
+    # ISA v4 (6.6+): sign-extending loads, 64-bit bswap, ja32
+    assert not {"ldx.b.sx", "ldx.w.sx", "alu64.end.k", "jmp32.ja"} & universe
 
 
 def test_opcode_class_universe_is_the_isa() -> None:

@@ -49,17 +49,19 @@ def resolve_directory(given: str | None) -> Path:
 
 def file_status(statuses: list[str]) -> str:
     """A file's verdict over all engines."""
-    from bpfdiff.conformance import FAIL, PASS, SKIP
+    from bpfdiff.conformance import FAIL, PASS, REFUSED, SKIP
 
     if FAIL in statuses:
         return FAIL
     if SKIP in statuses:
         return SKIP
+    if REFUSED in statuses:
+        return REFUSED
     return PASS
 
 
 def main(args: argparse.Namespace) -> int:
-    from bpfdiff.conformance import FAIL, PASS, SKIP, data_files, run_conformance_files
+    from bpfdiff.conformance import FAIL, PASS, REFUSED, SKIP, data_files, run_conformance_files
 
     directory = resolve_directory(args.directory)
     engines = parse_engines(args.engines)
@@ -75,17 +77,21 @@ def main(args: argparse.Namespace) -> int:
     by_file: dict[str, list] = {}
     for outcome in report.outcomes:
         by_file.setdefault(outcome.path, []).append(outcome)
-    totals = dict.fromkeys((PASS, FAIL, SKIP), 0)
+    totals = dict.fromkeys((PASS, FAIL, SKIP, REFUSED), 0)
     for path, outcomes in by_file.items():
         name = Path(path).name
         status = file_status([o.status for o in outcomes])
         totals[status] += 1
         if status == SKIP:
             print(f"SKIP {name}: {outcomes[0].reason}")
+        elif status == REFUSED:
+            print(f"REFUSED {name}: {outcomes[0].reason}")
         for outcome in outcomes:
             if outcome.status == FAIL or (args.verbose and outcome.status == PASS):
                 print(f"{outcome.status.upper()} {name} [{outcome.engine}]: {outcome.reason}")
     for engine, counts in report.counts().items():
-        print(f"  {engine}: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped")
-    print(f"{totals[PASS]} passed, {totals[FAIL]} failed, {totals[SKIP]} skipped")
+        print(f"  {engine}: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped, "
+              f"{counts[REFUSED]} refused by the verifier")
+    print(f"{totals[PASS]} passed, {totals[FAIL]} failed, {totals[SKIP]} skipped, "
+          f"{totals[REFUSED]} refused by the verifier")
     return 1 if totals[FAIL] else 0

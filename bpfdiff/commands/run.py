@@ -232,10 +232,20 @@ def explaining_kernel_bug(scenario: Scenario, settings: Settings) -> KernelBug |
     return None
 
 
+def check_loads(path: str, scenario: Scenario, profile: str) -> None:
+    """Refuse, as bad input, a scenario whose programs the profile's kernel would not load."""
+    from bpfdiff.verifier import refusal_line
+
+    line = refusal_line(path, scenario, get_profile(profile))
+    if line is not None:
+        raise InputError(line)
+
+
 def main(args: argparse.Namespace) -> int:
     notes: list[str] = []
     scenario, settings = load_finding(args.file, profile=args.profile, inject=args.inject, engines=args.engines,
                                       warn=notes.append)
+    check_loads(args.file, scenario, settings.profile)
     report = Report()
     outcomes = execute_all(scenario, settings, args.file, report)
     notes += report.notes

@@ -73,8 +73,12 @@ def _main(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"bpfdiff: error: {exc}", file=sys.stderr)
         return 2
+    refused: list[str] = []
     buckets = triage(crash_dir, minimize=args.minimize, time_budget=args.time, out_dir=reports, progress=progress,
-                     merge_related=not args.no_merge, profile=args.profile, bugs=bugs, engines=engines)
+                     merge_related=not args.no_merge, profile=args.profile, bugs=bugs, engines=engines,
+                     refused=refused)
+    for line in refused:         # programs the kernel would not load: bad input, not findings
+        print(f"bpfdiff: error: {line}", file=sys.stderr)
     if not args.no_reports:
         for path in write_markdown_reports(buckets, reports):
             progress(f"triage: wrote {path}")
@@ -82,4 +86,6 @@ def _main(args: argparse.Namespace) -> int:
         write_html_report(buckets, Path(args.html), title=f"bpfdiff triage of {crash_dir}")
         progress(f"triage: wrote {args.html}")
     print(format_json(buckets) if args.json else format_table(buckets))
-    return 1 if any(not b.flaky for b in buckets) else 0
+    if any(not b.flaky for b in buckets):
+        return 1
+    return 2 if refused else 0

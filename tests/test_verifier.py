@@ -1,0 +1,214 @@
+"""The verifier model (bpfdiff/verifier.py): what each profile's kernel refuses, and its rewrites.
+
+Expected messages are the kernel's (kernel/bpf/verifier.c: resolve_pseudo_ldimm64,
+check_alu_op, check_atomic); expected xlated instructions are written out here as the
+raw ``struct bpf_insn`` bytes, worked out by hand from the kernel's patch sequences.
+"""
+
+from __future__ import annotations
+
+import pytest
+from bpfdiff.fuzz.generate import GenOptions, scenario_from_seed
+from bpfdiff.interp.engine import InterpEngine
+from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, bpf_int_jit_compile
+from bpfdiff.jit.dump import jited_lines
+from bpfdiff.jit.engine import JitEngine
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+from unicorn import x86_const as x86
+
+from bpfdiff import isa
+from bpfdiff.asm import assemble_program
+from bpfdiff.engine import ProgramRefused
+from bpfdiff.isa import Program
+from bpfdiff.profiles import LINUX_5_5, LINUX_6_1, PROFILES
+from bpfdiff.scenario import Run, Scenario
+from bpfdiff.verifier import VerifierError, check_load, verify
+
+V4 = LINUX_6_1.with_options(name="linux-6.1+isa-v4", isa_v4=True)   # the instruction set of 6.6+
+
+
+def prog(text: str, name: str = "p") -> Program:
+    return assemble_program(name, text)
+
+
+# -- the instruction set per profile -------------------------------------------------------------
+ISA_V4_CASES = [
+    # (program text, what a kernel without ISA v4 says, insn)
+    ("mov %r1, 1\nmovsx832 %r0, %r1\nexit\n", "BPF_MOV uses reserved fields", 1),
+    ("mov %r0, 1\nmov %r1, 2\nsdiv32 %r0, %r1\nexit\n", "BPF_ALU uses reserved fields", 2),
+    ("mov %r0, 7\nsmod %r0, 3\nexit\n", "BPF_ALU uses reserved fields", 1),
+    ("mov %r0, 1\nbswap64 %r0\nexit\n", "unknown opcode d7", 1),
+    ("mov %r0, 1\nja32 L\nL:\nexit\n", "unknown opcode 06", 1),
+    ("stw [%r10-4], 1\nldxsw %r0, [%r10-4]\nexit\n", "BPF_LDX uses reserved fields", 1),
+]
+
+
+@pytest.mark.parametrize("text, message, pc", ISA_V4_CASES)
+@pytest.mark.parametrize("profile", [LINUX_6_1, LINUX_5_5])
+def test_isa_v4_is_refused_before_6_6_with_the_kernels_message(text, message, pc, profile) -> None:
+    assert not profile.isa_v4
+    with pytest.raises(VerifierError) as info:
+        check_load(prog(text), {}, profile)
+    assert (info.value.pc, info.value.reason) == (pc, message)
+    assert str(info.value) == f"prog p insn {pc}: {message}"
+    check_load(prog(text), {}, V4)          # a 6.6+ kernel has them
+
+
+def test_the_pre_pass_reports_unknown_opcodes_before_do_check_errors() -> None:
+    # resolve_pseudo_ldimm64 walks the whole program before do_check sees insn 0
+    with pytest.raises(VerifierError, match="insn 2: unknown opcode d7"):
+        check_load(prog("mov %r0, 1\nsdiv %r0, 3\nbswap64 %r0\nexit\n"), {}, LINUX_6_1)
+
+
+@pytest.mark.parametrize("text, amount", [("lsh32 %r0, 32", 32), ("rsh %r0, 64", 64), ("arsh32 %r0, 48", 48),
+                                          ("lsh %r0, -1", -1)])
+@pytest.mark.parametrize("profile", [LINUX_6_1, LINUX_5_5, V4])
+def test_a_constant_shift_by_the_width_or_more_is_refused(text, amount, profile) -> None:
+    with pytest.raises(VerifierError, match=f"^prog p insn 1: invalid shift {amount}$"):
+        check_load(prog(f"mov %r0, 1\n{text}\nexit\n"), {}, profile)
+    check_load(prog("mov %r0, 1\nlsh32 %r0, 31\nrsh %r0, 63\nexit\n"), {}, profile)
+
+
+def test_atomics_beyond_add_need_5_12() -> None:
+    text = "stdw [%r10-8], 1\nmov %r1, 2\nlock {} [%r10-8], %r1\nmov %r0, 0\nexit\n"
+    check_load(prog(text.format("add")), {}, LINUX_5_5)           # BPF_XADD
+    for op in ("or", "fetch add", "xchg"):
+        with pytest.raises(VerifierError, match="insn 2: BPF_XADD uses reserved fields"):
+            check_load(prog(text.format(op)), {}, LINUX_5_5)
+        check_load(prog(text.format(op)), {}, LINUX_6_1)
+
+
+@pytest.mark.parametrize("engine", [InterpEngine, JitEngine])
+def test_both_engines_refuse_through_the_model(engine) -> None:
+    scenario = Scenario(programs=(prog("mov %r0, 1\nbswap64 %r0\nexit\n"),), events=(Run("p", b""),))
+    instance = engine(profile=LINUX_6_1)
+    try:
+        with pytest.raises(ProgramRefused, match="prog p insn 1: unknown opcode d7"):
+            instance.execute(scenario)
+    finally:
+        instance.close()
+    v4 = engine(profile=V4)
+    try:
+        assert v4.execute(scenario)[0].run.r0 == 1 << 56
+    finally:
+        v4.close()
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_the_generator_emits_only_what_the_profiles_kernel_has(profile) -> None:
+    prof = PROFILES[profile]
+    assert GenOptions().cpu_v4 is None       # from the profile, not on for every profile
+    for seed in range(60):
+        scenario = scenario_from_seed(seed, profile)
+        for program in scenario.programs:
+            check_load(program, {m.name: m for m in scenario.maps}, prof)
+
+
+# -- cmpxchg zero-extension ------------------------------------------------------------------------
+CMPXCHG_PROGRAM = (
+    "mov %r1, 7\n"
+    "stxdw [%r10-8], %r1\n"
+    "mov %r0, 7\n"
+    "lock cmpxchg32 [%r10-8], %r1\n"
+    "{after}"
+    "exit\n"
+)
+CMPXCHG_XLATED_HEAD = [
+    "b701000007000000",      # r1 = 7
+    "7b1af8ff00000000",      # *(u64 *)(r10 - 8) = r1
+    "b700000007000000",      # r0 = 7
+    "c31af8fff1000000",      # w0 = cmpxchg32(r10 - 8, w0, w1)
+]
+
+
+def xlated_hex(program: Program, profile=LINUX_6_1) -> list[str]:
+    return [isa.encode([insn]).hex() for insn in verify(program, {}, profile).insns]
+
+
+def test_a_32_bit_cmpxchg_whose_r0_is_read_gets_w0_eq_w0() -> None:
+    # opt_subreg_zext_lo32_rnd_hi32: BPF_ZEXT_REG(R0) = mov32 w0, w0 with imm 1, right after it
+    assert xlated_hex(prog(CMPXCHG_PROGRAM.format(after=""))) == CMPXCHG_XLATED_HEAD + [
+        "bc00000001000000", "9500000000000000"]
+    # a 64-bit cmpxchg, or an R0 redefined before any 64-bit read, gets none
+    wide = prog(CMPXCHG_PROGRAM.format(after="").replace("cmpxchg32", "cmpxchg"))
+    assert "bc00000001000000" not in xlated_hex(wide)
+    redefined = prog(CMPXCHG_PROGRAM.format(after="mov32 %r0, %r0\n"))
+    assert xlated_hex(redefined) == CMPXCHG_XLATED_HEAD + ["bc00000000000000", "9500000000000000"]
+    # a 32-bit read alone (jmp32) does not need it, a later 64-bit one on some path does
+    branchy = prog(CMPXCHG_PROGRAM.format(after="jeq32 %r0, 7, L\nmov %r0, 0\nexit\nL:\nadd %r0, 1\n"))
+    assert xlated_hex(branchy)[4] == "bc00000001000000"
+
+
+def test_the_jit_image_has_mov_eax_eax_after_lock_cmpxchg() -> None:
+    env = JitEnv(alloc_image=lambda n: 0x10000, helper_addr=lambda i: 0, map_addr=lambda m: 0,
+                 map_value_addr=lambda m: 0)
+    jited = bpf_int_jit_compile(prog(CMPXCHG_PROGRAM.format(after="")), {}, LINUX_6_1, env, JitOptions(),
+                                lambda m, k: None)
+    text = [f"{line.mnemonic} {line.operands}" for line in jited_lines(jited.images[0].code)]
+    at = next(k for k, line in enumerate(text) if line.startswith("lock cmpxchg"))
+    assert text[at] == "lock cmpxchg %edi,-0x8(%rbp)"
+    assert text[at + 1] == "mov %eax,%eax"
+
+
+def test_unicorn_zero_extends_rax_after_a_successful_32_bit_lock_cmpxchg() -> None:
+    """Pinned emulator behaviour: a CPU leaves RAX's upper half when the compare succeeds
+    (only ZF and the memory change); unicorn 2.1.x writes EAX and so zero-extends RAX.
+    The w0 = w0 the verifier inserts hides the difference; should an upgrade change it,
+    this test says so before the fuzzer's view changes silently."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    code = bytes.fromhex("f00fb10b")          # lock cmpxchg %ecx,(%rbx)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_map(0x2000, 0x1000)
+    uc.mem_write(0x1000, code)
+    for memory, expected_rax in ((7, 7), (8, 8)):             # success, failure
+        uc.mem_write(0x2000, memory.to_bytes(4, "little"))
+        uc.reg_write(x86.UC_X86_REG_RAX, 0xDEADBEEF_00000007)
+        uc.reg_write(x86.UC_X86_REG_RBX, 0x2000)
+        uc.reg_write(x86.UC_X86_REG_RCX, 0x55)
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        assert uc.reg_read(x86.UC_X86_REG_RAX) == expected_rax
+        stored = int.from_bytes(uc.mem_read(0x2000, 4), "little")
+        assert stored == (0x55 if memory == 7 else memory)
+
+
+# -- run / triage on programs the kernel refuses ----------------------------------------------------
+INVALID_PROGRAMS = {
+    # a subprogram calling itself: check_cfg finds the call's target on its DFS stack
+    "recursive.scn": ("-- prog main\nmov %r0, 0\ncall local f\nexit\nf:\n# itself\ncall local f\nexit\n"
+                      "-- events\nrun main\n", "recursive.scn:7: prog main insn 3: back-edge from insn 3 to 3"),
+    # above the frame: check_stack_access_within_bounds
+    "stack.scn": ("-- prog main\nldxdw %r0, [%r10+8]\nexit\n-- events\nrun main\n",
+                  "stack.scn:2: prog main insn 0: invalid read from stack R10 off=8 size=8"),
+    # R0 after bpf_tail_call: not set (the historic false positive of test_bpf)
+    "tailcall.scn": ("-- maps\njt prog_array key_size=4 value_size=4 max_entries=2\n-- prog main\n"
+                     "lddw %r2, map:jt\nmov %r3, 0\ncall 12\nexit\n-- events\nrun main\n",
+                     "tailcall.scn:7: prog main insn 4: R0 !read_ok"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_PROGRAMS))
+def test_run_refuses_what_the_kernel_refuses_in_one_line(name, tmp_path, capsys) -> None:
+    from bpfdiff import cli
+
+    text, expected = INVALID_PROGRAMS[name]
+    path = tmp_path / name
+    path.write_text(text)
+    code = cli.main(["run", str(path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.strip().splitlines() == [f"bpfdiff: error: {tmp_path}/{expected}"]
+    assert "diverge" not in captured.out.lower() and "FAIL" not in captured.out
+
+
+def test_triage_reports_refused_findings_apart(tmp_path, capsys) -> None:
+    from bpfdiff import cli
+
+    for name, (text, _) in INVALID_PROGRAMS.items():
+        (tmp_path / name).write_text(text)
+    code = cli.main(["triage", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    refused = [line for line in captured.err.splitlines() if line.startswith("bpfdiff: error: ")]
+    assert refused == [f"bpfdiff: error: {tmp_path}/{expected}" for _, expected in
+                       (INVALID_PROGRAMS[n] for n in sorted(INVALID_PROGRAMS))]
+    assert "0 findings" in captured.out
