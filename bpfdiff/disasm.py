@@ -230,7 +230,7 @@ _XLATED_ATOMIC_ALU = {isa.BPF_ADD: "add", isa.BPF_AND: "and", isa.BPF_OR: "or", 
 
 def default_helper_name(helper_id: int) -> str:
     """The kernel's name for a helper id (``bpf_tail_call``), or ``unknown``."""
-    return HELPER_NAMES.get(helper_id, "unknown")
+    return HELPER_NAMES.get(helper_id) or isa.KERNEL_FUNC_NAMES.get(helper_id, "unknown")
 
 
 def _xlated_alu(insn: Insn) -> str:

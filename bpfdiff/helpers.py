@@ -37,6 +37,7 @@ from typing import Protocol
 
 from bpfdiff.engine import FAULT_UNSUPPORTED
 from bpfdiff.isa import (
+    KERNEL_FUNC_NAMES,
     BPF_FUNC_get_prandom_u32,
     BPF_FUNC_get_smp_processor_id,
     BPF_FUNC_map_delete_elem,
@@ -160,7 +161,7 @@ HELPERS: dict[int, tuple[str, Helper]] = {
 
 def helper_name(helper_id: int) -> str:
     entry = HELPERS.get(helper_id)
-    return entry[0] if entry else f"helper#{helper_id}"
+    return entry[0] if entry else KERNEL_FUNC_NAMES.get(helper_id, f"helper#{helper_id}")
 
 
 def call_helper(env: HelperEnv, helper_id: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:

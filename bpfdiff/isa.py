@@ -145,6 +145,10 @@ BPF_FUNC_map_delete_elem = 3
 BPF_FUNC_get_prandom_u32 = 7
 BPF_FUNC_get_smp_processor_id = 8
 BPF_FUNC_tail_call = 12
+# Kernel functions the verifier's rewrites call directly (xlated code only; ``imm`` is
+# bpfdiff's own id for them, the kernel's is an address): the inlined hash lookup.
+KERNEL_FUNC_htab_map_lookup_elem = 500
+KERNEL_FUNC_NAMES = {KERNEL_FUNC_htab_map_lookup_elem: "__htab_map_lookup_elem"}
 
 _SLOT = struct.Struct("<BBhi")
 SLOT_SIZE = _SLOT.size

@@ -96,6 +96,10 @@ class Profile:
     off_array_max_entries: int        # offsetof(struct bpf_array, map.max_entries)
     off_array_ptrs: int               # offsetof(struct bpf_array, ptrs)
     off_prog_bpf_func: int            # offsetof(struct bpf_prog, bpf_func)
+    # offsetof(struct htab_elem, key) (kernel/bpf/hashtab.c): 0x30 on x86-64 in 5.5 and 6.1
+    # (hash_node/padding 16, lru_node 24, hash 4, key aligned to 8); the inlined hash lookup
+    # adds it and round_up(key_size, 8) to the element (6.1's image: add $0x38,%rax).
+    off_htab_elem_key: int = 0x30
     # Longest forward displacement a BPF jump gets the short (imm8) form for: 127, or
     # 123 with the pass-loop convergence fix (``is_imm8_jmp_offset``; Debian's 6.1.192
     # has the 6.1.y backport: its images use the 32-bit form from +124 on).

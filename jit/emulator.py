@@ -381,9 +381,13 @@ class Emulator:
     def alloc_data(self, size: int) -> int:
         return self.data.alloc(size)
 
-    def alloc_values(self, size: int) -> int:
-        """A zeroed block of map values that faults on any access outside it (see VALUES_BASE)."""
-        pages = max(round_up(size, PAGE) // PAGE, 1)
+    def alloc_values(self, size: int, header: int = 0) -> int:
+        """A zeroed block of map values that faults on any access outside it (see VALUES_BASE).
+
+        ``header`` bytes right before the values are mapped too (struct bpf_array's header
+        in front of its value[]): the engine writes them, the program's accesses fault.
+        """
+        pages = max(round_up(size + header, PAGE) // PAGE, 1)
         start = self._values_top
         self.uc.mem_map(start, pages * PAGE, UC_PROT_READ | UC_PROT_WRITE)
         self._values_top = start + (pages + 1) * PAGE           # + the guard page

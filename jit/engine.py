@@ -48,8 +48,9 @@ from bpfdiff.interp.engine import check_run_input
 from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile, retpoline_thunk
 from bpfdiff.jit.emulator import XDP_CTX_BASE, Emulator, EntryPoint
 from bpfdiff.jit.poke import PokeDescriptor, map_poke_run
+from bpfdiff.jit.xlate import htab_value_offset
 
-from bpfdiff import xdp
+from bpfdiff import isa, xdp
 from bpfdiff.bugs import bugs_for, validate_bugs
 from bpfdiff.engine import (
     DEFAULT_BUDGET,
@@ -190,6 +191,12 @@ class JitEngine(Engine):
         self.emu.write(addr, data)
 
     def _call_helper(self, helper_id: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        if helper_id == isa.KERNEL_FUNC_htab_map_lookup_elem:
+            # __htab_map_lookup_elem, which the inlined hash lookup calls: the element, whose
+            # value the xlated code finds at offsetof(struct htab_elem, key) + round_up(key_size, 8)
+            value = call_helper(self, isa.BPF_FUNC_map_lookup_elem, r1, r2, r3, r4, r5)
+            bpf_map = self.map_by_addr[r1]
+            return value - htab_value_offset(self.profile, bpf_map.key_size) if value else 0
         return call_helper(self, helper_id, r1, r2, r3, r4, r5)
 
     # -- JitEnv -------------------------------------------------------------------------
@@ -230,19 +237,24 @@ class JitEngine(Engine):
             raise EngineError(f"map {mapdef.name!r} defined twice")
         try:
             check_map_def(mapdef)
+            size = value_region_size(mapdef)
             if mapdef.kind == "hash":
                 struct = self.emu.alloc_data(HASH_MAP_HEADER_SIZE)
-            else:
-                # struct bpf_array: the header, then ptrs[] for a prog array.  An
-                # array map's value[] shares that union in the kernel; here the
-                # values live in a guarded block of their own so that an access
-                # beyond them faults as in the interpreter (no generated code
-                # reaches values through the struct: lookups go to the helper).
-                ptrs = 8 * mapdef.max_entries if mapdef.kind == "prog_array" else 0
-                struct = self.emu.alloc_data(profile.off_array_ptrs + ptrs)
+                values = self.emu.alloc_values(size)
+            elif mapdef.kind == "array":
+                # struct bpf_array with value[] right behind the header, as in the
+                # kernel: the inlined lookup (array_map_gen_lookup) computes
+                # map + offsetof(struct bpf_array, value) + index * elem_size.
+                # A guarded block: an access beyond the last value, or before the first
+                # (into the header), faults as in the interpreter.
+                values = self.emu.alloc_values(size, header=profile.off_array_ptrs)
+                struct = values - profile.off_array_ptrs
                 self.emu.write(struct + profile.off_array_max_entries, mapdef.max_entries.to_bytes(4, "little"))
-            size = value_region_size(mapdef)
-            values = self.emu.alloc_values(size) if size else struct + profile.off_array_ptrs
+            else:
+                # struct bpf_array of a prog array: the header, then ptrs[]
+                struct = self.emu.alloc_data(profile.off_array_ptrs + 8 * mapdef.max_entries)
+                self.emu.write(struct + profile.off_array_max_entries, mapdef.max_entries.to_bytes(4, "little"))
+                values = struct + profile.off_array_ptrs
             bpf_map = create_map(mapdef, store=self.emu, base=values, is_loaded=self.loaded.__contains__)
         except MapDefinitionError as exc:
             raise EngineError(str(exc)) from None

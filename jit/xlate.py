@@ -138,6 +138,7 @@ class FunctionFlow:
         self.depth = 0
         self.escaped = False
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
+        self.lookups: dict[int, str | None] = {}   # map_lookup_elem pc -> its map on every path
         self.calls: set[int] = set()       # pcs of pseudo calls
 
     def access(self, base: Value, off: int) -> None:
@@ -209,6 +210,12 @@ class FunctionFlow:
                     self.access(a, 0)
                 if insn.is_tail_call:
                     self.record_tail_call(pc, r[2], r[3])
+                elif insn.imm == isa.BPF_FUNC_map_lookup_elem:
+                    # record_func_map: one map on every path, or "poisoned" (None)
+                    map_name = r[1][1] if r[1] is not None and r[1][0] == "m" else None
+                    if self.lookups.get(pc, map_name) != map_name:
+                        map_name = None
+                    self.lookups[pc] = map_name
             for reg in range(6):
                 r[reg] = None
             return [(nxt, tuple(r))]
@@ -435,6 +442,41 @@ def signed_by_minus_one(insn: Insn, is64: bool) -> list[Insn]:
     return [_alu(False, isa.BPF_MOV, insn.dst, imm=0)]
 
 
+# -- map_gen_lookup: map_lookup_elem inlined (do_misc_fixups, for a map known on every path) ----
+def array_map_gen_lookup(mapdef: MapDef, profile: Profile) -> list[Insn]:
+    """kernel/bpf/arraymap.c array_map_gen_lookup, for a privileged load (bypass_spec_v1: no
+    index_mask): r1 = &array->value[0]; r0 = key; bounds check; r0 = r1 + r0 * elem_size."""
+    elem_size = (mapdef.value_size + 7) & ~7
+    if elem_size & (elem_size - 1) == 0:
+        scale = _alu(True, isa.BPF_LSH, 0, imm=elem_size.bit_length() - 1)
+    else:
+        scale = _alu(True, isa.BPF_MUL, 0, imm=elem_size)
+    return [_alu(True, isa.BPF_ADD, 1, imm=profile.off_array_ptrs),           # offsetof(struct bpf_array, value)
+            Insn(isa.BPF_LDX | isa.BPF_MEM | isa.BPF_W, 0, 2, 0, 0),
+            _jmp(True, isa.BPF_JGE, 0, 3, mapdef.max_entries),
+            scale,
+            _alu(True, isa.BPF_ADD, 0, 1, source=isa.BPF_X),
+            JA_1,
+            _alu(True, isa.BPF_MOV, 0, imm=0)]
+
+
+def htab_value_offset(profile: Profile, key_size: int) -> int:
+    """Where an element's value starts: offsetof(struct htab_elem, key) + round_up(key_size, 8)."""
+    return profile.off_htab_elem_key + ((key_size + 7) & ~7)
+
+
+def htab_map_gen_lookup(mapdef: MapDef, profile: Profile) -> list[Insn]:
+    """kernel/bpf/hashtab.c htab_map_gen_lookup: call __htab_map_lookup_elem, then the value."""
+    return [Insn(isa.CALL_OPCODE, 0, 0, 0, isa.KERNEL_FUNC_htab_map_lookup_elem),
+            _jmp(True, isa.BPF_JEQ, 0, 1, 0),
+            _alu(True, isa.BPF_ADD, 0, imm=htab_value_offset(profile, mapdef.key_size))]
+
+
+MAP_GEN_LOOKUP: dict[str, Callable[[MapDef, Profile], list[Insn]]] = {
+    "array": array_map_gen_lookup, "hash": htab_map_gen_lookup,
+}
+
+
 # -- the pipeline ------------------------------------------------------------------------------
 def _subprog_starts(insns: Sequence[Insn]) -> list[int]:
     starts = {0}
@@ -487,6 +529,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         flow.run()
         flows.append(flow)
     tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}
+    lookups = {pc: name for flow in flows for pc, name in flow.lookups.items() if name is not None}
     for pc, (map_name, _) in tail_calls.items():
         if map_name is not None and maps[map_name].kind != "prog_array":
             raise VerifierError(prog.name, pc, "cannot pass map_type "
@@ -514,12 +557,15 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     insns, orig, new_start = rebuild(insns, orig, removed)
     starts = [new_start[s] for s in starts]
     tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
+    lookups = {new_start[pc]: name for pc, name in lookups.items()}
 
     ctx_patches = convert_ctx_accesses(insns, starts, profile, prog_type, prog.name)
     if ctx_patches:
         insns, orig, new_start = rebuild(insns, orig, ctx_patches)
         starts = [new_start[s] for s in starts]
         tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
+        lookups = {new_start[pc]: name for pc, name in lookups.items()}
+    lookups = {new_start[pc]: name for pc, name in lookups.items()}
 
     # do_misc_fixups, in program order (poke indices follow it)
     patches: dict[int, list[Insn]] = {}
@@ -531,6 +577,10 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
                 patches[pc] = DIV_GUARDS[(insn.op, insn.off)](insn, is64)
             elif insn.off == 1 and insn.imm == -1:
                 patches[pc] = signed_by_minus_one(insn, is64)
+        elif insn.is_helper_call and insn.imm == isa.BPF_FUNC_map_lookup_elem and pc in lookups:
+            gen_lookup = MAP_GEN_LOOKUP.get(maps[lookups[pc]].kind)
+            if gen_lookup is not None:
+                patches[pc] = gen_lookup(maps[lookups[pc]], profile)
         elif insn.is_tail_call:
             map_name, key = tail_calls.get(pc, (None, None))
             imm = 0

@@ -22,6 +22,7 @@ from bpfdiff.engine import ProgramRefused
 from bpfdiff.isa import Program
 from bpfdiff.profiles import LINUX_5_5, LINUX_6_1, PROFILES
 from bpfdiff.scenario import Run, Scenario
+from bpfdiff.scenario_text import parse_scenario
 from bpfdiff.verifier import VerifierError, check_load, verify
 
 V4 = LINUX_6_1.with_options(name="linux-6.1+isa-v4", isa_v4=True)   # the instruction set of 6.6+
@@ -212,3 +213,83 @@ def test_triage_reports_refused_findings_apart(tmp_path, capsys) -> None:
     assert refused == [f"bpfdiff: error: {tmp_path}/{expected}" for _, expected in
                        (INVALID_PROGRAMS[n] for n in sorted(INVALID_PROGRAMS))]
     assert "0 findings" in captured.out
+
+
+# -- map_gen_lookup: inlined map_lookup_elem ----------------------------------------------------------
+LOOKUPS = """
+-- maps
+arr array key_size=4 value_size=12 max_entries=3
+tab hash key_size=4 value_size=8 max_entries=2
+-- prog p
+ldxw %r6, [%r1+0]
+stxw [%r10-4], %r6
+mov %r2, %r10
+add %r2, -4
+lddw %r1, map:arr
+call 1
+mov %r7, 0
+jeq %r0, 0, miss
+ldxw %r7, [%r0+4]
+miss:
+stxw [%r10-8], %r6
+mov %r2, %r10
+add %r2, -8
+lddw %r1, map:tab
+call 1
+mov %r8, 0
+jeq %r0, 0, out
+ldxdw %r8, [%r0+0]
+out:
+mov %r0, %r7
+lsh %r0, 32
+add %r0, %r8
+exit
+-- events
+update arr 1 = 00 00 00 00 11 22 33 44 00 00 00 00
+update tab 1 = 55 66 77 88 00 00 00 00
+run p mem=01 00 00 00
+run p mem=02 00 00 00
+run p mem=03 00 00 00
+"""
+
+
+def test_array_and_hash_lookups_are_inlined_as_6_1_does_it() -> None:
+    scenario = parse_scenario(LOOKUPS)
+    program = scenario.programs[0]
+    xlated = [isa.encode([insn]).hex() for insn in verify(program, {m.name: m for m in scenario.maps}, LINUX_6_1,
+                                                          prog_type=scenario.prog_type).insns]
+    # array_map_gen_lookup (bypass_spec_v1, root): r1 += offsetof(struct bpf_array, value) = 0x110;
+    # r0 = *(u32 *)r2; if r0 >= max_entries goto +3; r0 <<= log2(round_up(12, 8)); r0 += r1;
+    # goto +1; r0 = 0 -- in place of `call 1`
+    assert xlated[6:13] == ["0701000010010000", "6120000000000000", "3500030003000000", "6700000004000000",
+                            "0f10000000000000", "0500010000000000", "b700000000000000"]
+    # htab_map_gen_lookup: call __htab_map_lookup_elem; if r0 == 0 goto +1;
+    # r0 += offsetof(struct htab_elem, key) + round_up(4, 8) = 0x30 + 8
+    at = xlated.index("85000000f4010000")
+    assert xlated[at:at + 3] == ["85000000f4010000", "1500010000000000", "0700000038000000"]
+    # after the patch: r7 = 0; if r0 == 0 goto +1 (over the load); r7 = *(u32 *)(r0 + 4)
+    assert xlated[13:16] == ["b707000000000000", "1500010000000000", "6107040000000000"]
+
+
+def test_inlined_lookups_run_alike_on_both_engines() -> None:
+    scenario = parse_scenario(LOOKUPS)
+    results = {}
+    for engine in (InterpEngine(profile=LINUX_6_1), JitEngine(profile=LINUX_6_1)):
+        try:
+            results[engine.name] = [(o.run.exit, o.run.r0) for o in engine.execute(scenario) if o.run]
+        finally:
+            engine.close()
+    # key 1: arr[1] bytes 4..7 and tab[1]; key 2: arr[2] is zero, tab has no 2; key 3: out of range
+    assert results["jit"] == results["interp"] == [("exit", 0x44332211_88776655), ("exit", 0), ("exit", 0)]
+
+
+def test_jit_image_adds_0x110_to_the_array_and_0x38_to_the_element() -> None:
+    engine = JitEngine(profile=LINUX_6_1)
+    try:
+        engine.start(parse_scenario(LOOKUPS))
+        code = engine.programs["p"].images[0].code
+    finally:
+        engine.close()
+    text = [f"{line.mnemonic} {line.operands}" for line in jited_lines(code)]
+    assert "add $0x110,%rdi" in text and "add $0x38,%rax" in text
+    assert text[text.index("add $0x110,%rdi") + 1] == "mov 0x0(%rsi),%eax"
