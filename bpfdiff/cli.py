@@ -16,7 +16,7 @@ from types import ModuleType
 
 # Subcommands, in the order `bpfdiff --help` lists them.  Each is a module
 # bpfdiff.commands.<name> with NAME, HELP, add_arguments(parser), main(args).
-COMMANDS = ("run", "conformance", "dump", "fuzz", "bugs", "minimize", "triage", "corpus")
+COMMANDS = ("run", "conformance", "dump", "fuzz", "bugs", "minimize", "triage", "corpus", "kernel")
 
 EXIT_OK = 0
 EXIT_FINDING = 1

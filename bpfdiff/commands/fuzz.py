@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first generator seed (default: %(default)s)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
                         help="kernel profile (default: %(default)s)")
-    parser.add_argument("--engines", default=",".join(engine_names()),
+    parser.add_argument("--engines", default=",".join(engine_names(default_only=True)),
                         help="comma-separated engines to compare (default: %(default)s)")
     parser.add_argument("--corpus", metavar="DIR", help="corpus directory: replayed first, new inputs added")
     parser.add_argument("--crashes", metavar="DIR", default="crashes",

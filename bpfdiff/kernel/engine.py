@@ -1,0 +1,151 @@
+"""The ``kernel-jit`` and ``kernel-interp`` engines: the real kernel, JIT on or off, in a qemu guest.
+
+A scenario goes to the guest agent in one request (maps become real maps,
+``load`` a real ``BPF_PROG_LOAD`` as XDP, ``update``/``delete`` real map
+syscalls -- so the kernel re-patches its own images -- and ``run`` a
+``BPF_PROG_TEST_RUN``) and every outcome comes back in one reply.
+
+What the kernel shows: the return value (32 bits), the packet after the run
+and every map after the run.  It shows no trace, no tail-call count and no
+fault pc, so :attr:`observes` leaves those out and the oracle compares them
+only among the engines that see them.
+
+One guest per kernel per process, shared by both engines and started on
+first use; ``--jobs N`` (N processes) gives N guests.  A guest that hangs or
+panics raises :class:`GuestCrashed` (a finding, with its console tail) and
+is replaced by a fresh one for the next scenario.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from bpfdiff.engine import EXIT, Engine, EngineError, EngineUnsupported, EventOutcome, ProgramRefused, RunResult
+from bpfdiff.kernel import protocol
+from bpfdiff.kernel.guest import BadScenario, Guest, GuestCrashed, GuestError, UnsupportedScenario
+from bpfdiff.kernel.image import SetupError, profile_kernel
+from bpfdiff.profiles import Profile
+from bpfdiff.scenario import Scenario
+
+__all__ = ["GuestCrashed", "KernelEngine", "KernelInterpEngine", "KernelJitEngine", "guest_for"]
+
+# The kernel's interpreter refuses these by design (kernel/bpf/verifier.c, check_max_stack_depth
+# / fixup_call_args): a scenario with such a program cannot run on kernel-interp.
+INTERP_REFUSALS = ("tail_calls are not allowed in non-JITed programs with bpf-to-bpf calls",
+                   "callbacks are not allowed in non-JITed programs")
+
+KERNEL_ENV = "BPFDIFF_KERNEL"
+
+_GUESTS: dict[str, Guest] = {}
+
+
+def guest_for(kernel: str) -> Guest:
+    """The process's guest for ``kernel``, booted on first use and again after a crash."""
+    guest = _GUESTS.get(kernel)
+    if guest is None or guest.dead or guest.proc.poll() is not None:
+        if guest is not None:
+            guest.close()
+        try:
+            guest = Guest.start(kernel)
+        except SetupError as exc:
+            raise EngineError(f"kernel {kernel}: {exc}") from None
+        _GUESTS[kernel] = guest
+    return guest
+
+
+@atexit.register
+def close_guests() -> None:
+    for guest in _GUESTS.values():
+        guest.close()
+    _GUESTS.clear()
+
+
+class KernelEngine(Engine):
+    jit = True
+    observes = frozenset({"exit", "r0", "maps", "mem"})
+    r0_bits = 32
+
+    def __init__(self, profile: str | Profile = "linux-6.1", kernel: str | None = None, bugs: Any = (),
+                 **_options: Any) -> None:
+        if bugs:
+            raise EngineError(f"{self.name}: planted bugs live in our engines; the real kernel has only its own")
+        self.profile = profile if isinstance(profile, str) else profile.name
+        try:
+            self.kernel = kernel or os.environ.get(KERNEL_ENV) or profile_kernel(self.profile)
+        except SetupError as exc:
+            raise EngineError(str(exc)) from None
+
+    def execute(self, scenario: Scenario) -> list[EventOutcome]:
+        try:
+            guest = guest_for(self.kernel)
+            return guest.execute(scenario, self.jit)
+        except BadScenario as exc:
+            raise EngineError(str(exc)) from None
+        except UnsupportedScenario as exc:
+            raise EngineUnsupported(f"{self.name}: {exc}") from None
+        except GuestCrashed:
+            raise
+        except GuestError as exc:
+            raise EngineError(f"{self.name}: {exc}") from None
+
+
+class KernelJitEngine(KernelEngine):
+    name = "kernel-jit"
+    jit = True
+
+
+class KernelInterpEngine(KernelEngine):
+    name = "kernel-interp"
+    jit = False
+
+
+def _map_contents(scenario: Scenario, reply: protocol.RunReply) -> tuple:
+    names = [p.name for p in scenario.programs]
+    maps = []
+    for mapdef, entries in zip(scenario.maps, reply.maps, strict=True):
+        pairs = []
+        for key, value in entries:
+            if isinstance(value, int):
+                shown = names[value] if value < len(names) else f"?prog{value:#x}"
+            else:
+                shown = value.hex()
+            pairs.append((key.hex(), shown))
+        # bpfdiff.maps orders contents by key bytes
+        maps.append((mapdef.name, tuple(sorted(pairs, key=lambda kv: bytes.fromhex(kv[0])))))
+    return tuple(maps)
+
+
+def outcomes_from_reply(scenario: Scenario, jit: bool, reply: protocol.ScenarioReply) -> list[EventOutcome]:
+    engine = "kernel-jit" if jit else "kernel-interp"
+    if reply.status == 2:
+        name = scenario.maps[reply.failed_map].name if 0 <= reply.failed_map < len(scenario.maps) else "?"
+        raise EngineUnsupported(f"{engine}: BPF_MAP_CREATE of {name!r} failed: {os.strerror(-reply.map_errno)}")
+    outcomes = []
+    for kind, tag, body in reply.outcomes:
+        if kind == "load":
+            assert isinstance(body, protocol.LoadReply)
+            name = tag if isinstance(tag, str) else scenario.events[tag].prog  # type: ignore[union-attr,index]
+            if body.retval:
+                message = protocol.verifier_message(body.log)
+                if not jit and any(m in (body.log or "") for m in INTERP_REFUSALS):
+                    raise EngineUnsupported(f"{engine}: program {name!r}: {message}")
+                raise ProgramRefused(str(name), message, -body.retval)
+            if isinstance(tag, int):
+                outcomes.append(EventOutcome(tag, "load", retval=0))
+        elif kind in ("update", "delete"):
+            assert isinstance(body, int) and isinstance(tag, int)
+            outcomes.append(EventOutcome(tag, kind, retval=body))
+        elif kind == "run":
+            assert isinstance(body, protocol.RunReply) and isinstance(tag, int)
+            if body.error:
+                raise EngineUnsupported(f"{engine}: event {tag}: BPF_PROG_TEST_RUN failed: "
+                                        f"{os.strerror(-body.error)}")
+            outcomes.append(EventOutcome(tag, "run", run=RunResult(
+                r0=body.r0, exit=EXIT, tail_calls=0, trace=(), maps=_map_contents(scenario, body),
+                mem=body.packet)))
+    expected = len(scenario.events)
+    if len(outcomes) != expected:
+        raise protocol.ProtocolError(f"{engine}: {len(outcomes)} outcomes for {expected} events")
+    return outcomes

@@ -1,0 +1,396 @@
+"""One qemu guest running the bpfdiff agent, and the scenario-level calls on it.
+
+qemu runs with TCG only (KVM opens on these machines but the guest hangs at
+boot).  The host listens on two unix sockets that qemu connects to: a
+virtio-serial port named ``bpfdiff`` (fast; Debian builds its driver as a
+module, loaded by /init) and a second 16550 serial port as the fallback; the
+agent says hello on whichever it could open.  The console (ttyS0) goes to a
+log file, whose tail is kept when the guest hangs or panics.
+
+qemu is started with PR_SET_PDEATHSIG so that it dies with this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpfdiff.kernel import protocol
+from bpfdiff.kernel.image import KernelImage, SetupError, prepared, setup
+from bpfdiff.kernel.protocol import Images, Request, ScenarioReply
+from bpfdiff.scenario import Delete, Load, Run, Scenario, Update
+
+# seconds from qemu start to the agent's hello: ~4 s on an idle machine, ~50 s measured at load average 11
+BOOT_TIMEOUT = 180.0
+REQUEST_TIMEOUT = 30.0   # one scenario; a verified program always terminates
+CONSOLE_TAIL = 4000      # bytes of console log kept with a crash
+
+# XDP test runs (net/bpf/test_run.c): at least an Ethernet header, at most
+# what fits in a page after XDP_PACKET_HEADROOM and the skb_shared_info tailroom.
+XDP_MIN_PACKET = 14
+XDP_MAX_PACKET = 4096 - 256 - 320
+
+
+class GuestError(Exception):
+    """The guest could not be started or talked to (one line)."""
+
+
+class GuestCrashed(GuestError):
+    """The guest hung or panicked during a request; ``console_tail`` is the end of its console."""
+
+    def __init__(self, message: str, console_tail: str) -> None:
+        super().__init__(message)
+        self.console_tail = console_tail
+
+
+@dataclass(frozen=True)
+class Hello:
+    bpf_syscall: bool
+    jit_sysctl: bool
+    channel: str         # "virtio-serial" or "serial"
+    release: str         # uname -r of the guest
+
+
+@dataclass(frozen=True)
+class LoadedProg:
+    """A program as the real kernel loaded it (or refused it)."""
+
+    name: str
+    error: str | None            # the verifier's message, None when loaded
+    errno: int = 0
+    xlated: bytes = b""
+    jited: bytes = b""
+    func_lens: tuple[int, ...] = ()
+    ksyms: tuple[int, ...] = ()  # start address of each function's image (main first)
+
+
+def _pdeathsig() -> None:
+    # prctl(PR_SET_PDEATHSIG, SIGKILL): qemu dies when the Python process does.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+    os.setpgrp()  # and a Ctrl-C on the terminal is ours to handle, not qemu's
+
+
+def qemu_command(image: KernelImage, console: Path, vport: Path, serial: Path) -> list[str]:
+    append = "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init"
+    return [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
+        "-nographic", "-monitor", "none", "-no-reboot",
+        "-kernel", str(image.vmlinuz), "-initrd", str(image.initramfs), "-append", append,
+        "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",
+        "-chardev", f"socket,id=ser,path={serial}", "-serial", "chardev:ser",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"socket,id=vp,path={vport}", "-device", "virtserialport,chardev=vp,name=bpfdiff",
+        "-net", "none",
+    ]
+
+
+class Guest:
+    """A booted guest; not thread-safe (one request at a time)."""
+
+    def __init__(self, image: KernelImage, proc: subprocess.Popen, workdir: Path, sock: socket.socket,
+                 others: list[socket.socket], hello: Hello, boot_seconds: float) -> None:
+        self.image = image
+        self.proc = proc
+        self.workdir = workdir
+        self.sock = sock
+        self._others = others
+        self.hello = hello
+        self.boot_seconds = boot_seconds
+        self.console = workdir / "console.log"
+        self.dead = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+    @classmethod
+    def start(cls, kernel: str | None = None) -> Guest:
+        """Boot ``kernel`` (a Debian kernel package name or a bzImage path; default: 6.1), setting it up if needed."""
+        from bpfdiff.kernel.image import DEFAULT_KERNEL
+
+        kernel = kernel or DEFAULT_KERNEL
+        image = prepared(kernel)
+        if image is None:
+            try:
+                image = setup(kernel)
+            except SetupError as exc:
+                raise GuestError(str(exc)) from None
+        return cls.start_image(image)
+
+    @classmethod
+    def start_image(cls, image: KernelImage) -> Guest:
+        if shutil.which("qemu-system-x86_64") is None:
+            raise GuestError("qemu-system-x86_64 is not installed (bpfdiff kernel setup installs it)")
+        workdir = Path(tempfile.mkdtemp(prefix="bpfdiff-guest-"))
+        listeners = {}
+        for name in ("vport", "serial"):
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(workdir / name))
+            listener.listen(1)
+            listeners[name] = listener
+        console = workdir / "console.log"
+        started = time.monotonic()
+        proc = subprocess.Popen(qemu_command(image, console, workdir / "vport", workdir / "serial"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=open(workdir / "qemu.err", "wb"), preexec_fn=_pdeathsig)
+        conns: list[socket.socket] = []
+        try:
+            for listener in listeners.values():
+                listener.settimeout(15)
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    raise GuestError(f"qemu did not connect its channels: {_tail(workdir / 'qemu.err', 300)}") \
+                        from None
+                conns.append(conn)
+                listener.close()
+            deadline = started + BOOT_TIMEOUT
+            chosen = None
+            while chosen is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or proc.poll() is not None:
+                    what = "exited" if proc.poll() is not None else f"gave no hello within {BOOT_TIMEOUT:.0f} s"
+                    raise GuestCrashed(f"guest {what} while booting {image.name}", _tail(console))
+                ready, _, _ = select.select(conns, [], [], min(left, 0.5))
+                if ready:
+                    chosen = ready[0]
+            guest = cls(image, proc, workdir, chosen, [c for c in conns if c is not chosen],
+                        Hello(False, False, "?", "?"), 0.0)
+            payload = guest._read_frame(time.monotonic() + 10)
+            if not payload or payload[0] != protocol.CMD_HELLO or len(payload) < 4:
+                raise GuestCrashed("the agent's first frame is not a hello", _tail(console))
+            guest.hello = Hello(bool(payload[1]), bool(payload[2]),
+                                {1: "virtio-serial", 2: "serial"}.get(payload[3], "?"),
+                                payload[4:].decode(errors="replace"))
+            guest.boot_seconds = time.monotonic() - started
+            return guest
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            for c in conns:
+                c.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+        for s in (self.sock, *self._others):
+            with contextlib.suppress(OSError):
+                s.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.dead = True
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- frames -------------------------------------------------------------------------------
+    def _crash(self, why: str) -> GuestCrashed:
+        tail = _tail(self.console)
+        self.close()
+        return GuestCrashed(f"guest {self.image.name}: {why}", tail)
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        chunks = []
+        while n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._crash(f"no reply within {REQUEST_TIMEOUT:.0f} s (hung)")
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                continue
+            data = self.sock.recv(min(n, 1 << 20))
+            if not data:
+                raise self._crash("the channel closed (the guest died: panic or agent exit)")
+            chunks.append(data)
+            n -= len(data)
+        return b"".join(chunks)
+
+    def _read_frame(self, deadline: float) -> bytes:
+        (length,) = struct.unpack("<I", self._read_exact(4, deadline))
+        return self._read_exact(length, deadline)
+
+    def request(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+        if self.dead:
+            raise GuestError("the guest is closed")
+        try:
+            self.sock.sendall(struct.pack("<I", len(payload)) + payload)
+        except OSError as exc:
+            raise self._crash(f"sending failed: {exc}") from None
+        return self._read_frame(time.monotonic() + timeout)
+
+    def ping(self) -> None:
+        self.request(bytes([protocol.CMD_PING]))
+
+    # -- scenarios ----------------------------------------------------------------------------
+    def send(self, request: Request, maps: list[tuple[int, int, int, int]]) -> ScenarioReply:
+        reply = protocol.decode_scenario_reply(self.request(request.encode()), request, maps)
+        if reply.malformed:
+            raise protocol.ProtocolError("the agent could not parse our request")
+        return reply
+
+    def load_programs(self, scenario: Scenario, jit: bool = True) -> list[LoadedProg]:
+        """Load every program in declaration order (maps created, no events); images of each."""
+        req, maps = build_request(scenario, jit, images=True, events=False)
+        reply = self.send(req, maps)
+        out = []
+        for _kind, name, body in reply.outcomes:
+            assert isinstance(body, protocol.LoadReply)
+            out.append(_loaded(str(name), body))
+        return out
+
+    def images_after_events(self, scenario: Scenario, jit: bool = True) -> list[dict[str, Images]]:
+        """Run the scenario; after each event, the images of every program loaded so far."""
+        req, maps = build_request(scenario, jit, images=False, events=True, info_after_each=True)
+        reply = self.send(req, maps)
+        states: list[dict[str, Images]] = [{} for _ in scenario.events]
+        for kind, tag, body in reply.outcomes:
+            if kind == "info":
+                index, name = tag  # type: ignore[misc]
+                if index >= 0:
+                    states[index][name] = body  # type: ignore[assignment]
+            elif kind == "load" and isinstance(body, protocol.LoadReply) and body.retval:
+                raise GuestError(f"program refused: {protocol.verifier_message(body.log)}")
+        return states
+
+    def execute(self, scenario: Scenario, jit: bool) -> list:
+        """The scenario's outcomes on this kernel (see :mod:`bpfdiff.kernel.engine`)."""
+        from bpfdiff.kernel.engine import outcomes_from_reply
+
+        req, maps = build_request(scenario, jit, images=False, events=True)
+        return outcomes_from_reply(scenario, jit, self.send(req, maps))
+
+
+def _loaded(name: str, body: protocol.LoadReply) -> LoadedProg:
+    if body.retval:
+        return LoadedProg(name, protocol.verifier_message(body.log), -body.retval)
+    images = body.images or Images(b"", b"", (), ())
+    return LoadedProg(name, None, 0, images.xlated, images.jited, images.func_lens, images.ksyms)
+
+
+def _tail(path: Path, n: int = CONSOLE_TAIL) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-n:].decode(errors="replace")
+
+
+# -- scenario -> request ---------------------------------------------------------------------
+class UnsupportedScenario(Exception):
+    """What the kernel engines cannot run by design (e.g. a packet too short for XDP)."""
+
+
+class BadScenario(Exception):
+    """Bad input: every engine refuses it (unknown program, run before load...)."""
+
+
+def build_request(scenario: Scenario, jit: bool, images: bool, events: bool,
+                  info_after_each: bool = False) -> tuple[Request, list[tuple[int, int, int, int]]]:
+    from bpfdiff.maps import MapDefinitionError, check_map_def
+
+    flags = (protocol.FLAG_JIT if jit else 0) | (protocol.FLAG_IMAGES_ON_LOAD if images else 0)
+    if not events:
+        flags |= protocol.FLAG_CONTINUE
+    req = Request(flags)
+    map_index: dict[str, int] = {}
+    for mapdef in scenario.maps:
+        if mapdef.name in map_index:
+            raise BadScenario(f"map {mapdef.name!r} is defined twice")
+        try:
+            check_map_def(mapdef)
+        except MapDefinitionError as exc:
+            raise BadScenario(str(exc)) from None
+        if mapdef.key_size > 512 or mapdef.value_size > 65536:
+            raise UnsupportedScenario(f"map {mapdef.name!r}: keys over 512 or values over 64 KiB")
+        map_index[mapdef.name] = len(req.maps)
+        req.maps.append((protocol.MAP_TYPES[mapdef.kind], mapdef.key_size, mapdef.value_size,
+                         mapdef.max_entries))
+    prog_index: dict[str, int] = {}
+    for prog in scenario.programs:
+        if prog.name in prog_index:
+            raise BadScenario(f"program {prog.name!r} is defined twice")
+        missing = [m for m in prog.map_names if m not in map_index]
+        if missing:
+            raise BadScenario(f"program {prog.name!r} uses unknown map {missing[0]!r}")
+        prog_index[prog.name] = len(req.programs)
+        req.programs.append(protocol.encode_program(prog, map_index))
+    if len(req.maps) > 64 or len(req.programs) > 64:
+        raise UnsupportedScenario("more than 64 maps or programs")
+    loaded: list[str] = []
+
+    def after(index: int) -> None:
+        if info_after_each:
+            for name in loaded:
+                req.info(prog_index[name], (index, name))
+
+    if not events:
+        for prog in scenario.programs:
+            req.load(prog_index[prog.name], prog.name)
+        return req, req.maps
+    upfront, _ = scenario.load_order()
+    for name in upfront:
+        req.load(prog_index[name], name)
+        loaded.append(name)
+    for index, event in enumerate(scenario.events):
+        if isinstance(event, Load):
+            if event.prog not in prog_index:
+                raise BadScenario(f"event {index}: load of unknown program {event.prog!r}")
+            req.load(prog_index[event.prog], index)
+            if event.prog not in loaded:
+                loaded.append(event.prog)
+        elif isinstance(event, Run):
+            if event.prog not in loaded:
+                raise BadScenario(f"event {index}: run of {event.prog!r}, which is not loaded")
+            if not XDP_MIN_PACKET <= len(event.mem) <= XDP_MAX_PACKET:
+                raise UnsupportedScenario(
+                    f"event {index}: an XDP test run needs a packet of {XDP_MIN_PACKET}..{XDP_MAX_PACKET} "
+                    f"bytes, not {len(event.mem)}")
+            req.run(prog_index[event.prog], event.mem, index)
+        elif isinstance(event, Update):
+            _update(req, scenario, event, index, map_index, prog_index)
+        elif isinstance(event, Delete):
+            if event.map not in map_index:
+                raise BadScenario(f"event {index}: unknown map {event.map!r}")
+            if len(event.key) != scenario.map(event.map).key_size:
+                req.fixed(-22, "delete", index)   # the syscall copies key_size bytes: malformed -> -EINVAL
+            else:
+                req.delete(map_index[event.map], event.key, index)
+        else:
+            raise BadScenario(f"event {index}: unknown event {event!r}")
+        after(index)
+    return req, req.maps
+
+
+def _update(req: Request, scenario: Scenario, event: Update, index: int, map_index: dict[str, int],
+            prog_index: dict[str, int]) -> None:
+    if event.map not in map_index:
+        raise BadScenario(f"event {index}: unknown map {event.map!r}")
+    mapdef = scenario.map(event.map)
+    if len(event.key) != mapdef.key_size:
+        req.fixed(-22, "update", index)
+        return
+    if mapdef.kind == "prog_array":
+        # A name that is no program (or a byte value) is an fd that is no program: -EBADF after
+        # the kernel's own flag and index checks, so the agent passes fd -1.
+        prog = prog_index.get(event.value, protocol.NO_PROG) if isinstance(event.value, str) else protocol.NO_PROG
+        req.update(map_index[event.map], event.key, prog, event.flags, index)
+        return
+    if not isinstance(event.value, bytes) or len(event.value) != mapdef.value_size:
+        req.fixed(-22, "update", index)
+        return
+    req.update(map_index[event.map], event.key, event.value, event.flags, index)

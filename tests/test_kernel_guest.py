@@ -1,0 +1,246 @@
+"""The real Debian 6.1 kernel under qemu, through our agent (one guest for the whole module).
+
+Checks, against facts measured independently on the same kernel
+(../shared/reference/linux-6.1-jit-fixtures.md, hand-copied into
+tests/fixtures/jit/linux-6.1-images.txt): the xlated and jited images of the
+fixture programs with slot 0 empty, filled and deleted; the self tail-call
+loop's 1 + 33 entries on the JIT and on the interpreter; refusals by the
+real verifier; the four engines on the examples.
+
+Skipped, with the reason, when qemu-system-x86_64 is missing or
+`bpfdiff kernel setup` cannot prepare the kernel (no registry, no gcc...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpfdiff import isa
+from bpfdiff.engine import EngineUnsupported, ProgramRefused, make_engine
+from bpfdiff.isa import Insn, Program, lddw_pair
+from bpfdiff.scenario import Delete, Load, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario_text import parse_scenario
+
+if shutil.which("qemu-system-x86_64") is None:
+    pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86): no real-kernel tests",
+                allow_module_level=True)
+
+from bpfdiff.kernel.engine import guest_for  # noqa: E402
+from bpfdiff.kernel.guest import GuestCrashed, GuestError  # noqa: E402
+from bpfdiff.kernel.image import DEFAULT_KERNEL, SetupError, setup  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "jit" / "linux-6.1-images.txt"
+EXAMPLES = sorted((ROOT / "corpus" / "examples").glob("*.scn"))
+X86_TAIL_CALL_OFFSET = 11
+ETH_HLEN = 14
+
+PROG_B = Program("B", (Insn(0xB7, 0, 0, 0, 42), Insn(0x95)))
+PROG_A = Program("A", (*lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map="jmp_table"), Insn(0xB7, 3, 0, 0, 0),
+                       Insn(0x85, 0, 0, 0, isa.BPF_FUNC_tail_call), Insn(0xB7, 0, 0, 0, 1), Insn(0x95)))
+
+
+@pytest.fixture(scope="module")
+def guest():
+    try:
+        setup(DEFAULT_KERNEL)
+        g = guest_for(DEFAULT_KERNEL)
+    except (SetupError, GuestError) as exc:
+        pytest.skip(f"real kernel unavailable: {exc}")
+    return g
+
+
+def load_fixtures() -> dict[str, str]:
+    images = {}
+    for line in FIXTURES.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, hexes = line.partition(":")
+        images[name.strip()] = hexes.replace(" ", "").strip()
+    return images
+
+
+def match_image(expected: str, code: bytes) -> dict[str, bytes]:
+    """Compare with {map64}/{rel32} holes (the only load-address dependent fields); return the holes."""
+    sizes = {"map64": 8, "rel32": 4}
+    pattern = ""
+    for part in re.split(r"(\{\w+\})", expected):
+        if part.startswith("{"):
+            pattern += f"(?P<{part[1:-1]}>(?:[0-9a-f]{{2}}){{{sizes[part[1:-1]]}}})"
+        else:
+            pattern += re.escape(part)
+    found = re.fullmatch(pattern, code.hex())
+    assert found is not None, f"image differs:\n expected {expected}\n      got {code.hex()}"
+    return {name: bytes.fromhex(value) for name, value in found.groupdict().items()}
+
+
+def with_packets(scenario: Scenario) -> Scenario:
+    """Give runs without a packet an Ethernet header's worth of zeros (an XDP test run needs 14 bytes)."""
+    return dataclasses.replace(scenario, events=tuple(
+        dataclasses.replace(ev, mem=ev.mem.ljust(ETH_HLEN, b"\0")) if isinstance(ev, Run) else ev
+        for ev in scenario.events))
+
+
+def test_boot_reaches_the_agent(guest):
+    assert guest.hello.release == "6.1.0-56-amd64"
+    assert guest.hello.bpf_syscall and guest.hello.jit_sysctl
+    # Debian builds virtio_console as a module: /init loaded it, the fast channel is up.
+    assert guest.hello.channel == "virtio-serial"
+    guest.ping()
+
+
+def test_fixture_images_empty_filled_deleted(guest):
+    fixtures = load_fixtures()
+    scenario = Scenario(maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),), programs=(PROG_B, PROG_A),
+                        events=(Load("B"), Load("A"), Update("jmp_table", key_u32(0), "B"),
+                                Delete("jmp_table", key_u32(0))))
+    states = guest.images_after_events(scenario, jit=True)
+    b = states[1]["B"]
+    match_image(fixtures["B"], b.jited)
+    assert b.xlated.hex() == "b70000002a000000" "9500000000000000"
+    assert b.func_lens == (len(b.jited),) and len(b.ksyms) == 1
+
+    # xlated of A: the lddw's imm is the map's id (load dependent), everything else as bpftool showed it.
+    expected_xlated = bytes.fromhex(fixtures["A-xlated"])
+    a = states[1]["A"]
+    assert a.xlated[:4] == expected_xlated[:4] and a.xlated[8:] == expected_xlated[8:]
+
+    empty = match_image(fixtures["A-empty"], states[1]["A"].jited)
+    filled = match_image(fixtures["A-updated"], states[2]["A"].jited)
+    deleted = match_image(fixtures["A-deleted"], states[3]["A"].jited)
+    assert empty["map64"] == filled["map64"] == deleted["map64"]
+    assert states[3]["A"].jited == states[1]["A"].jited
+
+    # The filled site jumps to B's image + X86_TAIL_CALL_OFFSET (past nop5, nop2, push rbp, mov rbp,rsp).
+    a_jited = states[2]["A"].jited
+    site = a_jited.index(b"\xe9" + filled["rel32"])
+    (rel32,) = struct.unpack("<i", filled["rel32"])
+    target = states[2]["A"].ksyms[0] + site + 5 + rel32
+    assert target == states[2]["B"].ksyms[0] + X86_TAIL_CALL_OFFSET
+
+
+def test_tail_call_loop_runs_34_times_jit_and_interp(guest):
+    path = ROOT / "corpus" / "examples" / "tail_call_limit.scn"
+    scenario = with_packets(parse_scenario(path.read_text(), str(path)))
+    for name in ("kernel-jit", "kernel-interp"):
+        outcomes = make_engine(name).execute(scenario)
+        runs = [o.run for o in outcomes if o.run is not None]
+        # counters[0] counts entries: 1 + 33 tail calls per run, then 34 more, then 1 without the slot.
+        assert [r.r0 for r in runs] == [34, 68, 69], name
+        assert dict(runs[0].maps)["counters"] == (("00000000", (34).to_bytes(8, "little").hex()),)
+        assert dict(runs[0].maps)["jmp_table"] == (("00000000", "loop"),)
+        assert dict(runs[2].maps)["jmp_table"] == ()
+
+
+def test_verifier_refusal_is_program_refused(guest):
+    # exit with R0 never written: the verifier's "R0 !read_ok", EACCES.
+    scenario = Scenario(programs=(Program("bad", (Insn(0x95),)),), events=(Run("bad", bytes(ETH_HLEN)),))
+    with pytest.raises(ProgramRefused) as info:
+        make_engine("kernel-jit").execute(scenario)
+    assert info.value.prog == "bad"
+    assert info.value.message == "R0 !read_ok"
+    assert info.value.errno == errno.EACCES
+
+
+def _mixed_scenario() -> Scenario:
+    """main calls a subprogram that tail-calls slot 0 (needs BTF func_info on 6.1)."""
+    main = (Insn(0x85, 0, isa.BPF_PSEUDO_CALL, 0, 2),    # call sub (pc 3)
+            Insn(0x07, 0, 0, 0, 100),                     # r0 += 100
+            Insn(0x95),
+            # sub: keep ctx in r1, tail call jmp_table[0]; fall through returns 5
+            *lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map="jmp_table"),
+            Insn(0xB7, 3, 0, 0, 0),
+            Insn(0x85, 0, 0, 0, isa.BPF_FUNC_tail_call),
+            Insn(0xB7, 0, 0, 0, 5),
+            Insn(0x95))
+    return Scenario(maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),),
+                    programs=(Program("main", main), PROG_B),
+                    events=(Run("main", bytes(ETH_HLEN)), Update("jmp_table", key_u32(0), "B"),
+                            Run("main", bytes(ETH_HLEN))))
+
+
+def test_tail_call_in_subprogram_loads_with_btf_on_the_jit(guest):
+    outcomes = make_engine("kernel-jit").execute(_mixed_scenario())
+    # empty slot: sub returns 5, main adds 100; filled: B replaces only the subprogram's frame,
+    # its 42 returns to main, which adds 100.
+    assert [o.run.r0 for o in outcomes if o.run] == [105, 142]
+    assert outcomes[1].retval == 0
+
+
+def test_interpreter_cannot_run_mixed_programs(guest):
+    with pytest.raises(EngineUnsupported, match="tail_calls are not allowed in non-JITed programs"):
+        make_engine("kernel-interp").execute(_mixed_scenario())
+
+
+def test_map_events_and_contents_like_our_engines(guest):
+    maps = (MapDef("h", "hash", 4, 8, 2), MapDef("a", "array", 4, 4, 2), MapDef("t", "prog_array", 4, 4, 2))
+    events = (Update("h", key_u32(7), bytes(range(8))), Update("h", key_u32(1), bytes(8), 1),
+              Update("h", key_u32(2), bytes(8)),                  # full: -E2BIG
+              Update("h", key_u32(7), bytes(8), 1),               # NOEXIST on a present key: -EEXIST
+              Delete("h", key_u32(9)),                            # -ENOENT
+              Update("a", key_u32(1), b"\x01\x02\x03\x04"), Update("a", key_u32(2), bytes(4)),  # -E2BIG
+              Delete("a", key_u32(0)),                            # arrays: -EINVAL
+              Update("t", key_u32(1), "B"), Update("t", key_u32(0), "nope"),  # not a program: -EBADF
+              Update("a", key_u32(0), b"\x01"),                   # malformed value: -EINVAL everywhere
+              Run("B", bytes(ETH_HLEN)))
+    scenario = Scenario(maps=maps, programs=(PROG_B,), events=events)
+    interp = make_engine("interp").execute(scenario)
+    for name in ("kernel-jit", "kernel-interp"):
+        kernel = make_engine(name).execute(scenario)
+        assert [o.retval for o in kernel] == [o.retval for o in interp]
+        assert [o.retval for o in kernel][:5] == [0, 0, -errno.E2BIG, -errno.EEXIST, -errno.ENOENT]
+        assert kernel[-1].run.maps == interp[-1].run.maps
+        assert kernel[-1].run.r0 == 42 and kernel[-1].run.mem == bytes(ETH_HLEN)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_agree_on_four_engines(guest, path):
+    scenario = parse_scenario(path.read_text(), str(path))
+    short = [ev for ev in scenario.events if isinstance(ev, Run) and len(ev.mem) < ETH_HLEN]
+    if short:
+        # Until the scenario model is XDP, examples run programs on raw memory without a packet.
+        with pytest.raises(EngineUnsupported, match="XDP test run needs a packet"):
+            make_engine("kernel-jit").execute(scenario)
+        scenario = with_packets(scenario)
+    reads_ctx = any(insn.cls == isa.BPF_LDX and insn.src == 1 for prog in scenario.programs for insn in prog.insns)
+    results = {name: make_engine(name).execute(scenario) for name in ("interp", "jit", "kernel-jit", "kernel-interp")}
+    for index, event in enumerate(scenario.events):
+        seen = {}
+        for name, outcomes in results.items():
+            o = outcomes[index]
+            seen[name] = o.retval if o.run is None else (o.run.exit, o.run.r0 & 0xFFFFFFFF, o.run.maps, o.run.mem)
+        if reads_ctx and isinstance(event, Run):
+            # R1 is raw memory for our engines and struct xdp_md for the kernel: compare the kernels.
+            assert seen["kernel-jit"] == seen["kernel-interp"], (index, seen)
+            continue
+        assert len(set(map(repr, seen.values()))) == 1, (index, seen)
+
+
+def test_cli_setup_is_idempotent_and_fast():
+    proc = subprocess.run([sys.executable, "-m", "bpfdiff", "kernel", "setup"], capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode == 2 and "error" in proc.stderr:
+        pytest.skip(f"kernel setup unavailable: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"kernel {DEFAULT_KERNEL}" in proc.stdout
+    assert "virtio_console.ko" in proc.stdout
+    assert proc.stderr == ""    # nothing fetched or built again
+
+
+def test_a_dead_guest_is_a_crash_with_its_console(guest):
+    # Last in the module: kill qemu under the guest; the next request reports it.
+    guest.proc.kill()
+    guest.proc.wait()
+    with pytest.raises(GuestCrashed) as info:
+        guest.ping()
+    assert "Linux version 6.1" in info.value.console_tail or "SeaBIOS" in info.value.console_tail
+    assert guest.dead

@@ -1,0 +1,159 @@
+"""Host side of the real-kernel engines, without a guest: BTF, wire format, initramfs, set-up helpers."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+
+from bpfdiff import isa
+from bpfdiff.engine import engine_names, make_engine
+from bpfdiff.isa import Insn, Program, lddw_pair
+from bpfdiff.kernel import protocol
+from bpfdiff.kernel.guest import BadScenario, UnsupportedScenario, build_request
+from bpfdiff.kernel.image import (
+    DEBIAN_KERNELS,
+    PROFILE_KERNELS,
+    SetupError,
+    channel_modules,
+    check_config,
+    module_depends,
+    parse_config,
+    profile_kernel,
+    system_mirrors,
+)
+from bpfdiff.kernel.initramfs import INIT_SCRIPT, Cpio
+from bpfdiff.scenario import Delete, MapDef, Run, Scenario, Update, key_u32
+
+
+def test_minimal_btf_layout():
+    # include/uapi/linux/btf.h: 24-byte header, then types, then strings.
+    btf = protocol.minimal_btf(2)
+    magic, version, flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack("<HBBIIIII", btf[:24])
+    assert (magic, version, flags, hdr_len, type_off) == (0xEB9F, 1, 0, 24, 0)
+    # int (12 + 4 bytes), proto (12), two funcs (12 each)
+    assert type_len == 16 + 12 + 24 and str_off == type_len
+    types = btf[24:24 + type_len]
+    strings = btf[24 + type_len:]
+    assert len(strings) == str_len and strings == b"\0int\0f0\0f1\0"
+    name_off, info, size = struct.unpack("<III", types[:12])
+    assert strings[name_off:name_off + 4] == b"int\0" and info >> 24 == 1 and size == 4
+    assert struct.unpack("<I", types[12:16])[0] == 0x01000020          # BTF_INT_SIGNED, 32 bits
+    assert struct.unpack("<III", types[16:28]) == (0, 13 << 24, 1)      # FUNC_PROTO -> int, no params
+    assert struct.unpack("<III", types[28:40]) == (5, 12 << 24, 2)      # FUNC "f0", static, proto
+    assert struct.unpack("<III", types[40:52]) == (8, 12 << 24, 2)
+
+
+def test_func_starts_are_main_and_call_targets():
+    insns = (Insn(0x85, 0, isa.BPF_PSEUDO_CALL, 0, 3), Insn(0x85, 0, isa.BPF_PSEUDO_CALL, 0, 4), Insn(0x95),
+             Insn(0xB7), Insn(0x95), Insn(0x85, 0, isa.BPF_PSEUDO_CALL, 0, -4), Insn(0x95), Insn(0xB7), Insn(0x95))
+    # targets: 0 + 3 + 1 = 4, 1 + 4 + 1 = 6, 5 - 4 + 1 = 2
+    assert protocol.func_starts(Program("p", insns)) == [0, 2, 4, 6]
+    assert protocol.func_starts(Program("q", (Insn(0x85, 0, 0, 0, 12), Insn(0x95)))) == [0]
+
+
+def test_encode_program_relocations_and_btf_only_with_subprograms():
+    prog = Program("p", (*lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map="t"), Insn(0xB7), Insn(0x95)))
+    data = protocol.encode_program(prog, {"t": 3})
+    ninsns = struct.unpack("<I", data[:4])[0]
+    assert ninsns == 4
+    rest = data[4 + 32:]
+    assert struct.unpack("<IIII", rest[:16]) == (1, 0, 3, 0)     # one reloc (slot 0 -> map 3), no BTF
+    assert struct.unpack("<I", rest[16:20]) == (0,)                 # no func_info
+
+
+def _scenario(events, mem=bytes(14)) -> Scenario:
+    return Scenario(maps=(MapDef("t", "prog_array", 4, 4, 2), MapDef("a", "array", 4, 4, 1)),
+                    programs=(Program("b", (Insn(0xB7, 0, 0, 0, 1), Insn(0x95))),), events=events)
+
+
+def test_request_plan_and_malformed_events_decided_on_the_host():
+    scenario = _scenario((Update("t", key_u32(0), "b"), Update("a", key_u32(0), b"\x01"),
+                          Delete("a", b"\x00"), Run("b", bytes(14))))
+    req, maps = build_request(scenario, jit=True, images=False, events=True)
+    assert [kind for kind, _ in req.plan] == ["load", "update", "update", "delete", "run"]
+    assert maps == [(3, 4, 4, 2), (2, 4, 4, 1)]
+    assert req.events[2][0] == protocol.EV_FIXED and req.events[3][0] == protocol.EV_FIXED
+    assert req.encode()[:2] == bytes([protocol.CMD_SCENARIO, protocol.FLAG_JIT])
+
+
+def test_request_refuses_what_no_kernel_test_run_can_do():
+    with pytest.raises(UnsupportedScenario, match="packet"):
+        build_request(_scenario((Run("b", b"\x01\x02"),)), True, False, True)
+    with pytest.raises(BadScenario, match="not loaded"):
+        build_request(Scenario(programs=(Program("b", (Insn(0x95),)),), events=(Run("c", bytes(14)),)),
+                      True, False, True)
+
+
+def test_decode_reply_with_run_and_maps():
+    scenario = _scenario((Update("t", key_u32(1), "b"), Run("b", bytes(14))))
+    req, maps = build_request(scenario, jit=False, images=False, events=True)
+    reply = bytes([protocol.CMD_SCENARIO, 0])
+    reply += bytes([protocol.EV_LOAD]) + struct.pack("<i", 0)
+    reply += bytes([protocol.EV_UPDATE]) + struct.pack("<i", 0)
+    reply += bytes([protocol.EV_RUN]) + struct.pack("<iI", 0, 1) + struct.pack("<I", 14) + bytes(14)
+    reply += struct.pack("<I", 1) + key_u32(1) + struct.pack("<I", 0)          # t: slot 1 -> program 0
+    reply += struct.pack("<I", 1) + key_u32(0) + b"\x05\x00\x00\x00"          # a: [0] = 5
+    from bpfdiff.kernel.engine import outcomes_from_reply
+
+    outcomes = outcomes_from_reply(scenario, False, protocol.decode_scenario_reply(reply, req, maps))
+    assert [o.kind for o in outcomes] == ["update", "run"]
+    assert outcomes[1].run.maps == (("t", (("01000000", "b"),)), ("a", (("00000000", "05000000"),)))
+
+
+def test_verifier_message_is_the_last_reason_line():
+    log = "0: (95) exit\nR0 !read_ok\nprocessed 1 insns (limit 1000000)\n"
+    assert protocol.verifier_message(log) == "R0 !read_ok"
+    assert protocol.verifier_message("") == "refused (no verifier log)"
+
+
+def test_cpio_newc_entries():
+    archive = Cpio()
+    archive.dir("bin")
+    archive.file("init", b"abc", 0o755)
+    data = archive.finish()
+    assert data.startswith(b"070701")
+    # header: 6 magic + 13 x 8 hex fields; mode of the dir is 040755
+    assert int(data[6 + 8:6 + 16], 16) == 0o040755
+    assert b"init\0" in data and b"TRAILER!!!\0" in data
+    assert len(data) % 4 == 0
+    assert INIT_SCRIPT.startswith("#!/bin/busybox sh") and "exec /agent" in INIT_SCRIPT
+    assert gzip.decompress(gzip.compress(data)) == data
+
+
+def test_config_and_modules():
+    config = parse_config("CONFIG_BPF_SYSCALL=y\n# CONFIG_BPF_JIT is not set\nCONFIG_VIRTIO_CONSOLE=m\n")
+    with pytest.raises(SetupError, match="CONFIG_BPF_JIT is not set"):
+        check_config(config, "x")
+    check_config({"CONFIG_BPF_SYSCALL": "y", "CONFIG_BPF_JIT": "y"}, "x")
+    ko = b"\x7fELF....license=GPL\x00depends=virtio,virtio_ring\x00vermagic=6.1\x00"
+    assert module_depends(ko) == ["virtio", "virtio_ring"]
+    available = {"virtio_console": ko, "virtio": b"depends=\x00", "virtio_ring": b"\x00depends=virtio\x00",
+                 "virtio_pci": b"\x00depends=virtio_ring,virtio\x00"}
+    order = channel_modules({"CONFIG_VIRTIO_PCI": "m", "CONFIG_VIRTIO_CONSOLE": "m"}, available)
+    assert order == ["virtio", "virtio_ring", "virtio_pci", "virtio_console"]
+    assert channel_modules({"CONFIG_VIRTIO_PCI": "y", "CONFIG_VIRTIO_CONSOLE": "y"}, available) == []
+
+
+def test_mirrors_from_deb822(tmp_path: Path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n")
+    assert system_mirrors(tmp_path) == ("http://mirror.example/debian", "http://mirror.example/debian-security")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SetupError):
+        system_mirrors(empty)
+
+
+def test_profiles_map_to_debian_kernels_and_engines_are_registered():
+    assert profile_kernel("linux-6.1") == "linux-image-6.1.0-56-amd64"
+    assert set(PROFILE_KERNELS.values()) <= set(DEBIAN_KERNELS)
+    assert {"kernel-jit", "kernel-interp"} <= set(engine_names())
+    assert "kernel-jit" not in engine_names(default_only=True)
+    engine = make_engine("kernel-interp", profile="linux-6.1", kernel="/nonexistent/bzImage")
+    assert engine.observes == frozenset({"exit", "r0", "maps", "mem"}) and engine.r0_bits == 32
+    assert engine.kernel == "/nonexistent/bzImage" and not engine.jit
