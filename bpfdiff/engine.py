@@ -233,13 +233,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "kernel-jit": ("bpfdiff.kernel.engine", "KernelJitEngine"),
     "kernel-interp": ("bpfdiff.kernel.engine", "KernelInterpEngine"),
 }
-# Engines used when none are named: the kernel engines boot a VM, so they are opt-in.
-DEFAULT_ENGINES: tuple[str, ...] = ("interp", "jit")
 
 
-def engine_names(default_only: bool = False) -> tuple[str, ...]:
-    """Every engine's name, or only those used when none are named (``default_only``)."""
-    return DEFAULT_ENGINES if default_only else tuple(_REGISTRY)
+def engine_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
 
 
 def make_engine(name: str, profile: str | Profile = "linux-6.1", **options: Any) -> Engine:

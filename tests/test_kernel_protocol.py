@@ -26,6 +26,7 @@ from bpfdiff.kernel.image import (
 )
 from bpfdiff.kernel.initramfs import INIT_SCRIPT, Cpio
 from bpfdiff.scenario import Delete, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.settings import DEFAULT_ENGINES
 
 
 def test_minimal_btf_layout():
@@ -153,7 +154,7 @@ def test_profiles_map_to_debian_kernels_and_engines_are_registered():
     assert profile_kernel("linux-6.1") == "linux-image-6.1.0-56-amd64"
     assert set(PROFILE_KERNELS.values()) <= set(DEBIAN_KERNELS)
     assert {"kernel-jit", "kernel-interp"} <= set(engine_names())
-    assert "kernel-jit" not in engine_names(default_only=True)
+    assert "kernel-jit" not in DEFAULT_ENGINES
     engine = make_engine("kernel-interp", profile="linux-6.1", kernel="/nonexistent/bzImage")
     assert engine.observes == frozenset({"exit", "r0", "maps", "mem"}) and engine.r0_bits == 32
     assert engine.kernel == "/nonexistent/bzImage" and not engine.jit

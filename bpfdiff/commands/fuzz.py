@@ -15,6 +15,7 @@ from pathlib import Path
 from bpfdiff.bugs import BUGS_BY_NAME, validate_bugs
 from bpfdiff.engine import engine_names
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
+from bpfdiff.settings import DEFAULT_ENGINES  # the kernel engines boot a VM: opt-in
 
 NAME = "fuzz"
 HELP = "run a differential fuzzing campaign (interpreter vs JIT), saving findings as replayable scenarios"
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first generator seed (default: %(default)s)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
                         help="kernel profile (default: %(default)s)")
-    parser.add_argument("--engines", default=",".join(engine_names(default_only=True)),
+    parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
                         help="comma-separated engines to compare (default: %(default)s)")
     parser.add_argument("--corpus", metavar="DIR", help="corpus directory: replayed first, new inputs added")
     parser.add_argument("--crashes", metavar="DIR", default="crashes",

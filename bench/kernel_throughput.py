@@ -1,0 +1,106 @@
+"""Throughput of the real kernel through one guest (``kernel-jit`` / ``kernel-interp``).
+
+    .venv/bin/python bench/kernel_throughput.py [--seconds S] [--kernel NAME|PATH] [--seed N]
+
+Prints the time from qemu start to the agent's hello, then for a few seconds
+each: program loads/s (``load_programs``, images included), and scenario
+runs/s -- run events per second executed through ``Guest.execute``, one
+request per scenario -- on the examples and on generated scenarios (those
+the real verifier accepts and whose runs carry an XDP-sized packet; the
+others are counted and skipped).  Target: >= 300 scenario runs/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from bpfdiff.fuzz.generate import scenario_from_seed
+
+from bpfdiff.engine import EngineError
+from bpfdiff.kernel.engine import outcomes_from_reply
+from bpfdiff.kernel.guest import XDP_MIN_PACKET, BadScenario, Guest, UnsupportedScenario, build_request
+from bpfdiff.kernel.image import DEFAULT_KERNEL, setup
+from bpfdiff.scenario import Run, Scenario
+from bpfdiff.scenario_text import parse_scenario
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "corpus" / "examples"
+
+
+def padded(scenario: Scenario) -> Scenario:
+    """Runs without an XDP-sized packet get zeros up to an Ethernet header (the benchmark's only change)."""
+    return dataclasses.replace(scenario, events=tuple(
+        dataclasses.replace(ev, mem=ev.mem.ljust(XDP_MIN_PACKET, b"\0")) if isinstance(ev, Run) else ev
+        for ev in scenario.events))
+
+
+def runs_in(scenario: Scenario) -> int:
+    return sum(isinstance(ev, Run) for ev in scenario.events)
+
+
+def bench_scenarios(guest: Guest, scenarios: list[Scenario], seconds: float, jit: bool) -> tuple[float, float, int]:
+    """(scenarios/s, run events/s, refused) over ``seconds``, cycling through ``scenarios``."""
+    done = runs = refused = 0
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        scenario = scenarios[i % len(scenarios)]
+        i += 1
+        req, maps = build_request(scenario, jit, images=False, events=True)
+        reply = guest.send(req, maps)
+        try:
+            outcomes_from_reply(scenario, jit, reply)
+            runs += runs_in(scenario)
+        except EngineError:
+            refused += 1
+        done += 1
+    elapsed = time.perf_counter() - start
+    return done / elapsed, runs / elapsed, refused
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
+    parser.add_argument("--kernel", default=DEFAULT_KERNEL, help="Debian kernel or bzImage (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="first generator seed (default: %(default)s)")
+    args = parser.parse_args()
+
+    setup(args.kernel)
+    guest = Guest.start(args.kernel)
+    print(f"boot to agent: {guest.boot_seconds:.1f} s ({guest.hello.release}, {guest.hello.channel})")
+    try:
+        examples = [padded(parse_scenario(p.read_text(), str(p))) for p in sorted(EXAMPLES.glob("*.scn"))]
+        # loads/s: every example's programs, images read back
+        loads = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            for scenario in examples:
+                loads += len(guest.load_programs(scenario, jit=True))
+        print(f"loads/s (JIT, images read back): {loads / (time.perf_counter() - start):.0f}")
+
+        for jit in (True, False):
+            per_s, runs_s, _ = bench_scenarios(guest, examples, args.seconds, jit)
+            print(f"examples, {'kernel-jit' if jit else 'kernel-interp'}: {per_s:.0f} scenarios/s, "
+                  f"{runs_s:.0f} scenario runs/s")
+
+        generated, skipped = [], 0
+        for seed in range(args.seed, args.seed + 200):
+            scenario = padded(scenario_from_seed(seed))
+            try:
+                build_request(scenario, True, images=False, events=True)
+                generated.append(scenario)
+            except (UnsupportedScenario, BadScenario):
+                skipped += 1
+        per_s, runs_s, refused = bench_scenarios(guest, generated, args.seconds, True)
+        print(f"generated (seeds {args.seed}..{args.seed + 199}, {skipped} skipped), kernel-jit: "
+              f"{per_s:.0f} scenarios/s, {runs_s:.0f} scenario runs/s "
+              f"({refused} scenario executions stopped at a refused program)")
+    finally:
+        guest.close()
+    print("target: >= 300 scenario runs/s")
+
+
+if __name__ == "__main__":
+    main()
