@@ -19,12 +19,27 @@ is replaced by a fresh one for the next scenario.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
-from bpfdiff.engine import EXIT, Engine, EngineError, EngineUnsupported, EventOutcome, ProgramRefused, RunResult
+from bpfdiff.engine import (
+    EXIT,
+    Engine,
+    EngineError,
+    EngineUnsupported,
+    EventOutcome,
+    ImageCode,
+    Inspection,
+    ProgramCode,
+    ProgramRefused,
+    RunResult,
+)
+from bpfdiff.isa import InvalidInstruction, decode
 from bpfdiff.kernel import protocol
-from bpfdiff.kernel.guest import BadScenario, Guest, GuestCrashed, GuestError, UnsupportedScenario
+from bpfdiff.kernel.guest import BadScenario, Guest, GuestCrashed, GuestError, UnsupportedScenario, build_request
 from bpfdiff.kernel.image import SetupError, profile_kernel
 from bpfdiff.profiles import Profile
 from bpfdiff.scenario import Scenario
@@ -78,9 +93,31 @@ class KernelEngine(Engine):
             raise EngineError(str(exc)) from None
 
     def execute(self, scenario: Scenario) -> list[EventOutcome]:
+        with self._errors():
+            return guest_for(self.kernel).execute(scenario, self.jit)
+
+    def inspect(self, scenario: Scenario, stop: int | None = None) -> Iterator[Inspection]:
+        """The kernel's xlated program and JIT images of every loaded program, after loading and each event."""
+        if stop is not None:
+            scenario = dataclasses.replace(scenario, events=scenario.events[:stop + 1])
+        with self._errors():
+            req, maps = build_request(scenario, self.jit, images=False, events=True, info_after_each=True)
+            reply = guest_for(self.kernel).send(req, maps)
+        code: dict[int, dict[str, ProgramCode]] = {}
+        for kind, tag, body in reply.outcomes:
+            if kind == "info":
+                index, name = tag  # type: ignore[misc]
+                code.setdefault(index, {})[name] = _program_code(name, body)  # type: ignore[arg-type]
+        events = [item for item in reply.outcomes if item[0] != "info"]
+        outcomes = outcomes_from_reply(scenario, self.jit, dataclasses.replace(reply, outcomes=events))
+        yield Inspection(None, None, code.get(-1, {}))
+        for index, outcome in enumerate(outcomes):
+            yield Inspection(index, outcome, code.get(index, {}))
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
         try:
-            guest = guest_for(self.kernel)
-            return guest.execute(scenario, self.jit)
+            yield
         except BadScenario as exc:
             raise EngineError(str(exc)) from None
         except UnsupportedScenario as exc:
@@ -99,6 +136,22 @@ class KernelJitEngine(KernelEngine):
 class KernelInterpEngine(KernelEngine):
     name = "kernel-interp"
     jit = False
+
+
+def _program_code(name: str, images: protocol.Images) -> ProgramCode:
+    try:
+        xlated = tuple(decode(images.xlated, validate=False))
+    except InvalidInstruction:
+        xlated = ()
+    funcs: list[ImageCode] = []
+    offset = 0
+    # An interpreted program reports a ksym but no image.
+    for index, (base, length) in enumerate(zip(images.ksyms, images.func_lens, strict=False)):
+        if not images.jited:
+            break
+        funcs.append(ImageCode(index, base, images.jited[offset:offset + length]))
+        offset += length
+    return ProgramCode(name, xlated, tuple(funcs))
 
 
 def _map_contents(scenario: Scenario, reply: protocol.RunReply) -> tuple:

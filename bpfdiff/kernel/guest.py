@@ -346,6 +346,7 @@ def build_request(scenario: Scenario, jit: bool, images: bool, events: bool,
     for name in upfront:
         req.load(prog_index[name], name)
         loaded.append(name)
+    after(-1)   # -1: after the upfront loads
     for index, event in enumerate(scenario.events):
         if isinstance(event, Load):
             if event.prog not in prog_index:
