@@ -158,3 +158,37 @@ def test_profiles_map_to_debian_kernels_and_engines_are_registered():
     engine = make_engine("kernel-interp", profile="linux-6.1", kernel="/nonexistent/bzImage")
     assert engine.observes == frozenset({"exit", "r0", "maps", "mem"}) and engine.r0_bits == 32
     assert engine.kernel == "/nonexistent/bzImage" and not engine.jit
+
+
+def _fake_tree(root: Path, config: str) -> Path:
+    bzimage = root / "arch" / "x86" / "boot" / "bzImage"
+    bzimage.parent.mkdir(parents=True)
+    bzimage.write_bytes(bytes(0x202) + b"HdrS" + bytes(64))
+    (root / ".config").write_text(config)
+    return bzimage
+
+
+def test_setup_refuses_bad_kernels_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from bpfdiff.kernel.image import setup
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    no_jit = _fake_tree(tmp_path / "a", "CONFIG_BPF_SYSCALL=y\n# CONFIG_BPF_JIT is not set\n")
+    with pytest.raises(SetupError, match=r"\.config: CONFIG_BPF_JIT is not set"):
+        setup(str(no_jit))
+    not_a_kernel = tmp_path / "notes.txt"
+    not_a_kernel.write_text("hello")
+    with pytest.raises(SetupError, match="not a bzImage"):
+        setup(str(not_a_kernel))
+    with pytest.raises(SetupError, match="unknown kernel 'linux-image-9'"):
+        setup("linux-image-9")
+    assert not (tmp_path / "cache").exists()     # refused before anything was fetched or built
+
+
+def test_cli_setup_error_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    from bpfdiff.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    no_bpf = _fake_tree(tmp_path, "CONFIG_BPF_JIT=y\n")
+    assert main(["kernel", "setup", "--kernel", str(no_bpf)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CONFIG_BPF_SYSCALL is not set" in err

@@ -390,6 +390,10 @@ def setup(kernel: str | None = None, profile: str | None = None,
         ready = prepared(kernel)
         if ready is not None and ready.vmlinuz.exists() and ready.initramfs.exists():
             return ready
+    if not is_path(kernel) and kernel not in DEBIAN_KERNELS:
+        raise SetupError(f"unknown kernel {kernel!r} (known: {', '.join(DEBIAN_KERNELS)}, or a bzImage path)")
+    if is_path(kernel):
+        _check_bzimage(Path(kernel))
     ensure_host_tools(log)
     out = kernel_dir(kernel)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,24 +404,10 @@ def setup(kernel: str | None = None, profile: str | None = None,
     module_files: list[str] = []
     if is_path(kernel):
         src = Path(kernel)
-        if not src.is_file():
-            raise SetupError(f"{kernel}: no such kernel image")
-        with open(src, "rb") as f:
-            head = f.read(0x210)
-        # A bzImage carries the "HdrS" boot protocol magic at 0x202.
-        if head[0x202:0x206] != b"HdrS":
-            raise SetupError(f"{kernel}: not a bzImage (no x86 boot header)")
+        config = _tree_config(src)
         vmlinuz = out / "vmlinuz"
         shutil.copyfile(src, vmlinuz)
-        config: dict[str, str] | None = None
-        # arch/x86/boot/bzImage -> the tree's .config, when it is next to it
-        tree_config = src.resolve().parents[3] / ".config" if len(src.resolve().parents) > 3 else None
-        if tree_config is not None and tree_config.is_file():
-            config = parse_config(tree_config.read_text(errors="replace"))
-            check_config(config, str(tree_config))
     else:
-        if kernel not in DEBIAN_KERNELS:
-            raise SetupError(f"unknown kernel {kernel!r} (known: {', '.join(DEBIAN_KERNELS)}, or a bzImage path)")
         deb = download_package(DEBIAN_KERNELS[kernel], out, log)
         vmlinuz, config_path, available = extract_deb(deb, out, log)
         config = parse_config(config_path.read_text(errors="replace"))
@@ -436,6 +426,28 @@ def setup(kernel: str | None = None, profile: str | None = None,
         "name": image.name, "vmlinuz": str(image.vmlinuz), "initramfs": str(image.initramfs),
         "config": image.config, "modules": list(image.modules)}, indent=1))
     return image
+
+
+def _check_bzimage(src: Path) -> None:
+    if not src.is_file():
+        raise SetupError(f"{src}: no such kernel image")
+    with open(src, "rb") as f:
+        head = f.read(0x210)
+    # A bzImage carries the "HdrS" boot protocol magic at 0x202 (Documentation/x86/boot.rst).
+    if head[0x202:0x206] != b"HdrS":
+        raise SetupError(f"{src}: not a bzImage (no x86 boot header)")
+    _tree_config(src)
+
+
+def _tree_config(src: Path) -> dict[str, str] | None:
+    """The .config of the tree arch/x86/boot/bzImage was built in, checked; None when not beside it."""
+    parents = src.resolve().parents
+    tree_config = parents[3] / ".config" if len(parents) > 3 else None
+    if tree_config is None or not tree_config.is_file():
+        return None
+    config = parse_config(tree_config.read_text(errors="replace"))
+    check_config(config, str(tree_config))
+    return config
 
 
 def _probe_bzimage(image: KernelImage, log: Callable[[str], None]) -> None:
