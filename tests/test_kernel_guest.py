@@ -27,7 +27,7 @@ import pytest
 from bpfdiff import isa
 from bpfdiff.engine import EngineUnsupported, ProgramRefused, make_engine
 from bpfdiff.isa import Insn, Program, lddw_pair
-from bpfdiff.scenario import Delete, Load, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import PROG_XDP, Delete, Load, MapDef, Run, Scenario, Update, key_u32
 from bpfdiff.scenario_text import parse_scenario
 
 if shutil.which("qemu-system-x86_64") is None:
@@ -84,8 +84,9 @@ def match_image(expected: str, code: bytes) -> dict[str, bytes]:
 
 
 def with_packets(scenario: Scenario) -> Scenario:
-    """Give runs without a packet an Ethernet header's worth of zeros (an XDP test run needs 14 bytes)."""
-    return dataclasses.replace(scenario, events=tuple(
+    """The scenario as XDP, runs without a packet given an Ethernet header's worth of zeros (the least
+    an XDP test run takes): for examples written for raw memory whose programs never read it."""
+    return dataclasses.replace(scenario, prog_type=PROG_XDP, events=tuple(
         dataclasses.replace(ev, mem=ev.mem.ljust(ETH_HLEN, b"\0")) if isinstance(ev, Run) else ev
         for ev in scenario.events))
 
@@ -100,7 +101,8 @@ def test_boot_reaches_the_agent(guest):
 
 def test_fixture_images_empty_filled_deleted(guest):
     fixtures = load_fixtures()
-    scenario = Scenario(maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),), programs=(PROG_B, PROG_A),
+    scenario = Scenario(prog_type=PROG_XDP, maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),),
+                        programs=(PROG_B, PROG_A),
                         events=(Load("B"), Load("A"), Update("jmp_table", key_u32(0), "B"),
                                 Delete("jmp_table", key_u32(0))))
     states = guest.images_after_events(scenario, jit=True)
@@ -129,7 +131,8 @@ def test_fixture_images_empty_filled_deleted(guest):
 
 
 def test_inspect_shows_the_kernels_code(guest):
-    scenario = Scenario(maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),), programs=(PROG_B, PROG_A),
+    scenario = Scenario(prog_type=PROG_XDP, maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),),
+                        programs=(PROG_B, PROG_A),
                         events=(Update("jmp_table", key_u32(0), "B"),))
     views = list(make_engine("kernel-jit").inspect(scenario))
     assert [v.index for v in views] == [None, 0] and views[1].outcome.retval == 0
@@ -159,7 +162,8 @@ def test_tail_call_loop_runs_34_times_jit_and_interp(guest):
 
 def test_verifier_refusal_is_program_refused(guest):
     # exit with R0 never written: the verifier's "R0 !read_ok", EACCES.
-    scenario = Scenario(programs=(Program("bad", (Insn(0x95),)),), events=(Run("bad", bytes(ETH_HLEN)),))
+    scenario = Scenario(prog_type=PROG_XDP, programs=(Program("bad", (Insn(0x95),)),),
+                        events=(Run("bad", bytes(ETH_HLEN)),))
     with pytest.raises(ProgramRefused) as info:
         make_engine("kernel-jit").execute(scenario)
     assert info.value.prog == "bad"
@@ -178,7 +182,7 @@ def _mixed_scenario() -> Scenario:
             Insn(0x85, 0, 0, 0, isa.BPF_FUNC_tail_call),
             Insn(0xB7, 0, 0, 0, 5),
             Insn(0x95))
-    return Scenario(maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),),
+    return Scenario(prog_type=PROG_XDP, maps=(MapDef("jmp_table", "prog_array", 4, 4, 1),),
                     programs=(Program("main", main), PROG_B),
                     events=(Run("main", bytes(ETH_HLEN)), Update("jmp_table", key_u32(0), "B"),
                             Run("main", bytes(ETH_HLEN))))
@@ -208,7 +212,7 @@ def test_map_events_and_contents_like_our_engines(guest):
               Update("t", key_u32(1), "B"), Update("t", key_u32(0), "nope"),  # not a program: -EBADF
               Update("a", key_u32(0), b"\x01"),                   # malformed value: -EINVAL everywhere
               Run("B", bytes(ETH_HLEN)))
-    scenario = Scenario(maps=maps, programs=(PROG_B,), events=events)
+    scenario = Scenario(prog_type=PROG_XDP, maps=maps, programs=(PROG_B,), events=events)
     interp = make_engine("interp").execute(scenario)
     for name in ("kernel-jit", "kernel-interp"):
         kernel = make_engine(name).execute(scenario)
@@ -221,10 +225,9 @@ def test_map_events_and_contents_like_our_engines(guest):
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_examples_agree_on_four_engines(guest, path):
     scenario = parse_scenario(path.read_text(), str(path))
-    short = [ev for ev in scenario.events if isinstance(ev, Run) and len(ev.mem) < ETH_HLEN]
-    if short:
-        # Until the scenario model is XDP, examples run programs on raw memory without a packet.
-        with pytest.raises(EngineUnsupported, match="XDP test run needs a packet"):
+    if scenario.prog_type != PROG_XDP:
+        # R1 as raw memory: our engines' uBPF convention, not a kernel program type.
+        with pytest.raises(EngineUnsupported, match="exists only in our engines"):
             make_engine("kernel-jit").execute(scenario)
         scenario = with_packets(scenario)
     reads_ctx = any(insn.cls == isa.BPF_LDX and insn.src == 1 for prog in scenario.programs for insn in prog.insns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
 from pathlib import Path
@@ -25,7 +26,7 @@ from bpfdiff.kernel.image import (
     system_mirrors,
 )
 from bpfdiff.kernel.initramfs import INIT_SCRIPT, Cpio
-from bpfdiff.scenario import Delete, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.scenario import PROG_RAW, PROG_XDP, Delete, MapDef, Run, Scenario, Update, key_u32
 from bpfdiff.settings import DEFAULT_ENGINES
 
 
@@ -66,7 +67,7 @@ def test_encode_program_relocations_and_btf_only_with_subprograms():
 
 
 def _scenario(events, mem=bytes(14)) -> Scenario:
-    return Scenario(maps=(MapDef("t", "prog_array", 4, 4, 2), MapDef("a", "array", 4, 4, 1)),
+    return Scenario(prog_type=PROG_XDP, maps=(MapDef("t", "prog_array", 4, 4, 2), MapDef("a", "array", 4, 4, 1)),
                     programs=(Program("b", (Insn(0xB7, 0, 0, 0, 1), Insn(0x95))),), events=events)
 
 
@@ -81,11 +82,16 @@ def test_request_plan_and_malformed_events_decided_on_the_host():
 
 
 def test_request_refuses_what_no_kernel_test_run_can_do():
-    with pytest.raises(UnsupportedScenario, match="packet"):
+    # bad input on every engine of an XDP scenario: a packet shorter than an Ethernet header
+    with pytest.raises(BadScenario, match="ETH_HLEN"):
         build_request(_scenario((Run("b", b"\x01\x02"),)), True, False, True)
     with pytest.raises(BadScenario, match="not loaded"):
-        build_request(Scenario(programs=(Program("b", (Insn(0x95),)),), events=(Run("c", bytes(14)),)),
-                      True, False, True)
+        build_request(Scenario(prog_type=PROG_XDP, programs=(Program("b", (Insn(0x95),)),),
+                               events=(Run("c", bytes(14)),)), True, False, True)
+    # R1 as raw memory (the .data files' convention) is no kernel program type
+    raw = dataclasses.replace(_scenario((Run("b", bytes(14)),)), prog_type=PROG_RAW)
+    with pytest.raises(UnsupportedScenario, match="only in our engines"):
+        build_request(raw, True, False, True)
 
 
 def test_decode_reply_with_run_and_maps():

@@ -29,17 +29,14 @@ from pathlib import Path
 from bpfdiff.kernel import protocol
 from bpfdiff.kernel.image import KernelImage, SetupError, prepared, setup
 from bpfdiff.kernel.protocol import Images, Request, ScenarioReply
-from bpfdiff.scenario import Delete, Load, Run, Scenario, Update
+from bpfdiff.scenario import PROG_XDP, Delete, Load, Run, Scenario, Update
+from bpfdiff.xdp import packet_length_error
 
 # seconds from qemu start to the agent's hello: ~4 s on an idle machine, ~50 s measured at load average 11
 BOOT_TIMEOUT = 180.0
 REQUEST_TIMEOUT = 30.0   # one scenario; a verified program always terminates
 CONSOLE_TAIL = 4000      # bytes of console log kept with a crash
 
-# XDP test runs (net/bpf/test_run.c): at least an Ethernet header, at most
-# what fits in a page after XDP_PACKET_HEADROOM and the skb_shared_info tailroom.
-XDP_MIN_PACKET = 14
-XDP_MAX_PACKET = 4096 - 256 - 320
 
 
 class GuestError(Exception):
@@ -303,6 +300,11 @@ def build_request(scenario: Scenario, jit: bool, images: bool, events: bool,
                   info_after_each: bool = False) -> tuple[Request, list[tuple[int, int, int, int]]]:
     from bpfdiff.maps import MapDefinitionError, check_map_def
 
+    if scenario.prog_type != PROG_XDP:
+        # "raw" (R1 = the bytes, R2 = their length) is the uBPF convention of .data files:
+        # no kernel program type gives R1 that meaning.
+        raise UnsupportedScenario(f"program type {scenario.prog_type!r} exists only in our engines "
+                                  f"(the kernel runs {PROG_XDP!r})")
     flags = (protocol.FLAG_JIT if jit else 0) | (protocol.FLAG_IMAGES_ON_LOAD if images else 0)
     if not events:
         flags |= protocol.FLAG_CONTINUE
@@ -357,10 +359,9 @@ def build_request(scenario: Scenario, jit: bool, images: bool, events: bool,
         elif isinstance(event, Run):
             if event.prog not in loaded:
                 raise BadScenario(f"event {index}: run of {event.prog!r}, which is not loaded")
-            if not XDP_MIN_PACKET <= len(event.mem) <= XDP_MAX_PACKET:
-                raise UnsupportedScenario(
-                    f"event {index}: an XDP test run needs a packet of {XDP_MIN_PACKET}..{XDP_MAX_PACKET} "
-                    f"bytes, not {len(event.mem)}")
+            problem = packet_length_error(len(event.mem))
+            if problem is not None:   # bad input for every engine of an XDP scenario
+                raise BadScenario(f"event {index}: run of {event.prog!r}: {problem}")
             req.run(prog_index[event.prog], event.mem, index)
         elif isinstance(event, Update):
             _update(req, scenario, event, index, map_index, prog_index)
