@@ -81,13 +81,18 @@ class Profile:
     # Can a program mix bpf-to-bpf calls and tail calls?  (v5.5: the verifier
     # refuses; v5.10+: yes, on x86-64 JIT.)
     tail_calls_in_subprogs: bool
-    # How the counter crosses a bpf-to-bpf call when mixing is allowed: "copy"
-    # (6.1: the caller's count is passed by value in rax; the callee's own tail
-    # calls do not flow back) or "shared" (the 2024 tail_call_cnt_ptr fix).
+    # The *interpreter's* counter across bpf-to-bpf calls.  "shared" is the
+    # specification -- one counter per run, at most 33 tail calls in total
+    # whatever the call hierarchy -- and every profile uses it (the kernel's
+    # own interpreter refuses programs that mix calls and tail calls, so it
+    # cannot be asked).  "copy" (the caller's count by value, the callee's
+    # increments lost on return) and "reset" (every callee starts at zero) are
+    # what-if models for the oracle's signature probes only.  How a profile's
+    # JIT carries the counter is ``jit_tail_call_cnt``.
     subprog_counter: str
 
     # -- x86-64 JIT -------------------------------------------------------------
-    jit_prologue: str                 # which emit_prologue flavour: "v5.5" or "v6.1"
+    jit_prologue: str                 # JIT flavour (jit/bpf_jit_comp.py FLAVOURS): v5.5, v5.10, v6.1, v6.12
     jit_tail_call_jcc: str            # "ja" (v5.5: cmp $32; ja) or "jae" (v6.1: cmp $33; jae)
     x86_tail_call_offset: int         # bytes of the target's prologue a tail call skips
     jit_sls: bool                     # CONFIG_SLS: int3 after every ret
@@ -104,6 +109,23 @@ class Profile:
     # 123 with the pass-loop convergence fix (``is_imm8_jmp_offset``; Debian's 6.1.192
     # has the 6.1.y backport: its images use the 32-bit form from +124 on).
     jit_imm8_jmp_max: int = 127
+    # How the JIT hands the tail-call counter to a subprogram (v5.10+ flavours):
+    # "value" -- the count itself in rax, pushed below the frame; a subprogram's
+    # tail calls do not count for its caller (5.10 to 6.9: the bug that
+    # 116e04ba1459 fixed); "pointer" -- ``tail_call_cnt_ptr``, a pointer to the
+    # one counter in the main program's frame (v6.10+), incremented only when
+    # the slot holds a program.
+    jit_tail_call_cnt: str = "value"
+    # CONFIG_X86_KERNEL_IBT: ``endbr64`` first and after ``mov rbp,rsp``
+    jit_ibt: bool = False
+    # The 5-byte nop of the prologue and of empty direct tail-call sites
+    # (5.10's ideal_nops[NOP_ATOMIC5] on the fixtures' CPU; x86_nops[5] since 5.15)
+    jit_nop5: bytes = bytes.fromhex("0f1f440000")
+    # Does a tail call through an empty slot use up one of the 33?  The
+    # interpreter (core.c: ``tail_call_cnt++`` before ``if (!prog)``) and the
+    # JIT up to 6.9: yes; the v6.10+ JIT (``tail_call_cnt_ptr``) and the
+    # interpreter since 3733f4be2870 (2026): no.
+    tail_call_counts_empty_slot: bool = True
     # -- verifier (jit/xlate.py) ----------------------------------------------------
     # When is a constant tail-call key "in range" for a direct site (record_func_key)?
     # "exact": key < max_entries (a657182a5c51, v6.0-rc4); "tnum": tnum_in(tnum_range(0,
@@ -128,6 +150,11 @@ class Profile:
     # Real divergences of this kernel (see KernelBug), oldest first.
     kernel_bugs: tuple[KernelBug, ...] = ()
 
+    @property
+    def allowed_tail_calls(self) -> int:
+        """How many tail calls one run may take (33 on every modelled kernel)."""
+        return self.max_tail_call_cnt + (1 if self.interp_limit_test == "gt" else 0)
+
     def allows_tail_call(self, count: int) -> bool:
         """The interpreter's limit test: may a tail call be taken after ``count`` of them?"""
         if self.interp_limit_test == "gt":
@@ -145,7 +172,7 @@ LINUX_5_5 = Profile(
     max_tail_call_cnt=32,
     interp_limit_test="gt",
     tail_calls_in_subprogs=False,
-    subprog_counter="copy",
+    subprog_counter="shared",
     jit_prologue="v5.5",
     jit_tail_call_jcc="ja",
     x86_tail_call_offset=0x19,   # PROLOGUE_SIZE: the seed listing's `add $0x19,%rax`
@@ -174,6 +201,26 @@ LINUX_5_5 = Profile(
     ),
 )
 
+# 116e04ba1459 "bpf, x64: Fix tailcall hierarchy" (v6.10): the x86 JIT passed
+# the counter to subprograms by value (rax), so tail calls made in a
+# subprogram did not count for its caller, and a program calling such a
+# subprogram twice ran past MAX_TAIL_CALL_CNT (66 chain entries instead of 33
+# on the real 5.10.223 and 6.1.192, ../shared/reference/real-kernels.md).  The
+# fix passes a pointer to one counter (tail_call_cnt_ptr), with `xor rax,rax`
+# / nop3 in the prologue (X86_TAIL_CALL_OFFSET one longer) and the increment
+# moved after the NULL check: a call through an empty slot no longer counts,
+# and the fixed variant's interpreter follows so that the two compare on the
+# hierarchy alone.
+TAILCALL_HIERARCHY = KernelBug(
+    commit="116e04ba1459",
+    title="bpf, x64: Fix tailcall hierarchy",
+    introduced="e411901c0b77 (v5.10-rc1, tail calls in BPF subprograms for x64 JIT) and "
+               "ebf7d1f508a7 (v5.10-rc1, pro/epilogue and tail-call handling rework)",
+    fixed_in="v6.10",
+    fix=(("jit_tail_call_cnt", "pointer"), ("x86_tail_call_offset", 12),
+         ("tail_call_counts_empty_slot", False)),
+)
+
 LINUX_6_1 = Profile(
     name="linux-6.1",
     description="Debian bookworm 6.1: MAX_TAIL_CALL_CNT 33 tested with >= (jae), "
@@ -181,7 +228,7 @@ LINUX_6_1 = Profile(
     max_tail_call_cnt=33,
     interp_limit_test="ge",
     tail_calls_in_subprogs=True,
-    subprog_counter="copy",
+    subprog_counter="shared",
     jit_prologue="v6.1",
     jit_tail_call_jcc="jae",
     x86_tail_call_offset=11,     # X86_TAIL_CALL_OFFSET: nop5 + xor/nop2 + push rbp + mov rbp,rsp
@@ -191,9 +238,54 @@ LINUX_6_1 = Profile(
     off_array_ptrs=0x110,
     off_prog_bpf_func=0x30,
     jit_imm8_jmp_max=123,
+    kernel_bugs=(TAILCALL_HIERARCHY,),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_5_5)}
+LINUX_6_12 = Profile(
+    name="linux-6.12",
+    description="Debian trixie 6.12.117: IBT (endbr64), tail_call_cnt_ptr shared through "
+    "subprograms (116e04ba1459), MAX_TAIL_CALL_CNT 33 tested with >=, tail calls enter at +0x10",
+    max_tail_call_cnt=33,
+    interp_limit_test="ge",
+    tail_calls_in_subprogs=True,
+    subprog_counter="shared",
+    jit_prologue="v6.12",
+    jit_tail_call_jcc="jae",
+    # X86_TAIL_CALL_OFFSET = 12 + ENDBR_INSN_SIZE: endbr64 + nop5 + xor rax,rax/nop3 + push rbp + mov rbp,rsp
+    x86_tail_call_offset=0x10,
+    jit_sls=True,
+    retpoline=True,
+    off_array_max_entries=0x24,
+    off_array_ptrs=0x110,
+    off_prog_bpf_func=0x30,
+    jit_tail_call_cnt="pointer",
+    jit_ibt=True,
+    tail_call_counts_empty_slot=False,
+    jit_imm8_jmp_max=123,        # the convergence fix (v6.13) is in 6.12.y well before .117
+)
+
+LINUX_5_10 = Profile(
+    name="linux-5.10",
+    description="Debian bullseye 5.10.223: MAX_TAIL_CALL_CNT 32 tested with > (ja), counter by "
+    "value in rax (no hierarchy fix), ff672c67ee76 carried, k8 nop5, no SLS, tail calls enter at +0xb",
+    max_tail_call_cnt=32,
+    interp_limit_test="gt",
+    tail_calls_in_subprogs=True,
+    subprog_counter="shared",
+    jit_prologue="v5.10",
+    jit_tail_call_jcc="ja",
+    x86_tail_call_offset=11,
+    jit_sls=False,
+    retpoline=True,
+    off_array_max_entries=0x24,
+    off_array_ptrs=0x110,
+    off_prog_bpf_func=0x30,
+    jit_nop5=bytes.fromhex("6666666690"),
+    # jit_imm8_jmp_max stays 127: the convergence fix (Dec 2024) is later than 5.10.223 (July 2024)
+    kernel_bugs=(TAILCALL_HIERARCHY,),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_5_5, LINUX_5_10, LINUX_6_12)}
 DEFAULT_PROFILE = LINUX_6_1.name
 
 

@@ -16,10 +16,12 @@ Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
 * ``call bpf_tail_call`` (R2 = prog array, R3 = index), in the kernel's order:
   index (u32) >= max_entries -> fall through; the counter at the profile's
   limit -> fall through; then the counter goes up -- *before* the slot is
-  read, so a call through an empty slot counts too (core.c ``JMP_TAIL_CALL``:
-  ``tail_call_cnt++`` precedes ``if (!prog) goto out``; the x86 JIT stores the
-  incremented counter before loading ``ptrs[index]``, and its direct sites
-  count before the patchable nop/jmp) --; empty slot -> fall through;
+  read when the profile's ``tail_call_counts_empty_slot`` says so, so that a
+  call through an empty slot counts too (core.c ``JMP_TAIL_CALL`` until
+  3733f4be2870: ``tail_call_cnt++`` precedes ``if (!prog) goto out``; the x86
+  JIT up to 6.9 stores the incremented counter before loading
+  ``ptrs[index]``, and its direct sites count before the patchable nop/jmp),
+  else only once a program is found (the v6.10+ JIT) --; empty slot -> fall through;
   otherwise the target runs from slot 0 *in place of the current frame*:
   registers unchanged, R10 unchanged and the frame's stack reused (both
   kernel engines do that: the interpreter keeps its C stack buffer, the JIT
@@ -27,10 +29,13 @@ Kernel semantics (kernel/bpf/core.c ``___bpf_prog_run``; RFC 9669):
   When the target exits inside a subprogram frame it returns to that
   subprogram's caller.
 * Tail calls from subprograms (profiles with ``tail_calls_in_subprogs``):
-  ``subprog_counter == "copy"`` gives the callee the caller's current count
-  and drops the callee's increments on return (6.1's x86 JIT passes the
-  count by value in rax); ``"shared"`` keeps one counter for the whole chain;
-  ``"reset"`` starts every callee at zero (a what-if model for signatures).
+  ``subprog_counter == "shared"``, the specification and every profile's
+  rule, keeps one counter for the whole run: at most 33 tail calls whatever
+  the call hierarchy.  What-if models for the oracle's probes: ``"copy"``
+  gives the callee the caller's current count and drops the callee's
+  increments on return (what the x86 JIT did from 5.10 to 6.9, passing the
+  count by value in rax -- fixed by 116e04ba1459); ``"reset"`` starts every
+  callee at zero.
 * At most ``budget`` instructions run; then the run ends with TIMEOUT.
 
 ``RunOutcome.tail_calls`` is the number of tail calls *taken* (programs
@@ -209,10 +214,13 @@ class Machine:
         count = self.tail_call_count + 1 if self.tail_call_limit_bug else self.tail_call_count
         if not self.profile.allows_tail_call(count):
             return None
-        # Counted before the slot is read: a call through an empty slot uses up
-        # one of the 33 too (core.c JMP_TAIL_CALL and both x86 JIT sequences).
-        self.tail_call_count += 1
-        return prog_array.get(index)
+        target = prog_array.get(index)
+        # Counted before the slot is read where the kernel did so: a call through
+        # an empty slot then uses up one of the 33 too (core.c JMP_TAIL_CALL and
+        # the x86 JIT sequences up to 6.9).
+        if target is not None or self.profile.tail_call_counts_empty_slot:
+            self.tail_call_count += 1
+        return target
 
     def _fault(self, r: list, fault: HelperFault, pc: int, taken: int, trace: list[str]) -> RunOutcome:
         return RunOutcome(r[0], FAULT, taken, tuple(trace), fault.kind, pc, self.prog, fault.reason)

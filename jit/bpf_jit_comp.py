@@ -4,8 +4,16 @@ Written from the kernel's facts (encodings, order of checks, offsets), not its
 text.  Every ``emit_*`` helper returns the bytes of the x86 instruction(s) it is
 named after, so each can be checked on its own against hand-assembled bytes.
 
-Two JIT *flavours* (``Profile.jit_prologue``), chosen by data in
-:data:`FLAVOURS`, never by a profile name:
+JIT *flavours* (``Profile.jit_prologue``), chosen by data in
+:data:`FLAVOURS`, never by a profile name.  ``v5.10`` and ``v6.12`` share
+the ``v6.1`` tail-call emitters; what differs is profile data: the 5-byte nop
+(``jit_nop5``: 5.10's ``66 66 66 66 90``), IBT's ``endbr64`` first and after
+``mov rbp,rsp`` (``jit_ibt``, 6.12), SLS, and how the counter reaches
+subprograms (``jit_tail_call_cnt``: by value in rax up to 6.9; from 6.10,
+116e04ba1459, ``tail_call_cnt_ptr``: ``xor rax,rax``/nop3 in the prologue, the
+count and a pointer to it pushed below the frame, ``cmp qword [rax],MAX``
+and ``add qword [rax],1`` after the NULL check / the bypass, two ``pop rax``).
+``v5.10`` keeps the pre-5.16 div/mul, ``v6.12`` the 6.2 register shift.
 
 ``v6.1``  (Debian bookworm's 6.1, reproduced byte for byte by the fixtures)
     prologue ``nop5; xor eax,eax | nop2; push rbp; mov rbp,rsp; [sub rsp,N];
@@ -464,6 +472,8 @@ class JitImage:
     stack_depth: int
     tail_call_reachable: bool
     tail_call_cnt_off: int | None    # rbp-relative offset of the counter dword, None without one
+    # True: the slot at tail_call_cnt_off holds tail_call_cnt_ptr (a qword pointer to the count)
+    tail_call_cnt_ptr: bool = False
     first_insn: int = 0              # xlated pc of local slot 0
     orig_pc: list[int] = field(default_factory=list)   # local slot -> pc in the program as loaded
     # Indirect tail calls: (image offset of the instruction that performs the jump -- emit_indirect_jump's
@@ -571,15 +581,47 @@ def tail_call_adj_off(fn: FuncJit) -> int:
     return fn.profile.x86_tail_call_offset + (1 if "tail-call-offset" in fn.bugs else 0)
 
 
+ENDBR64 = bytes.fromhex("f30f1efa")      # gen_endbr(): CONFIG_X86_KERNEL_IBT
+
+
+def counter_by_pointer(fn: FuncJit) -> bool:
+    """v6.10+ (116e04ba1459): subprograms get ``tail_call_cnt_ptr``, not the count."""
+    return fn.profile.jit_tail_call_cnt == "pointer"
+
+
 def emit_prologue_v61(fn: FuncJit) -> bytes:
-    """nop5; xor eax,eax (main progs reaching a tail call) or nop2; push rbp; mov rbp,rsp; [sub]; [push rax]."""
-    out = bytearray(X86_NOPS[5])
-    out += b"\x31\xc0" if fn.tail_call_reachable and not fn.is_subprog else X86_NOPS[2]
+    """[endbr64]; nop5; counter init or its nop; push rbp; mov rbp,rsp; [endbr64]; [sub rsp]; counter push(es).
+
+    By value (5.10-6.9): ``xor eax,eax`` (a main program reaching a tail call)
+    or ``nop2``, then ``push rax`` after the frame.  By pointer (6.10+):
+    ``xor rax,rax`` or ``nop3``, then (main) ``cmp rax,MAX; ja 1f; push rax;
+    mov rax,rsp; jmp 2f; 1: push rax; 2: push rax`` -- rax holds the count when
+    the main program is entered normally or tail-called from a main program,
+    a pointer (above MAX) when it is tail-called from a subprogram -- or
+    (subprogram) ``push rax; push rax``.
+    """
+    profile = fn.profile
+    main_reaching = fn.tail_call_reachable and not fn.is_subprog
+    out = bytearray(ENDBR64 if profile.jit_ibt else b"")
+    out += profile.jit_nop5
+    if counter_by_pointer(fn):
+        out += b"\x48\x31\xc0" if main_reaching else X86_NOPS[3]
+    else:
+        out += b"\x31\xc0" if main_reaching else X86_NOPS[2]
     out += b"\x55" + b"\x48\x89\xe5"
+    if profile.jit_ibt:
+        out += ENDBR64                                   # X86_TAIL_CALL_OFFSET is here
     if fn.stack_depth:
         out += b"\x48\x81\xec" + imm32(round_up8(fn.stack_depth))
     if fn.tail_call_reachable:
-        out += b"\x50"
+        if not counter_by_pointer(fn):
+            out += b"\x50"
+        elif fn.is_subprog:
+            out += b"\x50\x50"
+        else:
+            # a count is at most the number of tail calls a run may take; a pointer is above it
+            out += b"\x48\x83\xf8" + imm8(profile.allowed_tail_calls) + bytes([X86_JA, 6])
+            out += b"\x50" + b"\x48\x89\xe0" + b"\xeb\x01" + b"\x50" + b"\x50"
     return bytes(out) + push_callee_regs(fn.callee_regs_used)
 
 
@@ -589,6 +631,11 @@ def emit_epilogue_v61(fn: FuncJit) -> bytes:
 
 def tcc_off_v61(fn: FuncJit) -> int:
     return -4 - round_up8(fn.stack_depth)
+
+
+def tcc_ptr_off(fn: FuncJit) -> int:
+    """BPF_TAIL_CALL_CNT_PTR_STACK_OFF: the slot of tail_call_cnt_ptr, below the count's."""
+    return -16 - round_up8(fn.stack_depth)
 
 
 def emit_counter_check(fn: FuncJit, tcc_off: int, label: int, start_len: int) -> bytes:
@@ -601,21 +648,47 @@ def emit_counter_check(fn: FuncJit, tcc_off: int, label: int, start_len: int) ->
     return bytes(out)
 
 
+def emit_counter_ptr_check(fn: FuncJit, label: int, start_len: int) -> bytes:
+    """``mov rax,[rbp+tcc_ptr]; cmp qword [rax],MAX; jae out`` (the increment comes later)."""
+    out = bytearray(b"\x48\x8b\x85" + imm32(tcc_ptr_off(fn)))
+    out += b"\x48\x83\x38" + imm8(fn.profile.max_tail_call_cnt)
+    out += bytes([tail_call_jcc(fn)]) + imm8(label - (start_len + len(out) + 2))
+    return bytes(out)
+
+
+EMIT_COUNTER_PTR_INC = b"\x48\x83\x00\x01"      # add qword [rax], 1
+
+
+def emit_frame_pops(fn: FuncJit) -> bytes:
+    """Before the jump: callee-saved registers, the counter slot(s), the stack."""
+    out = pop_callee_regs(fn.callee_regs_used)
+    out += b"\x58\x58" if counter_by_pointer(fn) else b"\x58"   # [tail_call_cnt_ptr and] the count
+    if fn.stack_depth:
+        out += b"\x48\x81\xc4" + imm32(round_up8(fn.stack_depth))
+    return out
+
+
 def emit_bpf_tail_call_indirect_v61(fn: FuncJit, ip: int, ctx: JitContext) -> bytes:
-    """Bounds, counter, NULL check, pops, ``mov rcx,[rcx+bpf_func]; add rcx,off; jmp *rcx`` (retpoline)."""
+    """Bounds, counter, NULL check, pops, ``mov rcx,[rcx+bpf_func]; add rcx,off; jmp *rcx`` (retpoline).
+
+    By pointer the counter is tested first and incremented only after the
+    NULL check (a call through an empty slot does not count).
+    """
     profile = fn.profile
     label = ctx.tail_call_indirect_label
     out = bytearray(b"\x89\xd2")                                        # mov edx, edx
     out += b"\x39\x56" + imm8(profile.off_array_max_entries)            # cmp [rsi+max_entries], edx
     out += bytes([X86_JBE]) + imm8(label - (len(out) + 2))              # jbe out
-    out += emit_counter_check(fn, tcc_off_v61(fn), label, len(out))
+    if counter_by_pointer(fn):
+        out += emit_counter_ptr_check(fn, label, len(out))
+    else:
+        out += emit_counter_check(fn, tcc_off_v61(fn), label, len(out))
     out += b"\x48\x8b\x8c\xd6" + imm32(profile.off_array_ptrs)          # mov rcx, [rsi+rdx*8+ptrs]
     out += b"\x48\x85\xc9"                                              # test rcx, rcx
     out += bytes([X86_JE]) + imm8(label - (len(out) + 2))               # je out
-    out += pop_callee_regs(fn.callee_regs_used)
-    out += b"\x58"                                                      # pop rax
-    if fn.stack_depth:
-        out += b"\x48\x81\xc4" + imm32(round_up8(fn.stack_depth))       # add rsp, stack
+    if counter_by_pointer(fn):
+        out += EMIT_COUNTER_PTR_INC
+    out += emit_frame_pops(fn)
     out += b"\x48\x8b\x49" + imm8(profile.off_prog_bpf_func)            # mov rcx, [rcx+bpf_func]
     out += b"\x48\x83\xc1" + imm8(tail_call_adj_off(fn))                # add rcx, X86_TAIL_CALL_OFFSET
     if fn.final_pass:
@@ -627,34 +700,45 @@ def emit_bpf_tail_call_indirect_v61(fn: FuncJit, ip: int, ctx: JitContext) -> by
 
 
 def emit_bpf_tail_call_direct_v61(fn: FuncJit, poke: PokeDescriptor, ip: int, ctx: JitContext) -> bytes:
-    """Counter check; bypass ``jmp`` over the pops and the site; pops; ``pop rax``; ``add rsp``; nop5 site."""
+    """Counter check; bypass ``jmp`` over the rest; [increment;] pops; ``pop rax``; ``add rsp``; nop5 site."""
     label = ctx.tail_call_direct_label
-    out = bytearray(emit_counter_check(fn, tcc_off_v61(fn), label, 0))
+    if counter_by_pointer(fn):
+        out = bytearray(emit_counter_ptr_check(fn, label, 0))
+    else:
+        out = bytearray(emit_counter_check(fn, tcc_off_v61(fn), label, 0))
     poke.tailcall_bypass = ip + len(out)
     poke.adj_off = tail_call_adj_off(fn)
     poke.tailcall_target = ip + label - X86_PATCH_SIZE
     poke.bypass_addr = poke.tailcall_target + X86_PATCH_SIZE
+    poke.nop = fn.profile.jit_nop5
     out += emit_jump(poke.bypass_addr, poke.tailcall_bypass)
-    out += pop_callee_regs(fn.callee_regs_used)
-    out += b"\x58"
-    if fn.stack_depth:
-        out += b"\x48\x81\xc4" + imm32(round_up8(fn.stack_depth))
-    out += X86_NOPS[5]
+    if counter_by_pointer(fn):
+        out += EMIT_COUNTER_PTR_INC          # skipped by the bypass while the slot is empty
+    out += emit_frame_pops(fn)
+    out += fn.profile.jit_nop5
     ctx.tail_call_direct_label = len(out)
     return bytes(out)
 
 
 def emit_call_prefix_v61(fn: FuncJit, insn: Insn) -> bytes:
-    """RESTORE_TAIL_CALL_CNT: ``mov rax,[rbp - round_up(stack,8) - 8]`` before calls of a reachable function."""
+    """Before calls of a reachable function: ``mov rax,[rbp - round_up(stack,8) - 8]`` (the count,
+    RESTORE_TAIL_CALL_CNT) or ``- 16`` (the pointer, LOAD_TAIL_CALL_CNT_PTR)."""
     if not fn.tail_call_reachable:
         return b""
     if insn.is_pseudo_call and "subprog-counter-reset" in fn.bugs:
-        return b"\x48\xc7\xc0" + imm32(0)      # planted: mov rax, 0 -- same length, the callee starts over
+        # planted: mov rax, 0 -- same length; by value the callee starts over, by
+        # pointer (where the bug is not modelled) its first tail call faults on NULL
+        return b"\x48\xc7\xc0" + imm32(0)
+    if counter_by_pointer(fn):
+        return b"\x48\x8b\x85" + imm32(tcc_ptr_off(fn))
     return b"\x48\x8b\x85" + imm32(-round_up8(fn.stack_depth) - 8)
 
 
 def tail_call_cnt_off_v61(fn: FuncJit) -> int | None:
-    return tcc_off_v61(fn) if fn.tail_call_reachable else None
+    """The counter's slot; by pointer, the slot of ``tail_call_cnt_ptr`` (:data:`JitImage.tail_call_cnt_ptr`)."""
+    if not fn.tail_call_reachable:
+        return None
+    return tcc_ptr_off(fn) if counter_by_pointer(fn) else tcc_off_v61(fn)
 
 
 # -- flavour: v5.5 ----------------------------------------------------------------------------
@@ -664,7 +748,7 @@ SEED_DIRECT_TAIL_CALL_SIZE = 6 + 3 + 2 + 3 + 6 + X86_PATCH_SIZE
 
 def emit_prologue_v55(fn: FuncJit) -> bytes:
     """nop5; push rbp; mov rbp,rsp; sub rsp,imm32 (always); push rbx,r13,r14,r15; pushq $0."""
-    return (X86_NOPS[5] + b"\x55\x48\x89\xe5" + b"\x48\x81\xec" + imm32(round_up8(fn.stack_depth))
+    return (fn.profile.jit_nop5 + b"\x55\x48\x89\xe5" + b"\x48\x81\xec" + imm32(round_up8(fn.stack_depth))
             + push_callee_regs(ALL_CALLEE_REGS) + b"\x6a\x00")
 
 
@@ -701,7 +785,8 @@ def emit_bpf_tail_call_direct_v55(fn: FuncJit, poke: PokeDescriptor, ip: int, ct
     poke.tailcall_target = ip + len(out)
     poke.tailcall_bypass = None
     poke.bypass_addr = None
-    out += X86_NOPS[5]
+    poke.nop = fn.profile.jit_nop5
+    out += fn.profile.jit_nop5
     return bytes(out)
 
 
@@ -728,6 +813,7 @@ class JitFlavour:
     uses_all_callee_regs: bool
     div_mod: Callable[[Insn], bytes]
     mul: Callable[[Insn], bytes]
+    shift_reg: Callable[[Insn], bytes]
 
 
 
@@ -874,6 +960,25 @@ def emit_shift_reg(insn: Insn) -> bytes:
     return bytes(out)
 
 
+def emit_shift_reg_v62(insn: Insn) -> bytes:
+    """Shift by cl since 6.2 (no BMI2): a count already in rcx is used as it is; otherwise
+    a destination in rcx is shifted in r11 (no push), any other one with rcx saved around."""
+    is64 = insn.cls == isa.BPF_ALU64
+    dst, src = insn.dst, insn.src
+    out = bytearray()
+    if src != 4:
+        if dst == 4:
+            out += emit_mov(AUX_REG, dst)        # mov r11, rcx
+            dst = AUX_REG
+        else:
+            out += b"\x51"                       # push rcx
+        out += emit_mov(4, src)                  # mov rcx, src
+    out += maybe_emit_1mod(dst, is64) + bytes([0xD3, add_1reg(SIMPLE_ALU_OPCODES[insn.op], dst)])
+    if src != 4:
+        out += emit_mov(insn.dst, AUX_REG) if insn.dst == 4 else b"\x59"   # mov rcx, r11 / pop rcx
+    return bytes(out)
+
+
 def emit_bswap(dst: int, width: int) -> bytes:
     """BPF_END to big endian / bswap: ror $8 + movzwl, bswap r32, bswap r64."""
     if width == 16:
@@ -1008,13 +1113,23 @@ def emit_call_insn(fn: FuncJit, state: PassState, i: int, insn: Insn) -> bytes:
     return prefix + emit_call(func, ip)
 
 
+# The tail-call machinery of v5.10, v6.1 and v6.12 is one set of emitters whose
+# differences are profile data (the counter by value or by pointer, IBT, the
+# nop5 bytes, SLS); the flavours differ in the arithmetic sequences.
 FLAVOURS: dict[str, JitFlavour] = {
+    "v6.12": JitFlavour("v6.12", emit_prologue_v61, emit_epilogue_v61, emit_bpf_tail_call_direct_v61,
+                        emit_bpf_tail_call_indirect_v61, emit_call_prefix_v61, tail_call_cnt_off_v61, False,
+                        emit_div_mod, emit_mul, emit_shift_reg_v62),
     "v6.1": JitFlavour("v6.1", emit_prologue_v61, emit_epilogue_v61, emit_bpf_tail_call_direct_v61,
                        emit_bpf_tail_call_indirect_v61, emit_call_prefix_v61, tail_call_cnt_off_v61, False,
-                       emit_div_mod, emit_mul),
+                       emit_div_mod, emit_mul, emit_shift_reg),
+    # 5.10: the div/mul of before 5.16 (div r11 / mul r11)
+    "v5.10": JitFlavour("v5.10", emit_prologue_v61, emit_epilogue_v61, emit_bpf_tail_call_direct_v61,
+                        emit_bpf_tail_call_indirect_v61, emit_call_prefix_v61, tail_call_cnt_off_v61, False,
+                        emit_div_mod_v55, emit_mul_v55, emit_shift_reg),
     "v5.5": JitFlavour("v5.5", emit_prologue_v55, emit_epilogue_v55, emit_bpf_tail_call_direct_v55,
                        emit_bpf_tail_call_indirect_v55, emit_call_prefix_v55, tail_call_cnt_off_v55, True,
-                       emit_div_mod_v55, emit_mul_v55),
+                       emit_div_mod_v55, emit_mul_v55, emit_shift_reg),
 }
 
 
@@ -1038,7 +1153,7 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
         if op == isa.BPF_MUL:
             return fn.flavour.mul(insn), 1
         if op in (isa.BPF_LSH, isa.BPF_RSH, isa.BPF_ARSH):
-            return (emit_shift_reg(insn) if insn.source == isa.BPF_X else emit_shift_imm(insn)), 1
+            return (fn.flavour.shift_reg(insn) if insn.source == isa.BPF_X else emit_shift_imm(insn)), 1
         if op == isa.BPF_END:
             to_be_or_bswap = is64 or insn.source == isa.BPF_TO_BE
             return (emit_bswap if to_be_or_bswap else emit_to_le)(insn.dst, insn.imm), 1
@@ -1195,7 +1310,9 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
         image = JitImage(name=fn.name, func_index=fn.func_index, base=base, code=code, addrs=addrs,
                          pokes=sorted(fn.pokes.values(), key=lambda p: p.insn_idx), stack_depth=fn.stack_depth,
                          tail_call_reachable=fn.tail_call_reachable,
-                         tail_call_cnt_off=flavour.tail_call_cnt_off(fn), first_insn=fn.first_insn,
+                         tail_call_cnt_off=flavour.tail_call_cnt_off(fn),
+                         tail_call_cnt_ptr=profile.jit_tail_call_cnt == "pointer",
+                         first_insn=fn.first_insn,
                          orig_pc=list(fn.orig_pc),
                          indirect_tail_calls=[(addr - base, reg) for addr, reg in fn.indirect_jumps])
         images.append(image)

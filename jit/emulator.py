@@ -241,6 +241,7 @@ class EntryPoint:
     tail_entry: int                  # bpf_func + the profile's tail-call offset
     body: int                        # end of the main image's prologue (its addrs[0]): BPF pc 0
     tail_call_cnt_off: int | None    # rbp-relative counter slot of the main image
+    tail_call_cnt_ptr: bool = False  # the slot holds tail_call_cnt_ptr (6.10+), the count is behind it
 
     def points(self) -> list[int]:
         """The distinct addresses the entry hooks watch (the tail-call entry is not one: see the module doc)."""
@@ -700,6 +701,8 @@ class Emulator:
         taken = len(self._trace) - 1
         slot = rbp + entry.tail_call_cnt_off
         try:
+            if entry.tail_call_cnt_ptr:
+                slot = int.from_bytes(uc.mem_read(slot, 8), "little")
             counter = int.from_bytes(uc.mem_read(slot, 4), "little")
         except UcError:
             # rbp is not a frame (a tail call landed past `mov rbp,rsp`): the

@@ -294,7 +294,7 @@ class JitEngine(Engine):
         # (5.5: a tail-called target keeps the caller's 512-byte frame).
         counter = main.tail_call_cnt_off if main.tail_call_reachable else None
         entry = EntryPoint(name, jited.bpf_func, jited.bpf_func + self.profile.x86_tail_call_offset,
-                           main.base + main.addrs[0], counter)
+                           main.base + main.addrs[0], counter, main.tail_call_cnt_ptr)
         self.emu.add_entry_point(entry)
         for image in jited.images:
             self.emu.add_tail_calls([poke.tailcall_target for poke in image.pokes],
@@ -397,10 +397,10 @@ class JitEngine(Engine):
         """
         target = self._slot_target(poke)
         entry = None if target is None else self.loaded[target].entry.tail_entry
-        expected = [(poke.tailcall_target, NOP5 if entry is None else jmp_rel32(poke.tailcall_target, entry))]
+        expected = [(poke.tailcall_target, poke.nop if entry is None else jmp_rel32(poke.tailcall_target, entry))]
         if poke.tailcall_bypass is not None and poke.bypass_addr is not None:
             expected.append((poke.tailcall_bypass,
-                             jmp_rel32(poke.tailcall_bypass, poke.bypass_addr) if target is None else NOP5))
+                             jmp_rel32(poke.tailcall_bypass, poke.bypass_addr) if target is None else poke.nop))
         return expected
 
     def _check_poke(self, prog: str, poke: PokeDescriptor) -> list[str]:

@@ -64,6 +64,7 @@ class PokeDescriptor:
     tailcall_bypass: int | None = None   # v5.10+: address of the bypass jmp; None on v5.5
     bypass_addr: int | None = None       # v5.10+: where the bypass jumps (right after the site)
     tailcall_target_stable: bool = False
+    nop: bytes = NOP5                    # the kernel's 5-byte nop for this site (5.10: 66 66 66 66 90)
 
     @property
     def ip_stable(self) -> bool:
@@ -82,21 +83,22 @@ class HasPokes(Protocol):
     images: list
 
 
-def emit_patch(target: int | None, ip: int, opcode: int = JMP_REL32) -> bytes:
-    """The 5 bytes at ``ip`` that jump (or call) to ``target``; ``nop5`` when target is None."""
+def emit_patch(target: int | None, ip: int, opcode: int = JMP_REL32, nop: bytes = NOP5) -> bytes:
+    """The 5 bytes at ``ip`` that jump (or call) to ``target``; ``nop`` when target is None."""
     if target is None:
-        return NOP5
+        return nop
     offset = target - (ip + X86_PATCH_SIZE)
     if not -(1 << 31) <= offset < (1 << 31):
         raise ValueError(f"target 0x{target:x} is out of rel32 range of 0x{ip:x}")
     return bytes([opcode]) + offset.to_bytes(4, "little", signed=True)
 
 
-def bpf_arch_text_poke(ip: int, old_addr: int | None, new_addr: int | None, read: Read, write: Write) -> int:
+def bpf_arch_text_poke(ip: int, old_addr: int | None, new_addr: int | None, read: Read, write: Write,
+                       nop: bytes = NOP5) -> int:
     """``__bpf_arch_text_poke(ip, BPF_MOD_JUMP, old, new)``: 0 written, 1 already new, -EBUSY mismatch."""
     try:
-        old_insn = emit_patch(old_addr, ip)
-        new_insn = emit_patch(new_addr, ip)
+        old_insn = emit_patch(old_addr, ip, nop=nop)
+        new_insn = emit_patch(new_addr, ip, nop=nop)
     except ValueError:
         return -ERANGE
     if read(ip, X86_PATCH_SIZE) != old_insn:
@@ -112,7 +114,7 @@ ERRNO_NAMES = {-EBUSY: "-EBUSY", -ERANGE: "-ERANGE"}
 
 def _poke(what: str, poke: PokeDescriptor, ip: int, old: int | None, new: int | None,
           read: Read, write: Write, problems: list[str]) -> int:
-    ret = bpf_arch_text_poke(ip, old, new, read, write)
+    ret = bpf_arch_text_poke(ip, old, new, read, write, poke.nop)
     if ret < 0:
         problems.append(f"text poke of the tail-call {what} at 0x{ip:x} ({poke.map}[{poke.key}]) failed: "
                         f"{ERRNO_NAMES.get(ret, str(ret))}")

@@ -65,8 +65,13 @@ def engines() -> dict[tuple[str, str], object]:
         engine.close()
 
 
+# Examples of a known kernel bug: the engines diverge on the profiles whose
+# kernel had it (tests/test_tailcall_hierarchy.py checks them).
+KNOWN_BUG_EXAMPLES = {"tailcall_hierarchy"}
+
+
 def test_every_example_has_expectations() -> None:
-    assert {p.stem for p in EXAMPLES.glob("*.scn")} == set(EXPECTED)
+    assert {p.stem for p in EXAMPLES.glob("*.scn")} == set(EXPECTED) | KNOWN_BUG_EXAMPLES
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

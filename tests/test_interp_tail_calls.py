@@ -14,6 +14,7 @@ from bpfdiff.interp.engine import InterpEngine
 
 from bpfdiff.asm import assemble_program
 from bpfdiff.engine import EngineError
+from bpfdiff.profiles import get_profile
 from bpfdiff.scenario import PROG_RAW, Delete, MapDef, Run, Scenario, Update, key_u32
 
 PROFILES = ["linux-6.1", "linux-5.5"]
@@ -122,15 +123,29 @@ exit
 """
 
 
-def test_tail_calls_from_subprograms_copy_the_counter():
-    # 6.1 ("copy"): each call starts from the caller's count (0) and may take 33 tail calls
-    # of its own; the callee's count does not flow back into the caller.
+@pytest.mark.parametrize("profile", ["linux-5.10", "linux-6.1", "linux-6.12"])
+def test_tail_calls_from_subprograms_share_one_counter(profile):
+    # The specification: one counter per run, shared through bpf-to-bpf calls.
+    # The first call's loop uses up all 33; the second call's tail call is
+    # refused (whatever the kernel's JIT did with its copy in rax).
     main = assemble_program("main", SUBPROG_TAIL_CALLS.format(tail_call=tail_call(0)))
     loop = assemble_program("loop", tail_call(0) + "mov %r0, 0\nexit\n")
     scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(main, loop),
                         events=(Update("jt", key_u32(0), "loop"), Run("main", b"")))
-    result = InterpEngine("linux-6.1").execute(scenario)[-1].run
+    result = InterpEngine(profile).execute(scenario)[-1].run
     assert result.exit == "exit"
+    assert result.tail_calls == 33 and result.trace == ("main",) + ("loop",) * 33
+
+
+def test_copy_what_if_model_passes_the_count_by_value():
+    # "copy" (the what-if of the 5.10-6.9 x86 JIT): each call starts from the
+    # caller's count (0) and may take 33 tail calls of its own.
+    main = assemble_program("main", SUBPROG_TAIL_CALLS.format(tail_call=tail_call(0)))
+    loop = assemble_program("loop", tail_call(0) + "mov %r0, 0\nexit\n")
+    scenario = Scenario(prog_type=PROG_RAW, maps=(MapDef("jt", "prog_array", 4, 4, 1),), programs=(main, loop),
+                        events=(Update("jt", key_u32(0), "loop"), Run("main", b"")))
+    what_if = get_profile("linux-6.1").with_options(subprog_counter="copy")
+    result = InterpEngine(what_if).execute(scenario)[-1].run
     assert result.tail_calls == 66 and result.trace == ("main",) + ("loop",) * 66
 
 
