@@ -106,7 +106,7 @@ from bpfdiff.scenario import BPF_ANY, PROG_XDP, Delete, Event, Load, MapDef, Run
 
 T = TypeVar("T")
 
-GENERATOR_VERSION = "2"      # 2: XDP programs (packet through data/data_end)
+GENERATOR_VERSION = "3"      # 2: XDP programs (packet through data/data_end); 3: the hierarchy motif
 
 
 # ---------------------------------------------------------------------------
@@ -298,6 +298,11 @@ class ProgramPlan:
     tail_calls: bool = True
     forced: list[tuple[str, int | None]] = field(default_factory=list)      # sites in main
     forced_sub: list[tuple[str, int | None]] = field(default_factory=list)  # sites in a subprogram
+    call_twice: bool = False        # main calls its forced subprogram twice (the "hierarchy" motif)
+    # never put into a prog array: a program that calls a tail-calling subprogram twice,
+    # entered by a tail call from such a subprogram, doubles per level on a JIT that passes
+    # the counter by value (2**33 tail calls: a timeout costing a minute, not a new finding)
+    no_slot: bool = False
 
 
 @dataclass
@@ -730,6 +735,17 @@ class FunctionBuilder:
         self.forget_caller_saved()
         self.scalars.add(0)
 
+    def repeat_call(self) -> None:
+        """Call the subprogram of the last ``call local`` again (same arguments' shape)."""
+        if not self.calls:
+            return
+        self.insns.append(mov64_reg(1, CTX_REG))
+        self.insns.append(mov64_imm(2, self.imm32()))
+        self.calls.append((len(self.insns), self.calls[-1][1]))
+        self.insns.append(Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
+        self.forget_caller_saved()
+        self.scalars.add(0)
+
     BLOCKS: tuple[tuple[str, int], ...] = (
         ("alu", 30), ("alu32_upper", 3), ("lddw", 3), ("cond", 8), ("loop", 3), ("spill", 5), ("fill", 4), ("mem", 6),
         ("lookup", 5), ("update", 2), ("delete", 1), ("helper", 2), ("atomic_stack", 3),
@@ -752,6 +768,8 @@ class FunctionBuilder:
                 self.tail_call_site(*forced_at[i])
             if i == call_at:
                 self.block_call_local()
+                if self.plan.call_twice and not self.is_subprog:
+                    self.repeat_call()
             if i < nblocks:
                 getattr(self, "block_" + weighted(draw, blocks))()
         self.finish()
@@ -798,7 +816,7 @@ class FunctionBuilder:
 # ---------------------------------------------------------------------------
 MOTIFS: tuple[tuple[str, int], ...] = (
     ("plain", 4), ("self_loop", 3), ("delete_after_fill", 2), ("retarget", 2), ("chain_subprog", 2),
-    ("late_load", 1),
+    ("late_load", 1), ("hierarchy", 2),
 )
 # Stack budget (8-byte slots) per function of a program with subprograms: the
 # verifier adds up the frames of a call chain (each rounded up to 32 bytes,
@@ -826,7 +844,8 @@ class ScenarioGenerator:
             options = replace(options, cpu_v4=profile.isa_v4)
         self.options = options
         self.motif = weighted(draw, MOTIFS)
-        if self.motif == "chain_subprog" and not (profile.tail_calls_in_subprogs and options.max_subprogs):
+        if self.motif in ("chain_subprog", "hierarchy") and not (profile.tail_calls_in_subprogs
+                                                                 and options.max_subprogs):
             self.motif = "self_loop"
         self.maps = self.plan_maps()
         self.inner_map = (self.maps.prog_arrays[-1].name
@@ -840,8 +859,8 @@ class ScenarioGenerator:
     def plan_maps(self) -> MapsPlan:
         draw = self.draw
         count = draw.integer(1, self.options.max_prog_arrays)
-        if self.motif == "chain_subprog":
-            count = max(count, 2)
+        if self.motif in ("chain_subprog", "hierarchy"):
+            count = max(count, 2)       # tail calls in subprograms need the inner array to exist
         prog_arrays = [MapDef(f"jmp{i}", "prog_array", 4, 4, draw.choice((4, 1, 2, 3, 8))) for i in range(count)]
         if self.motif == "chain_subprog" and prog_arrays[0].max_entries < 2:
             prog_arrays[0] = replace(prog_arrays[0], max_entries=2)     # room for the hop through `pre`
@@ -869,7 +888,7 @@ class ScenarioGenerator:
         index = len(self.subprogs)
         self.subprogs.append([])
         self.subprog_calls.append([])
-        tail_calls = caller.tail_calls and self.inner_map is not None
+        tail_calls = (caller.tail_calls or bool(self.pending_sub_sites)) and self.inner_map is not None
         forced = self.pending_sub_sites if tail_calls else []
         self.pending_sub_sites = []
         fn = FunctionBuilder(self, self.current, caller.depth + 1, True, tail_calls, forced, force_call=False)
@@ -918,6 +937,8 @@ class ScenarioGenerator:
         motif = self.motif
         if motif == "plain":
             return []
+        if motif == "hierarchy":
+            return self.apply_hierarchy_motif(plans)
         if motif == "chain_subprog":
             # entry (-> pre) -> middle, whose subprogram tail-calls into a
             # self loop.  The hop through `pre` makes the count at the
@@ -963,6 +984,29 @@ class ScenarioGenerator:
         if not self.profile.tail_calls_in_subprogs:
             caller.allow_subprogs = False
         return [(pa.name, k, target.name)]
+
+    def apply_hierarchy_motif(self, plans: list[ProgramPlan]) -> list[tuple[str, int, str]]:
+        """The shape of the kernel selftests tailcall_bpf2bpf_hierarchy_*.
+
+        ``entry`` calls a subprogram twice; each call tail-calls (constant key,
+        outer array) into ``chain``, whose subprogram tail-calls into ``chain``
+        again.  With one counter per run (the specification, the x86 JIT since
+        116e04ba1459) the chain is entered 33 times in all; a JIT that passes the
+        counter to subprograms by value (5.10 to 6.9) restarts the second call
+        from entry's count: 66.  The chain nests one call frame per entry, which
+        both engines allow (see README, call depth).
+        """
+        entry, chain = plans[0], plans[1]
+        pa = self.maps.prog_arrays[0]
+        k = self.draw.integer(0, pa.max_entries - 1)
+        for plan in (entry, chain):
+            plan.inner, plan.allow_subprogs, plan.tail_calls = False, True, True
+            plan.forced_sub.append((pa.name, k))
+        entry.call_twice = entry.no_slot = True
+        # chain's own body tail-calls nowhere else: after its subprogram returns, a
+        # further tail call back into chain would double per level as well
+        chain.tail_calls = False
+        return [(pa.name, k, chain.name)]
 
     # -- the whole scenario --------------------------------------------------
     def generate(self) -> Scenario:
@@ -1026,7 +1070,8 @@ class EventPlanner:
         """Loaded programs that may go into this prog array (the frame-depth rule)."""
         if map_name == self.gen.inner_map:
             return [p.name for p in self.plans if p.inner and p.name in self.loaded]
-        return list(self.loaded)
+        no_slot = {p.name for p in self.plans if p.no_slot}
+        return [n for n in self.loaded if n not in no_slot]
 
     def update_slot(self, map_name: str, key: int, prog: str) -> None:
         self.events.append(Update(map_name, key_u32(key), prog, BPF_ANY))
