@@ -221,13 +221,19 @@ def test_run_before_load_is_refused():
     assert any("before it is loaded" in str(e) for e in check_scenario(s, "linux-6.1"))
 
 
-@pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.5"])
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.5", "linux-5.10", "linux-6.12"])
 def test_examples_are_valid(profile):
     from pathlib import Path
 
+    from bpfdiff.profiles import get_profile
     from bpfdiff.scenario_text import read_scenario
 
     examples = sorted((Path(__file__).parent.parent / "corpus" / "examples").glob("*.scn"))
     assert examples
     for path in examples:
-        assert check_scenario(read_scenario(path), profile) == [], path
+        errors = check_scenario(read_scenario(path), profile)
+        if path.stem == "tailcall_hierarchy" and not get_profile(profile).tail_calls_in_subprogs:
+            # tail calls from subprograms: linux-5.5's verifier refuses the mix
+            assert errors and all("bpf-to-bpf" in e.message for e in errors), path
+            continue
+        assert errors == [], path

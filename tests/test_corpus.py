@@ -117,7 +117,7 @@ def _bpfdiff(*args: str) -> subprocess.CompletedProcess[str]:
 def test_corpus_stats_command_lists_families() -> None:
     run = _bpfdiff("corpus", "stats", str(EXAMPLES))
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("3 scenarios")
+    assert run.stdout.startswith("4 scenarios")
     assert "tc (2 covered)" in run.stdout
     assert "alu64.mov.k" in run.stdout
 
@@ -247,6 +247,9 @@ def test_seed_corpus_agrees_on_both_engines_without_bugs() -> None:
     for entry in _seed_and_example_scenarios():
         profile = entry.scenario.meta_dict.get("profile", "linux-6.1")
         verdict = run_oracle(entry.scenario, profile=profile)
+        if entry.path.stem == "tailcall_hierarchy":      # the example of a known kernel bug
+            assert verdict.signature == f"known:{profile}:116e04ba1459", entry.path
+            continue
         assert verdict.ok, (entry.path, verdict.signature)
 
 

@@ -116,3 +116,22 @@ def test_tail_call_entry_is_where_the_prologue_skip_ends(profile: str, entry: in
     target = Loader(profile_, MAPS, MAP_ADDR).load(TARGET).images[0].code
     assert target[entry - 3:entry].hex() == "4889e5"
     assert target[entry:entry + 4].hex() == ("f30f1efa" if profile_.jit_ibt else "b82a0000")
+
+
+def test_5_10_reloads_the_counter_from_the_rounded_slot_ff672c67ee76() -> None:
+    # real-kernels.md: on 5.10.223, with stack depth 4 (one 4-byte store at
+    # fp-4), the counter is reloaded before a bpf-to-bpf call from -0x10(%rbp)
+    # = -(round_up(4, 8) + 8): the build carries ff672c67ee76.
+    prog = Program("p", (
+        Insn(isa.BPF_ST | isa.BPF_MEM | isa.BPF_W, 10, 0, -4, 0),      # *(u32 *)(fp - 4) = 0
+        Insn(isa.CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 2),            # call sub
+        Insn(0xB7, 0, 0, 0, 0), Insn(0x95),
+        Insn(0xB7, 3, 0, 0, 0), *lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map="jmp_table"),   # sub:
+        Insn(0x85, 0, 0, 0, isa.BPF_FUNC_tail_call), Insn(0xB7, 0, 0, 0, 0), Insn(0x95),
+    ))
+    main = Loader(get_profile("linux-5.10"), MAPS, MAP_ADDR).load(prog).images[0]
+    assert main.stack_depth == 4 and main.tail_call_reachable
+    reload = bytes.fromhex("488b85f0ffffff")                      # mov -0x10(%rbp),%rax
+    call_at = main.code.index(reload) + len(reload)
+    assert main.code[call_at] == 0xE8                              # right before the call
+    assert main.code.startswith(bytes.fromhex("666666669031c0554889e54881ec0800000050"))

@@ -127,8 +127,8 @@ def _generated_findings(crashes: Path, bug: str, count: int) -> None:
     for seed in range(2000):
         scenario = scenario_from_seed(seed)
         verdict = run_oracle(scenario, bugs=frozenset({bug}))
-        if verdict.ok:
-            continue
+        if verdict.ok or not run_oracle(scenario).ok:
+            continue        # no finding, or linux-6.1's known kernel bug diverges there without the planted one
         meta = dict(scenario.meta) | {"inject": bug, "signature": verdict.signature}
         write_scenario(crashes / f"{bug}-seed{seed}.scn", replace(scenario, meta=tuple(meta.items())))
         found += 1
