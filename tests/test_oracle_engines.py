@@ -176,7 +176,10 @@ def test_kernel_like_engines_agree_with_ours_on_the_examples(pool) -> None:
     # the kernel-like engines scramble trace and tail-call count: only observed fields are compared
     for path in sorted(EXAMPLES.glob("*.scn")):
         verdict = run_oracle(read_scenario(path), engines=("interp", "jit", "kernel", "kernel2"), pool=pool)
-        assert verdict.ok, (path.name, verdict.findings)
+        if path.stem == "tailcall_hierarchy":      # the example of linux-6.1's known kernel bug
+            assert [f.signature for f in verdict.findings] == ["known:linux-6.1:116e04ba1459"], path.name
+        else:
+            assert verdict.ok, (path.name, verdict.findings)
         assert verdict.observations["kernel"] == KERNEL and verdict.observations["jit"] == Observation()
 
 
