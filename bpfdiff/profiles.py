@@ -66,6 +66,10 @@ XDP_LAYOUT_5_5 = XdpLayout(xdp_md_size=20, off_buff_data=0x00, off_buff_data_end
                            off_buff_data_hard_start=0x18, off_buff_rxq=0x28, off_buff_txq=None,
                            off_rxq_dev=0x00, off_rxq_queue_index=0x08, off_txq_dev=0x00, off_netdev_ifindex=0x100)
 
+# v5.10: xdp_buff and xdp_md as in 6.1 (txq since 5.8, no `handle`), net_device's
+# ifindex where 5.5 has it (include/net/xdp.h, include/linux/netdevice.h of v5.10)
+XDP_LAYOUT_5_10 = replace(XDP_LAYOUT_6_1, off_netdev_ifindex=XDP_LAYOUT_5_5.off_netdev_ifindex)
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:
@@ -262,6 +266,8 @@ LINUX_6_12 = Profile(
     jit_ibt=True,
     tail_call_counts_empty_slot=False,
     jit_imm8_jmp_max=123,        # the convergence fix (v6.13) is in 6.12.y well before .117
+    isa_v4=True,                 # v6.6
+    # xdp: the 6.1 layout; net_device was reordered in 6.8 (ifindex not yet read from a real image)
 )
 
 LINUX_5_10 = Profile(
@@ -281,6 +287,8 @@ LINUX_5_10 = Profile(
     off_array_ptrs=0x110,
     off_prog_bpf_func=0x30,
     jit_nop5=bytes.fromhex("6666666690"),
+    atomic_fetch=False,          # BPF_ATOMIC fetch/xchg/cmpxchg/and/or/xor came in 5.12
+    xdp=XDP_LAYOUT_5_10,
     # jit_imm8_jmp_max stays 127: the convergence fix (Dec 2024) is later than 5.10.223 (July 2024)
     kernel_bugs=(TAILCALL_HIERARCHY,),
 )
