@@ -222,6 +222,12 @@ class Engine(ABC):
         the triage reports show.  Engines that have no code to show raise EngineUnsupported."""
         raise EngineUnsupported(f"engine {self.name} shows no program code")
 
+    def symbolize(self, address: int) -> str | None:
+        """What a code address or pointer of this engine's last scenario is, in the kernel's words:
+        ``prog+0xOFF``, ``map:NAME``, ``map_value:NAME+0xOFF``, a kernel function (``bpf_map_lookup_elem``,
+        ``__x86_indirect_thunk_rcx``); None when unknown."""
+        return None
+
 
 EngineFactory = Callable[..., Engine]
 _REGISTRY: dict[str, tuple[str, str]] = {

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from bpfdiff.interp.engine import check_run_input
 from bpfdiff.jit.bpf_jit_comp import JitEnv, JitOptions, JitProgram, bpf_int_jit_compile, retpoline_thunk
-from bpfdiff.jit.emulator import XDP_CTX_BASE, Emulator, EntryPoint
+from bpfdiff.jit.emulator import HELPER_BASE, THUNK_BASE, THUNK_SLOT, XDP_CTX_BASE, Emulator, EntryPoint
 from bpfdiff.jit.poke import PokeDescriptor, map_poke_run
 from bpfdiff.jit.xlate import htab_value_offset
 
@@ -66,7 +66,7 @@ from bpfdiff.engine import (
     ProgramRefused,
     RunResult,
 )
-from bpfdiff.helpers import HelperFault, Prandom, call_helper
+from bpfdiff.helpers import HelperFault, Prandom, call_helper, helper_name
 from bpfdiff.isa import Program
 from bpfdiff.maps import (
     BpfMap,
@@ -81,6 +81,9 @@ from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Event, Load, MapDef, 
 from bpfdiff.verifier import VerifierError
 
 NOP5 = bytes.fromhex("0f1f440000")
+# x86 register numbers 0-15, as the kernel names its retpoline thunks
+X86_REGS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+            "r14", "r15")
 STRUCT_BPF_PROG_SIZE = 0x100      # room for the fields up to bpf_func and beyond; only bpf_func is read
 # Within the XDP_CTX_BASE page: where the xdp_buff's rxq info and device live.
 XDP_RXQ_INFO = XDP_CTX_BASE + 0x40
@@ -173,8 +176,31 @@ class JitEngine(Engine):
                                        self.emu.read(addr, 5), expected.get(addr)) for kind, addr in points]
                 images.append(ImageCode(image.func_index, image.base, self.image_bytes(name, index),
                                         tuple(image.addrs), tuple(image.orig_pc), tuple(sites)))
-            result[name] = ProgramCode(name, tuple(lp.jited.xlated), tuple(images))
+            # the instructions as BPF_OBJ_GET_INFO_BY_FD hands them out (tail calls as `call 12`)
+            xlated = lp.jited.xlate_result.dump_insns() if lp.jited.xlate_result is not None else lp.jited.xlated
+            result[name] = ProgramCode(name, tuple(xlated), tuple(images))
         return result
+
+    def symbolize(self, address: int) -> str | None:
+        for name, lp in self.loaded.items():
+            for image in lp.jited.images:
+                if image.base <= address < image.base + len(image.code):
+                    label = name if image.func_index == 0 else f"{name}/func{image.func_index}"
+                    return f"{label}+0x{address - image.base:x}"
+        for name, struct in self.map_struct.items():
+            if address == struct:
+                return f"map:{name}"
+        for name, values in self.map_values.items():
+            size = value_region_size(self.mapdefs[name])
+            if values <= address < values + max(size, 1):
+                return f"map_value:{name}+0x{address - values:x}"
+        if HELPER_BASE <= address < THUNK_BASE and (address - HELPER_BASE) % 8 == 0:
+            # the kernel's name of the helper's function (BPF_CALL_x(bpf_map_lookup_elem, ...))
+            return f"bpf_{helper_name((address - HELPER_BASE) // 8)}"
+        if THUNK_BASE <= address < THUNK_BASE + THUNK_SLOT * len(X86_REGS):
+            reg, offset = divmod(address - THUNK_BASE, THUNK_SLOT)
+            return f"__x86_indirect_thunk_{X86_REGS[reg]}" + (f"+0x{offset:x}" if offset else "")
+        return None
 
     # -- HelperEnv (bpfdiff.helpers) ---------------------------------------------------
     def map_at(self, addr: int) -> BpfMap | None:
