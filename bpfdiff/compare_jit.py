@@ -28,11 +28,18 @@ dump`` prints it, ``print_bpf_insn`` for BPF).
 
 from __future__ import annotations
 
+import argparse
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bpfdiff import isa
+from bpfdiff.scenario import Scenario
+
+if TYPE_CHECKING:
+    from bpfdiff.jit.dump import JitedLine
 
 SLOT = struct.Struct("<BBhi")
 MOVABS_OPCODES = range(0xB8, 0xC0)       # REX.W + B8+r: movabs $imm64, %reg
@@ -202,9 +209,8 @@ def _map_pointers(prog: str, side: CodeSide) -> dict[int, str]:
     return resolved
 
 
-def _x86_text(line: object) -> str:
-    raw = line.raw  # type: ignore[attr-defined]
-    return f"{line.text().strip()}  [{raw.hex(' ')}]"  # type: ignore[attr-defined]
+def _x86_text(line: JitedLine) -> str:
+    return f"{line.text().strip()}  [{line.raw.hex(' ')}]"
 
 
 def compare_jited(prog: str, ours: CodeSide, kernel: CodeSide) -> Mismatch | None:
@@ -232,15 +238,14 @@ def compare_jited(prog: str, ours: CodeSide, kernel: CodeSide) -> Mismatch | Non
     return None
 
 
-def _target(line: object, function: Function) -> int:
-    raw = line.raw  # type: ignore[attr-defined]
-    return function.base + line.offset + 5 + int.from_bytes(raw[1:5], "little", signed=True)  # type: ignore[attr-defined]
+def _target(line: JitedLine, function: Function) -> int:
+    return function.base + line.offset + 5 + int.from_bytes(line.raw[1:5], "little", signed=True)
 
 
-def _x86_difference(la: object, lb: object, fa: Function, fb: Function, ours: CodeSide, kernel: CodeSide,
+def _x86_difference(la: JitedLine, lb: JitedLine, fa: Function, fb: Function, ours: CodeSide, kernel: CodeSide,
                     a_ptrs: Mapping[int, str], b_ptrs: Mapping[int, str]) -> str | None:
-    a, b = la.raw, lb.raw  # type: ignore[attr-defined]
-    if la.offset != lb.offset:  # type: ignore[attr-defined]
+    a, b = la.raw, lb.raw
+    if la.offset != lb.offset:
         return "instruction boundaries"
     a_imm = _movabs_imm(a)
     if a_imm is not None and a_imm in a_ptrs:
@@ -305,28 +310,36 @@ def summary_lines(results: Sequence[ProgramComparison]) -> list[str]:
 
 
 # -- our side ------------------------------------------------------------------------------------
-def our_side(engine: object, scenario: object, prog: str) -> CodeSide:
+class LoadedProgram(Protocol):
+    """What the guest reports of one program it loaded (``bpfdiff.kernel.guest.LoadedProg``)."""
+
+    name: str
+    error: str | None
+    xlated: bytes
+    jited: bytes
+    func_lens: tuple[int, ...]
+    ksyms: tuple[int, ...]
+
+
+def our_side(engine: Any, scenario: Scenario, prog: str) -> CodeSide:
     """Our loader's code for one program of ``scenario``, loaded alone with all the scenario's maps
     and no events (every prog-array slot empty, as a freshly loaded program sees them).
 
     ``engine`` is an engine that shows its code (:meth:`bpfdiff.engine.Engine.inspect`: the JIT).
     Raises :class:`bpfdiff.engine.EngineError` when our side refuses the program.
     """
-    from dataclasses import replace
-
     from bpfdiff.helpers import helper_name
 
-    alone = replace(scenario, programs=tuple(p for p in scenario.programs if p.name == prog),  # type: ignore
-                    events=(), expect=None)
-    map_ids = {m.name: number for number, m in enumerate(scenario.maps, start=1)}  # type: ignore[attr-defined]
+    alone = replace(scenario, programs=tuple(p for p in scenario.programs if p.name == prog), events=(), expect=None)
+    map_ids = {m.name: number for number, m in enumerate(scenario.maps, start=1)}
     names = {number: name for name, number in map_ids.items()}
-    first = next(iter(engine.inspect(alone)))  # type: ignore[attr-defined]
+    first = next(iter(engine.inspect(alone)))
     code = first.programs[prog]
     symbols: dict[int, str | None] = {}
 
     def symbol(address: int) -> str | None:
         if address not in symbols:
-            symbols[address] = engine.symbolize(address)  # type: ignore[attr-defined]
+            symbols[address] = engine.symbolize(address)
         return symbols[address]
 
     # resolve now what the comparison may ask about later: the engine moves on to other programs
@@ -348,3 +361,210 @@ def our_side(engine: object, scenario: object, prog: str) -> CodeSide:
         # our xlated program keeps the helper's id in a call: its kernel function's name
         call_target=lambda imm: f"bpf_{helper_name(imm)}",
     )
+
+
+# -- the kernel's side -----------------------------------------------------------------------------
+class SymbolTable:
+    """Kernel text symbols from a ``System.map`` (the guest boots with ``nokaslr``: addresses as linked)."""
+
+    TEXT_TYPES = frozenset("TtWw")
+
+    def __init__(self, entries: Sequence[tuple[int, str]]) -> None:
+        self.entries = sorted(entries)
+        self.addresses = [address for address, _ in self.entries]
+        self.by_name = {name: address for address, name in self.entries}
+
+    @classmethod
+    def parse(cls, text: str) -> SymbolTable:
+        entries = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in cls.TEXT_TYPES:
+                try:
+                    entries.append((int(parts[0], 16), parts[2]))
+                except ValueError:
+                    continue
+        return cls(entries)
+
+    def describe(self, address: int) -> str | None:
+        """``name`` or ``name+0xoff`` of the text symbol at or below ``address``."""
+        import bisect
+
+        index = bisect.bisect_right(self.addresses, address) - 1
+        if index < 0:
+            return None
+        start, name = self.entries[index]
+        return name if address == start else f"{name}+0x{address - start:x}"
+
+    def call_target(self, imm: int) -> str | None:
+        """What an xlated helper call's ``imm`` names: the function at ``__bpf_call_base + imm``."""
+        base = self.by_name.get("__bpf_call_base")
+        return None if base is None else self.describe(base + imm)
+
+
+def map_ids_by_creation(scenario: Scenario, xlated: Mapping[str, bytes]) -> dict[int, str]:
+    """Map id -> map name for the maps the kernel's xlated programs load.
+
+    The kernel shows a pseudo map load's map by its id.  Ids come from
+    ``idr_alloc_cyclic``: maps created one after the other get increasing
+    ids, and the agent creates a scenario's maps in declaration order.  So
+    the ids seen, sorted, belong to the maps the loaded programs reference,
+    in declaration order -- when as many ids as maps are seen; otherwise
+    (a load the verifier removed) the ids stay unresolved.
+    """
+    from bpfdiff.isa import BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE, LDDW_OPCODE
+
+    ids = sorted({imm for data in xlated.values() for op, _dst, src, _off, imm in _slots(data)
+                  if op == LDDW_OPCODE and src in (BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE)})
+    order = [m.name for m in scenario.maps]
+    used = {insn.map for p in scenario.programs if p.name in xlated for insn in p.insns if insn.map is not None}
+    names = [name for name in order if name in used]
+    return dict(zip(ids, names, strict=True)) if len(ids) == len(names) else {}
+
+
+def kernel_side(scenario: Scenario, loaded: Sequence[LoadedProgram], symbols: SymbolTable) -> CodeSide:
+    """The kernel's code for the programs it accepted (``Guest.load_programs``)."""
+    functions: dict[str, tuple[Function, ...]] = {}
+    xlated: dict[str, bytes] = {}
+    for prog in loaded:
+        if prog.error is not None:
+            continue
+        lens = list(prog.func_lens) or [len(prog.jited)]
+        bases = list(prog.ksyms)
+        offset, funcs = 0, []
+        for index, length in enumerate(lens):
+            funcs.append(Function(bases[index] if index < len(bases) else 0, prog.jited[offset:offset + length]))
+            offset += length
+        functions[prog.name] = tuple(funcs)
+        xlated[prog.name] = prog.xlated
+    ids = map_ids_by_creation(scenario, xlated)
+    return CodeSide("kernel", functions, xlated, symbol=symbols.describe, map_of_id=ids.get,
+                    call_target=symbols.call_target)
+
+
+def cause(mismatch: Mismatch) -> str:
+    """A mismatch without its numbers: what tallies of causes count."""
+    import re
+
+    def shape(text: str) -> str:
+        text = re.sub(r"\s+\[[0-9a-f ]+\]$", "", text.strip())         # raw bytes
+        text = re.sub(r"^[0-9a-f]+:\s*", "", text)                       # offset / pc
+        if mismatch.kind == "xlated":
+            return text.split(")")[0] + ")" if text.startswith("(") else text[:20]
+        return text.split()[0] if text.split() else text
+
+    reason = re.sub(r"0x[0-9a-f]+|\d+", "N", mismatch.reason)
+    return f"{mismatch.kind}: {reason}: ours {shape(mismatch.ours)} / kernel {shape(mismatch.kernel)}"
+
+
+def compare_scenarios(scenarios: Sequence[tuple[str, Scenario]], profile: str, guest: Any, symbols: SymbolTable,
+                      report: Callable[[str], None]) -> list[ProgramComparison]:
+    """Every program of every scenario, ours against the kernel's (freshly loaded, slots empty)."""
+    from bpfdiff.engine import EngineError, make_engine
+
+    results: list[ProgramComparison] = []
+    engine = make_engine("jit", profile=profile)
+    try:
+        for label, scenario in scenarios:
+            bare = replace(scenario, events=(), expect=None)
+            loaded = guest.load_programs(bare, jit=True)
+            kernel = kernel_side(bare, loaded, symbols)
+            refused = {p.name: p.error for p in loaded if p.error is not None}
+            for prog in bare.programs:
+                if prog.name in refused:
+                    results.append(ProgramComparison(prog.name, False, error=f"kernel refused: {refused[prog.name]}"))
+                    continue
+                try:
+                    ours = our_side(engine, bare, prog.name)
+                except EngineError as exc:
+                    result = ProgramComparison(prog.name, prog.name in kernel.functions, error=f"ours refused: {exc}")
+                else:
+                    result = compare_program(prog.name, ours, kernel)
+                results.append(result)
+                for mismatch in (result.xlated, result.jited):
+                    if mismatch is not None:
+                        report(mismatch.format(f"{label}:{prog.name}"))
+                if result.error is not None and result.accepted:
+                    report(f"{label}:{prog.name}: {result.error}")
+    finally:
+        engine.close()
+    return results
+
+
+# -- `bpfdiff kernel compare-jit` ------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``bpfdiff kernel compare-jit``."""
+    parser.add_argument("files", nargs="*", metavar="FILE", help="scenarios, .data files or atheris artifacts")
+    parser.add_argument("--generated", type=int, metavar="N", help="compare the programs of N generated scenarios")
+    parser.add_argument("--seed", type=int, default=0, help="first generator seed for --generated (default 0)")
+    parser.add_argument("--profile", help="our profile (default: each file's meta, else linux-6.1)")
+    parser.add_argument("--kernel", metavar="NAME|PATH", help="the real kernel (default: the profile's)")
+    parser.add_argument("--system-map", metavar="PATH",
+                        help="the kernel's System.map (default: the one set up with the kernel)")
+    parser.add_argument("--causes", type=int, default=10, metavar="K",
+                        help="show the K most common causes of mismatches (default 10)")
+
+
+def scenarios_of(args: argparse.Namespace) -> tuple[str, list[tuple[str, Scenario]]]:
+    """(profile, [(label, scenario)]) from the files or the generator."""
+    from bpfdiff.inputs import InputError
+    from bpfdiff.profiles import DEFAULT_PROFILE
+    from bpfdiff.settings import load_finding, parse_profile
+
+    if bool(args.files) == (args.generated is not None):
+        raise InputError("compare-jit: give FILE... or --generated N (one of them)")
+    if args.generated is not None:
+        from bpfdiff.fuzz.generate import scenario_from_seed
+
+        profile = parse_profile(args.profile or DEFAULT_PROFILE, "--profile")
+        return profile, [(f"seed {args.seed + i}", scenario_from_seed(args.seed + i, profile))
+                         for i in range(args.generated)]
+    loaded = [(str(path), *load_finding(path, profile=args.profile)) for path in args.files]
+    profiles = {settings.profile for _, _, settings in loaded}
+    if len(profiles) > 1:
+        raise InputError(f"compare-jit: the files are of different profiles ({', '.join(sorted(profiles))}): "
+                         "give --profile")
+    return profiles.pop(), [(label, scenario) for label, scenario, _ in loaded]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Compare, print each mismatch, the most common causes, and last the three numbers."""
+    from collections import Counter
+
+    from bpfdiff.inputs import InputError
+    from bpfdiff.kernel.guest import Guest
+    from bpfdiff.kernel.image import profile_kernel
+
+    profile, scenarios = scenarios_of(args)
+    guest = Guest.start(args.kernel or profile_kernel(profile))
+    try:
+        path = Path(args.system_map) if args.system_map else system_map_of(guest.image)
+        try:
+            symbols = SymbolTable.parse(path.read_text())
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read the kernel's System.map: {exc.strerror or exc}") from None
+        results = compare_scenarios(scenarios, profile, guest, symbols, print)
+    finally:
+        guest.close()
+    causes = Counter(cause(m) for r in results for m in (r.xlated, r.jited) if m is not None)
+    causes.update(r.error.split(":")[0] for r in results if r.error is not None and r.accepted)
+    if causes:
+        print(f"most common causes (of {sum(causes.values())}):")
+        for text, count in causes.most_common(args.causes):
+            print(f"  {count:5d}  {text}")
+    for line in summary_lines(results):
+        print(line)
+    return 0
+
+
+def system_map_of(image: Any) -> Path:
+    """The System.map that belongs to a kernel set up by ``bpfdiff kernel setup``: kept next to
+    the Debian package's vmlinuz, or at the top of the tree a bzImage was built in."""
+    candidates = [Path(image.dir) / "System.map"]
+    built = Path(str(image.name))
+    if built.name == "bzImage" and len(built.resolve().parents) > 3:
+        candidates.append(built.resolve().parents[3] / "System.map")
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return candidates[0]

@@ -175,3 +175,71 @@ def test_summary_counts_accepted_programs_and_identical_ones_among_them(ours) ->
     assert [r.accepted for r in results] == [True, False]
     assert summary_lines(results) == ["accepted 1/2 (50.0%)", "xlated identical 1/1 (100.0%)",
                                       "jited identical 0/1 (0.0%)"]
+
+
+def test_symbols_of_a_system_map_name_call_targets() -> None:
+    from bpfdiff.compare_jit import SymbolTable
+
+    table = SymbolTable.parse("ffffffff81000000 T _stext\n"
+                              "ffffffff81234000 T __bpf_call_base\n"
+                              "ffffffff81234560 T bpf_map_lookup_elem\n"
+                              "ffffffff81234600 t array_map_update_elem\n"
+                              "ffffffff82000000 D some_data\n"
+                              "ffffffff81e00100 T __x86_indirect_thunk_rcx\n")
+    assert table.describe(0xFFFF_FFFF_8123_4560) == "bpf_map_lookup_elem"
+    assert table.describe(0xFFFF_FFFF_8123_4564) == "bpf_map_lookup_elem+0x4"
+    assert table.describe(0xFFFF_FFFF_81E0_0100) == "__x86_indirect_thunk_rcx"
+    assert table.describe(0x1000) is None
+    # an xlated helper call holds the function's offset from __bpf_call_base (KASLR does not move it)
+    assert table.call_target(0x560) == "bpf_map_lookup_elem"
+    assert table.call_target(0x600) == "array_map_update_elem"
+
+
+def test_kernel_map_ids_follow_the_order_the_maps_were_created_in() -> None:
+    from bpfdiff.compare_jit import map_ids_by_creation
+
+    scenario = parse_scenario("""-- maps
+a array max_entries=1
+b array max_entries=1
+c prog_array max_entries=1
+-- prog p
+lddw %r1, map:c
+lddw %r2, map:a
+mov %r0, 0
+exit
+-- prog q
+mov %r0, 0
+exit
+""", "ids.scn")
+
+    def load(map_id: int) -> bytes:
+        return bytes.fromhex("1811000000000000 0000000000000000".replace(" ", "")).replace(
+            b"\x18\x11\x00\x00\x00\x00\x00\x00", b"\x18\x11\x00\x00" + map_id.to_bytes(4, "little"))
+
+    # a was created before c (b in between is not used): the smaller id is a's
+    xlated = {"p": load(42) + load(40) + bytes.fromhex("b700000000000000 9500000000000000".replace(" ", "")),
+              "q": bytes.fromhex("b700000000000000 9500000000000000".replace(" ", ""))}
+    assert map_ids_by_creation(scenario, xlated) == {40: "a", 42: "c"}
+    # one of the loads gone from the kernel's program: which id is which cannot be told
+    assert map_ids_by_creation(scenario, {"p": load(42)}) == {}
+
+
+def test_the_kernel_side_splits_the_image_by_function() -> None:
+    from dataclasses import dataclass
+
+    from bpfdiff.compare_jit import SymbolTable, kernel_side
+
+    @dataclass
+    class Loaded:
+        name: str
+        error: str | None
+        xlated: bytes = b""
+        jited: bytes = b""
+        func_lens: tuple[int, ...] = ()
+        ksyms: tuple[int, ...] = ()
+
+    loaded = [Loaded("A", None, A_XLATED, b"\x90" * 5 + b"\xcc" * 3, (5, 3), (0x1000, 0x2000)),
+              Loaded("B", "BPF_MOV uses reserved fields")]
+    side = kernel_side(SCENARIO, loaded, SymbolTable([]))
+    assert side.functions == {"A": (Function(0x1000, b"\x90" * 5), Function(0x2000, b"\xcc" * 3))}
+    assert side.describe(0x2001) == "A/func1+0x1" and "B" not in side.xlated
