@@ -2,7 +2,12 @@
 
 A report shows, for a bucket's (minimised) reproducer:
 
+* one sentence saying what went wrong and in which engine (the engine that
+  stands alone, or the one a what-if model names; for a direct tail-call site,
+  the poke site that does not hold what its slot says it should);
 * the scenario text, ready to paste into ``bpfdiff run``;
+* one timeline: each event, each engine's outcome, and the poke sites whose
+  bytes differ from what the engine expects;
 * every field that diverged, with each engine's value;
 * the BPF listing of every program (``bpftool prog dump xlated`` style);
 * each engine's outcome of every event (R0, exit, tail calls, trace, retval);
@@ -60,6 +65,21 @@ class JitListing:
 class PokeState:
     event: str                          # "after event 2: delete jmp_table 0"
     sites: list[tuple[str, str]]        # (site description, state)
+    index: int | None = None            # the event, None after loading
+    # (site description, actual, expected) of the sites whose bytes are not what the engine expects
+    stale: list[tuple[str, str, str]] = field(default_factory=list)
+    engine: str = "jit"
+
+
+@dataclass
+class TimelineRow:
+    """One event: what each engine made of it, and the poke sites that went wrong after it."""
+
+    index: int
+    event: str
+    outcomes: dict[str, str]
+    differs: bool
+    stale: list[tuple[str, str, str]] = field(default_factory=list)   # (site, actual, expected)
 
 
 @dataclass
@@ -82,6 +102,8 @@ class ReportData:
     jit: list[JitListing]
     pokes: list[PokeState]
     notes: list[str] = field(default_factory=list)
+    verdict: str = ""                  # one sentence: what went wrong, in which engine
+    timeline: list[TimelineRow] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------
@@ -129,11 +151,107 @@ def collect_report(bucket: Any, title: str) -> ReportData:
         run = _run_at(events, event_index)
         if run is not None:
             data.traces[engine] = list(run.trace)
+    all_pokes: list[PokeState] = []
     for engine in engines:
         listings, pokes = _jit_views(scenario, engine, rep.profile, rep.bugs, event_index, outcomes, notes)
         data.jit += listings
-        data.pokes = data.pokes or pokes
+        all_pokes += pokes
+    data.pokes = [state for state in all_pokes if state.index is None or
+                  not isinstance(scenario.events[state.index], Run)]
+    data.timeline = _timeline(scenario, outcomes, verdict, all_pokes)
+    data.verdict = verdict_sentence(data.divergences[0] if data.divergences else None, scenario, data.timeline)
     return data
+
+
+def _short_outcome(outcome: Any) -> str:
+    run = outcome.run
+    if run is None:
+        return f"retval {outcome.retval}"
+    ending = f"r0=0x{run.r0:x}" if run.exit == "exit" else f"{run.exit} {run.fault_kind or ''}".strip()
+    return f"{ending} tail_calls={run.tail_calls}"
+
+
+def _timeline(scenario: Scenario, outcomes: dict[str, list[Any]], verdict: Any,
+              pokes: list[PokeState]) -> list[TimelineRow]:
+    differing = {d.event_index for d in verdict.differences} if verdict is not None else set()
+    rows = []
+    for index in range(len(scenario.events)):
+        shown = {engine: _short_outcome(seq[index]) for engine, seq in outcomes.items() if index < len(seq)}
+        stale = [(f"{state.engine}: {site}", actual, expected) for state in pokes if state.index == index
+                 for site, actual, expected in state.stale]
+        rows.append(TimelineRow(index, _describe_event(scenario, index).split(": ", 1)[1], shown,
+                                index in differing, stale))
+    return rows
+
+
+_MODEL_WORDS = {
+    "limit+1": "as if MAX_TAIL_CALL_CNT were one higher",
+    "limit-1": "as if MAX_TAIL_CALL_CNT were one lower",
+    "subprog-reset": "as if the tail-call counter restarted at zero in every subprogram",
+    "odd": "against all the other engines",
+}
+_FIELD_VERBS = {"tail_calls": "takes {} tail calls", "r0": "returns {}", "trace": "enters {}",
+                "exit": "ends with {}", "fault_kind": "faults with {}", "retval": "returns {}",
+                "maps": "leaves the maps as {}", "mem": "leaves the memory as {}"}
+
+
+def _wrong_engine(finding: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The engine a finding blames and the model that explains it, from its odd one or signature."""
+    if finding.get("odd"):
+        relation = finding["signature"].split(":")[3] if finding["kind"] == "divergence" else "odd"
+        return finding["odd"], relation.split("@", 1)[1] if "@" in relation else "odd"
+    parts = finding["signature"].split(":")
+    if finding["kind"] == "divergence" and len(parts) > 3 and "@" in parts[3]:
+        engine, model = parts[3].split("@", 1)
+        return engine, model
+    if finding["kind"] in ("violation", "crash", "refused") and len(parts) > 2:
+        return parts[2], None
+    return None, None
+
+
+def verdict_sentence(finding: dict[str, Any] | None, scenario: Scenario, timeline: list[TimelineRow]) -> str:
+    """One sentence: what went wrong, and in which engine."""
+    if finding is None:
+        return "The engines agree on this scenario: the finding does not reproduce."
+    for row in timeline:
+        if row.stale and (finding["event_index"] is None or row.index <= finding["event_index"]):
+            site, actual, expected = row.stale[0]
+            engine, where = site.split(": ", 1)
+            return (f"After `{row.event}` (event {row.index}) the {where} in {engine} holds `{actual}` where "
+                    f"`{expected}` was expected: {engine} did not re-patch its direct tail-call site.")
+    engine, model = _wrong_engine(finding)
+    kind = finding["kind"]
+    if kind == "violation":
+        return f"{engine}'s self-check failed after event {finding['event_index']}: {finding['values'].get(engine)}."
+    if kind == "crash":
+        return f"{engine} crashed: {finding['values'].get(engine)}."
+    if kind == "refused":
+        return f"{engine} refuses to load a program that the other engines load and run: {finding['values'][engine]}."
+    index, name, values = finding["event_index"], finding["field"], finding["values"]
+    event = f"`{timeline[index].event}` (event {index})" if index is not None and index < len(timeline) else \
+        f"event {index}"
+    verb = _FIELD_VERBS.get(name or "", f"has {name} {{}}")
+    if kind == "known":
+        explained = finding["detail"].split(" -- ")[-1]
+        return f"At {event} the engines differ as the profile's real kernel does: {explained}."
+    if engine in values:
+        others = sorted({v for e, v in values.items() if e != engine})
+        who = ", ".join(e for e in values if e != engine)
+        why = f" ({_MODEL_WORDS[model]})" if model in _MODEL_WORDS else ""
+        several = sum(1 for e in values if e != engine) > 1
+        clause = _other_clause(verb, others) if several else verb.format(" or ".join(others))
+        return f"At {event} {engine} {verb.format(values[engine])} where {who} {clause}{why}."
+    shown = "; ".join(f"{e} {verb.format(v)}" for e, v in values.items())
+    return f"At {event} the engines disagree: {shown}."
+
+
+def _other_clause(verb: str, others: list[str]) -> str:
+    """``take 33 tail calls`` for the other engines (the verb in the plural)."""
+    text = verb.format(" or ".join(others))
+    first, _, rest = text.partition(" ")
+    plural = {"takes": "take", "returns": "return", "enters": "enter", "ends": "end", "faults": "fault",
+              "leaves": "leave", "has": "have"}.get(first, first)
+    return f"{plural} {rest}"
 
 
 def _verdict(scenario: Scenario, profile: str, bugs: frozenset[str], engines: tuple[str, ...]) -> Any:
@@ -239,10 +357,8 @@ def _collect_code(scenario: Scenario, engine_name: str, profile: str, bugs: froz
         programs: dict[str, Any] = {}
         for step in engine.inspect(scenario, stop):
             programs = step.programs
-            if step.index is None:
-                pokes.append(PokeState("after loading", _poke_sites(programs)))
-            elif not isinstance(scenario.events[step.index], Run):
-                pokes.append(PokeState(f"after event {_describe_event(scenario, step.index)}", _poke_sites(programs)))
+            label = "after loading" if step.index is None else f"after event {_describe_event(scenario, step.index)}"
+            pokes.append(PokeState(label, _poke_sites(programs), step.index, _stale_sites(programs), engine_name))
         if not programs:
             raise JitUnavailable("no program was loaded")
         entered = _entered_programs(outcomes, event_index) or [p.name for p in scenario.programs]
@@ -290,6 +406,20 @@ def _describe_patch(programs: dict[str, Any], site: int, code: bytes) -> str:
         target = site + 5 + int.from_bytes(code[1:], "little", signed=True)
         return f"jmp {_describe_address(programs, target)}"
     return f"unexpected bytes {code.hex()}"
+
+
+def _stale_sites(programs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(site, actual, expected) of every poke site whose bytes are not what the engine expects."""
+    stale = []
+    for name, program in programs.items():
+        for image in program.images:
+            for poke in image.poke_sites:
+                if poke.expected is not None and poke.expected != poke.current:
+                    where = (f"direct tail-call {poke.kind} of {name} ({poke.map}[{poke.key}], "
+                             f"xlated pc {poke.insn_idx})")
+                    stale.append((where, _describe_patch(programs, poke.address, poke.current),
+                                  _describe_patch(programs, poke.address, poke.expected)))
+    return stale
 
 
 def _poke_sites(programs: dict[str, Any]) -> list[tuple[str, str]]:
@@ -358,6 +488,8 @@ def _focus_pcs(insns: Sequence[Any], starts: list[int], name: str, fault: tuple[
 # --------------------------------------------------------------------------
 def render_markdown(data: ReportData) -> str:
     out = [f"# {data.title}", ""]
+    if data.verdict:
+        out += [f"**{_md_cell(data.verdict)}**", ""]
     out.append(f"- signature: `{data.signature}`")
     out += [f"- related signature (shown together by one replay): `{sig}`" for sig in data.related]
     out.append(f"- findings: {data.count}{' (FLAKY: does not reproduce)' if data.flaky else ''}")
@@ -366,6 +498,17 @@ def render_markdown(data: ReportData) -> str:
     out.append(f"- files: {', '.join(data.files)}")
     for note in data.notes:
         out.append(f"- note: {note}")
+    out += ["", "## Scenario", "", "```", data.scenario_text.rstrip(), "```"]
+    if data.timeline:
+        engines = list(data.timeline[0].outcomes)
+        out += ["", "## Timeline", "", "| # | event | " + " | ".join(engines) + " | poke sites not as expected |",
+                "|---:|---|" + "---|" * len(engines) + "---|"]
+        for row in data.timeline:
+            mark = " **differs**" if row.differs else ""
+            stale = "<br>".join(f"{_md_cell(site)}: `{actual}`, expected `{expected}`"
+                                for site, actual, expected in row.stale)
+            out.append(f"| {row.index} | `{_md_cell(row.event)}`{mark} | "
+                       + " | ".join(_md_cell(row.outcomes.get(e, "-")) for e in engines) + f" | {stale} |")
     out += ["", "## Divergence", ""]
     if not data.divergences:
         out.append("none (the engines agree)")
@@ -378,7 +521,6 @@ def render_markdown(data: ReportData) -> str:
         for engine, value in d["values"].items():
             out.append(f"  - {engine}: `{_md_cell(value)}`")
         out += ["", "  ```", *("  " + line for line in str(d["detail"]).splitlines()), "  ```"]
-    out += ["", "## Scenario", "", "```", data.scenario_text.rstrip(), "```"]
     out += ["", "## BPF listing"]
     for name, listing in data.listings.items():
         out += ["", f"### {name}", "", "```", listing.rstrip(), "```"]
@@ -437,6 +579,7 @@ td.code { white-space: pre; }
 tr.mark td { background: #fff3cd; } tr.divergence td { background: #f8d7da; }
 .flaky { color: #8a6d3b; font-weight: bold; } .sig { font-family: ui-monospace, monospace; }
 section.bucket { margin-bottom: 3em; }
+p.verdict { font-size: 1.1em; font-weight: bold; background: #f8d7da; padding: 0.5em; }
 td.detail { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; }
 """
 
@@ -463,7 +606,23 @@ def render_html(reports: Sequence[ReportData], title: str) -> str:
 
 
 def _html_bucket(index: int, data: ReportData) -> str:
-    p = [f'<section class="bucket" id="bucket-{index}"><h2>{_e(data.title)}</h2><ul>']
+    p = [f'<section class="bucket" id="bucket-{index}"><h2>{_e(data.title)}</h2>']
+    if data.verdict:
+        p.append(f'<p class="verdict">{_e(data.verdict)}</p>')
+    p.append(f"<h3>Scenario</h3><pre>{_e(data.scenario_text)}</pre>")
+    if data.timeline:
+        engines = list(data.timeline[0].outcomes)
+        p.append("<h3>Timeline</h3><table><tr><th>#</th><th>event</th>"
+                 + "".join(f"<th>{_e(e)}</th>" for e in engines) + "<th>poke sites not as expected</th></tr>")
+        for row in data.timeline:
+            cls = ' class="divergence"' if row.differs else (' class="mark"' if row.stale else "")
+            stale = "<br>".join(f"{_e(site)}: <code>{_e(actual)}</code>, expected <code>{_e(expected)}</code>"
+                                for site, actual, expected in row.stale)
+            p.append(f'<tr{cls}><td>{row.index}</td><td class="code">{_e(row.event)}</td>'
+                     + "".join(f'<td class="code">{_e(row.outcomes.get(e, "-"))}</td>' for e in engines)
+                     + f"<td>{stale}</td></tr>")
+        p.append("</table>")
+    p.append("<ul>")
     p.append(f'<li>signature: <span class="sig">{_e(data.signature)}</span></li>')
     p += [f'<li>related signature (shown together by one replay): <span class="sig">{_e(sig)}</span></li>'
           for sig in data.related]
@@ -490,7 +649,7 @@ def _html_bucket(index: int, data: ReportData) -> str:
         p.append("</table>")
     else:
         p.append("<p>none (the engines agree)</p>")
-    p.append(f"<h3>Scenario</h3><pre>{_e(data.scenario_text)}</pre><h3>BPF listing</h3>")
+    p.append("<h3>BPF listing</h3>")
     for name, listing in data.listings.items():
         p.append(f"<h4>{_e(name)}</h4><pre>{_e(listing)}</pre>")
     p.append("<h3>Outcomes per engine</h3>")

@@ -1,0 +1,49 @@
+"""A triage report opens with one sentence saying what went wrong and in which engine,
+then the reproducer and one timeline (each engine's outcome per event, the poke sites
+whose bytes are not what the engine expects)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bpfdiff.fuzz.report import collect_report, render_markdown
+from bpfdiff.fuzz.triage import triage
+from test_oracle import DELETE, SELF_LOOP_DIRECT
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "corpus" / "examples"
+
+
+def report_of(tmp_path: Path, text: str, bug: str):
+    crashes = tmp_path / "crashes"
+    crashes.mkdir()
+    (crashes / "finding.scn").write_text(text + f"-- meta\nprofile linux-6.1\ninject {bug}\n")
+    (bucket,) = triage(crashes)
+    return collect_report(bucket, "Bucket 1")
+
+
+def test_a_skipped_poke_is_named_by_the_site_that_kept_its_jump(tmp_path: Path) -> None:
+    data = report_of(tmp_path, DELETE, "poke-skip-delete")
+    assert data.verdict == ("After `delete jmp 1` (event 2) the direct tail-call site of caller (jmp[1], xlated pc 3) "
+                            "in jit holds `jmp a+0xb` where `nop5` was expected: jit did not re-patch its direct "
+                            "tail-call site.")
+    rows = {row.index: row for row in data.timeline}
+    assert [row.index for row in data.timeline if row.differs] == [3]
+    assert rows[1].stale == [] and rows[3].outcomes == {"interp": "r0=0x1 tail_calls=0", "jit": "r0=0xa tail_calls=1"}
+    assert rows[2].stale[0] == ("jit: direct tail-call site of caller (jmp[1], xlated pc 3)", "jmp a+0xb", "nop5")
+    text = render_markdown(data)
+    # the sentence first, the reproducer before the details
+    assert text.splitlines()[2] == f"**{data.verdict}**"
+    assert text.index("## Scenario") < text.index("## Timeline") < text.index("## Divergence")
+
+
+@pytest.mark.parametrize("bug,text,sentence", [
+    ("tail-call-limit-ja", SELF_LOOP_DIRECT,
+     "At `run loop` (event 1) jit takes 34 tail calls where interp takes 33 tail calls "
+     "(as if MAX_TAIL_CALL_CNT were one higher)."),
+    ("interp-tail-call-limit", SELF_LOOP_DIRECT,
+     "At `run loop` (event 1) interp takes 32 tail calls where jit takes 33 tail calls "
+     "(as if MAX_TAIL_CALL_CNT were one lower)."),
+])
+def test_a_counter_bug_is_named_by_its_engine_and_model(tmp_path: Path, bug: str, text: str, sentence: str) -> None:
+    assert report_of(tmp_path, text, bug).verdict == sentence
