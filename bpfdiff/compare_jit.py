@@ -32,7 +32,6 @@ import argparse
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bpfdiff import isa
@@ -365,7 +364,8 @@ def our_side(engine: Any, scenario: Scenario, prog: str) -> CodeSide:
 
 # -- the kernel's side -----------------------------------------------------------------------------
 class SymbolTable:
-    """Kernel text symbols from a ``System.map`` (the guest boots with ``nokaslr``: addresses as linked)."""
+    """Kernel text symbols, from the guest's ``/proc/kallsyms`` (addresses as the running kernel has
+    them, KASLR included; Debian's ``boot/System.map`` is a one-line stub pointing at the -dbg package)."""
 
     TEXT_TYPES = frozenset("TtWw")
 
@@ -457,6 +457,13 @@ def cause(mismatch: Mismatch) -> str:
     return f"{mismatch.kind}: {reason}: ours {shape(mismatch.ours)} / kernel {shape(mismatch.kernel)}"
 
 
+def refusal_cause(error: str) -> str:
+    """A refusal message without its numbers."""
+    import re
+
+    return re.sub(r"0x[0-9a-f]+|\b\d+\b", "N", error.removeprefix("kernel refused: "))[:100]
+
+
 def compare_scenarios(scenarios: Sequence[tuple[str, Scenario]], profile: str, guest: Any, symbols: SymbolTable,
                       report: Callable[[str], None]) -> list[ProgramComparison]:
     """Every program of every scenario, ours against the kernel's (freshly loaded, slots empty)."""
@@ -499,8 +506,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first generator seed for --generated (default 0)")
     parser.add_argument("--profile", help="our profile (default: each file's meta, else linux-6.1)")
     parser.add_argument("--kernel", metavar="NAME|PATH", help="the real kernel (default: the profile's)")
-    parser.add_argument("--system-map", metavar="PATH",
-                        help="the kernel's System.map (default: the one set up with the kernel)")
     parser.add_argument("--causes", type=int, default=10, metavar="K",
                         help="show the K most common causes of mismatches (default 10)")
 
@@ -531,40 +536,24 @@ def main(args: argparse.Namespace) -> int:
     """Compare, print each mismatch, the most common causes, and last the three numbers."""
     from collections import Counter
 
-    from bpfdiff.inputs import InputError
     from bpfdiff.kernel.guest import Guest
     from bpfdiff.kernel.image import profile_kernel
 
     profile, scenarios = scenarios_of(args)
     guest = Guest.start(args.kernel or profile_kernel(profile))
     try:
-        path = Path(args.system_map) if args.system_map else system_map_of(guest.image)
-        try:
-            symbols = SymbolTable.parse(path.read_text())
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the kernel's System.map: {exc.strerror or exc}") from None
+        symbols = SymbolTable.parse(guest.read_file("/proc/kallsyms").decode(errors="replace"))
         results = compare_scenarios(scenarios, profile, guest, symbols, print)
     finally:
         guest.close()
     causes = Counter(cause(m) for r in results for m in (r.xlated, r.jited) if m is not None)
     causes.update(r.error.split(":")[0] for r in results if r.error is not None and r.accepted)
-    if causes:
-        print(f"most common causes (of {sum(causes.values())}):")
-        for text, count in causes.most_common(args.causes):
-            print(f"  {count:5d}  {text}")
+    refusals = Counter(refusal_cause(r.error) for r in results if not r.accepted and r.error is not None)
+    for title, tally in (("refusals by the kernel", refusals), ("mismatches", causes)):
+        if tally:
+            print(f"most common {title} (of {sum(tally.values())}):")
+            for text, count in tally.most_common(args.causes):
+                print(f"  {count:5d}  {text}")
     for line in summary_lines(results):
         print(line)
     return 0
-
-
-def system_map_of(image: Any) -> Path:
-    """The System.map that belongs to a kernel set up by ``bpfdiff kernel setup``: kept next to
-    the Debian package's vmlinuz, or at the top of the tree a bzImage was built in."""
-    candidates = [Path(image.dir) / "System.map"]
-    built = Path(str(image.name))
-    if built.name == "bzImage" and len(built.resolve().parents) > 3:
-        candidates.append(built.resolve().parents[3] / "System.map")
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    return candidates[0]
