@@ -109,6 +109,9 @@ def _bpf_text(data: bytes, pc: int, side: CodeSide) -> str:
         text = xlated_insn(pc, insns, map_id=lambda name: 0)
     except Exception:  # noqa: BLE001 - a slot the printer does not know is shown raw
         text = "(unknown)"
+    insn = insns[pc]
+    if insn.opcode == isa.CALL_OPCODE and insn.src == 0:
+        text += f" <{side.call_target(insn.imm) or '?'}>"     # what the call's imm names on this side
     return f"{pc}: {text}  [{data[8 * pc:8 * pc + 8].hex()}]"
 
 

@@ -126,6 +126,9 @@ class Finding:
     detail: str
     # With three or more engines: the engine that stands alone against the others.
     odd: str | None = None
+    # Other signatures that explain this finding just as well (two what-if models
+    # give identical outcomes on this input): triage joins it to one of their buckets.
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclass
@@ -488,14 +491,15 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     # Forcing the JIT's tail calls indirect can only explain a divergence the JIT is part of.
     jit_suspect = odd is None or odd == "jit"
     sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe and jit_suspect else "any"
+    models: list[str] = []       # the what-if models that explain it, when asked
     if sites == "direct":
         relation = trigger_event(scenario, verdict.outcomes, index, profile)
         if odd is not None:
             relation = f"{odd}@{relation}"
     elif odd is not None:
-        model = probe_what_if(scenario, verdict, profile, pool, index, only=odd) \
-            if probe and what == "control" else None
-        relation = model or f"{odd}@odd"
+        models = what_if_models(scenario, verdict, profile, pool, index, only=odd) \
+            if probe and what == "control" else []
+        relation = models[0] if models else f"{odd}@odd"
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
         if what != "control":
@@ -503,7 +507,8 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
         elif probe:
             # no what-if model explains it: the counts alone would split one bug
             # into several buckets (they depend on the input), so say nothing more
-            relation = probe_what_if(scenario, verdict, profile, pool, index) or "other"
+            models = what_if_models(scenario, verdict, profile, pool, index)
+            relation = models[0] if models else "other"
         else:
             relation = tail_call_relation(counts, profile)
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
@@ -516,8 +521,9 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     for d in diffs:
         shown = "  ".join(f"{e}={format_value(d.field, v)}" for e, v in d.values.items())
         lines.append(f"  {d.field}: {shown}"[:600])
+    alternatives = tuple(f"{DIVERGENCE}:{profile.name}:{what}:{other}:{sites}" for other in models[1:])
     return Finding(DIVERGENCE, f"{DIVERGENCE}:{profile.name}:{what}:{relation}:{sites}", index, primary.field,
-                   values, "\n".join(lines), odd)
+                   values, "\n".join(lines), odd, alternatives)
 
 
 def _describe(event: object) -> str:
@@ -545,9 +551,18 @@ def probe_sites(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: fr
 
 def probe_what_if(scenario: Scenario, verdict: Verdict, profile: Profile, pool: EnginePool,
                   index: int, only: str | None = None) -> str | None:
-    """``ENGINE@MODEL``: the engine that runs like the clean interpreter under a what-if
-    counter rule (:data:`WHAT_IF_MODELS`), and not like it under the profile's own
-    (``only``: ask about that engine alone).
+    """The first of :func:`what_if_models`, or None."""
+    models = what_if_models(scenario, verdict, profile, pool, index, only)
+    return models[0] if models else None
+
+
+def what_if_models(scenario: Scenario, verdict: Verdict, profile: Profile, pool: EnginePool,
+                   index: int, only: str | None = None) -> list[str]:
+    """``ENGINE@MODEL`` for every what-if counter rule (:data:`WHAT_IF_MODELS`, in
+    order) under which the clean interpreter runs like that engine where it does
+    not under the profile's own rule (``only``: ask about that engine alone); the
+    first names the finding, the others are alternatives (e.g. one tail call
+    before a subprogram: a lost counter and a limit one higher look the same).
 
     A limit off by one shows as one tail call more or less wherever a chain
     reaches the limit -- how many calls that is in total depends on how many
@@ -560,6 +575,7 @@ def probe_what_if(scenario: Scenario, verdict: Verdict, profile: Profile, pool: 
         return not [d for d in compare_outcomes({"a": a, "b": b}, observations) if d.event_index <= index]
 
     suspects = {name: seq for name, seq in verdict.outcomes.items() if only is None or name == only}
+    found: list[str] = []
     try:
         clean = pool.get("interp", profile.name, frozenset()).execute(scenario)
         for model, _ in WHAT_IF_MODELS:
@@ -568,11 +584,15 @@ def probe_what_if(scenario: Scenario, verdict: Verdict, profile: Profile, pool: 
                 continue
             what_if = engine.execute(scenario)
             for name, seq in suspects.items():
+                # once an engine is named, only other models of that engine are alternatives
+                if found and not found[0].startswith(f"{name}@"):
+                    continue
                 if agrees(what_if, seq, name) and not agrees(clean, seq, name):
-                    return f"{name}@{model}"
+                    found.append(f"{name}@{model}")
+                    break
     except Exception:  # noqa: BLE001 - the probe only refines a signature
-        return None
-    return None
+        return found
+    return found
 
 
 def close_default_pool() -> None:

@@ -51,6 +51,8 @@ class FindingRecord:
     # The profile's kernel would not load it (the verifier model): ``PATH:LINE: prog NAME
     # insn N: reason``.  Not a divergence: it is neither replayed nor bucketed.
     refused: str | None = None
+    # Signatures that explain the primary finding just as well (ambiguous what-if models).
+    alternatives: tuple[str, ...] = ()
 
     @property
     def reproduces(self) -> bool:
@@ -193,6 +195,7 @@ def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[st
         record.unstable = True
         return record
     record.signature = None if verdict.ok else verdict.signature
+    record.alternatives = tuple(getattr(verdict.findings[0], "alternatives", ())) if verdict.findings else ()
     record.all_signatures = tuple(dict.fromkeys(f.signature for f in verdict.findings))
     return record
 
@@ -208,8 +211,12 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
     With ``merge_related``, two signatures go into one bucket when some replay
     shows both (e.g. a divergence through a stale direct jump and the JIT's
     self-check violation of that very poke site): symptoms one scenario
-    exhibits together are one bug.  The bucket is named after its most common
-    primary signature; the others are listed as related.
+    exhibits together are one bug.  A signature whose findings are all
+    ambiguous (another what-if model explains each of them as well) joins the
+    bucket of such an alternative that some finding shows unambiguously: the
+    input could not tell the two apart, the other findings can.  The bucket is
+    named after its most common primary signature; the others are listed as
+    related.
     """
     records = list(records)
     groups: dict[tuple[str, bool], list[FindingRecord]] = {}
@@ -237,13 +244,25 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
                 for other in record.all_signatures:
                     if other in parent:
                         parent[root(other)] = root(str(record.signature))
+        plain = {str(r.signature) for r in records if r.reproduces and not r.alternatives}
+        for (sig, flaky), members in groups.items():
+            if flaky or not all(m.alternatives for m in members):
+                continue
+            choices = [alt for alt in members[0].alternatives if alt in plain and alt in parent]
+            if choices:
+                # the alternative most findings show unambiguously
+                best = max(choices, key=lambda alt: len(groups[(alt, False)]))
+                if root(sig) != root(best):
+                    parent[root(sig)] = root(best)
     merged: dict[tuple[str, bool], list[tuple[str, list[FindingRecord]]]] = {}
     for (sig, flaky), members in groups.items():
         merged.setdefault((root(sig), False) if not flaky else (sig, True), []).append((sig, members))
     buckets = []
     for (_, flaky), parts in merged.items():
         # Name: the signature most findings have; divergences before violations and crashes on ties.
-        parts.sort(key=lambda part: (-len(part[1]), not part[0].startswith("divergence"), part[0]))
+        # (a signature only ambiguous findings have never names a bucket it was joined to)
+        parts.sort(key=lambda part: (all(m.alternatives for m in part[1]), -len(part[1]),
+                                     not part[0].startswith("divergence"), part[0]))
         bucket = Bucket(signature=parts[0][0], flaky=flaky, related=[sig for sig, _ in parts[1:]])
         for _, members in parts:
             bucket.findings.extend(members)

@@ -47,3 +47,24 @@ def test_a_skipped_poke_is_named_by_the_site_that_kept_its_jump(tmp_path: Path) 
 ])
 def test_a_counter_bug_is_named_by_its_engine_and_model(tmp_path: Path, bug: str, text: str, sentence: str) -> None:
     assert report_of(tmp_path, text, bug).verdict == sentence
+
+
+def test_an_ambiguous_finding_joins_the_bucket_of_the_model_other_findings_show(tmp_path: Path) -> None:
+    from bpfdiff.fuzz.oracle import run_oracle
+    from test_oracle import SUBPROG_CHAIN, SUBPROG_CHAIN_TWO_HOPS, scenario
+
+    # one tail call before the subprogram: a lost counter and a limit one higher look the same
+    ambiguous = run_oracle(scenario(SUBPROG_CHAIN), bugs=frozenset({"tail-call-limit-ja"})).findings[0]
+    assert ambiguous.signature == "divergence:linux-6.1:control:jit@subprog-reset:any"
+    assert ambiguous.alternatives == ("divergence:linux-6.1:control:jit@limit+1:any",)
+    for bug, other, name in [("tail-call-limit-ja", SELF_LOOP_DIRECT, "jit@limit+1"),
+                             ("subprog-counter-reset", SUBPROG_CHAIN_TWO_HOPS, "jit@subprog-reset")]:
+        crashes = tmp_path / bug
+        crashes.mkdir()
+        meta = f"-- meta\nprofile linux-6.1\ninject {bug}\n"
+        (crashes / "a-ambiguous.scn").write_text(SUBPROG_CHAIN + meta)
+        (crashes / "b-plain.scn").write_text(other + meta)
+        (bucket,) = triage(crashes)
+        assert bucket.signature == f"divergence:linux-6.1:control:{name}:any" and bucket.count == 2
+        # without merging, the input that cannot tell the models apart stays apart
+        assert len(triage(crashes, merge_related=False)) == (2 if bug == "tail-call-limit-ja" else 1)
