@@ -269,3 +269,42 @@ def test_refusal_shape_keeps_the_words_not_the_numbers() -> None:
         "invalid bpf_context access off=N size=N"
     assert refusal_shape("R2 !read_ok") == "RN !read_ok"
     assert refusal_shape("") == "?"
+
+
+# -- `bpfdiff run` with N engines -------------------------------------------------------------
+def test_run_names_the_odd_engine_and_compares_only_what_each_observes(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    import bpfdiff.engine as engine_module
+    from bpfdiff import cli
+    from bpfdiff.commands import run as run_command
+
+    engines = {"a": Observation(), "b": Observation(), "k": KERNEL}
+
+    class Scripted(Engine):
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.observes = engines[name].observes
+            self.r0_bits = engines[name].r0_bits
+
+        def execute(self, scenario):
+            # k shows no trace and R0's low 32 bits; on the second run it returns 7 where a and b return 6
+            r0 = {"a": 0x1_0000_0006, "b": 0x1_0000_0006, "k": 7}[self.name]
+            trace = () if self.name == "k" else ("p",)
+            return [EventOutcome(0, "run", run=run_result(r0=r0 if self.name != "k" else 6, trace=trace)),
+                    EventOutcome(1, "run", run=run_result(r0=r0, trace=trace))]
+
+    monkeypatch.setattr(engine_module, "engine_names", lambda: tuple(engines))
+    monkeypatch.setattr(run_command, "make_engine", lambda name, **_: Scripted(name))
+    path = tmp_path / "s.scn"
+    path.write_text("-- prog p\nmov %r0, 6\nexit\n-- events\nrun p\nrun p\n")
+    assert cli.main(["run", str(path), "--engines", "a,b,k"]) == 1
+    out = capsys.readouterr().out
+    assert "[0] run p:" in out and "[0] run p: ENGINES DIFFER" not in out     # 0x100000006 is 6 to k
+    assert "[1] run p: ENGINES DIFFER (k stands alone)" in out
+    assert "event 1 (run) r0:  a 0x6 | b 0x6 | k 0x7" in out
+    assert cli.main(["run", str(path), "--engines", "a,b,k", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["odd_one_out"] == "k"
+    assert report["observes"]["k"] == {"fields": sorted(KERNEL_OBSERVES), "r0_bits": 32}
+    assert [d["field"] for d in report["differences"]] == ["r0"]
