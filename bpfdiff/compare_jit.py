@@ -136,6 +136,11 @@ def compare_xlated(prog: str, ours: CodeSide, kernel: CodeSide) -> Mismatch | No
 
 def _xlated_slot_difference(a: list, b: list, pc: int, ours: CodeSide, kernel: CodeSide) -> str | None:
     (a_op, a_dst, a_src, a_off, a_imm), (b_op, b_dst, b_src, b_off, b_imm) = a[pc], b[pc]
+    if a_op == b_op == isa.CALL_OPCODE and a_src == b_src == isa.BPF_PSEUDO_CALL and a[pc] != b[pc]:
+        return f"bpf-to-bpf call: ours off {a_off} imm {a_imm}, kernel off {b_off} imm {b_imm}"
+    if (a_op, a_dst, a_src, a_imm) == (b_op, b_dst, b_src, b_imm) and a_off != b_off \
+            and a_op & 0x07 in (isa.BPF_JMP, isa.BPF_JMP32):
+        return "jump offset: the code it jumps over differs"
     if (a_op, a_dst, a_src, a_off) != (b_op, b_dst, b_src, b_off):
         return "bytes"
     if a_op == isa.LDDW_OPCODE and a_src in (isa.BPF_PSEUDO_MAP_FD, isa.BPF_PSEUDO_MAP_VALUE):
@@ -263,14 +268,27 @@ def _x86_difference(la: JitedLine, lb: JitedLine, fa: Function, fb: Function, ou
         inside = fa.base <= a_target < fa.base + len(fa.code)
         if a[0] == JMP_REL32 and inside:
             # a jump within the image: position-independent, the bytes must match
-            return None if a == b else "bytes"
+            return None if a == b else "jump displacement: the code it jumps over differs"
         a_what, b_what = ours.describe(a_target), kernel.describe(b_target)
         if a_what is None or b_what is None or a_what != b_what:
             kind = "call" if a[0] == CALL_REL32 else "jump"
             return (f"{kind} target: ours {a_what or f'0x{a_target:x}?'}, "
                     f"kernel {b_what or f'0x{b_target:x}?'}")
         return None
+    if a != b and _same_branch(a, b):
+        return "jump displacement: the code it jumps over differs"
     return None if a == b else "bytes"
+
+
+def _same_branch(a: bytes, b: bytes) -> bool:
+    """Two relative jumps of the same kind and width (jcc/jmp rel8 or rel32), displacements aside."""
+    if len(a) != len(b):
+        return False
+    if len(a) == 2 and (0x70 <= a[0] <= 0x7F or a[0] == 0xEB):
+        return a[0] == b[0]
+    if len(a) == 6 and a[0] == 0x0F and 0x80 <= a[1] <= 0x8F:
+        return a[:2] == b[:2]
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,20 @@ def test_an_unmasked_byte_is_a_difference_shown_disassembled(ours) -> None:
     assert text.splitlines()[0] == "A: jited differs at func 0 +0x1e (bytes)"
 
 
+def test_a_jump_over_different_code_is_named_as_such(ours) -> None:
+    # jae out: +0x14 in the fixture; +0x15 would land one byte later (the code between differs)
+    tail = A_TAIL_EMPTY.replace(bytes.fromhex("7314"), bytes.fromhex("7315"))
+    result = compare_program("A", ours["A"], kernel_side(a_image(tail=tail), kernel_xlated()))
+    assert result.jited.reason == "jump displacement: the code it jumps over differs"
+    assert "jae" in result.jited.ours and "jae" in result.jited.kernel
+    # in the xlated program: the same jump with another offset
+    ours_x = CodeSide("ours", xlated={"p": bytes.fromhex("2d75 0d00 00000000 9500000000000000".replace(" ", ""))})
+    kernel_x = CodeSide("kernel", xlated={"p": bytes.fromhex("2d75 0a00 00000000 9500000000000000".replace(" ", ""))})
+    from bpfdiff.compare_jit import compare_xlated
+
+    assert compare_xlated("p", ours_x, kernel_x).reason == "jump offset: the code it jumps over differs"
+
+
 def test_a_direct_tail_call_must_enter_the_same_program_at_the_same_offset(ours) -> None:
     # after `update jt 0 = B`: bypass -> nop5, site -> jmp B + 11 (X86_TAIL_CALL_OFFSET)
     engine = make_engine("jit", profile="linux-6.1")
