@@ -167,6 +167,36 @@ def track_const_alu(insn: Insn, dst: int | None, src: int | None) -> int | None:
     return result & mask
 
 
+def _signed(value: int, width: int) -> int:
+    return value - (1 << width) if value >> (width - 1) else value
+
+
+BRANCH_OPS = {
+    isa.BPF_JEQ: lambda a, b, sa, sb: a == b, isa.BPF_JNE: lambda a, b, sa, sb: a != b,
+    isa.BPF_JGT: lambda a, b, sa, sb: a > b, isa.BPF_JGE: lambda a, b, sa, sb: a >= b,
+    isa.BPF_JLT: lambda a, b, sa, sb: a < b, isa.BPF_JLE: lambda a, b, sa, sb: a <= b,
+    isa.BPF_JSGT: lambda a, b, sa, sb: sa > sb, isa.BPF_JSGE: lambda a, b, sa, sb: sa >= sb,
+    isa.BPF_JSLT: lambda a, b, sa, sb: sa < sb, isa.BPF_JSLE: lambda a, b, sa, sb: sa <= sb,
+    isa.BPF_JSET: lambda a, b, sa, sb: a & b != 0,
+}
+
+
+def branch_taken(insn: Insn, dst: int | None, src: int | None) -> bool | None:
+    """is_branch_taken for known operands: is the conditional jump taken (None: unknown)?
+
+    ``dst``/``src`` are the u64 values the verifier knows (None: unknown; ``src`` is
+    ignored for an immediate).  jmp32 compares the low halves.
+    """
+    fn = BRANCH_OPS.get(insn.op)
+    operand = (insn.imm & U64) if insn.source == isa.BPF_K else src
+    if fn is None or dst is None or operand is None:
+        return None
+    width = 32 if insn.cls == isa.BPF_JMP32 else 64
+    mask = (1 << width) - 1
+    a, b = dst & mask, operand & mask
+    return fn(a, b, _signed(a, width), _signed(b, width))
+
+
 def tnum_range_mask(max_entries: int) -> int:
     """The mask of tnum_range(0, max_entries - 1): all bits up to the highest set bit of max - 1."""
     return (1 << (max_entries - 1).bit_length()) - 1

@@ -40,10 +40,18 @@ for a privileged (CAP_BPF) program with the JIT on and no constant blinding:
   - pseudo map loads keep their map *name*: the JIT resolves the address
     (``JitEnv.map_addr``), like the kernel's rewrite of the fd into a pointer.
 
-Not modelled (they need the verifier's full value tracking): branch pruning
-and dead-code removal of never-taken paths, spilled-constant tracking for the
-tail-call key, inlining of map helpers.  A site the kernel would make direct
-may come out indirect here, never the reverse; both behave the same.
+* ``map_gen_lookup`` -- ``map_lookup_elem`` on an array or hash map known on
+  every path is inlined (``array_map_gen_lookup``, ``htab_map_gen_lookup``);
+* ``opt_hard_wire_dead_code_branches`` / ``opt_remove_dead_code`` -- a
+  conditional jump whose outcome the constants decide on every path becomes
+  ``ja`` (or ``ja +0``, then removed), unreached instructions are removed;
+* ``opt_subreg_zext_lo32_rnd_hi32`` -- ``w0 = w0`` after a 32-bit cmpxchg.
+
+Constants follow the kernel's rule (:func:`bpfdiff.verifier.track_const_alu`,
+:func:`bpfdiff.verifier.branch_taken`) but with states joined where the
+kernel explores paths apart, and without ranges or spilled registers: a site
+the kernel makes direct may come out indirect here, a branch it removes may
+stay -- never the reverse; both behave the same.
 
 Jumps are re-targeted across every insertion and removal the way
 ``bpf_adj_branches`` does: a jump to a patched instruction lands on the first
@@ -61,7 +69,7 @@ from bpfdiff import isa, xdp
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import Profile, XdpLayout
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, MapDef
-from bpfdiff.verifier import VerifierError, key_in_range, track_const_alu
+from bpfdiff.verifier import VerifierError, branch_taken, key_in_range, track_const_alu
 
 if TYPE_CHECKING:
     from bpfdiff.jit.bpf_jit_comp import JitOptions
@@ -150,6 +158,7 @@ class FunctionFlow:
     def run(self) -> None:
         entry: State = (None,) * 10 + (("f", 0),)
         states: dict[int, State] = {self.start: entry}
+        self.states = states          # its keys: the instructions the verifier sees ("aux->seen")
         work = [self.start]
         while work:
             pc = work.pop()
@@ -225,6 +234,12 @@ class FunctionFlow:
             target = isa.jump_target(pc, insn)
             if insn.op == isa.BPF_JA:
                 return [(target, tuple(r))]
+            dst = r[insn.dst]
+            src = r[insn.src] if insn.source == isa.BPF_X else None
+            outcome = branch_taken(insn, dst[1] if dst is not None and dst[0] == "c" else None,
+                                   src[1] if src is not None and src[0] == "c" else None)
+            if outcome is not None:           # is_branch_taken: only one side is explored
+                return [(target if outcome else nxt, tuple(r))]
             taken, fall = list(r), list(r)
             if cls == isa.BPF_JMP and insn.source == isa.BPF_K:
                 known = ("c", insn.imm & U64)
@@ -550,8 +565,29 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     zext_cmpxchg = {pc for pc, insn in enumerate(insns)
                     if insn.opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG and r0_read_as_64(insns, pc)}
 
-    # opt_remove_nops
+    # opt_hard_wire_dead_code_branches + opt_remove_dead_code (privileged loads): a conditional
+    # jump whose outcome is known on every path becomes `ja` (always taken) or `ja +0` (never,
+    # removed with the nops); instructions no path reaches go.  Only when every function keeps
+    # its entry (a dead bpf-to-bpf call would also remove a subprogram: not modelled).
     orig = list(range(len(insns)))
+    seen = {pc for flow in flows for pc in flow.states}
+    seen |= {pc + 1 for pc in seen if insns[pc].is_lddw}
+    calls_live = all(pc in seen for flow in flows for pc in flow.calls) and all(s in seen for s in starts)
+    if calls_live and len(seen) < len(insns):
+        for pc in sorted(seen):
+            insn = insns[pc]
+            if insn.is_jmp and insn.op in isa.CONDITIONAL_JUMPS:
+                if pc + 1 not in seen:
+                    insns[pc] = Insn(isa.BPF_JMP | isa.BPF_JA, 0, 0, insn.off, 0)     # jmp32 too
+                elif isa.jump_target(pc, insn) not in seen:
+                    insns[pc] = Insn(isa.BPF_JMP | isa.BPF_JA)
+        dead = {pc: [] for pc in range(len(insns)) if pc not in seen}
+        insns, orig, new_start = rebuild(insns, orig, dead)
+        starts = [new_start[s] for s in starts]
+        tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
+        lookups = {new_start[pc]: name for pc, name in lookups.items()}
+
+    # opt_remove_nops
     ja0 = Insn(isa.BPF_JMP | isa.BPF_JA)
     removed = {pc: [] for pc, insn in enumerate(insns) if insn == ja0}
     insns, orig, new_start = rebuild(insns, orig, removed)

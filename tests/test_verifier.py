@@ -21,7 +21,7 @@ from bpfdiff.asm import assemble_program
 from bpfdiff.engine import ProgramRefused
 from bpfdiff.isa import Program
 from bpfdiff.profiles import LINUX_5_5, LINUX_6_1, PROFILES
-from bpfdiff.scenario import Run, Scenario
+from bpfdiff.scenario import MapDef, Run, Scenario
 from bpfdiff.scenario_text import parse_scenario
 from bpfdiff.verifier import VerifierError, check_load, verify
 
@@ -293,3 +293,49 @@ def test_jit_image_adds_0x110_to_the_array_and_0x38_to_the_element() -> None:
     text = [f"{line.mnemonic} {line.operands}" for line in jited_lines(code)]
     assert "add $0x110,%rdi" in text and "add $0x38,%rax" in text
     assert text[text.index("add $0x110,%rdi") + 1] == "mov 0x0(%rsi),%eax"
+
+
+# -- dead branches (opt_hard_wire_dead_code_branches, opt_remove_dead_code) -------------------------
+def test_rfc9669_and32_loses_its_compares_and_the_dead_exit() -> None:
+    # conformance rfc9669_and32: both jne32 are never taken (6.1 knows the and32 results):
+    # hard-wired to `ja +0`, removed with the nops; the `fail:` block is dead and goes too
+    program = prog("mov32 %r1, 0xff00ff00\nand32 %r1, 0x0f0f0f0f\njne32 %r1, 0x0f000f00, fail\n"
+                   "mov32 %r2, 0x55555555\nmov32 %r3, 0x0f0f0f0f\nand32 %r2, %r3\njne32 %r2, 0x05050505, fail\n"
+                   "mov %r0, 1\nexit\nfail:\nmov %r0, 0\nexit\n")
+    assert xlated_hex(program) == ["b401000000ff00ff", "540100000f0f0f0f", "b402000055555555", "b40300000f0f0f0f",
+                                   "5c32000000000000", "b700000001000000", "9500000000000000"]
+    env = JitEnv(alloc_image=lambda n: 0x10000, helper_addr=lambda i: 0, map_addr=lambda m: 0,
+                 map_value_addr=lambda m: 0)
+    code = bpf_int_jit_compile(program, {}, LINUX_6_1, env, JitOptions(), lambda m, k: None).images[0].code
+    assert not any(line.mnemonic.startswith(("cmp", "j")) for line in jited_lines(code))
+
+
+def test_an_always_taken_branch_becomes_straight_line_code() -> None:
+    # jeq r1, 5 with r1 = 5: `ja +2`, the skipped block is dead, then `ja +0` is a nop
+    program = prog("mov %r1, 5\njeq %r1, 5, L\nmov %r0, 1\nexit\nL:\nmov %r0, 2\nexit\n")
+    assert xlated_hex(program) == ["b701000005000000", "b700000002000000", "9500000000000000"]
+
+
+@pytest.mark.parametrize("setup", ["ldxdw %r1, [%r1+0]",            # unknown: a load
+                                   "mov %r1, -5\nneg %r1",          # 6.1 does not track neg
+                                   "mov %r1, 10\ndiv %r1, 2"])      # nor div
+def test_a_branch_on_what_6_1_does_not_know_stays(setup) -> None:
+    program = prog(f"{setup}\njeq %r1, 5, L\nmov %r0, 1\nexit\nL:\nmov %r0, 2\nexit\n")
+    assert xlated_hex(program)[-5:] == ["1501020005000000", "b700000001000000", "9500000000000000",
+                                        "b700000002000000", "9500000000000000"]
+
+
+# -- constants of tail-call keys (track_const_alu) ------------------------------------------------------
+@pytest.mark.parametrize("key, direct", [
+    ("mov32 %r3, 1\nlsh32 %r3, 1", True),      # 2
+    ("mov %r3, 7\nand32 %r3, 2", True),        # 2
+    ("mov %r3, 12\narsh %r3, 2", True),        # 3
+    ("mov %r3, -2\nneg %r3", False),           # 2, but 6.1 does not follow neg: indirect
+    ("mov %r3, 6\nmod %r3, 4", False),         # 2, but no tracking through mod
+])
+def test_direct_tail_call_sites_follow_6_1s_constant_tracking(key, direct) -> None:
+    maps = {"jt": MapDef("jt", "prog_array", 4, 4, 4)}
+    program = prog(f"{key}\nlddw %r2, map:jt\ncall 12\nmov %r0, 0\nexit\n")
+    xlated = [isa.encode([insn]).hex() for insn in verify(program, maps, LINUX_6_1).insns]
+    # BPF_JMP | BPF_TAIL_CALL with imm = poke index + 1 (direct) or 0 (indirect)
+    assert xlated[4] == ("f500000001000000" if direct else "f500000000000000")
