@@ -339,3 +339,12 @@ def test_direct_tail_call_sites_follow_6_1s_constant_tracking(key, direct) -> No
     xlated = [isa.encode([insn]).hex() for insn in verify(program, maps, LINUX_6_1).insns]
     # BPF_JMP | BPF_TAIL_CALL with imm = poke index + 1 (direct) or 0 (indirect)
     assert xlated[4] == ("f500000001000000" if direct else "f500000000000000")
+
+
+def test_minimize_refuses_what_the_kernel_refuses_in_one_line(tmp_path, capsys) -> None:
+    from bpfdiff import cli
+
+    text, expected = INVALID_PROGRAMS["stack.scn"]
+    (tmp_path / "stack.scn").write_text(text)
+    assert cli.main(["minimize", str(tmp_path / "stack.scn")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"bpfdiff: error: {tmp_path}/{expected}"]

@@ -48,6 +48,13 @@ def main(args: argparse.Namespace) -> int:
 
     crash = Path(args.crash)
     scenario, settings = load_finding(crash, profile=args.profile, inject=args.inject, engines=args.engines)
+    from bpfdiff.profiles import get_profile
+    from bpfdiff.verifier import refusal_line
+
+    refused = refusal_line(str(crash), scenario, get_profile(settings.profile))
+    if refused is not None:         # the kernel would not load it: nothing to minimise
+        print(f"bpfdiff: error: {refused}", file=sys.stderr)
+        return 2
     try:
         result = minimize_finding(scenario, profile=settings.profile, bugs=settings.bugs, engines=settings.engines,
                                   time_budget=args.time, progress=None if args.quiet else stderr_progress,
