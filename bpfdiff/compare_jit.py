@@ -379,7 +379,7 @@ def our_side(engine: Any, scenario: Scenario, prog: str) -> CodeSide:
         symbol=lambda address: symbols.get(address),
         map_of_id=names.get,
         # our xlated program keeps the helper's id in a call: its kernel function's name
-        call_target=lambda imm: f"bpf_{helper_name(imm)}",
+        call_target=lambda imm: isa.KERNEL_FUNC_NAMES.get(imm) or f"bpf_{helper_name(imm)}",
     )
 
 

@@ -146,9 +146,46 @@ BPF_FUNC_get_prandom_u32 = 7
 BPF_FUNC_get_smp_processor_id = 8
 BPF_FUNC_tail_call = 12
 # Kernel functions the verifier's rewrites call directly (xlated code only; ``imm`` is
-# bpfdiff's own id for them, the kernel's is an address): the inlined hash lookup.
+# bpfdiff's own id for them, the kernel's is an address): the inlined hash lookup, the map
+# type's own update/delete (do_misc_fixups: ``ops->map_update_elem``...), and the functions
+# of the helpers whose prototype points elsewhere than ``bpf_<name>``.
 KERNEL_FUNC_htab_map_lookup_elem = 500
-KERNEL_FUNC_NAMES = {KERNEL_FUNC_htab_map_lookup_elem: "__htab_map_lookup_elem"}
+KERNEL_FUNC_array_map_update_elem = 501
+KERNEL_FUNC_array_map_delete_elem = 502
+KERNEL_FUNC_htab_map_update_elem = 503
+KERNEL_FUNC_htab_map_delete_elem = 504
+KERNEL_FUNC_bpf_user_rnd_u32 = 505
+KERNEL_FUNC_bpf_get_raw_cpu_id = 506
+KERNEL_FUNC_NAMES = {
+    KERNEL_FUNC_htab_map_lookup_elem: "__htab_map_lookup_elem",
+    KERNEL_FUNC_array_map_update_elem: "array_map_update_elem",
+    KERNEL_FUNC_array_map_delete_elem: "array_map_delete_elem",
+    KERNEL_FUNC_htab_map_update_elem: "htab_map_update_elem",
+    KERNEL_FUNC_htab_map_delete_elem: "htab_map_delete_elem",
+    KERNEL_FUNC_bpf_user_rnd_u32: "bpf_user_rnd_u32",
+    KERNEL_FUNC_bpf_get_raw_cpu_id: "bpf_get_raw_cpu_id",
+}
+# The helper whose semantics each one has (the engines run them as that helper).
+KERNEL_FUNC_HELPER = {
+    KERNEL_FUNC_array_map_update_elem: BPF_FUNC_map_update_elem,
+    KERNEL_FUNC_array_map_delete_elem: BPF_FUNC_map_delete_elem,
+    KERNEL_FUNC_htab_map_update_elem: BPF_FUNC_map_update_elem,
+    KERNEL_FUNC_htab_map_delete_elem: BPF_FUNC_map_delete_elem,
+    KERNEL_FUNC_bpf_user_rnd_u32: BPF_FUNC_get_prandom_u32,
+    KERNEL_FUNC_bpf_get_raw_cpu_id: BPF_FUNC_get_smp_processor_id,
+}
+# do_misc_fixups' patch_map_ops_generic: (helper, map kind) -> the map type's function
+MAP_OPS_FUNC = {
+    (BPF_FUNC_map_update_elem, "array"): KERNEL_FUNC_array_map_update_elem,
+    (BPF_FUNC_map_delete_elem, "array"): KERNEL_FUNC_array_map_delete_elem,
+    (BPF_FUNC_map_update_elem, "hash"): KERNEL_FUNC_htab_map_update_elem,
+    (BPF_FUNC_map_delete_elem, "hash"): KERNEL_FUNC_htab_map_delete_elem,
+}
+# patch_call_imm: the function of the prototype the verifier found (bpf_base_func_proto)
+HELPER_FUNC = {
+    BPF_FUNC_get_prandom_u32: KERNEL_FUNC_bpf_user_rnd_u32,
+    BPF_FUNC_get_smp_processor_id: KERNEL_FUNC_bpf_get_raw_cpu_id,
+}
 
 _SLOT = struct.Struct("<BBhi")
 SLOT_SIZE = _SLOT.size

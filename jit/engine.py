@@ -223,6 +223,8 @@ class JitEngine(Engine):
             value = call_helper(self, isa.BPF_FUNC_map_lookup_elem, r1, r2, r3, r4, r5)
             bpf_map = self.map_by_addr[r1]
             return value - htab_value_offset(self.profile, bpf_map.key_size) if value else 0
+        # the functions the verifier's rewrites call (array_map_update_elem...): their helper's semantics
+        helper_id = isa.KERNEL_FUNC_HELPER.get(helper_id, helper_id)
         return call_helper(self, helper_id, r1, r2, r3, r4, r5)
 
     # -- JitEnv -------------------------------------------------------------------------

@@ -219,7 +219,8 @@ class FunctionFlow:
                     self.access(a, 0)
                 if insn.is_tail_call:
                     self.record_tail_call(pc, r[2], r[3])
-                elif insn.imm == isa.BPF_FUNC_map_lookup_elem:
+                elif insn.imm in (isa.BPF_FUNC_map_lookup_elem, isa.BPF_FUNC_map_update_elem,
+                                  isa.BPF_FUNC_map_delete_elem):
                     # record_func_map: one map on every path, or "poisoned" (None)
                     map_name = r[1][1] if r[1] is not None and r[1][0] == "m" else None
                     if self.lookups.get(pc, map_name) != map_name:
@@ -617,6 +618,12 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
             gen_lookup = MAP_GEN_LOOKUP.get(maps[lookups[pc]].kind)
             if gen_lookup is not None:
                 patches[pc] = gen_lookup(maps[lookups[pc]], profile)
+        elif insn.is_helper_call and (insn.imm, maps[lookups[pc]].kind if pc in lookups else None) \
+                in isa.MAP_OPS_FUNC:
+            # patch_map_ops_generic: the map type's own function
+            insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.MAP_OPS_FUNC[(insn.imm, maps[lookups[pc]].kind)])
+        elif insn.is_helper_call and insn.imm in isa.HELPER_FUNC:
+            insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.HELPER_FUNC[insn.imm])     # patch_call_imm
         elif insn.is_tail_call:
             map_name, key = tail_calls.get(pc, (None, None))
             imm = 0

@@ -326,7 +326,9 @@ def test_helper_call_and_value_load() -> None:
     # one element: array_map_direct_value_addr refuses map_value loads on larger arrays
     # (the verifier model does, for the JIT as for the interpreter)
     maps = {"arr": MapDef("arr", "array", 4, 8, 1)}
-    insns = [*lddw_pair(1, 0, src=isa.BPF_PSEUDO_MAP_VALUE, map="arr"), Insn(0x85, 0, 0, 0, 7),
+    # helper 9: a call the verifier leaves to the helper's id (7, get_prandom_u32, is now
+    # rewritten to bpf_user_rnd_u32: tests/test_verifier.py); the JIT calls env.helper_addr(9)
+    insns = [*lddw_pair(1, 0, src=isa.BPF_PSEUDO_MAP_VALUE, map="arr"), Insn(0x85, 0, 0, 0, 9),
              Insn(isa.EXIT_OPCODE)]
     jited = env.jit(insns, maps=maps)
     image = jited.images[0]
@@ -334,7 +336,7 @@ def test_helper_call_and_value_load() -> None:
     call_at = image.addrs[2]
     assert code[call_at] == 0xE8
     assert image.base + call_at + 5 + int.from_bytes(code[call_at + 1:call_at + 5], "little", signed=True) == \
-        0x7FFF_8100_0000 + 8 * 7
+        0x7FFF_8100_0000 + 8 * 9
     assert "movabs $0x788880000110,%rdi" in listing(code)
     assert image.insn_at(image.base + call_at + 2) == 2 and image.insn_at(image.base + image.addrs[0]) == 0
     assert image.insn_at(image.base) is None

@@ -348,3 +348,25 @@ def test_minimize_refuses_what_the_kernel_refuses_in_one_line(tmp_path, capsys) 
     (tmp_path / "stack.scn").write_text(text)
     assert cli.main(["minimize", str(tmp_path / "stack.scn")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"bpfdiff: error: {tmp_path}/{expected}"]
+
+
+def test_helper_calls_go_to_the_functions_the_kernel_calls() -> None:
+    # do_misc_fixups: map update/delete on a map known on every path call the map type's own
+    # function (patch_map_ops_generic); prandom and smp_processor_id the prototypes' functions
+    maps = {"arr": MapDef("arr", "array", 4, 8, 2), "tab": MapDef("tab", "hash", 4, 8, 2)}
+    program = prog("stdw [%r10-8], 0\n"
+                   "mov %r2, %r10\nadd %r2, -8\nmov %r3, %r10\nadd %r3, -8\nmov %r4, 0\n"
+                   "lddw %r1, map:arr\ncall 2\n"
+                   "mov %r2, %r10\nadd %r2, -8\nlddw %r1, map:tab\ncall 3\n"
+                   "call 7\ncall 8\nexit\n")
+    calls = [insn.imm for insn in verify(program, maps, LINUX_6_1).insns if insn.opcode == isa.CALL_OPCODE]
+    assert [isa.KERNEL_FUNC_NAMES[imm] for imm in calls] == [
+        "array_map_update_elem", "htab_map_delete_elem", "bpf_user_rnd_u32", "bpf_get_raw_cpu_id"]
+    scenario = Scenario(maps=tuple(maps.values()), programs=(program,), events=(Run("p", b""),) * 2)
+    results = []
+    for engine in (InterpEngine(profile=LINUX_6_1), JitEngine(profile=LINUX_6_1)):
+        try:
+            results.append([(o.run.exit, o.run.r0, o.run.maps) for o in engine.execute(scenario)])
+        finally:
+            engine.close()
+    assert results[0] == results[1] and results[0][0][0] == "exit"
