@@ -125,10 +125,11 @@ class Profile:
     # The 5-byte nop of the prologue and of empty direct tail-call sites
     # (5.10's ideal_nops[NOP_ATOMIC5] on the fixtures' CPU; x86_nops[5] since 5.15)
     jit_nop5: bytes = bytes.fromhex("0f1f440000")
-    # Does a tail call through an empty slot use up one of the 33?  The
-    # interpreter (core.c: ``tail_call_cnt++`` before ``if (!prog)``) and the
-    # JIT up to 6.9: yes; the v6.10+ JIT (``tail_call_cnt_ptr``) and the
-    # interpreter since 3733f4be2870 (2026): no.
+    # Does a tail call through an empty slot use up one of the 33 in the
+    # *interpreter*?  The kernel's interpreter (core.c: ``tail_call_cnt++`` before
+    # ``if (!prog)``): yes, until 3733f4be2870 (2026).  (The JIT's answer follows
+    # from ``jit_tail_call_cnt``: "value" counts the attempt, "pointer" -- v6.10+ --
+    # only a call that finds a program.)
     tail_call_counts_empty_slot: bool = True
     # -- verifier (jit/xlate.py) ----------------------------------------------------
     # When is a constant tail-call key "in range" for a direct site (record_func_key)?
@@ -245,6 +246,21 @@ LINUX_6_1 = Profile(
     kernel_bugs=(TAILCALL_HIERARCHY,),
 )
 
+# 3733f4be2870 "bpf: Do not increment tailcall count when prog is NULL" (2026):
+# since 116e04ba1459 (v6.10) the x86 JIT counts a tail call only when the slot
+# holds a program, while the interpreter still counted the attempt, so a run
+# whose tail calls go through empty slots stops earlier interpreted than
+# JITed.  Measured on Debian's 6.12.117 (a self loop that first tries an empty
+# slot): 17 entries interpreted, 34 JITed.
+INTERP_EMPTY_SLOT_COUNT = KernelBug(
+    commit="3733f4be2870",
+    title="bpf: Do not increment tailcall count when prog is NULL",
+    introduced="04fd61ab36ec (v4.2, the interpreter's tail calls); diverging from the x86 JIT since "
+               "116e04ba1459 (v6.10)",
+    fixed_in="bpf-next, Feb 2026 (AUTOSEL for the stable trees in April 2026)",
+    fix=(("tail_call_counts_empty_slot", False),),
+)
+
 LINUX_6_12 = Profile(
     name="linux-6.12",
     description="Debian trixie 6.12.117: IBT (endbr64), tail_call_cnt_ptr shared through "
@@ -264,7 +280,7 @@ LINUX_6_12 = Profile(
     off_prog_bpf_func=0x30,
     jit_tail_call_cnt="pointer",
     jit_ibt=True,
-    tail_call_counts_empty_slot=False,
+    kernel_bugs=(INTERP_EMPTY_SLOT_COUNT,),
     jit_imm8_jmp_max=123,        # the convergence fix (v6.13) is in 6.12.y well before .117
     isa_v4=True,                 # v6.6
     # xdp: the 6.1 layout; net_device was reordered in 6.8 (ifindex not yet read from a real image)

@@ -276,6 +276,31 @@ def test_real_6_1_jit_runs_the_tailcall_hierarchy_66_times_like_our_jit(guest):
         make_engine("kernel-interp").execute(scenario)
 
 
+# profile -> (tailcall_hierarchy chain entries on the real JIT, empty-slot self loop entries on the
+# real JIT and interpreter): 116e04ba1459 and 3733f4be2870 measured on each Debian kernel
+REAL_COUNTS = {"linux-5.10": (66, 17, 17), "linux-6.12": (33, 34, 17)}
+
+
+@pytest.mark.parametrize("profile", sorted(REAL_COUNTS))
+def test_real_kernels_count_tail_calls_like_our_profiles(profile):
+    from test_empty_slot_count import EMPTY_THEN_SELF
+
+    try:
+        make_engine("kernel-jit", profile=profile).execute(Scenario(prog_type=PROG_XDP))
+    except (SetupError, EngineUnsupported) as exc:
+        pytest.skip(f"{profile}: real kernel unavailable: {exc}")
+    hierarchy = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "tailcall_hierarchy.scn").read_text()))
+    empty = with_packets(parse_scenario(EMPTY_THEN_SELF))
+    chain, jit_entries, interp_entries = REAL_COUNTS[profile]
+    for scenario, engine, ours, expected in ((hierarchy, "kernel-jit", "jit", chain),
+                                             (empty, "kernel-jit", "jit", jit_entries),
+                                             (empty, "kernel-interp", "interp", interp_entries)):
+        real = make_engine(engine, profile=profile).execute(scenario)[1].run
+        model = make_engine(ours, profile=profile).execute(scenario)[1].run
+        assert (real.r0 & 0xFFFFFFFF, model.r0) == (expected, expected), (engine, scenario.programs[0].name)
+        assert real.maps == model.maps
+
+
 def test_cli_setup_is_idempotent_and_fast():
     proc = subprocess.run([sys.executable, "-m", "bpfdiff", "kernel", "setup"], capture_output=True, text=True,
                           timeout=60)
