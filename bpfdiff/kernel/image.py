@@ -407,6 +407,16 @@ def setup(kernel: str | None = None, profile: str | None = None,
         config = _tree_config(src)
         vmlinuz = out / "vmlinuz"
         shutil.copyfile(src, vmlinuz)
+        if config is not None:
+            # Modules built in the same tree (`make modules`) give the fast channel when virtio
+            # is not built in; without them the agent falls back to the (slow) second serial port.
+            tree = src.resolve().parents[3]
+            available = {module_name(str(ko)): ko.read_bytes()
+                         for ko in [*tree.glob("drivers/virtio/*.ko"), *tree.glob("drivers/char/virtio_console.ko")]}
+            for i, name in enumerate(channel_modules(config, available)):
+                filename = f"{i:02d}-{name}.ko"
+                (modules_dir / filename).write_bytes(available[name])
+                module_files.append(filename)
     else:
         deb = download_package(DEBIAN_KERNELS[kernel], out, log)
         vmlinuz, config_path, available = extract_deb(deb, out, log)
