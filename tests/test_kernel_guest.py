@@ -223,8 +223,20 @@ def test_map_events_and_contents_like_our_engines(guest):
         assert kernel[-1].run.r0 == 42 and kernel[-1].run.mem == bytes(ETH_HLEN)
 
 
+def _observed(outcomes, index):
+    o = outcomes[index]
+    return o.retval if o.run is None else (o.run.exit, o.run.r0 & 0xFFFFFFFF, o.run.maps, o.run.mem)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_examples_agree_on_four_engines(guest, path):
+def test_examples_on_four_engines(guest, path):
+    """The real kernel against our engines, on what the kernel observes (R0's low 32 bits, maps, packet).
+
+    Our JIT models the 6.1 JIT, so kernel-jit must equal it everywhere; kernel-interp must equal
+    kernel-jit when it can run the scenario at all (not when bpf-to-bpf calls and tail calls mix);
+    our interpreter must equal them too, unless it already differs from our JIT -- a known bug of
+    the 6.1 kernel that the example shows (tailcall_hierarchy), which the real kernel then has.
+    """
     scenario = parse_scenario(path.read_text(), str(path))
     if scenario.prog_type != PROG_XDP:
         # R1 as raw memory: our engines' uBPF convention, not a kernel program type.
@@ -232,35 +244,47 @@ def test_examples_agree_on_four_engines(guest, path):
             make_engine("kernel-jit").execute(scenario)
         scenario = with_packets(scenario)
     reads_ctx = any(insn.cls == isa.BPF_LDX and insn.src == 1 for prog in scenario.programs for insn in prog.insns)
-    results = {name: make_engine(name).execute(scenario) for name in ("interp", "jit", "kernel-jit", "kernel-interp")}
+    results = {name: make_engine(name).execute(scenario) for name in ("interp", "jit", "kernel-jit")}
+    mixed = any(insn.is_pseudo_call for prog in scenario.programs for insn in prog.insns) and any(
+        insn.is_helper_call and insn.imm == isa.BPF_FUNC_tail_call for prog in scenario.programs for insn in prog.insns)
+    if mixed:
+        with pytest.raises(EngineUnsupported, match="tail_calls are not allowed in non-JITed programs"):
+            make_engine("kernel-interp").execute(scenario)
+    else:
+        results["kernel-interp"] = make_engine("kernel-interp").execute(scenario)
+    ours_agree = all(_observed(results["interp"], i) == _observed(results["jit"], i)
+                     for i in range(len(scenario.events)))
     for index, event in enumerate(scenario.events):
-        seen = {}
-        for name, outcomes in results.items():
-            o = outcomes[index]
-            seen[name] = o.retval if o.run is None else (o.run.exit, o.run.r0 & 0xFFFFFFFF, o.run.maps, o.run.mem)
+        seen = {name: _observed(outcomes, index) for name, outcomes in results.items()}
+        if "kernel-interp" in seen:
+            assert seen["kernel-interp"] == seen["kernel-jit"], (index, seen)
         if reads_ctx and isinstance(event, Run):
-            # R1 is raw memory for our engines and struct xdp_md for the kernel: compare the kernels.
-            assert seen["kernel-jit"] == seen["kernel-interp"], (index, seen)
-            continue
-        assert len(set(map(repr, seen.values()))) == 1, (index, seen)
+            continue   # R1 is raw memory for our engines and struct xdp_md for the kernel
+        assert seen["kernel-jit"] == seen["jit"], (index, seen)
+        if ours_agree:
+            assert seen["interp"] == seen["kernel-jit"], (index, seen)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_cli_run_with_four_engines(guest, path, tmp_path, capsys):
+    """`bpfdiff run` with all four engines: the same verdict as with our two engines alone."""
     from bpfdiff.cli import main
     from bpfdiff.scenario_text import format_scenario
 
     engines = "--engines=interp,jit,kernel-jit,kernel-interp"
-    assert main(["run", str(path), engines]) == 0, capsys.readouterr()
     scenario = parse_scenario(path.read_text(), str(path))
     if any(insn.cls == isa.BPF_LDX and insn.src == 1 for prog in scenario.programs for insn in prog.insns):
         return   # reads R1 as raw memory: not the kernel's XDP context (yet)
-    padded = tmp_path / path.name
-    padded.write_text(format_scenario(with_packets(scenario)))
-    code = main(["run", str(padded), engines])
+    if scenario.prog_type != PROG_XDP:
+        path = tmp_path / path.name
+        path.write_text(format_scenario(with_packets(scenario)))
+    ours = main(["run", str(path), "--engines=interp,jit"])
+    capsys.readouterr()
+    code = main(["run", str(path), engines])
     out = capsys.readouterr().out
-    assert code == 0, out
-    assert "interp, jit, kernel-jit and kernel-interp agree" in out
+    assert code == ours, out
+    if code == 0:
+        assert "interp, jit, kernel-jit" in out and "agree" in out
 
 
 def test_real_6_1_jit_runs_the_tailcall_hierarchy_66_times_like_our_jit(guest):
