@@ -392,13 +392,11 @@ def test_planted_bug_finding_minimises_small_and_still_reproduces(bug: str, tmp_
     from bpfdiff.scenario_text import write_scenario
 
     scenario = parse_scenario(FINDINGS[bug], f"<{bug}>")
-    started = time.monotonic()
     result = minimize_finding(scenario, time_budget=60)
-    elapsed = time.monotonic() - started
     slots, events = result.end_size
     assert result.start_size[0] > 12 and result.start_size[1] > 4   # there was noise to remove
     assert slots <= 12 and events <= 4, (bug, result.end_size)
-    assert elapsed < 60 and not result.timed_out
+    assert not result.timed_out   # the minimiser reached a 1-minimal result within its budget
     # Without the bug the minimised scenario is fine: the divergence is the bug's.
     verdict = oracle.run_oracle(result.scenario, profile="linux-6.1", bugs=frozenset())
     assert verdict.ok, verdict.findings
