@@ -31,8 +31,10 @@ Kernel facts (``kernel/bpf/verifier.c`` of 6.1 and 5.5):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -264,11 +266,38 @@ def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
     ``options`` are the JIT's (``force_indirect`` keeps every tail-call site indirect);
     ``prog_type`` the scenario's (the context the program gets, see :mod:`bpfdiff.xdp`).
     """
+    force_indirect = bool(options is not None and options.force_indirect)
+    used = tuple((m.name, m.kind, m.key_size, m.value_size, m.max_entries)
+                 for m in (maps.get(name) for name in prog.map_names) if m is not None)
+    result = _verified(prog, used, profile, force_indirect, prog_type)
+    if isinstance(result, VerifierError):
+        raise VerifierError(result.prog, result.pc, result.reason)
+    # a copy: callers own what they get (the cache keeps the original)
+    return replace(result, insns=list(result.insns), orig_pc=list(result.orig_pc), pokes=list(result.pokes),
+                   subprogs=[replace(sub) for sub in result.subprogs])
+
+
+def clear_cache() -> None:
+    """Forget the cached answers (for measurements that must see the model run: line coverage)."""
+    _verified.cache_clear()
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(prog: Program, used: tuple[tuple[str, str, int, int, int], ...], profile: Profile,
+              force_indirect: bool, prog_type: str) -> Xlated | VerifierError:
+    """verify() for the maps the program names, cached: every engine, the oracle's what-if
+    re-runs and the corpus tools ask about the same programs again and again."""
     from bpfdiff.jit.bpf_jit_comp import JitOptions
     from bpfdiff.jit.xlate import xlate
+    from bpfdiff.scenario import MapDef
 
-    check_load(prog, maps, profile)
-    return xlate(prog, maps, profile, options or JitOptions(), prog_type)
+    maps = {name: MapDef(name, kind, key_size, value_size, max_entries)
+            for name, kind, key_size, value_size, max_entries in used}
+    try:
+        check_load(prog, maps, profile)
+        return xlate(prog, maps, profile, JitOptions(force_indirect=force_indirect), prog_type)
+    except VerifierError as exc:
+        return exc
 
 
 # -- scenarios ---------------------------------------------------------------------------------------
