@@ -192,7 +192,7 @@ def _movabs_imm(raw: bytes) -> int | None:
     return None
 
 
-def _map_pointers(prog: str, side: CodeSide) -> dict[int, str]:
+def map_pointers(prog: str, side: CodeSide) -> dict[int, str]:
     """Pointer value -> what it points at, for the map pointers of one program's images.
 
     The images load map pointers in the order of the xlated pseudo map loads
@@ -228,7 +228,7 @@ def compare_jited(prog: str, ours: CodeSide, kernel: CodeSide) -> Mismatch | Non
     if len(a_funcs) != len(b_funcs):
         return Mismatch("jited", "functions", f"{len(a_funcs)} functions", f"{len(b_funcs)} functions",
                         "number of functions")
-    a_ptrs, b_ptrs = _map_pointers(prog, ours), _map_pointers(prog, kernel)
+    a_ptrs, b_ptrs = map_pointers(prog, ours), map_pointers(prog, kernel)
     for index, (fa, fb) in enumerate(zip(a_funcs, b_funcs, strict=True)):
         a_lines, b_lines = jited_lines(fa.code), jited_lines(fb.code)
         for la, lb in zip(a_lines, b_lines, strict=False):
