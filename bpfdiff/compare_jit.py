@@ -350,7 +350,8 @@ def our_side(engine: Any, scenario: Scenario, prog: str) -> CodeSide:
     """
     from bpfdiff.helpers import helper_name
 
-    alone = replace(scenario, programs=tuple(p for p in scenario.programs if p.name == prog), events=(), expect=None)
+    alone = replace(scenario, programs=tuple(p for p in scenario.programs if p.name == prog), events=(),
+                    expect=None)
     map_ids = {m.name: number for number, m in enumerate(scenario.maps, start=1)}
     names = {number: name for name, number in map_ids.items()}
     first = next(iter(engine.inspect(alone)))
@@ -485,6 +486,15 @@ def refusal_cause(error: str) -> str:
     return re.sub(r"0x[0-9a-f]+|\b\d+\b", "N", error.removeprefix("kernel refused: "))[:100]
 
 
+def as_loaded(scenario: Scenario) -> Scenario:
+    """The scenario as compare-jit loads it on both sides: no events (every slot empty at load),
+    and as XDP programs, the one program type the kernel engines load (a ``raw`` scenario's R1 is
+    our engines' convention only)."""
+    from bpfdiff.scenario import PROG_XDP
+
+    return replace(scenario, events=(), expect=None, prog_type=PROG_XDP)
+
+
 def compare_scenarios(scenarios: Sequence[tuple[str, Scenario]], profile: str, guest: Any, symbols: SymbolTable,
                       report: Callable[[str], None]) -> list[ProgramComparison]:
     """Every program of every scenario, ours against the kernel's (freshly loaded, slots empty)."""
@@ -494,7 +504,7 @@ def compare_scenarios(scenarios: Sequence[tuple[str, Scenario]], profile: str, g
     engine = make_engine("jit", profile=profile)
     try:
         for label, scenario in scenarios:
-            bare = replace(scenario, events=(), expect=None)
+            bare = as_loaded(scenario)
             loaded = guest.load_programs(bare, jit=True)
             kernel = kernel_side(bare, loaded, symbols)
             refused = {p.name: p.error for p in loaded if p.error is not None}

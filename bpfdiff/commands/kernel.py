@@ -35,6 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--profile", default="linux-6.1", help="profile whose kernel to use (default: %(default)s)")
         p.add_argument("--force", action="store_true", help="redo every step even if the cache is complete")
         p.set_defaults(_kernel_main={"setup": _setup, "boot": _boot}[action])
+    _add_compare_jit(sub)
+
+
+def _add_compare_jit(sub: argparse._SubParsersAction) -> None:
+    """``bpfdiff kernel compare-jit``: our xlated programs and images against the kernel's
+    (:mod:`bpfdiff.compare_jit`)."""
+    from bpfdiff import compare_jit
+
+    text = "compare our profile's xlated programs and JIT images with the real kernel's, byte for byte"
+    p = sub.add_parser("compare-jit", help=text, description=text)
+    compare_jit.add_arguments(p)
+    p.set_defaults(_kernel_main=compare_jit.main)
 
 
 def _kernel_of(args: argparse.Namespace) -> str:

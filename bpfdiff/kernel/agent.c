@@ -24,6 +24,7 @@
 #define CMD_HELLO 0x48    /* 'H' agent -> host */
 #define CMD_SCENARIO 0x53 /* 'S' */
 #define CMD_PING 0x50     /* 'P' */
+#define CMD_READ 0x52     /* 'R': a file's contents (compare-jit reads /proc/kallsyms) */
 
 #define EV_LOAD 1
 #define EV_UPDATE 2
@@ -576,6 +577,26 @@ out:
 	reset();
 }
 
+/* CMD_READ: the rest of the request is a path; reply u32 errno (0 on success), then the bytes */
+static void read_file_cmd(void)
+{
+	char path[256];
+	size_t n = req_len - req_pos < sizeof(path) - 1 ? req_len - req_pos : sizeof(path) - 1;
+	memcpy(path, req + req_pos, n);
+	path[n] = 0;
+	int fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		rput32((uint32_t)errno);
+		return;
+	}
+	rput32(0);
+	char buf[1 << 16];
+	ssize_t got;
+	while ((got = read(fd, buf, sizeof(buf))) > 0)
+		rput(buf, (size_t)got);
+	close(fd);
+}
+
 static int open_channel(uint8_t *kind)
 {
 	DIR *d = opendir("/sys/class/virtio-ports");
@@ -657,6 +678,8 @@ int main(void)
 			scenario();
 		else if (cmd == CMD_PING)
 			;
+		else if (cmd == CMD_READ)
+			read_file_cmd();
 		else
 			rput8(0xff);
 		send_reply();

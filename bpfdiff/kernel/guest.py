@@ -233,6 +233,16 @@ class Guest:
     def ping(self) -> None:
         self.request(bytes([protocol.CMD_PING]))
 
+    def read_file(self, path: str) -> bytes:
+        """A file of the guest, e.g. ``/proc/kallsyms`` (the agent runs as root, kptr_restrict 0)."""
+        reply = self.request(bytes([protocol.CMD_READ]) + path.encode())
+        if reply[:1] != bytes([protocol.CMD_READ]) or len(reply) < 5:
+            raise GuestError(f"reading {path} in the guest: malformed reply (an agent built before CMD_READ?)")
+        (err,) = struct.unpack("<I", reply[1:5])
+        if err:
+            raise GuestError(f"reading {path} in the guest: {os.strerror(err)}")
+        return reply[5:]
+
     # -- scenarios ----------------------------------------------------------------------------
     def send(self, request: Request, maps: list[tuple[int, int, int, int]]) -> ScenarioReply:
         reply = protocol.decode_scenario_reply(self.request(request.encode()), request, maps)

@@ -111,8 +111,14 @@ def kernel_dir(kernel: str) -> Path:
 
 def prepared(kernel: str) -> KernelImage | None:
     """The kernel if ``setup`` completed for it (no network, no building), else None."""
+    from bpfdiff.kernel.initramfs import agent_source
+
     marker = kernel_dir(kernel) / "ready.json"
     if not marker.exists():
+        return None
+    stamp = marker.parent / "agent.sha256"
+    # an agent built from an older agent.c (fewer requests) is not ready: setup rebuilds it
+    if not stamp.exists() or stamp.read_text() != hashlib.sha256(agent_source()).hexdigest():
         return None
     try:
         data = json.loads(marker.read_text())

@@ -41,6 +41,7 @@ from bpfdiff.isa import BPF_PSEUDO_CALL, CALL_OPCODE, Program, encode
 CMD_HELLO = 0x48
 CMD_SCENARIO = 0x53
 CMD_PING = 0x50
+CMD_READ = 0x52      # a file of the guest (compare-jit reads /proc/kallsyms)
 
 EV_LOAD, EV_UPDATE, EV_DELETE, EV_RUN, EV_INFO, EV_FIXED = 1, 2, 3, 4, 5, 6
 FLAG_JIT = 1
