@@ -348,7 +348,7 @@ def our_side(engine: Any, scenario: Scenario, prog: str) -> CodeSide:
     ``engine`` is an engine that shows its code (:meth:`bpfdiff.engine.Engine.inspect`: the JIT).
     Raises :class:`bpfdiff.engine.EngineError` when our side refuses the program.
     """
-    from bpfdiff.helpers import helper_name
+    from bpfdiff.helpers import kernel_symbol
 
     alone = replace(scenario, programs=tuple(p for p in scenario.programs if p.name == prog), events=(),
                     expect=None)
@@ -380,7 +380,7 @@ def our_side(engine: Any, scenario: Scenario, prog: str) -> CodeSide:
         symbol=lambda address: symbols.get(address),
         map_of_id=names.get,
         # our xlated program keeps the helper's id in a call: its kernel function's name
-        call_target=lambda imm: isa.KERNEL_FUNC_NAMES.get(imm) or f"bpf_{helper_name(imm)}",
+        call_target=kernel_symbol,
     )
 
 

@@ -164,6 +164,12 @@ def helper_name(helper_id: int) -> str:
     return entry[0] if entry else KERNEL_FUNC_NAMES.get(helper_id, f"helper#{helper_id}")
 
 
+def kernel_symbol(helper_id: int) -> str:
+    """The kernel function a call of ``helper_id`` reaches: ``bpf_<helper>`` (BPF_CALL_x(bpf_map_lookup_elem,
+    ...)), or the kernel function itself for the ids the verifier's rewrites call (``__htab_map_lookup_elem``)."""
+    return KERNEL_FUNC_NAMES.get(helper_id) or f"bpf_{helper_name(helper_id)}"
+
+
 def call_helper(env: HelperEnv, helper_id: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
     """Run helper ``helper_id``; returns R0 as an unsigned 64-bit value.
 

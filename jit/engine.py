@@ -66,7 +66,7 @@ from bpfdiff.engine import (
     ProgramRefused,
     RunResult,
 )
-from bpfdiff.helpers import HelperFault, Prandom, call_helper, helper_name
+from bpfdiff.helpers import HelperFault, Prandom, call_helper, kernel_symbol
 from bpfdiff.isa import Program
 from bpfdiff.maps import (
     BpfMap,
@@ -195,8 +195,7 @@ class JitEngine(Engine):
             if values <= address < values + max(size, 1):
                 return f"map_value:{name}+0x{address - values:x}"
         if HELPER_BASE <= address < THUNK_BASE and (address - HELPER_BASE) % 8 == 0:
-            # the kernel's name of the helper's function (BPF_CALL_x(bpf_map_lookup_elem, ...))
-            return f"bpf_{helper_name((address - HELPER_BASE) // 8)}"
+            return kernel_symbol((address - HELPER_BASE) // 8)
         if THUNK_BASE <= address < THUNK_BASE + THUNK_SLOT * len(X86_REGS):
             reg, offset = divmod(address - THUNK_BASE, THUNK_SLOT)
             return f"__x86_indirect_thunk_{X86_REGS[reg]}" + (f"+0x{offset:x}" if offset else "")

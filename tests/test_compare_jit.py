@@ -257,3 +257,13 @@ def test_the_kernel_side_splits_the_image_by_function() -> None:
     side = kernel_side(SCENARIO, loaded, SymbolTable([]))
     assert side.functions == {"A": (Function(0x1000, b"\x90" * 5), Function(0x2000, b"\xcc" * 3))}
     assert side.describe(0x2001) == "A/func1+0x1" and "B" not in side.xlated
+
+
+def test_our_calls_are_named_by_the_kernel_function_they_stand_for() -> None:
+    from bpfdiff import isa
+    from bpfdiff.helpers import kernel_symbol
+
+    assert kernel_symbol(isa.BPF_FUNC_map_lookup_elem) == "bpf_map_lookup_elem"
+    assert kernel_symbol(isa.BPF_FUNC_tail_call) == "bpf_tail_call"
+    # what the inlined hash lookup calls is a kernel function, not a helper
+    assert kernel_symbol(isa.KERNEL_FUNC_htab_map_lookup_elem) == "__htab_map_lookup_elem"
