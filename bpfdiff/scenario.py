@@ -32,7 +32,7 @@ PROG_XDP = "xdp"
 PROG_RAW = "raw"
 PROG_TYPES = (PROG_XDP, PROG_RAW)
 # What a scenario is when it does not say (the text form omits it then).
-DEFAULT_PROG_TYPE = PROG_RAW
+DEFAULT_PROG_TYPE = PROG_XDP
 
 # update flags (include/uapi/linux/bpf.h)
 BPF_ANY = 0

@@ -22,8 +22,9 @@ arr array key_size=4 value_size=8 max_entries=2
 
 
 def scenario(body: str, extra_progs: str = "", events: str = "run main mem=00 00 00 00 00 00 00 00"):
+    # The generic rules, in the uBPF convention (R1 = mem): the XDP context rules are test_checker_xdp.py's.
     text = MAPS + "-- prog main\n" + body.strip() + "\n" + extra_progs + "-- events\n" + events + "\n"
-    return parse_scenario(text, "test.scn", validate=False)
+    return parse_scenario(text + "-- prog_type\nraw\n", "test.scn", validate=False)
 
 
 def errors(body: str, profile: str = "linux-6.1", **kw) -> list[str]:

@@ -347,7 +347,8 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     # Far more output than a pipe buffers, so the writer is still writing when the reader leaves.
     many = tmp_path / "many.scn"
-    many.write_text("-- prog p\nmov %r0, 1\nexit\n-- events\n" + "run p\n" * 4000)
+    packet = " mem=" + " ".join(["00"] * 14)          # the smallest XDP packet
+    many.write_text("-- prog p\nmov %r0, 1\nexit\n-- events\n" + f"run p{packet}\n" * 4000)
     script = (f"import sys; from bpfdiff.cli import main; "
               f"sys.exit(main(['run', {str(many)!r}, '--engines', 'interp']))")
     writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program, lddw_pair
 from bpfdiff.profiles import LINUX_5_5, LINUX_6_1
-from bpfdiff.scenario import MapDef
+from bpfdiff.scenario import PROG_RAW, MapDef
 
 B, H, W, DW = isa.BPF_B, isa.BPF_H, isa.BPF_W, isa.BPF_DW
 
@@ -301,8 +301,9 @@ class Env:
         return addr
 
     def jit(self, insns, profile=LINUX_6_1, maps=None, **options):
+        # instruction encodings, R1 as plain memory: no XDP context rewrite
         return bpf_int_jit_compile(Program("p", tuple(insns)), maps or {}, profile, self.env,
-                                   JitOptions(**options), lambda m, k: None)
+                                   JitOptions(**options), lambda m, k: None, PROG_RAW)
 
 
 def test_stack_depth_from_frame_pointer_accesses() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from bpfdiff.interp.engine import InterpEngine
 from bpfdiff.jit.engine import JitEngine
+from raw_scenarios import parse_raw
 
 from bpfdiff.compare import compare_outcomes
 from bpfdiff.conformance import SKIP, run_conformance
 from bpfdiff.engine import EXIT, FAULT, FAULT_MEMORY, FAULT_UNSUPPORTED, TIMEOUT, EngineError
 from bpfdiff.helpers import CLOBBER_VALUES
-from bpfdiff.scenario_text import parse_scenario
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 if not CONFORMANCE.is_dir():
@@ -126,7 +126,7 @@ run main mem=10 20 30 40 50 60 70 80
 
 @pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.5"])
 def test_helpers_and_maps_agree_with_the_interpreter(profile: str) -> None:
-    scenario = parse_scenario(MAPS_AND_HELPERS)
+    scenario = parse_raw(MAPS_AND_HELPERS)
     jit_out = JitEngine(profile=profile, seed=5).execute(scenario)
     interp_out = InterpEngine(profile=profile, seed=5).execute(scenario)
     assert compare_outcomes({"jit": jit_out, "interp": interp_out}) == []
@@ -153,7 +153,7 @@ run p
 
 @pytest.mark.parametrize("reg", [1, 2, 3, 4, 5])
 def test_helper_calls_poison_r1_to_r5_like_the_interpreter(jit: JitEngine, reg: int) -> None:
-    run = jit.execute(parse_scenario(CLOBBER.format(reg=reg)))[0].run
+    run = jit.execute(parse_raw(CLOBBER.format(reg=reg)))[0].run
     assert (run.exit, run.r0) == (EXIT, CLOBBER_VALUES[reg])
 
 
@@ -186,21 +186,21 @@ run spin
 
 def test_faults_and_timeouts_carry_the_bpf_pc() -> None:
     engine = JitEngine(budget=1000)
-    over, under, unknown, spin = (o.run for o in engine.execute(parse_scenario(FAULTS)))
+    over, under, unknown, spin = (o.run for o in engine.execute(parse_raw(FAULTS)))
     assert (over.exit, over.fault_kind, over.fault_prog, over.fault_pc) == (FAULT, FAULT_MEMORY, "over", 1)
     assert (under.exit, under.fault_kind, under.fault_prog, under.fault_pc) == (FAULT, FAULT_MEMORY, "under", 1)
     assert (unknown.exit, unknown.fault_kind, unknown.fault_pc) == (FAULT, FAULT_UNSUPPORTED, 2)
     assert spin.exit == TIMEOUT
-    interp = InterpEngine(budget=1000).execute(parse_scenario(FAULTS))
+    interp = InterpEngine(budget=1000).execute(parse_raw(FAULTS))
     assert [(o.run.exit, o.run.fault_kind, o.run.fault_pc) for o in interp] == \
         [(r.exit, r.fault_kind, r.fault_pc) for r in (over, under, unknown, spin)]
 
 
 def test_one_engine_runs_many_scenarios_without_leaking_state(jit: JitEngine) -> None:
-    first = parse_scenario("-- maps\nm array key_size=4 value_size=4 max_entries=1\n"
+    first = parse_raw("-- maps\nm array key_size=4 value_size=4 max_entries=1\n"
                            "-- prog p\nlddw %r1, map:m\nmov %r0, 5\nexit\n"
                            "-- events\nupdate m 0 = 01 02 03 04\nrun p\n")
-    second = parse_scenario("-- maps\nm array key_size=4 value_size=4 max_entries=1\n"
+    second = parse_raw("-- maps\nm array key_size=4 value_size=4 max_entries=1\n"
                             "-- prog q\nmov %r0, 6\nexit\n-- events\nrun q\n")
     assert jit.execute(first)[1].run.maps == (("m", (("00000000", "01020304"),)),)
     run = jit.execute(second)[0].run
@@ -209,7 +209,7 @@ def test_one_engine_runs_many_scenarios_without_leaking_state(jit: JitEngine) ->
 
 
 def test_bad_programs_are_engine_errors(jit: JitEngine) -> None:
-    scenario = parse_scenario("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n")
+    scenario = parse_raw("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n")
     bad = type(scenario)(programs=scenario.programs, events=(type(scenario.events[0])("nope", b""),))
     with pytest.raises(EngineError):
         jit.execute(bad)
@@ -281,7 +281,7 @@ run main mem=00 00 00 00 01 00 00 00
 
 
 def test_subprograms_tail_calls_and_faults_agree_with_the_interpreter() -> None:
-    scenario = parse_scenario(SUBPROGRAMS)
+    scenario = parse_raw(SUBPROGRAMS)
     jit_out = JitEngine(profile="linux-6.1").execute(scenario)
     interp_out = InterpEngine(profile="linux-6.1").execute(scenario)
     assert compare_outcomes({"jit": jit_out, "interp": interp_out}) == []
@@ -296,7 +296,7 @@ def test_subprograms_tail_calls_and_faults_agree_with_the_interpreter() -> None:
 
 def test_subprograms_with_tail_calls_are_refused_on_5_5() -> None:
     with pytest.raises(EngineError):
-        JitEngine(profile="linux-5.5").execute(parse_scenario(SUBPROGRAMS))
+        JitEngine(profile="linux-5.5").execute(parse_raw(SUBPROGRAMS))
 
 
 @pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.5"])
@@ -340,7 +340,7 @@ run p mem=e8 ff ff ff ff ff ff ff
 
 def test_map_value_bounds_fault_like_the_interpreter(jit: JitEngine) -> None:
     """Verifier-invalid accesses, but both engines must agree: past the values and before them."""
-    scenario = parse_scenario(MAP_VALUE_BOUNDS)
+    scenario = parse_raw(MAP_VALUE_BOUNDS)
     jit_runs = [o.run for o in jit.execute(scenario) if o.run]
     interp_runs = [o.run for o in InterpEngine().execute(scenario) if o.run]
     assert [(r.exit, r.fault_kind, r.fault_pc) for r in jit_runs] == \

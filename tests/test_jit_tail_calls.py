@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import pytest
 from bpfdiff.jit.engine import JitEngine
+from raw_scenarios import parse_raw
 
 from bpfdiff.engine import EXIT
-from bpfdiff.scenario_text import parse_scenario
 
 NOP5 = bytes.fromhex("0f1f440000")
 PROFILES = ("linux-6.1", "linux-5.5")
@@ -55,7 +55,7 @@ exit
 
 
 def seed_scenario(events: str) -> object:
-    return parse_scenario(SEED + "-- events\n" + events)
+    return parse_raw(SEED + "-- events\n" + events)
 
 
 def check_seed_site(engine: JitEngine, target: str | None) -> None:
@@ -118,7 +118,7 @@ def test_retarget_repatches_the_site_from_one_program_to_another(engine: JitEngi
 
 
 def test_load_after_the_slot_is_filled_patches_at_load(engine: JitEngine) -> None:
-    scenario = parse_scenario(SEED.replace("-- prog caller", "-- prog late") + """-- events
+    scenario = parse_raw(SEED.replace("-- prog caller", "-- prog late") + """-- events
 update jmp_table 0 prog:target
 load late
 run late
@@ -164,7 +164,7 @@ run loop mem=00 00 00 00
 
 @pytest.mark.parametrize("key", ["mov %r3, 0", "ldxw %r3, [%r1+0]"], ids=["direct", "indirect"])
 def test_self_loop_stops_after_exactly_33_tail_calls(engine: JitEngine, key: str) -> None:
-    scenario = parse_scenario(SELF_LOOP.replace("{key}", key))
+    scenario = parse_raw(SELF_LOOP.replace("{key}", key))
     outcomes = engine.execute(scenario)
     first, second, third = (o.run for o in outcomes if o.run)
     for run, entries_so_far in ((first, 34), (second, 68)):
@@ -200,7 +200,7 @@ run ping mem=01 00 00 00
 
 @pytest.mark.parametrize("ping_key", ["mov %r3, 1", "ldxw %r3, [%r1+0]"], ids=["direct", "indirect"])
 def test_two_program_chain_shares_one_counter(engine: JitEngine, ping_key: str) -> None:
-    outcomes = engine.execute(parse_scenario(PING_PONG.replace("{ping_key}", ping_key)))
+    outcomes = engine.execute(parse_raw(PING_PONG.replace("{ping_key}", ping_key)))
     run = outcomes[-1].run
     # 34 entries alternating ping, pong, ...; the 34th (pong) falls through and returns 2
     assert run.trace == ("ping", "pong") * 17
@@ -209,7 +209,7 @@ def test_two_program_chain_shares_one_counter(engine: JitEngine, ping_key: str) 
 
 
 def test_out_of_range_and_empty_slots_fall_through(engine: JitEngine) -> None:
-    scenario = parse_scenario(PING_PONG.replace("{ping_key}", "ldxw %r3, [%r1+0]").replace(
+    scenario = parse_raw(PING_PONG.replace("{ping_key}", "ldxw %r3, [%r1+0]").replace(
         "run ping mem=01 00 00 00", "run ping mem=05 00 00 00\ndelete jt 1\nrun ping mem=01 00 00 00"))
     outcomes = engine.execute(scenario)
     runs = [o.run for o in outcomes if o.run]
@@ -245,7 +245,7 @@ def test_planted_retarget_stale_keeps_running_the_old_program() -> None:
 
 def test_planted_ja_limit_takes_one_tail_call_too_many() -> None:
     engine = JitEngine(profile="linux-6.1", bugs=frozenset({"tail-call-limit-ja"}))
-    run = engine.execute(parse_scenario(SELF_LOOP.replace("{key}", "mov %r3, 0")))[1].run
+    run = engine.execute(parse_raw(SELF_LOOP.replace("{key}", "mov %r3, 0")))[1].run
     assert (run.tail_calls, len(run.trace)) == (34, 35)
 
 
@@ -253,7 +253,7 @@ def test_planted_ja_limit_takes_one_tail_call_too_many() -> None:
 @pytest.mark.parametrize("retpoline", [True, False], ids=["retpoline", "plain-jmp"])
 def test_indirect_self_loop_with_and_without_retpoline(profile: str, retpoline: bool) -> None:
     engine = JitEngine(profile=profile, retpoline=retpoline, force_indirect=True)
-    outcomes = engine.execute(parse_scenario(SELF_LOOP.replace("{key}", "mov %r3, 0")))
+    outcomes = engine.execute(parse_raw(SELF_LOOP.replace("{key}", "mov %r3, 0")))
     run = outcomes[1].run
     assert (run.exit, run.r0, run.tail_calls, len(run.trace)) == (EXIT, 7, 33, 34)
     assert all(o.violations == () for o in outcomes)
@@ -275,7 +275,7 @@ def fixture_bytes(text: str, map_addr: int, jmp: bytes = b"") -> bytes:
 def test_61_image_in_emulated_memory_is_the_fixture_through_update_and_delete() -> None:
     engine = JitEngine(profile="linux-6.1")
     # the fixture's program A loads the map before the key
-    scenario = parse_scenario(SEED.replace("mov %r3, 0\nlddw %r2, map:jmp_table", "lddw %r2, map:jmp_table\nmov %r3, 0")
+    scenario = parse_raw(SEED.replace("mov %r3, 0\nlddw %r2, map:jmp_table", "lddw %r2, map:jmp_table\nmov %r3, 0")
                               + "-- events\nupdate jmp_table 0 prog:target\ndelete jmp_table 0\n")
     engine.start(scenario)
     map_addr = engine.map_struct["jmp_table"]

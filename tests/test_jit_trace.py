@@ -27,10 +27,10 @@ import pytest
 from bpfdiff.interp.engine import InterpEngine
 from bpfdiff.jit.emulator import THUNK_BASE, THUNK_SLOT
 from bpfdiff.jit.engine import JitEngine
+from raw_scenarios import parse_raw
 
 from bpfdiff.compare import compare_outcomes
 from bpfdiff.engine import EXIT
-from bpfdiff.scenario_text import parse_scenario
 
 PROFILES = ("linux-6.1", "linux-5.5")
 TAIL_CALL_OFFSET = {"linux-6.1": 11, "linux-5.5": 0x19}
@@ -127,7 +127,7 @@ run a mem=00 00 00 00 01 00 00 00 00 00 00 00
 
 def both(profile: str, text: str, **jit_options: object) -> tuple[list, list]:
     """The scenario through the interpreter and the JIT; they must agree."""
-    scenario = parse_scenario(text)
+    scenario = parse_raw(text)
     interp = InterpEngine(profile=profile).execute(scenario)
     jit_engine = JitEngine(profile=profile, **jit_options)
     try:
@@ -148,7 +148,7 @@ def runs(outcomes: list) -> list:
 def test_a_loop_back_to_pc0_is_no_tail_call(profile: str, n: int) -> None:
     text = LOOP_AT_PC0.format(n=n)
     engine = JitEngine(profile=profile)
-    engine.start(parse_scenario(text))
+    engine.start(parse_raw(text))
     image = engine.programs["p"].images[0]
     # the premise: slot 0's code starts exactly at the tail-call entry
     assert image.addrs[0] == TAIL_CALL_OFFSET[profile]
@@ -212,7 +212,7 @@ def test_chain_a_b_a_alternates_in_the_trace(profile: str, key_b: str, key_a: st
 @pytest.mark.parametrize("retpoline", [True, False], ids=["retpoline", "no-retpoline"])
 def test_indirect_tail_call_metadata_points_at_the_jump(profile: str, retpoline: bool) -> None:
     engine = JitEngine(profile=profile, retpoline=retpoline)
-    engine.start(parse_scenario(SELF_LOOP.format(key=INDIRECT_KEY)))
+    engine.start(parse_raw(SELF_LOOP.format(key=INDIRECT_KEY)))
     image = engine.programs["loop"].images[0]
     [(offset, reg)] = image.indirect_tail_calls
     code = engine.image_bytes("loop")[offset:]
@@ -261,7 +261,7 @@ update jmp 0 prog:target
 run caller mem=00 00 00 00
 """
     engine = JitEngine(profile=profile, bugs=frozenset({"tail-call-offset"}))
-    outcomes = engine.execute(parse_scenario(text))
+    outcomes = engine.execute(parse_raw(text))
     engine.close()
     run = outcomes[1].run
     assert run.trace == ("caller", "target") and run.tail_calls == 1

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from raw_scenarios import parse_raw, raw_text
 
 from bpfdiff.asm import assemble
 from bpfdiff.isa import InvalidInstruction, Program, check_program, jump_target
-from bpfdiff.scenario import Delete, Run, Scenario
+from bpfdiff.scenario import PROG_RAW, Delete, Run, Scenario
 from bpfdiff.scenario_text import parse_scenario
 
 from bpfdiff.fuzz.minimize import (  # isort: skip
@@ -105,7 +106,7 @@ def test_instruction_units_never_split_lddw() -> None:
 
 
 def test_lddw_shrinks_to_mov_when_the_constant_fits() -> None:
-    scenario = parse_scenario("""
+    scenario = parse_raw("""
 -- prog p
 lddw %r0, 5
 exit
@@ -135,7 +136,7 @@ def test_simpler_ints_are_strictly_simpler() -> None:
 
 def test_minimizer_with_a_structural_predicate_reaches_a_fixpoint() -> None:
     """A made-up 'bug': main must contain a 64-bit div by register, and a delete must happen."""
-    scenario = parse_scenario("""
+    scenario = parse_raw("""
 -- maps
 pa prog_array key_size=4 value_size=4 max_entries=8
 -- prog main
@@ -180,13 +181,14 @@ run main
 
 
 def test_minimizer_rejects_an_input_that_is_not_interesting() -> None:
-    scenario = Scenario(programs=(Program("p", tuple(prog("mov %r0, 0\nexit"))),), events=(Run("p"),))
+    scenario = Scenario(prog_type=PROG_RAW, programs=(Program("p", tuple(prog("mov %r0, 0\nexit"))),),
+                        events=(Run("p"),))
     with pytest.raises(ValueError):
         Minimizer(scenario, lambda s: False).run()
 
 
 def test_time_budget_returns_best_so_far() -> None:
-    scenario = Scenario(programs=(Program("p", tuple(prog("mov %r0, 0\nmov %r1, 1\nexit"))),),
+    scenario = Scenario(prog_type=PROG_RAW, programs=(Program("p", tuple(prog("mov %r0, 0\nmov %r1, 1\nexit"))),),
                         events=(Run("p"), Run("p")))
 
     def slow(s: Scenario) -> bool:
@@ -383,6 +385,8 @@ profile linux-6.1
 inject tail-call-limit-ja
 """,
 }
+# Findings are raw scenarios (R1 = mem): their programs run without a packet.
+FINDINGS = {bug: raw_text(text) for bug, text in FINDINGS.items()}
 
 
 @pytest.mark.parametrize("bug", sorted(FINDINGS))
@@ -424,7 +428,7 @@ def test_minimize_command_writes_atomically_and_reports(tmp_path: Path, oracle) 
 
 def test_minimize_command_on_agreeing_scenario_is_bad_input(tmp_path: Path, oracle) -> None:
     path = tmp_path / "fine.scn"
-    path.write_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n")
+    path.write_text(raw_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n"))
     run = subprocess.run([sys.executable, "-m", "bpfdiff", "minimize", str(path)], capture_output=True,
                          text=True, cwd=REPO, timeout=60)
     assert run.returncode == 2

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 from bpfdiff.fuzz.oracle import CRASH, DIVERGENCE, VIOLATION, EnginePool, run_oracle
+from raw_scenarios import parse_raw
 
 from bpfdiff.engine import Engine, EventOutcome
-from bpfdiff.scenario_text import parse_scenario
 
 MAPS = "-- maps\njmp prog_array key_size=4 value_size=4 max_entries=4\n"
 
@@ -131,7 +131,7 @@ CASES = {
 
 
 def scenario(text: str):
-    return parse_scenario(text, "oracle-test.scn")
+    return parse_raw(text, "oracle-test.scn")
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ mov %r0, 7
 exit
 -- events
 update jmp 0 prog:loop
-run loop
+run loop mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00
 """
     verdict = run_oracle(parse_scenario(text, "loop.scn"), engines=("interp", "jit", "kernel"),
                          bugs=frozenset({"tail-call-limit-ja"}), pool=pool)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 from bpfdiff.fuzz.checker import check_scenario
 from bpfdiff.fuzz.oracle import EnginePool, run_oracle
+from raw_scenarios import parse_raw
 
 from bpfdiff.engine import EXIT, FAULT, FAULT_CALL_DEPTH, FAULT_STACK_OVERFLOW, make_engine
-from bpfdiff.scenario_text import parse_scenario
 
 SELF_NEST = """-- maps
 jmp prog_array key_size=4 value_size=4 max_entries=1
@@ -52,7 +52,7 @@ def pool():
 
 @pytest.mark.parametrize("engine", ["interp", "jit"])
 def test_self_tail_call_through_a_subprogram_nests_34_deep(engine: str) -> None:
-    scenario = parse_scenario(SELF_NEST)
+    scenario = parse_raw(SELF_NEST)
     assert check_scenario(scenario, "linux-6.1") == []
     run = make_engine(engine, profile="linux-6.1").execute(scenario)[1].run
     assert (run.exit, run.r0, run.tail_calls, run.trace) == (EXIT, 1, 33, ("p",) * 34)
@@ -78,20 +78,20 @@ exit
 update jmp 0 prog:deep
 run entry
 """
-    scenario = parse_scenario(text)
+    scenario = parse_raw(text)
     for engine in ("interp", "jit"):
         run = make_engine(engine, profile="linux-6.1").execute(scenario)[1].run
         assert (run.exit, run.r0, run.trace) == (EXIT, 9, ("entry", "deep")), engine
 
 
 def test_a_ninth_frame_of_one_program_is_still_refused_at_run_time() -> None:
-    scenario = parse_scenario(f"-- prog deep\n{_deep_chain(8)}\n-- events\nrun deep\n")
+    scenario = parse_raw(f"-- prog deep\n{_deep_chain(8)}\n-- events\nrun deep\n")
     run = make_engine("interp", profile="linux-6.1").execute(scenario)[0].run
     assert (run.exit, run.fault_kind) == (FAULT, FAULT_CALL_DEPTH)
 
 
 def test_a_lost_counter_overflows_the_jit_stack_and_is_named(pool) -> None:
-    scenario = parse_scenario(SELF_NEST)
+    scenario = parse_raw(SELF_NEST)
     bugs = frozenset({"subprog-counter-reset"})
     jit_run = make_engine("jit", profile="linux-6.1", bugs=bugs).execute(scenario)[1].run
     assert (jit_run.exit, jit_run.fault_kind) == (FAULT, FAULT_STACK_OVERFLOW)

@@ -66,9 +66,10 @@ def test_seed_program_reads_as_the_seed_commit_listing() -> None:
     )
     assert caller.insns[1].map == "jmp_table"
     assert scenario.map("jmp_table") == MapDef("jmp_table", "prog_array", 4, 4, 4)
+    packet = bytes(14)          # an XDP scenario: the smallest packet a test run takes (ETH_HLEN)
     assert scenario.events == (
-        Update("jmp_table", key_u32(0), "target"), Run("caller"), Delete("jmp_table", key_u32(0)),
-        Run("caller"), Update("jmp_table", key_u32(0), "target"), Run("caller"),
+        Update("jmp_table", key_u32(0), "target"), Run("caller", packet), Delete("jmp_table", key_u32(0)),
+        Run("caller", packet), Update("jmp_table", key_u32(0), "target"), Run("caller", packet),
     )
     assert scenario.expect == Expect(result=42)
 

@@ -45,7 +45,7 @@ exit
 -- events
 update jt 0 prog:target
 delete jt 0
-run caller
+run caller mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00
 """
 
 

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from raw_scenarios import parse_raw, raw_text
 from test_minimize import FINDINGS
-
-from bpfdiff.scenario_text import parse_scenario
 
 from bpfdiff.fuzz.triage import FindingRecord, bucket_findings  # isort: skip
 
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _record(name: str, signature: str | None, slots: int, recorded: str | None = None,
             mtime: float = 1000.0) -> FindingRecord:
     text = "-- prog p\n" + "mov %r0, 0\n" * (slots - 1) + "exit\n-- events\nrun p\n"
-    return FindingRecord(Path(name), parse_scenario(text), "linux-6.1", frozenset(), recorded, signature, mtime)
+    return FindingRecord(Path(name), parse_raw(text), "linux-6.1", frozenset(), recorded, signature, mtime)
 
 
 def test_bucketing_groups_by_signature_and_picks_the_smallest() -> None:
@@ -63,7 +62,7 @@ def test_a_finding_whose_replays_disagree_is_flaky(tmp_path: Path, monkeypatch: 
                                SimpleNamespace(ok=True, signature="", findings=[])])
     monkeypatch.setattr(oracle_module, "run_oracle", lambda *args, **kwargs: next(answers))
     path = tmp_path / "f.scn"
-    path.write_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n-- meta\nsignature sig-A\n")
+    path.write_text(raw_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n-- meta\nsignature sig-A\n"))
     record = replay_finding(path)
     assert record.unstable and not record.reproduces and "unstable" in record.error
     (bucket,) = bucket_findings([record])
@@ -87,9 +86,9 @@ def _crash_dir(root: Path, bugs: list[str], flaky: bool = False) -> Path:
             (crashes / f"{bug}-{n}.txt").write_text("campaign report, not a finding\n")
     if flaky:
         # Recorded with poke-skip-delete, but there is no tail call: it cannot diverge (any more).
-        (crashes / "stale.scn").write_text(
+        (crashes / "stale.scn").write_text(raw_text(
             "-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n-- meta\nprofile linux-6.1\ninject poke-skip-delete\n"
-            "signature old-signature\n")
+            "signature old-signature\n"))
     return crashes
 
 
@@ -182,7 +181,7 @@ def test_flaky_finding_is_reported_not_dropped(tmp_path: Path) -> None:
 def test_only_flaky_findings_exit_zero(tmp_path: Path) -> None:
     crashes = tmp_path / "c"
     crashes.mkdir()
-    (crashes / "old.scn").write_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n")
+    (crashes / "old.scn").write_text(raw_text("-- prog p\nmov %r0, 1\nexit\n-- events\nrun p\n"))
     run = _triage(str(crashes), "--no-reports")
     assert run.returncode == 0
     assert "1 findings, 0 distinct, 1 flaky" in run.stdout

@@ -147,9 +147,9 @@ mov %r0, 1
 exit
 -- events
 update jt 0 prog:target
-run caller
+run caller mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00
 delete jt 0
-run caller
+run caller mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00
 """
 
 
