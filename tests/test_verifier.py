@@ -21,7 +21,7 @@ from bpfdiff.asm import assemble_program
 from bpfdiff.engine import ProgramRefused
 from bpfdiff.isa import Program
 from bpfdiff.profiles import LINUX_5_5, LINUX_6_1, PROFILES
-from bpfdiff.scenario import MapDef, Run, Scenario
+from bpfdiff.scenario import PROG_RAW, MapDef, Run, Scenario
 from bpfdiff.scenario_text import parse_scenario
 from bpfdiff.verifier import VerifierError, check_load, verify
 
@@ -81,7 +81,8 @@ def test_atomics_beyond_add_need_5_12() -> None:
 
 @pytest.mark.parametrize("engine", [InterpEngine, JitEngine])
 def test_both_engines_refuse_through_the_model(engine) -> None:
-    scenario = Scenario(programs=(prog("mov %r0, 1\nbswap64 %r0\nexit\n"),), events=(Run("p", b""),))
+    scenario = Scenario(programs=(prog("mov %r0, 1\nbswap64 %r0\nexit\n"),), events=(Run("p", b""),),
+                        prog_type=PROG_RAW)     # a run without a packet
     instance = engine(profile=LINUX_6_1)
     try:
         with pytest.raises(ProgramRefused, match="prog p insn 1: unknown opcode d7"):
