@@ -251,6 +251,8 @@ update tab 1 = 55 66 77 88 00 00 00 00
 run p mem=01 00 00 00
 run p mem=02 00 00 00
 run p mem=03 00 00 00
+-- prog_type
+raw
 """
 
 
