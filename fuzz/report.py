@@ -31,7 +31,7 @@ import html
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -300,10 +300,10 @@ def _run_at(events: Sequence[Any], index: int | None) -> Any:
 
 
 def _describe_event(scenario: Scenario, index: int) -> str:
-    from bpfdiff.scenario_text import format_scenario
+    from bpfdiff.scenario_text import format_event
 
-    event_text = format_scenario(replace(scenario, programs=(), events=(scenario.events[index],), meta=(),
-                                         expect=None)).splitlines()[-1]
+    # the event's own line (a formatted scenario may end with other sections, -- prog_type)
+    event_text = format_event(scenario.events[index], {m.name: m for m in scenario.maps})
     return f"{index}: {event_text}"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from bpfdiff.fuzz.report import collect_report, render_markdown
 from bpfdiff.fuzz.triage import triage
+from raw_scenarios import raw_text  # test_oracle's scenarios run without a packet
 from test_oracle import DELETE, SELF_LOOP_DIRECT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "corpus" / "examples"
@@ -17,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "corpus" / "examples"
 def report_of(tmp_path: Path, text: str, bug: str):
     crashes = tmp_path / "crashes"
     crashes.mkdir()
-    (crashes / "finding.scn").write_text(text + f"-- meta\nprofile linux-6.1\ninject {bug}\n")
+    (crashes / "finding.scn").write_text(raw_text(text + f"-- meta\nprofile linux-6.1\ninject {bug}\n"))
     (bucket,) = triage(crashes)
     return collect_report(bucket, "Bucket 1")
 
@@ -62,8 +63,8 @@ def test_an_ambiguous_finding_joins_the_bucket_of_the_model_other_findings_show(
         crashes = tmp_path / bug
         crashes.mkdir()
         meta = f"-- meta\nprofile linux-6.1\ninject {bug}\n"
-        (crashes / "a-ambiguous.scn").write_text(SUBPROG_CHAIN + meta)
-        (crashes / "b-plain.scn").write_text(other + meta)
+        (crashes / "a-ambiguous.scn").write_text(raw_text(SUBPROG_CHAIN + meta))
+        (crashes / "b-plain.scn").write_text(raw_text(other + meta))
         (bucket,) = triage(crashes)
         assert bucket.signature == f"divergence:linux-6.1:control:{name}:any" and bucket.count == 2
         # without merging, the input that cannot tell the models apart stays apart
