@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 from bpfdiff.fuzz.oracle import KNOWN, EnginePool, run_oracle
+from raw_scenarios import parse_raw  # runs without a packet
 
 from bpfdiff.engine import make_engine
-from bpfdiff.scenario_text import parse_scenario
 
 EMPTY_THEN_SELF = """
 -- maps
@@ -67,7 +67,7 @@ ENTRIES = {"linux-5.10": (17, 17), "linux-6.1": (17, 17), "linux-6.12": (17, 34)
 def test_entries_per_engine(profile: str, engine: str) -> None:
     made = make_engine(engine, profile=profile)
     try:
-        run = made.execute(parse_scenario(EMPTY_THEN_SELF))[1].run
+        run = made.execute(parse_raw(EMPTY_THEN_SELF))[1].run
     finally:
         made.close()
     entries = ENTRIES[profile][engine == "jit"]
@@ -77,10 +77,10 @@ def test_entries_per_engine(profile: str, engine: str) -> None:
 def test_oracle_names_the_known_kernel_bug_on_6_12() -> None:
     pool = EnginePool()
     try:
-        verdict = run_oracle(parse_scenario(EMPTY_THEN_SELF), profile="linux-6.12", pool=pool)
+        verdict = run_oracle(parse_raw(EMPTY_THEN_SELF), profile="linux-6.12", pool=pool)
         assert [f.kind for f in verdict.findings] == [KNOWN]
         assert verdict.signature == "known:linux-6.12:3733f4be2870"
         for profile in ("linux-6.1", "linux-5.10"):
-            assert run_oracle(parse_scenario(EMPTY_THEN_SELF), profile=profile, pool=pool).ok
+            assert run_oracle(parse_raw(EMPTY_THEN_SELF), profile=profile, pool=pool).ok
     finally:
         pool.close()

@@ -365,7 +365,8 @@ def test_helper_calls_go_to_the_functions_the_kernel_calls() -> None:
     calls = [insn.imm for insn in verify(program, maps, LINUX_6_1).insns if insn.opcode == isa.CALL_OPCODE]
     assert [isa.KERNEL_FUNC_NAMES[imm] for imm in calls] == [
         "array_map_update_elem", "htab_map_delete_elem", "bpf_user_rnd_u32", "bpf_get_raw_cpu_id"]
-    scenario = Scenario(maps=tuple(maps.values()), programs=(program,), events=(Run("p", b""),) * 2)
+    scenario = Scenario(maps=tuple(maps.values()), programs=(program,), events=(Run("p", b""),) * 2,
+                        prog_type=PROG_RAW)    # runs without a packet
     results = []
     for engine in (InterpEngine(profile=LINUX_6_1), JitEngine(profile=LINUX_6_1)):
         try:
