@@ -20,12 +20,19 @@ What one campaign does (``bpfdiff fuzz``):
 
 With ``jobs > 1`` the work runs in worker processes (spawned, each with its
 own engines); the parent collects results, writes files and draws the status
-line.  Ctrl-C stops the workers after their current scenario; whatever they
-found is written before the summary.
+line.  Ctrl-C -- or SIGTERM, what CI timeouts and service managers send --
+stops the workers after their current scenario; whatever they found is
+written before the summary.  Workers never outlive the campaign, whatever
+ends it (even SIGKILL): each asks the kernel for SIGTERM when its parent dies
+(``PR_SET_PDEATHSIG``) and a watchdog thread checks the parent's pid as well
+(the death signal is tied to the thread that forked, and is lost if the
+parent died before the worker asked for it).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import multiprocessing
 import os
@@ -52,6 +59,8 @@ from bpfdiff.scenario import Run, Scenario
 from bpfdiff.scenario_text import SUFFIX, format_scenario
 
 MUTATION_SHARE = 0.25
+# Signals that stop a campaign cleanly (summary printed, findings kept).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BATCH_SECONDS = 0.25
 
 
@@ -231,17 +240,66 @@ class Worker:
         return self.config.runs // jobs + (1 if self.worker_id < self.config.runs % jobs else 0)
 
 
+PR_SET_PDEATHSIG = 1          # include/uapi/linux/prctl.h
+WATCHDOG_SECONDS = 0.5        # how often a worker checks that its parent is alive
+ORPHAN_GRACE_SECONDS = 5.0    # an orphaned worker's cleanup may take this long, then it exits hard
+
+
+def _ask_for_parent_death_signal(signum: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): the kernel sends ``signum`` when our parent dies (Linux only)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone does it
+        pass
+
+
+class _ParentGone(SystemExit):
+    """Raised in an orphaned worker: unwind (engines closed in ``finally``), then exit."""
+
+
+def _guard_against_orphaning(parent: int) -> Callable[[], bool]:
+    """End this worker when ``parent`` dies; returns a function telling whether it has.
+
+    SIGTERM while the parent lives is ignored, like SIGINT: a ``kill`` of the
+    whole process group reaches the parent too, which then stops its workers
+    in order and keeps their findings.  Once the parent is gone, SIGTERM (the
+    death signal, or the watchdog's) unwinds the worker; a worker stuck in C
+    code is ended hard after a grace period.
+    """
+    def orphaned() -> bool:
+        return os.getppid() != parent
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if orphaned():
+            raise _ParentGone(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _ask_for_parent_death_signal(signal.SIGTERM)
+
+    def watchdog() -> None:
+        while not orphaned():
+            time.sleep(WATCHDOG_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watchdog, name="parent-watchdog", daemon=True).start()
+    return orphaned
+
+
 def worker_main(config: CampaignConfig, worker_id: int, corpus: list[tuple[str, Scenario]],
-                results: multiprocessing.Queue, stop: multiprocessing.Event) -> None:
+                results: multiprocessing.Queue, stop: multiprocessing.Event, parent: int | None = None) -> None:
     """Entry point of a worker process: batches of results every BATCH_SECONDS."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
+    orphaned = _guard_against_orphaning(os.getppid() if parent is None else parent)
     worker = Worker(config, worker_id, corpus)
     quota = worker.quota()
     done = runs = invalid = total = 0
     items: list[Item] = []
     last = time.monotonic()
     try:
-        while not stop.is_set() and (quota is None or total < quota):
+        while not stop.is_set() and (quota is None or total < quota) and not orphaned():
             n, r, bad, new = worker.step()
             total += n
             done += n
@@ -255,9 +313,15 @@ def worker_main(config: CampaignConfig, worker_id: int, corpus: list[tuple[str, 
                 items = []
                 last = now
     finally:
-        results.put(("batch", worker_id, done, runs, invalid, items))
-        results.put(("done", worker_id, 0, 0, 0, []))
-        worker.pool.close()
+        try:
+            if orphaned():
+                # nobody reads the queue any more: do not wait to flush it at exit
+                results.cancel_join_thread()
+            else:
+                results.put(("batch", worker_id, done, runs, invalid, items))
+                results.put(("done", worker_id, 0, 0, 0, []))
+        finally:
+            worker.pool.close()
 
 
 # ---------------------------------------------------------------------------
@@ -291,6 +355,7 @@ class Campaign:
         self.first_findings: dict[str, Path | None] = {}
         self._last_status = 0.0
         self.interrupted = False
+        self.stop_signal: int | None = None     # SIGINT or SIGTERM, when one stopped the campaign
         self._status_is_tty = bool(status is not None and hasattr(status, "isatty") and status.isatty())
 
     # -- corpus -------------------------------------------------------------
@@ -411,27 +476,30 @@ class Campaign:
             self.config.crashes.mkdir(parents=True, exist_ok=True)
         self.load_corpus()
         self.stats.started = time.monotonic()
-        # Ctrl-C sets a flag instead of raising, so that no file write is cut
-        # short; the loops stop at the next scenario.  A second Ctrl-C raises.
-        previous = None
+        # Ctrl-C and SIGTERM set a flag instead of raising, so that no file
+        # write is cut short; the loops stop at the next scenario.  A second
+        # one raises.
+        previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in STOP_SIGNALS:
+                previous[signum] = signal.signal(signum, self._on_stop_signal)
         try:
             if self.config.jobs <= 1:
                 self.run_inline()
             else:
                 self.run_workers()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if self.status is not None and self._status_is_tty:
                 self.status.write("\r\x1b[K")
         return self.stats
 
-    def _on_sigint(self, signum: int, frame: object) -> None:
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
         if self.interrupted:
             raise KeyboardInterrupt
         self.interrupted = True
+        self.stop_signal = signum
 
     def run_inline(self) -> None:
         worker = Worker(self.config, 0, self.corpus)
@@ -450,7 +518,8 @@ class Campaign:
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         stop = ctx.Event()
-        procs = [ctx.Process(target=worker_main, args=(self.config, w, self.corpus, results, stop), daemon=True)
+        procs = [ctx.Process(target=worker_main, args=(self.config, w, self.corpus, results, stop, os.getpid()),
+                             daemon=True)
                  for w in range(self.config.jobs)]
         for proc in procs:
             proc.start()

@@ -2,13 +2,15 @@
 
 Exit 0 when no engine disagreed, crashed or failed a self-check; 1 when the
 campaign found something (the files are in ``--crashes``); 2 on bad options;
-130 after Ctrl-C without findings.  Ctrl-C stops cleanly: the workers finish
-their scenario, every finding is written, the summary is printed.
+130 after Ctrl-C (143 after SIGTERM) without findings.  Ctrl-C and SIGTERM
+stop cleanly: the workers finish their scenario, every finding is written,
+the summary is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -91,4 +93,6 @@ def main(args: argparse.Namespace) -> int:
     print(campaign.summary())
     if stats.new_findings:
         return 1
-    return 130 if campaign.interrupted else 0
+    if campaign.interrupted:
+        return 128 + (campaign.stop_signal or signal.SIGINT)
+    return 0
