@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from bpfdiff import isa
 from bpfdiff.isa import Insn, Program
+from bpfdiff.limits import int_literal, quote
 
 
 class AsmError(ValueError):
@@ -154,20 +155,23 @@ class _Line:
 
     def register(self, operand: Operand) -> int:
         text = operand.text
-        match = re.fullmatch(r"%?r(\d+)", text)
+        match = re.fullmatch(r"%?r(\d{1,2})", text)
         if match is None or not 0 <= int(match.group(1)) <= isa.BPF_REG_FP:
-            raise self.error(f"bad register '{text}' (expected %r0..%r10)", operand.col)
+            raise self.error(f"bad register '{quote(text)}' (expected %r0..%r10)", operand.col)
         return int(match.group(1))
 
     def integer(self, operand: Operand | str, limits: tuple[int, int], what: str, col: int | None = None) -> int:
         text = operand.text if isinstance(operand, Operand) else operand
         col = operand.col if isinstance(operand, Operand) else col
         if not _INT_RE.match(text):
-            raise self.error(f"bad {what} '{text}' (expected a decimal or 0x-hex integer)", col)
-        value = int(text, 0) if not re.match(r"[+-]?0\d", text) else int(text, 10)
+            raise self.error(f"bad {what} '{quote(text)}' (expected a decimal or 0x-hex integer)", col)
+        try:
+            value = int_literal(text, 0) if not re.match(r"[+-]?0\d", text) else int_literal(text, 10)
+        except ValueError as exc:
+            raise self.error(f"bad {what}: {exc}", col) from None
         low, high = limits
         if not low <= value <= high:
-            raise self.error(f"{what} {text} out of range [{low}, {high}]", col)
+            raise self.error(f"{what} {quote(text)} out of range [{low}, {high}]", col)
         return value
 
     def imm32(self, operand: Operand) -> int:
@@ -177,7 +181,7 @@ class _Line:
         """``[%rN]``, ``[%rN+OFF]`` or ``[%rN-OFF]`` -> (register, signed offset)."""
         match = _MEM_RE.match(operand.text)
         if match is None:
-            raise self.error(f"bad memory operand '{operand.text}' (expected [%rN+OFF])", operand.col)
+            raise self.error(f"bad memory operand '{quote(operand.text)}' (expected [%rN+OFF])", operand.col)
         reg = self.register(Operand(match.group("reg"), operand.col + match.start("reg")))
         if match.group("off") is None:
             return reg, 0
@@ -227,11 +231,14 @@ class _Assembler:
         self.label_lines: dict[str, int] = {}
         self.first_exit: int | None = None
         self.fixups: list[_Fixup] = []
+        self.lines: list[int] = []          # for each slot, the line it was assembled from
+        self.current_line = first_line
 
     # -- driver -------------------------------------------------------------------
     def run(self, text: str) -> list[Insn]:
         for index, raw_line in enumerate(text.splitlines()):
-            self.line(self.first_line + index, _strip_comment(raw_line))
+            self.current_line = self.first_line + index
+            self.line(self.current_line, _strip_comment(raw_line))
         self.resolve()
         return self.out
 
@@ -257,7 +264,7 @@ class _Assembler:
                 raise line.error("missing operand", operand.col)
         handler = self.handler_for(mnemonic)
         if handler is None:
-            raise line.error(f"unknown mnemonic '{mnemonic}'")
+            raise line.error(f"unknown mnemonic '{quote(mnemonic)}'")
         handler(line)
 
     def define_label(self, name: str, number: int, col: int) -> None:
@@ -277,6 +284,7 @@ class _Assembler:
 
     def emit(self, insn: Insn) -> None:
         self.out.append(insn)
+        self.lines.append(self.current_line)
 
     def resolve(self) -> None:
         for fix in self.fixups:
@@ -298,7 +306,7 @@ class _Assembler:
         if _INT_RE.match(operand.text):
             return line.integer(operand, limits, "jump offset")
         if not _LABEL_RE.match(operand.text):
-            raise line.error(f"bad jump target '{operand.text}' (expected a label or +N/-N)", operand.col)
+            raise line.error(f"bad jump target '{quote(operand.text)}' (expected a label or +N/-N)", operand.col)
         self.fixups.append(_Fixup(len(self.out), operand.text, line.number, operand.col, field, limits))
         return 0
 
@@ -449,7 +457,7 @@ class _Assembler:
             self.emit(Insn(0, 0, 0, 0, offset))
             return
         if value_op.text.startswith(("map:", "map_value:")):
-            raise line.error(f"bad map reference '{value_op.text}' (expected map:NAME or map_value:NAME+OFF)",
+            raise line.error(f"bad map reference '{quote(value_op.text)}' (expected map:NAME or map_value:NAME+OFF)",
                              value_op.col)
         for insn in isa.lddw_pair(dst, line.integer(value_op, IMM64, "64-bit immediate")):
             self.emit(insn)
@@ -496,6 +504,12 @@ def assemble(text: str, *, source: str = "<asm>", first_line: int = 1) -> list[I
     Raises :class:`AsmError` with a one-line ``SOURCE:LINE:COL: message``.
     """
     return _Assembler(source, first_line).run(text)
+
+
+def assemble_with_lines(text: str, *, source: str = "<asm>", first_line: int = 1) -> tuple[list[Insn], list[int]]:
+    """Like :func:`assemble`, plus the line number each slot comes from (``lddw``: both slots its line)."""
+    assembler = _Assembler(source, first_line)
+    return assembler.run(text), assembler.lines
 
 
 def assemble_program(name: str, text: str, *, source: str = "<asm>", first_line: int = 1) -> Program:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success (engines agree), 1 a finding or failure, 2 bad input,
 130 interrupted.  Bad input never shows a traceback: the error is one line on
-stderr naming the file and place.
+stderr naming the file and place.  Every command reports errors the same way:
+``bpfdiff: error: ...`` (:data:`ERROR_PREFIX`), bad options included.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 # Subcommands, in the order `bpfdiff --help` lists them.  Each is a module
 # bpfdiff.commands.<name> with NAME, HELP, add_arguments(parser), main(args).
@@ -22,6 +24,22 @@ EXIT_OK = 0
 EXIT_FINDING = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+ERROR_PREFIX = "bpfdiff: error: "
+WARNING_PREFIX = "bpfdiff: warning: "
+
+
+def error_line(message: str) -> str:
+    """The one line every command prints on stderr for an error."""
+    return ERROR_PREFIX + message
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but its errors carry the same prefix as every other error (and exit 2, as before)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("bpfdiff").strip()
+        self.exit(EXIT_BAD_INPUT, error_line(f"{command}: {message}" if command else message) + "\n")
 
 
 def available_commands() -> dict[str, ModuleType]:
@@ -31,7 +49,7 @@ def available_commands() -> dict[str, ModuleType]:
 
 def build_parser(commands: dict[str, ModuleType] | None = None) -> argparse.ArgumentParser:
     commands = available_commands() if commands is None else commands
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="bpfdiff",
         description="Differential testing of the eBPF x86-64 JIT against a reference interpreter.",
     )
@@ -57,9 +75,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported in one line, exit 2."""
     from bpfdiff.engine import EngineError
     from bpfdiff.inputs import InputError
+    from bpfdiff.limits import InputTooLarge
     from bpfdiff.scenario_text import ScenarioSyntaxError
 
-    errors: list[type[BaseException]] = [InputError, ScenarioSyntaxError, EngineError]
+    errors: list[type[BaseException]] = [InputError, ScenarioSyntaxError, EngineError, InputTooLarge]
     for module_name, attr in (("bpfdiff.asm", "AsmError"), ("bpfdiff.datafile", "DataFileError")):
         if importlib.util.find_spec(module_name) is not None:
             errors.append(getattr(importlib.import_module(module_name), attr))
@@ -87,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except _input_errors() as exc:
-        print(f"bpfdiff: error: {_one_line(exc)}", file=sys.stderr)
+        print(error_line(_one_line(exc)), file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from bpfdiff import isa
 from bpfdiff.asm import AsmError, assemble
 from bpfdiff.isa import Insn, Program
+from bpfdiff.limits import MAX_MEM_BYTES, InputTooLarge, check_input_size, int_literal, quote, read_bounded
 from bpfdiff.scenario import PROG_RAW, Expect, Run, Scenario
 
 KNOWN_SECTIONS = ("asm", "mem", "result", "error", "raw", "c")
@@ -125,7 +126,9 @@ def _parse_mem(section: _Section, path: str) -> bytes:
     out = bytearray()
     for number, token in _content_tokens(section):
         if not _BYTE_RE.match(token):
-            raise DataFileError(path, number, f"bad byte {token!r} in '-- mem' (expected hex like 0a)")
+            raise DataFileError(path, number, f"bad byte {quote(token)!r} in '-- mem' (expected hex like 0a)")
+        if len(out) == MAX_MEM_BYTES:
+            raise DataFileError(path, number, f"'-- mem' holds more than {MAX_MEM_BYTES} bytes (bpfdiff's limit)")
         out.append(int(token, 16))
     return bytes(out)
 
@@ -137,13 +140,16 @@ def _parse_result(section: _Section, path: str) -> int:
         raise DataFileError(path, line, f"'-- result' needs exactly one integer, found {len(tokens)}")
     number, token = tokens[0]
     if not _INT_RE.match(token):
-        raise DataFileError(path, number, f"bad result {token!r} (expected a hex or decimal integer)")
+        raise DataFileError(path, number, f"bad result {quote(token)!r} (expected a hex or decimal integer)")
     digits = token.lstrip("+-")
-    value = int(digits, 16) if digits.lower().startswith("0x") else int(digits, 10)
+    try:
+        value = int_literal(digits, 16) if digits.lower().startswith("0x") else int_literal(digits, 10)
+    except ValueError as exc:
+        raise DataFileError(path, number, f"bad result: {exc}") from None
     if token.startswith("-"):
         value = -value
     if not -(1 << 63) <= value <= U64_MASK:
-        raise DataFileError(path, number, f"result {token} does not fit in 64 bits")
+        raise DataFileError(path, number, f"result {quote(token)} does not fit in 64 bits")
     return value & U64_MASK
 
 
@@ -151,7 +157,7 @@ def _parse_raw(section: _Section, path: str) -> list[tuple[int, int]]:
     slots = []
     for number, token in _content_tokens(section):
         if not _RAW_RE.match(token):
-            raise DataFileError(path, number, f"bad raw slot {token!r} (expected a 64-bit hex number)")
+            raise DataFileError(path, number, f"bad raw slot {quote(token)!r} (expected a 64-bit hex number)")
         slots.append((number, int(token, 16)))
     return slots
 
@@ -167,6 +173,10 @@ def _raw_to_insns(raw: list[tuple[int, int]]) -> list[Insn]:
 
 def parse_datafile(text: str, source: str = "<data>") -> DataFile:
     """Parse the text of a ``.data`` file; ``source`` names it in errors and in the result."""
+    try:
+        check_input_size(len(text), source)
+    except InputTooLarge as exc:
+        raise DataFileError(source, None, str(exc).removeprefix(f"{source}: ")) from None
     seen: dict[str, _Section] = {}
     unknown: list[tuple[str, int]] = []
     for section in _split_sections(text, source):
@@ -222,7 +232,9 @@ def read_datafile(path: str | Path) -> DataFile:
     """Read and parse one ``.data`` file."""
     path_text = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path).decode("utf-8")
+    except InputTooLarge as err:
+        raise DataFileError(path_text, None, str(err).removeprefix(f"{path_text}: ")) from None
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise DataFileError(path_text, None, f"cannot read: {reason}") from err

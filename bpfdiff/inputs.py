@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from bpfdiff.limits import InputTooLarge, read_bounded
 from bpfdiff.scenario import Scenario
 from bpfdiff.scenario_text import SUFFIX, ScenarioSyntaxError, parse_scenario
 
@@ -59,19 +60,28 @@ def input_kind(path: str | os.PathLike[str], data: bytes) -> str:
 
 
 def load_input(path: str | os.PathLike[str], profile: str | None = None,
-               warn: Callable[[str], None] | None = None) -> Scenario:
+               warn: Callable[[str], None] | None = None,
+               notice: Callable[[str], None] | None = None) -> Scenario:
     """Read a scenario, a ``.data`` file or a fuzzer byte input; errors are :class:`InputError`.
 
     ``profile`` only matters for byte inputs: the fuzzer generates what the
     profile allows, so an artifact replays under the profile it was found with.
     ``warn`` receives one line per part of the file that was read but has no
-    effect (a ``.data`` file's unknown sections).
+    effect (a ``.data`` file's unknown sections); ``notice`` one line when a
+    file that is not named like a fuzzer artifact was read as fuzzer bytes
+    (``bpfdiff run Makefile`` runs *some* scenario: the user should know).
+    Files larger than :data:`bpfdiff.limits.MAX_INPUT_BYTES` are refused unread.
     """
     name = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = read_bounded(path)
+    except InputTooLarge as exc:
+        raise InputError(str(exc)) from None
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    if notice is not None and input_kind(name, data) == "bytes" and not _LIBFUZZER_ARTIFACT.match(Path(name).name):
+        notice(f"{name}: neither a scenario (no '-- ' section headers) nor a .data file: "
+               "read as fuzzer bytes, run as the scenario the fuzzer generates from them")
     return scenario_from_input(data, name, profile, warn)
 
 

@@ -76,24 +76,64 @@ def value_region_size(mapdef: MapDef) -> int:
     return 0
 
 
+# -- Bounds on a map's definition ----------------------------------------------
+# The kernel's (kernel/bpf/syscall.c, arraymap.c, hashtab.c), then ours.
+U32_MAX = (1 << 32) - 1       # key_size, value_size and max_entries are __u32 in union bpf_attr
+INT_MAX = (1 << 31) - 1       # array_map_alloc_check: value_size > INT_MAX is -E2BIG (v5.11+)
+MAX_BPF_STACK = 512           # hash keys up to v5.10: built on the program's stack (-E2BIG above)
+KMALLOC_MAX_SIZE = 1 << 22    # x86-64 SLUB: 1 << (MAX_ORDER + PAGE_SHIFT - 1), MAX_ORDER 11
+HTAB_ELEM_SIZE = 48           # sizeof(struct htab_elem) on x86-64: 16 + 24-byte unions, u32 hash, key aligned 8
+HTAB_BUCKET_SIZE = 16         # sizeof(struct bucket): hlist_nulls_head + raw spinlock, padded
+# Ours: every map's contents are compared after every run, and values live in
+# the engines' memory (unicorn's for the JIT), so a map stays small.
+MAX_ENTRIES = 1 << 16
+MAX_VALUE_REGION = 64 << 20   # value bytes of one map (see value_region_size)
+
+
+def map_size_problem(kind: str, key_size: int, value_size: int, max_entries: int) -> tuple[str, str] | None:
+    """The first size of a map definition that the kernel or our engines refuse: (attribute, reason).
+
+    ``kind`` is assumed known.  None when every size is acceptable.
+    """
+    sizes = {"key_size": key_size, "value_size": value_size, "max_entries": max_entries}
+    for attribute, value in sizes.items():
+        if value <= 0:
+            return attribute, f"{attribute} must be positive, not {value} (BPF_MAP_CREATE: -EINVAL)"
+        if value > U32_MAX:
+            return attribute, f"{attribute} {value} does not fit the syscall's 32-bit field"
+    if kind in ("array", "prog_array") and key_size != 4:
+        return "key_size", f"an {kind} needs 4-byte keys, not {key_size} (BPF_MAP_CREATE: -EINVAL)"
+    if kind == "prog_array" and value_size != PROG_ARRAY_VALUE_SIZE:
+        return "value_size", f"a prog_array's value_size is 4 (a program fd), not {value_size} (-EINVAL)"
+    if kind == "array" and value_size > INT_MAX:
+        return "value_size", f"value_size {value_size} > INT_MAX (BPF_MAP_CREATE: -E2BIG)"
+    if kind == "hash":
+        if key_size > MAX_BPF_STACK:
+            return "key_size", (f"key_size {key_size} > {MAX_BPF_STACK} (MAX_BPF_STACK: -E2BIG up to v5.10; "
+                                "and a key's decimal text must stay printable)")
+        if key_size + value_size >= KMALLOC_MAX_SIZE - HTAB_ELEM_SIZE:
+            return "value_size", (f"key_size + value_size {key_size + value_size} >= KMALLOC_MAX_SIZE - "
+                                   f"sizeof(struct htab_elem) = {KMALLOC_MAX_SIZE - HTAB_ELEM_SIZE} (-E2BIG)")
+        buckets = 1 << (max_entries - 1).bit_length()
+        if buckets > U32_MAX // HTAB_BUCKET_SIZE:
+            return "max_entries", f"max_entries {max_entries}: {buckets} buckets overflow 32 bits (-E2BIG)"
+    if max_entries > MAX_ENTRIES:
+        return "max_entries", f"max_entries {max_entries} is more than bpfdiff's engines hold ({MAX_ENTRIES})"
+    region = value_region_size(MapDef("", kind, key_size, value_size, max_entries))
+    if region > MAX_VALUE_REGION:
+        return "value_size", (f"{region} bytes of values (max_entries x value_size rounded up to 8) is more "
+                              f"than bpfdiff's engines hold ({MAX_VALUE_REGION})")
+    return None
+
+
 def check_map_def(mapdef: MapDef) -> None:
-    """Raise :class:`MapDefinitionError` for a map the kernel would not create."""
+    """Raise :class:`MapDefinitionError` for a map the kernel would not create, or our engines cannot hold."""
     where = f"map {mapdef.name!r}"
     if mapdef.kind not in MAP_CLASSES:
         raise MapDefinitionError(f"{where}: unknown kind {mapdef.kind!r} (known: {', '.join(MAP_CLASSES)})")
-    if mapdef.max_entries <= 0 or mapdef.key_size <= 0 or mapdef.value_size <= 0:
-        raise MapDefinitionError(f"{where}: key_size, value_size and max_entries must be positive")
-    if mapdef.kind in ("array", "prog_array") and mapdef.key_size != 4:
-        raise MapDefinitionError(f"{where}: an {mapdef.kind} needs 4-byte keys, not {mapdef.key_size}")
-    if mapdef.kind == "prog_array" and mapdef.value_size != PROG_ARRAY_VALUE_SIZE:
-        raise MapDefinitionError(f"{where}: a prog_array's value_size is 4 (a program fd)")
-    if value_region_size(mapdef) > MAX_VALUE_REGION:
-        raise MapDefinitionError(f"{where}: needs {value_region_size(mapdef)} bytes of values "
-                                 f"(limit {MAX_VALUE_REGION})")
-
-
-# Generous for tests and fuzzing, small enough that a typo cannot eat the RAM.
-MAX_VALUE_REGION = 64 << 20
+    problem = map_size_problem(mapdef.kind, mapdef.key_size, mapdef.value_size, mapdef.max_entries)
+    if problem is not None:
+        raise MapDefinitionError(f"{where}: {problem[1]}")
 
 
 def _u32_index(key: bytes) -> int:
@@ -311,6 +351,6 @@ def create_map(mapdef: MapDef, store: ValueStore | None = None, base: int = 0,
 
 __all__ = [
     "BPF_ANY", "BPF_EXIST", "BPF_NOEXIST", "ArrayMap", "BpfMap", "HashMap", "MapDefinitionError",
-    "ProgArrayMap", "SlotObserver", "ValueStore", "check_map_def", "create_map", "round_up8",
+    "ProgArrayMap", "SlotObserver", "ValueStore", "check_map_def", "create_map", "map_size_problem", "round_up8",
     "value_region_size",
 ]

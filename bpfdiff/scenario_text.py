@@ -78,6 +78,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfdiff.isa import Insn, InvalidInstruction, Program, check_program
+from bpfdiff.limits import (
+    MAX_EVENTS,
+    MAX_INT_LITERAL,
+    MAX_MEM_BYTES,
+    MAX_PROGRAM_SLOTS,
+    InputTooLarge,
+    check_input_size,
+    int_literal,
+    quote,
+    read_bounded,
+)
+from bpfdiff.maps import map_size_problem
 from bpfdiff.scenario import (
     DEFAULT_PROG_TYPE,
     MAP_KINDS,
@@ -157,6 +169,10 @@ class _Parser:
     def __init__(self, text: str, source: str, validate: bool) -> None:
         self.source = source
         self.validate = validate
+        try:
+            check_input_size(len(text), source)
+        except InputTooLarge as exc:
+            raise ScenarioSyntaxError(source, 1, 1, str(exc).removeprefix(f"{source}: ")) from None
         # A byte-order mark some editors put first is not text before a header.
         text = text.removeprefix("\ufeff")
         self.lines = [_Line(i + 1, t) for i, t in enumerate(text.splitlines())]
@@ -211,22 +227,23 @@ class _Parser:
     # -- values ----------------------------------------------------------------
     def name(self, line: _Line, token: _Token, what: str) -> str:
         if not _NAME.match(token.text):
-            raise self.error(line, token.col, f"bad {what} name '{token.text}'")
+            raise self.error(line, token.col, f"bad {what} name '{quote(token.text)}'")
         return token.text
 
     def integer(self, line: _Line, token: _Token, what: str, text: str | None = None, col: int | None = None) -> int:
         text = token.text if text is None else text
         try:
-            return int(text, 0)
-        except ValueError:
-            raise self.error(line, token.col if col is None else col, f"bad {what} '{text}'") from None
+            return int_literal(text, 0)
+        except ValueError as exc:
+            reason = f": {exc}" if len(text) > MAX_INT_LITERAL else ""
+            raise self.error(line, token.col if col is None else col, f"bad {what} '{quote(text)}'{reason}") from None
 
     def hex_bytes(self, line: _Line, tokens: list[_Token], what: str) -> bytes:
         out = bytearray()
         for token in tokens:
             text = token.text
             if len(text) % 2 or not re.fullmatch(r"[0-9A-Fa-f]*", text):
-                raise self.error(line, token.col, f"bad {what} bytes '{text}' (hex digits, two per byte)")
+                raise self.error(line, token.col, f"bad {what} bytes '{quote(text)}' (hex digits, two per byte)")
             out += bytes.fromhex(text)
         return bytes(out)
 
@@ -249,20 +266,26 @@ class _Parser:
             if kind not in MAP_KINDS:
                 raise self.error(line, tokens[1].col, f"unknown map kind '{kind}' (known: {', '.join(MAP_KINDS)})")
             values: dict[str, int] = {}
+            columns: dict[str, int] = {}
             for token in tokens[2:]:
                 key, eq, value = token.text.partition("=")
                 if not eq or key not in _MAP_ATTRIBUTES:
                     raise self.error(line, token.col,
-                                     f"bad map attribute '{token.text}' (known: {', '.join(_MAP_ATTRIBUTES)})")
+                                     f"bad map attribute '{quote(token.text)}' (known: {', '.join(_MAP_ATTRIBUTES)})")
                 if key in values:
                     raise self.error(line, token.col, f"'{key}' given twice")
                 number = self.integer(line, token, key, value, token.col + len(key) + 1)
                 if number <= 0:
                     raise self.error(line, token.col + len(key) + 1, f"{key} must be positive, not {number}")
                 values[key] = number
+                columns[key] = token.col + len(key) + 1
             if "max_entries" not in values:
                 raise self.error(line, len(line.text.rstrip()) + 1, "missing max_entries=N")
             sizes = {**_MAP_DEFAULTS, **values}
+            # sizes the kernel refuses, or our engines cannot hold: bad input, not an engine crash
+            problem = map_size_problem(kind, sizes["key_size"], sizes["value_size"], sizes["max_entries"])
+            if problem is not None:
+                raise self.error(line, columns.get(problem[0], tokens[1].col), f"map '{name}': {problem[1]}")
             maps[name] = MapDef(name, kind, sizes["key_size"], sizes["value_size"], sizes["max_entries"])
         return maps
 
@@ -282,27 +305,35 @@ class _Parser:
             if form:
                 insns, slot_lines = self.raw_program(section)
             else:
-                insns, slot_lines = self.asm_program(section), None
+                insns, slot_lines = self.asm_program(section)
+            if not insns:
+                # BPF_PROG_LOAD with insn_cnt 0 is -E2BIG: there is nothing to run
+                raise self.error(header, section.argument[0].col, f"prog {name}: no instructions")
+            if len(insns) > MAX_PROGRAM_SLOTS:
+                raise self.error(slot_lines[MAX_PROGRAM_SLOTS], 1,
+                                 f"prog {name}: more than {MAX_PROGRAM_SLOTS} slots (bpfdiff's limit on a program)")
             self.check_map_references(section, insns, maps)
             if self.validate:
                 try:
                     check_program(insns)
                 except InvalidInstruction as exc:
-                    line = slot_lines[exc.pc] if slot_lines and exc.pc < len(slot_lines) else header
-                    raise self.error(line, 1, f"prog {name}: {exc}") from None
+                    line = slot_lines[exc.pc] if exc.pc < len(slot_lines) else header
+                    col = len(line.text) - len(line.text.lstrip()) + 1 if line is not header else 1
+                    raise self.error(line, col, f"prog {name}: {exc}") from None
             programs[name] = Program(name, tuple(insns))
         return programs
 
-    def asm_program(self, section: _Section) -> list[Insn]:
-        from bpfdiff.asm import AsmError, assemble
+    def asm_program(self, section: _Section) -> tuple[list[Insn], list[_Line]]:
+        """The program's slots, and for each the line it was assembled from."""
+        from bpfdiff.asm import AsmError, assemble_with_lines
 
-        # Blank lines in front of the body keep the assembler's line numbers
-        # those of the file, so its one-line errors point at the right place.
-        text = "\n" * section.header.number + "\n".join(line.text for line in section.body)
+        first = section.header.number + 1
+        text = "\n".join(line.text for line in section.body)
         try:
-            return list(assemble(text, source=self.source))
+            insns, numbers = assemble_with_lines(text, source=self.source, first_line=first)
         except AsmError as exc:
             raise _reraised(exc, self.source, section.header.number) from None
+        return insns, [section.body[number - first] for number in numbers]
 
     def raw_program(self, section: _Section) -> tuple[list[Insn], list[_Line]]:
         insns: list[Insn] = []
@@ -313,13 +344,14 @@ class _Parser:
                 continue
             value = self.integer(line, tokens[0], "slot")
             if not 0 <= value < 1 << 64:
-                raise self.error(line, tokens[0].col, f"slot {tokens[0].text} is not a 64-bit value")
+                raise self.error(line, tokens[0].col, f"slot {quote(tokens[0].text)} is not a 64-bit value")
             opcode, regs, off, imm = _SLOT.unpack(value.to_bytes(8, "little"))
             map_name = None
             for token in tokens[1:]:
                 kind, colon, ref = token.text.partition(":")
                 if kind != "map" or not colon or map_name is not None:
-                    raise self.error(line, token.col, f"unexpected '{token.text}' after a raw slot (only map:NAME)")
+                    raise self.error(line, token.col,
+                                     f"unexpected '{quote(token.text)}' after a raw slot (only map:NAME)")
                 map_name = self.name(line, _Token(ref, token.col + 4), "map")
             insns.append(Insn(opcode, regs & 0x0F, regs >> 4, off, imm, map_name))
             lines.append(line)
@@ -353,18 +385,20 @@ class _Parser:
             tokens = line.tokens()
             verb = tokens[0]
             if verb.text not in parsers:
-                raise self.error(line, verb.col, f"unknown event '{verb.text}' (known: {', '.join(parsers)})")
+                raise self.error(line, verb.col, f"unknown event '{quote(verb.text)}' (known: {', '.join(parsers)})")
+            if len(events) == MAX_EVENTS:
+                raise self.error(line, verb.col, f"more than {MAX_EVENTS} events (bpfdiff's limit on a scenario)")
             events.append(parsers[verb.text](line, tokens))
         return tuple(events)
 
     def program_ref(self, line: _Line, token: _Token, programs: dict[str, Program]) -> str:
         if token.text not in programs:
-            raise self.error(line, token.col, f"unknown program '{token.text}'")
+            raise self.error(line, token.col, f"unknown program '{quote(token.text)}'")
         return token.text
 
     def map_ref(self, line: _Line, token: _Token, maps: dict[str, MapDef]) -> MapDef:
         if token.text not in maps:
-            raise self.error(line, token.col, f"unknown map '{token.text}'")
+            raise self.error(line, token.col, f"unknown map '{quote(token.text)}'")
         return maps[token.text]
 
     def key(self, line: _Line, token: _Token, mapdef: MapDef) -> bytes:
@@ -372,7 +406,7 @@ class _Parser:
             return self.hex_bytes(line, [_Token(token.text[4:], token.col + 4)], "key")
         value = self.integer(line, token, "key")
         if not 0 <= value < 1 << (8 * mapdef.key_size):
-            raise self.error(line, token.col, f"key {token.text} does not fit in {mapdef.key_size} bytes")
+            raise self.error(line, token.col, f"key {quote(token.text)} does not fit in {mapdef.key_size} bytes")
         return value.to_bytes(mapdef.key_size, "little")
 
     def run_event(self, line: _Line, tokens: list[_Token], programs: dict[str, Program]) -> Run:
@@ -382,9 +416,11 @@ class _Parser:
         if len(tokens) > 2:
             first = tokens[2]
             if not first.text.startswith("mem="):
-                raise self.error(line, first.col, f"unexpected '{first.text}' (expected mem=HEX BYTES)")
+                raise self.error(line, first.col, f"unexpected '{quote(first.text)}' (expected mem=HEX BYTES)")
             rest = [_Token(first.text[4:], first.col + 4)] + tokens[3:]
             mem = self.hex_bytes(line, rest, "mem")
+            if len(mem) > MAX_MEM_BYTES:
+                raise self.error(line, first.col, f"mem of {len(mem)} bytes (limit {MAX_MEM_BYTES})")
         return Run(prog, mem)
 
     def flags(self, line: _Line, tokens: list[_Token]) -> tuple[list[_Token], int]:
@@ -397,7 +433,7 @@ class _Parser:
             return tokens[:-1], UPDATE_FLAGS[text]
         value = self.integer(line, token, "flags", text, token.col + len("flags="))
         if not 0 <= value < 1 << 64:
-            raise self.error(line, token.col + len("flags="), f"flags {text} out of range")
+            raise self.error(line, token.col + len("flags="), f"flags {quote(text)} out of range")
         return tokens[:-1], value
 
     def update_event(self, line: _Line, tokens: list[_Token], maps: dict[str, MapDef],
@@ -412,12 +448,12 @@ class _Parser:
         value: bytes | str
         if first.text.startswith("prog:"):
             if len(value_tokens) > 1:
-                raise self.error(line, value_tokens[1].col, f"unexpected '{value_tokens[1].text}'")
+                raise self.error(line, value_tokens[1].col, f"unexpected '{quote(value_tokens[1].text)}'")
             value = self.program_ref(line, _Token(first.text[5:], first.col + 5), programs)
         elif first.text == "=":
             value = self.hex_bytes(line, value_tokens[1:], "value")
         else:
-            raise self.error(line, first.col, f"expected prog:NAME or '= HEX BYTES', not '{first.text}'")
+            raise self.error(line, first.col, f"expected prog:NAME or '= HEX BYTES', not '{quote(first.text)}'")
         return Update(mapdef.name, key, value, flags)
 
     def delete_event(self, line: _Line, tokens: list[_Token], maps: dict[str, MapDef]) -> Delete:
@@ -433,7 +469,7 @@ class _Parser:
 
     def no_more(self, line: _Line, tokens: list[_Token], count: int) -> None:
         if len(tokens) > count:
-            raise self.error(line, tokens[count].col, f"unexpected '{tokens[count].text}'")
+            raise self.error(line, tokens[count].col, f"unexpected '{quote(tokens[count].text)}'")
 
     # -- expectations and meta ---------------------------------------------------
     def parse_result(self, section: _Section) -> int:
@@ -447,7 +483,7 @@ class _Parser:
             raise self.error(content[1], 1, "'-- result' holds one integer")
         value = self.integer(line, tokens[0], "result")
         if not -(1 << 63) <= value < 1 << 64:
-            raise self.error(line, tokens[0].col, f"result {tokens[0].text} is not a 64-bit value")
+            raise self.error(line, tokens[0].col, f"result {quote(tokens[0].text)} is not a 64-bit value")
         return value & ((1 << 64) - 1)
 
     def parse_prog_type(self, section: _Section) -> str:
@@ -471,7 +507,13 @@ class _Parser:
     def parse_meta(self, section: _Section) -> tuple[tuple[str, str], ...]:
         meta = []
         for line in section.content():
-            key, _, value = line.text.strip().partition(" ")
+            stripped = line.text.strip()
+            key, _, value = stripped.partition(" ")
+            problem = _meta_key_problem(key)
+            if problem:
+                # the writer could not write it back (a finding's meta is rewritten)
+                raise self.error(line, len(line.text) - len(line.text.lstrip()) + 1,
+                                 f"meta key '{quote(key)}' {problem}")
             meta.append((key, value.strip()))
         return tuple(meta)
 
@@ -603,9 +645,18 @@ def _checked_error_text(text: str) -> str:
     return text
 
 
+def _meta_key_problem(key: str) -> str | None:
+    """Why a meta key cannot be written in a scenario, or None (one rule for reader and writer)."""
+    if not key or any(c.isspace() for c in key):
+        return "is empty or holds blanks"
+    if key.startswith(("#", "-")):
+        return "starts with '#' or '-' (a comment, a section header or an option, not a key)"
+    return None
+
+
 def _format_meta(key: str, value: str) -> str:
-    if not key or any(c.isspace() for c in key) or key.startswith(("#", "-")):
-        raise ValueError(f"meta key {key!r} cannot be written in a scenario")
+    if _meta_key_problem(key):
+        raise ValueError(f"meta key {key!r} cannot be written in a scenario: {_meta_key_problem(key)}")
     if _breaks_line(value) or value != value.strip():
         raise ValueError(f"meta value {value!r} cannot be written in a scenario (one line, no outer spaces)")
     return f"{key} {value}" if value else key
@@ -622,7 +673,10 @@ def read_scenario(path: str | os.PathLike[str]) -> Scenario:
             return read_datafile(path).to_scenario()
         except DataFileError as exc:
             raise _reraised(exc, str(path), 1) from None
-    data = path.read_bytes()
+    try:
+        data = read_bounded(path)
+    except InputTooLarge as exc:
+        raise ScenarioSyntaxError(str(path), 1, 1, str(exc).removeprefix(f"{path}: ")) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -138,12 +138,14 @@ def resolve_settings(scenario: Scenario | None, *, profile: str | None = None,
 def load_finding(path: str | os.PathLike[str], *, profile: str | None = None,
                  inject: str | Iterable[str] | None = None, engines: str | Iterable[str] | None = None,
                  env: Mapping[str, str] = os.environ,
-                 warn: Callable[[str], None] | None = None) -> tuple[Scenario, FindingSettings]:
+                 warn: Callable[[str], None] | None = None,
+                 notice: Callable[[str], None] | None = None) -> tuple[Scenario, FindingSettings]:
     """Read a scenario, ``.data`` file or atheris artifact and the settings to replay it with.
 
     An artifact's bytes are decoded under :func:`byte_input_profile`; the
     scenario they give records that profile (and ``$BPFDIFF_INJECT``) in its meta.
+    ``warn`` and ``notice`` are :func:`bpfdiff.inputs.load_input`'s.
     """
-    scenario = load_input(path, byte_input_profile(profile, env), warn=warn)
+    scenario = load_input(path, byte_input_profile(profile, env), warn=warn, notice=notice)
     return scenario, resolve_settings(scenario, profile=profile, inject=inject, engines=engines,
                                       source=str(Path(path)), env=env)

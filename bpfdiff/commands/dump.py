@@ -20,7 +20,6 @@ that shows its code: :meth:`bpfdiff.engine.Engine.inspect`).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from bpfdiff.bugs import bugs_for
@@ -107,12 +106,8 @@ def _status(step: Inspection) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return _main(args)
-    except InputError as exc:
-        # the one line names the file and the place (PATH:LINE:COL: message)
-        print(str(exc).strip().splitlines()[0], file=sys.stderr)
-        return EXIT_BAD_INPUT
+    # bad input (InputError) is reported by the CLI: one line, `bpfdiff: error: PATH:LINE:COL: message`
+    return _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:

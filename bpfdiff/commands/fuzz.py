@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from bpfdiff.bugs import BUGS_BY_NAME, validate_bugs
+from bpfdiff.cli import WARNING_PREFIX, error_line
 from bpfdiff.engine import engine_names
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
 from bpfdiff.settings import DEFAULT_ENGINES  # the kernel engines boot a VM: opt-in
@@ -61,14 +62,14 @@ def config_from_args(args: argparse.Namespace):
         raise OptionError(f"--inject: {exc}") from None
     for name in bugs:
         if args.profile not in BUGS_BY_NAME[name].profiles:
-            print(f"bpfdiff fuzz: warning: {name} changes nothing on {args.profile} "
+            print(f"{WARNING_PREFIX}{name} changes nothing on {args.profile} "
                   f"(only {', '.join(BUGS_BY_NAME[name].profiles)})", file=sys.stderr)
     for option in ("time", "runs", "jobs", "max_per_signature"):
         value = getattr(args, option)
         if value is not None and value <= 0:
             raise OptionError(f"--{option.replace('_', '-')}: must be positive, got {value}")
     if args.time is None and args.runs is None:
-        print("bpfdiff fuzz: no --time or --runs: running until Ctrl-C", file=sys.stderr)
+        print("bpfdiff: note: no --time or --runs: running until Ctrl-C", file=sys.stderr)
     return CampaignConfig(
         time_limit=args.time, runs=args.runs, seed=args.seed, profile=args.profile, engines=engines,
         corpus=Path(args.corpus) if args.corpus else None, crashes=Path(args.crashes) if args.crashes else None,
@@ -82,11 +83,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except OptionError as exc:
-        print(f"bpfdiff fuzz: {exc}", file=sys.stderr)
+        print(error_line(str(exc)), file=sys.stderr)
         return 2
     for directory in (config.corpus, config.crashes):
         if directory is not None and directory.exists() and not directory.is_dir():
-            print(f"bpfdiff fuzz: {directory}: not a directory", file=sys.stderr)
+            print(error_line(f"{directory}: not a directory"), file=sys.stderr)
             return 2
     campaign = Campaign(config, status=None if args.quiet else sys.stderr)
     stats = campaign.run()

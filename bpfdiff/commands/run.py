@@ -12,14 +12,20 @@ finding replays as it was found.  Fields an engine cannot observe (a kernel
 engine's trace, its R0 beyond 32 bits) are compared among the engines that do;
 with three or more engines, one that stands alone against all the others is
 named.
+``--timeout S`` bounds the whole command: when it runs out, what was not run
+is reported on stderr and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,6 +61,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="planted bugs to switch on (default: the scenario's meta; see `bpfdiff bugs`)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (settings, every engine's outcomes, differences) instead of text")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="give up after S seconds in all (every engine, every event): exit 1")
+
+
+class RunTimedOut(BaseException):
+    """``--timeout`` ran out.  A BaseException, so that no engine reports it as its own crash."""
+
+
+@contextmanager
+def overall_timeout(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`RunTimedOut` in the main thread after ``seconds`` (None or no main thread: no limit)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise RunTimedOut
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 Settings = FindingSettings
@@ -241,10 +272,27 @@ def check_loads(path: str, scenario: Scenario, profile: str) -> None:
         raise InputError(line)
 
 
+def _stderr_notice(line: str) -> None:
+    print(f"bpfdiff: note: {line}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.timeout > 0:
+        raise InputError(f"--timeout: must be positive, got {args.timeout}")
+    try:
+        with overall_timeout(args.timeout):
+            return _main(args)
+    except RunTimedOut:
+        sys.stdout.flush()
+        print(f"bpfdiff: error: {args.file}: --timeout {args.timeout:g}s ran out before every engine had run "
+              "every event", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
     notes: list[str] = []
     scenario, settings = load_finding(args.file, profile=args.profile, inject=args.inject, engines=args.engines,
-                                      warn=notes.append)
+                                      warn=notes.append, notice=_stderr_notice)
     check_loads(args.file, scenario, settings.profile)
     report = Report()
     outcomes = execute_all(scenario, settings, args.file, report)
