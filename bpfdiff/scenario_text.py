@@ -553,7 +553,8 @@ def format_scenario(scenario: Scenario) -> str:
     if expect is not None and expect.result is not None:
         out += ["-- result", f"0x{expect.result:x}"]
     if expect is not None and expect.error is not None:
-        out += ["-- error", _checked_error_text(expect.error)]
+        # an empty text (a section with only comments) is a header alone
+        out += ["-- error", _checked_error_text(expect.error)] if expect.error else ["-- error"]
     if scenario.meta:
         out.append("-- meta")
         out += [_format_meta(key, value) for key, value in scenario.meta]
