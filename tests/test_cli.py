@@ -293,9 +293,9 @@ def test_run_data_file_notes_unknown_sections(tmp_path: Path, monkeypatch: pytes
 
 
 def test_run_replays_a_fuzzer_byte_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bpfdiff.fuzz.generate import scenario_from_bytes
-
     import hashlib
+
+    from bpfdiff.fuzz.generate import scenario_from_bytes
 
     data = bytes((7 * i + 3) % 256 for i in range(300))
     path = tmp_path / f"crash-{hashlib.sha1(data).hexdigest()}"   # libFuzzer's name: bytes, no note

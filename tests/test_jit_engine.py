@@ -241,7 +241,7 @@ def test_dump_reports_bad_input_in_one_line(capsys: pytest.CaptureFixture[str], 
     path.write_text("-- prog p\nmov %r0, 1\nfrobnicate %r1\nexit\n")
     assert main(["dump", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"{path}:3:")
+    assert len(err.splitlines()) == 1 and err.startswith(f"bpfdiff: error: {path}:3:")
 
 
 SUBPROGRAMS = """
