@@ -165,7 +165,7 @@ def test_dump_bad_inject_is_one_line_naming_the_option(tmp_path: Path, capsys: p
     path.write_text(DIRECT)
     assert cli.main(["dump", str(path), "--inject", "bogus"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("--inject: unknown bug bogus")
+    assert len(err.splitlines()) == 1 and err.startswith("bpfdiff: error: --inject: unknown bug bogus")
 
 
 def test_triage_replays_an_atheris_crash_directory_with_profile_and_inject(
