@@ -11,8 +11,9 @@ made non-executable and a wrapper script named after the target.  One build
 directory with a clean environment:
 
 * ``-runs=100``: exit 0 (no false finding: unicorn and capstone are whole);
-* with a planted bug (``BPFDIFF_INJECT``), it writes a ``crash-<sha1>`` that
-  ``bpfdiff run`` replays as a divergence.
+* with a planted bug (``BPFDIFF_INJECT``) and a seed corpus holding an input
+  that shows it (searched here, in-process), it writes a ``crash-<sha1>`` that
+  ``bpfdiff run`` replays as a divergence; without the bug the same seed is clean.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from bpfdiff.profiles import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = "linux-6.1"
-BUG = "alu32-no-zext"       # the byte driver hits a 32-bit ALU op with a register source within a few runs
+BUG = "alu32-no-zext"       # a 32-bit ALU op with a register source: common in generated programs
 
 # What OSS-Fuzz's compile_python_fuzzer does (infra/base-images/base-builder),
 # coverage and introspector modes aside.
@@ -139,21 +140,49 @@ def test_harness_runs_100_inputs_cleanly(harness, tmp_path):
     assert not list(tmp_path.glob("crash-*"))
 
 
+def _diverging_input(bug: str) -> bytes:
+    """Fuzzer bytes whose scenario diverges with ``bug`` (searched in this process, from a fixed seed)."""
+    import random
+
+    from bpfdiff.fuzz.checker import check_scenario
+    from bpfdiff.fuzz.generate import scenario_from_bytes
+    from bpfdiff.fuzz.oracle import EnginePool, run_oracle
+
+    rng, pool = random.Random(1), EnginePool()
+    try:
+        for _ in range(500):
+            data = bytes(rng.randrange(256) for _ in range(400))
+            scenario = scenario_from_bytes(data, PROFILE)
+            if not check_scenario(scenario, PROFILE) and not run_oracle(
+                    scenario, profile=PROFILE, bugs=frozenset({bug}), pool=pool).ok:
+                return data
+    finally:
+        pool.close()
+    raise AssertionError(f"no byte input shows {bug} on {PROFILE}")
+
+
 def test_harness_finds_a_planted_bug_that_bpfdiff_run_replays(harness, tmp_path):
-    artifacts = tmp_path / "artifacts"
+    """A seed corpus holding one input that shows the bug: the binary reports it as a crash, and only with the bug."""
+    seeds, artifacts = tmp_path / "seeds", tmp_path / "artifacts"
+    seeds.mkdir()
     artifacts.mkdir()
-    proc = _run_binary(harness, tmp_path, "-runs=5000", "-seed=1", f"-artifact_prefix={artifacts}/", inject=BUG)
+    data = _diverging_input(BUG)
+    (seeds / "input").write_bytes(data)
+    clean = _run_binary(harness, tmp_path, "-runs=0", str(seeds))     # the seeds alone, no planted bug
+    assert clean.returncode == 0, (clean.stdout + clean.stderr)[-5000:]
+    proc = _run_binary(harness, tmp_path, "-runs=200", "-seed=1", f"-artifact_prefix={artifacts}/", str(seeds),
+                       inject=BUG)
     crashes = list(artifacts.glob("crash-*"))
-    assert proc.returncode != 0 and len(crashes) == 1, proc.stderr[-5000:]
     output = proc.stdout + proc.stderr      # atheris prints the uncaught exception on stdout
+    assert proc.returncode != 0 and len(crashes) == 1, output[-5000:]
     assert "Uncaught Python exception" in output and "FindingError: divergence:linux-6.1:" in output, output[-5000:]
     replay = subprocess.run([sys.executable, "-m", "bpfdiff", "run", str(crashes[0]), "--profile", PROFILE,
                              "--inject", BUG], capture_output=True, text=True, timeout=300)
     assert replay.returncode == 1 and "ENGINES DIFFER" in replay.stdout, replay.stdout[-3000:]
     # and without the bug the engines agree on the same input: the finding is the planted bug
-    clean = subprocess.run([sys.executable, "-m", "bpfdiff", "run", str(crashes[0]), "--profile", PROFILE],
+    agree = subprocess.run([sys.executable, "-m", "bpfdiff", "run", str(crashes[0]), "--profile", PROFILE],
                            capture_output=True, text=True, timeout=300)
-    assert clean.returncode == 0, clean.stdout[-3000:]
+    assert agree.returncode == 0, agree.stdout[-3000:]
 
 
 def test_readme_describes_the_real_files():
