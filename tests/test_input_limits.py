@@ -276,7 +276,8 @@ def test_every_command_reports_errors_with_one_prefix(tmp_path, capsys):
 
 def test_run_timeout_bounds_the_whole_command(tmp_path):
     """100 runs of an endless loop: each takes the engines' instruction budget; --timeout stops it all."""
-    path = write(tmp_path, "loop.scn", "-- prog a\nloop:\nja loop\n-- events\n" + "run a\n" * 100)
+    packet = " ".join(["00"] * 64)     # an XDP packet needs at least ETH_HLEN bytes
+    path = write(tmp_path, "loop.scn", "-- prog a\nloop:\nja loop\n-- events\n" + f"run a mem={packet}\n" * 100)
     proc = bpfdiff("run", str(path), "--timeout", "2", limit=2 << 30, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
