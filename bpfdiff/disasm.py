@@ -268,12 +268,13 @@ def _xlated_atomic(insn: Insn) -> str:
     return f"BUG_{code:02x}"
 
 
-def _xlated_jump(insn: Insn, helper_name: Callable[[int], str]) -> str:
+def _xlated_jump(insn: Insn, helper_name: Callable[[int], str], jited: bool = False) -> str:
     code, op = insn.opcode, insn.op
     reg = "w" if insn.cls == isa.BPF_JMP32 else "r"
     if op == isa.BPF_CALL:
         if insn.src == isa.BPF_PSEUDO_CALL:
-            return f"({code:02x}) call pc{insn.imm:+d}"
+            # a JITed program's dump has the relative offset in off, the callee's index in imm
+            return f"({code:02x}) call pc{(insn.off if jited else insn.imm):+d}"
         name = "kernel-function" if insn.src == isa.BPF_PSEUDO_KFUNC_CALL else helper_name(insn.imm)
         return f"({code:02x}) call {name}#{insn.imm}"
     if code == isa.BPF_JMP | isa.BPF_JA:
@@ -294,8 +295,13 @@ def xlated_insn(
     *,
     map_id: Callable[[str], int] | None = None,
     helper_name: Callable[[int], str] | None = None,
+    jited: bool = False,
 ) -> str:
-    """One instruction as ``print_bpf_insn`` shows it (without the ``pc:`` prefix)."""
+    """One instruction as ``print_bpf_insn`` shows it (without the ``pc:`` prefix).
+
+    ``jited``: the instructions of a JITed program's dump (bpf-to-bpf calls carry
+    their relative offset in ``off``, as bpftool's ``print_call_pcrel`` prints it).
+    """
     insn = insns[pc]
     names = helper_name or default_helper_name
     code, cls = insn.opcode, insn.cls
@@ -305,7 +311,7 @@ def xlated_insn(
     if cls in (isa.BPF_ALU, isa.BPF_ALU64):
         return _xlated_alu(insn)
     if cls in (isa.BPF_JMP, isa.BPF_JMP32):
-        return _xlated_jump(insn, names)
+        return _xlated_jump(insn, names, jited)
     if cls == isa.BPF_STX:
         if insn.mode == isa.BPF_MEM:
             return f"({code:02x}) *({_XLATED_SIZE[insn.size]} *)(r{insn.dst} {insn.off:+d}) = r{insn.src}"
@@ -351,14 +357,15 @@ def format_xlated(
     *,
     map_id: Callable[[str], int] | None = None,
     helper_name: Callable[[int], str] | None = None,
+    jited: bool = False,
 ) -> str:
     """``bpftool prog dump xlated`` text: ``   0: (b7) r3 = 0`` ..., one line per instruction.
 
     ``map_id`` gives the id printed for a pseudo map load (by map name);
     ``helper_name`` the full printed name of a helper id (default: the
-    kernel's, e.g. ``bpf_tail_call``).
+    kernel's, e.g. ``bpf_tail_call``); ``jited`` as for :func:`xlated_insn`.
     """
     lines = []
     for pc in instruction_starts(insns):
-        lines.append(f"{pc:4d}: {xlated_insn(pc, insns, map_id=map_id, helper_name=helper_name)}")
+        lines.append(f"{pc:4d}: {xlated_insn(pc, insns, map_id=map_id, helper_name=helper_name, jited=jited)}")
     return "\n".join(lines) + ("\n" if lines else "")

@@ -62,7 +62,7 @@ the pc of the program as loaded (what faults and traces report).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bpfdiff import isa, xdp
@@ -108,16 +108,29 @@ class Xlated:
         """The instructions as ``BPF_OBJ_GET_INFO_BY_FD`` hands them out (``bpf_insn_prepare_dump``).
 
         The internal tail-call opcode goes back to ``call bpf_tail_call#12``;
-        pseudo map loads keep their map name (encode with the map ids).
+        pseudo map loads keep their map name (encode with the map ids).  A
+        bpf-to-bpf call shows what jit_subprogs' last step leaves once the
+        functions are JITed: ``off`` the relative offset the call had
+        (``call_imm``, in xlated slots), ``imm`` the index of the function it
+        calls (``find_subprog``, 0 = the main program).  :attr:`insns` keeps the
+        relative ``imm`` the emitter resolves its targets from.
         """
         tail_call = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.BPF_FUNC_tail_call)
-        return [tail_call if insn.opcode == isa.TAIL_CALL_OPCODE else insn for insn in self.insns]
+        index = {sub.start: k for k, sub in enumerate(self.subprogs)}
+        out = []
+        for pc, insn in enumerate(self.insns):
+            if insn.opcode == isa.TAIL_CALL_OPCODE:
+                insn = tail_call
+            elif insn.is_pseudo_call:
+                insn = replace(insn, off=insn.imm, imm=index[pc + 1 + insn.imm])
+            out.append(insn)
+        return out
 
     def format(self, map_id: Callable[[str], int] | None = None,
                helper_name: Callable[[int], str] | None = None) -> str:
         """``bpftool prog dump xlated`` text of the rewritten program."""
         from bpfdiff.disasm import format_xlated
-        return format_xlated(self.dump_insns(), map_id=map_id, helper_name=helper_name)
+        return format_xlated(self.dump_insns(), map_id=map_id, helper_name=helper_name, jited=True)
 
 
 # -- small dataflow: what the verifier knows about R0-R10 ------------------------------------

@@ -374,3 +374,34 @@ def test_helper_calls_go_to_the_functions_the_kernel_calls() -> None:
         finally:
             engine.close()
     assert results[0] == results[1] and results[0][0][0] == "exit"
+
+
+# -- bpf-to-bpf calls in the dump of a JITed program -----------------------------------------------
+def dump_hex(program: Program, profile=LINUX_6_1) -> list[str]:
+    return [isa.encode([insn]).hex() for insn in verify(program, {}, profile).dump_insns()]
+
+
+def test_a_jited_programs_dump_has_the_call_offset_in_off_and_the_callee_index_in_imm() -> None:
+    # jit_subprogs' last step: off = call_imm (relative, xlated slots), imm = find_subprog(target)
+    program = prog("mov %r0, 0\ncall local f\ncall local g\nexit\n"
+                   "f:\nmov %r0, 1\nexit\ng:\nmov %r0, 2\nexit\n")
+    assert dump_hex(program) == [
+        "b700000000000000",
+        "8510020001000000",      # call pc+2, function 1 (f at 4)
+        "8510030002000000",      # call pc+3, function 2 (g at 6)
+        "9500000000000000",
+        "b700000001000000", "9500000000000000",
+        "b700000002000000", "9500000000000000",
+    ]
+    # the emitter still sees the relative offset in imm
+    assert [insn.imm for insn in verify(program, {}, LINUX_6_1).insns[1:3]] == [2, 3]
+
+
+def test_the_dumped_call_offset_counts_the_slots_a_rewrite_added() -> None:
+    # the div by a register between the call and its target becomes four slots (chk_and_div:
+    # jne r1, 0, +2; w0 ^= w0; ja +1; r0 /= r1): the callee moves from 5 to 8
+    program = prog("mov %r0, 0\nmov %r1, 3\ncall local f\ndiv %r0, %r1\nexit\nf:\nmov %r0, 1\nexit\n")
+    dumped = dump_hex(program)
+    assert dumped[2] == "8510050001000000"
+    assert dumped[3:7] == ["5501020000000000", "ac00000000000000", "0500010000000000", "3f10000000000000"]
+    assert verify(program, {}, LINUX_6_1).format().splitlines()[2] == "   2: (85) call pc+5"
