@@ -181,10 +181,22 @@ MAP_OPS_FUNC = {
     (BPF_FUNC_map_update_elem, "hash"): KERNEL_FUNC_htab_map_update_elem,
     (BPF_FUNC_map_delete_elem, "hash"): KERNEL_FUNC_htab_map_delete_elem,
 }
-# patch_call_imm: the function of the prototype the verifier found (bpf_base_func_proto)
-HELPER_FUNC = {
+# patch_call_imm: the function of the prototype the program type's get_func_proto gives, where
+# it is not bpf_<helper> (kernel/bpf/helpers.c bpf_base_func_proto: bpf_get_prandom_u32_proto's
+# function is bpf_user_rnd_u32, get_smp_processor_id gets bpf_get_raw_smp_processor_id_proto,
+# whose function is bpf_get_raw_cpu_id).  Keyed by the scenario's prog_type
+# (bpfdiff.scenario.PROG_TYPES).  "xdp": net/core/filter.c xdp_func_proto answers
+# get_smp_processor_id itself (bpf_get_smp_processor_id_proto: bpf_get_smp_processor_id) and
+# leaves the rest to bpf_base_func_proto.  "raw" is no kernel type: the base prototypes.
+BASE_HELPER_FUNC = {
     BPF_FUNC_get_prandom_u32: KERNEL_FUNC_bpf_user_rnd_u32,
     BPF_FUNC_get_smp_processor_id: KERNEL_FUNC_bpf_get_raw_cpu_id,
+}
+HELPER_FUNC_BY_PROG_TYPE = {
+    "raw": BASE_HELPER_FUNC,
+    "xdp": {
+        BPF_FUNC_get_prandom_u32: KERNEL_FUNC_bpf_user_rnd_u32,
+    },
 }
 
 _SLOT = struct.Struct("<BBhi")

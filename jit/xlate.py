@@ -618,6 +618,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     lookups = {new_start[pc]: name for pc, name in lookups.items()}
 
     # do_misc_fixups, in program order (poke indices follow it)
+    helper_func = isa.HELPER_FUNC_BY_PROG_TYPE[prog_type]
     patches: dict[int, list[Insn]] = {}
     pokes: list[tuple[int, str, int]] = []
     for pc, insn in enumerate(insns):
@@ -635,8 +636,8 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
                 in isa.MAP_OPS_FUNC:
             # patch_map_ops_generic: the map type's own function
             insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.MAP_OPS_FUNC[(insn.imm, maps[lookups[pc]].kind)])
-        elif insn.is_helper_call and insn.imm in isa.HELPER_FUNC:
-            insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.HELPER_FUNC[insn.imm])     # patch_call_imm
+        elif insn.is_helper_call and insn.imm in helper_func:
+            insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, helper_func[insn.imm])     # patch_call_imm
         elif insn.is_tail_call:
             map_name, key = tail_calls.get(pc, (None, None))
             imm = 0

@@ -405,3 +405,24 @@ def test_the_dumped_call_offset_counts_the_slots_a_rewrite_added() -> None:
     assert dumped[2] == "8510050001000000"
     assert dumped[3:7] == ["5501020000000000", "ac00000000000000", "0500010000000000", "3f10000000000000"]
     assert verify(program, {}, LINUX_6_1).format().splitlines()[2] == "   2: (85) call pc+5"
+
+
+# -- the helper's function depends on the program type ---------------------------------------------
+def test_patch_call_imm_takes_the_function_of_the_program_types_prototype() -> None:
+    from bpfdiff.scenario import PROG_RAW, PROG_TYPES, PROG_XDP
+
+    assert set(isa.HELPER_FUNC_BY_PROG_TYPE) == set(PROG_TYPES)
+    program = prog("call 8\nmov %r6, %r0\ncall 7\nadd %r0, %r6\nexit\n")
+
+    def calls(prog_type: str) -> list[str]:
+        xlated = verify(program, {}, LINUX_6_1, prog_type=prog_type).dump_insns()
+        return [isa.encode([insn]).hex() for insn in xlated if insn.opcode == isa.CALL_OPCODE]
+
+    # xdp_func_proto: get_smp_processor_id -> bpf_get_smp_processor_id_proto (the helper itself);
+    # prandom from bpf_base_func_proto -> bpf_user_rnd_u32 (505 = bpfdiff's id for it)
+    assert calls(PROG_XDP) == ["8500000008000000", "85000000f9010000"]
+    # bpf_base_func_proto alone: bpf_get_raw_cpu_id (506) and bpf_user_rnd_u32 (505)
+    assert calls(PROG_RAW) == ["85000000fa010000", "85000000f9010000"]
+    from bpfdiff.helpers import kernel_symbol
+    assert [kernel_symbol(8), kernel_symbol(505), kernel_symbol(506)] == [
+        "bpf_get_smp_processor_id", "bpf_user_rnd_u32", "bpf_get_raw_cpu_id"]
