@@ -17,6 +17,7 @@ apt configuration is never changed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -388,21 +389,41 @@ def channel_modules(config: dict[str, str], available: dict[str, bytes]) -> list
 def setup(kernel: str | None = None, profile: str | None = None,
           log: Callable[[str], None] = lambda _msg: None, force: bool = False) -> KernelImage:
     """Prepare ``kernel`` (a Debian package name or a bzImage path; default: the profile's kernel)."""
-    from bpfdiff.kernel.initramfs import build_agent, build_initramfs
-
     if kernel is None:
         kernel = profile_kernel(profile) if profile else DEFAULT_KERNEL
     if not force:
-        ready = prepared(kernel)
-        if ready is not None and ready.vmlinuz.exists() and ready.initramfs.exists():
+        ready = _ready(kernel)
+        if ready is not None:
             return ready
     if not is_path(kernel) and kernel not in DEBIAN_KERNELS:
         raise SetupError(f"unknown kernel {kernel!r} (known: {', '.join(DEBIAN_KERNELS)}, or a bzImage path)")
     if is_path(kernel):
         _check_bzimage(Path(kernel))
-    ensure_host_tools(log)
     out = kernel_dir(kernel)
     out.mkdir(parents=True, exist_ok=True)
+    # Several processes may set up the same kernel at once (fuzz --jobs N, parallel test
+    # runs): one prepares it under the lock, the others wait and take its result, instead
+    # of deleting the modules and initramfs another process is still building.
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force:
+            ready = _ready(kernel)
+            if ready is not None:
+                return ready
+        return _prepare(kernel, out, log)
+
+
+def _ready(kernel: str) -> KernelImage | None:
+    ready = prepared(kernel)
+    if ready is not None and ready.vmlinuz.exists() and ready.initramfs.exists():
+        return ready
+    return None
+
+
+def _prepare(kernel: str, out: Path, log: Callable[[str], None]) -> KernelImage:
+    from bpfdiff.kernel.initramfs import build_agent, build_initramfs
+
+    ensure_host_tools(log)
     modules_dir = out / "modules"
     if modules_dir.exists():
         shutil.rmtree(modules_dir)
