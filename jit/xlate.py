@@ -615,7 +615,6 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         starts = [new_start[s] for s in starts]
         tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
         lookups = {new_start[pc]: name for pc, name in lookups.items()}
-    lookups = {new_start[pc]: name for pc, name in lookups.items()}
 
     # do_misc_fixups, in program order (poke indices follow it)
     helper_func = isa.HELPER_FUNC_BY_PROG_TYPE[prog_type]

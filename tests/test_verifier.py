@@ -428,3 +428,19 @@ def test_patch_call_imm_takes_the_function_of_the_program_types_prototype() -> N
     from bpfdiff.helpers import kernel_symbol
     assert [kernel_symbol(8), kernel_symbol(505), kernel_symbol(506)] == [
         "bpf_get_smp_processor_id", "bpf_user_rnd_u32", "bpf_get_raw_cpu_id"]
+
+
+def test_the_map_calls_after_a_context_rewrite_are_still_resolved() -> None:
+    # ingress_ifindex (xdp_md +16) becomes two loads (convert_ctx_accesses); the map calls after
+    # it keep the map the verifier recorded for them: the array lookup is inlined (map_gen_lookup
+    # starts with r1 += offsetof(struct bpf_array, value) = 0x110) and the update calls
+    # array_map_update_elem.  (xlate used to renumber the recorded calls twice.)
+    maps = {"arr": MapDef("arr", "array", 4, 8, 2)}
+    program = prog("ldxw %r6, [%r1+16]\nstw [%r10-4], 0\n"
+                   "lddw %r1, map:arr\nmov %r2, %r10\nadd %r2, -4\ncall 1\n"
+                   "lddw %r1, map:arr\nmov %r2, %r10\nadd %r2, -4\nmov %r3, %r10\nadd %r3, -4\nmov %r4, 0\n"
+                   "call 2\nmov %r0, 0\nexit\n")
+    xlated = verify(program, maps, LINUX_6_1, prog_type="xdp").insns
+    hexed = [isa.encode([insn]).hex() for insn in xlated]
+    assert hexed[7] == "0701000010010000"            # r1 += 272, where the lookup's call was
+    assert [insn.imm for insn in xlated if insn.opcode == isa.CALL_OPCODE] == [isa.KERNEL_FUNC_array_map_update_elem]
