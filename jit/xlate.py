@@ -153,9 +153,10 @@ class FunctionFlow:
     """Forward dataflow over one function: register values, stack depth, tail-call (map, key)."""
 
     def __init__(self, insns: Sequence[Insn], start: int, end: int, maps: Mapping[str, MapDef],
-                 profile: Profile) -> None:
+                 profile: Profile, args: State = (None,) * 5) -> None:
         self.insns, self.start, self.end, self.maps = insns, start, end, maps
         self.profile = profile
+        self.args = args                   # R1-R5 at entry: what every call site passes
         self.depth = 0
         self.escaped = False
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
@@ -169,7 +170,7 @@ class FunctionFlow:
                 self.depth = max(self.depth, -slot)
 
     def run(self) -> None:
-        entry: State = (None,) * 10 + (("f", 0),)
+        entry: State = (None,) + tuple(self.args) + (None,) * 4 + (("f", 0),)
         states: dict[int, State] = {self.start: entry}
         self.states = states          # its keys: the instructions the verifier sees ("aux->seen")
         work = [self.start]
@@ -552,11 +553,28 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     ends = starts[1:] + [len(insns)]
 
     # analysis on the program as loaded (the verifier's do_check)
-    flows = []
-    for start, end in zip(starts, ends, strict=True):
-        flow = FunctionFlow(insns, start, end, maps, profile)
-        flow.run()
-        flows.append(flow)
+    # The verifier walks a subprogram with its caller's registers, so what every call site passes
+    # in R1-R5 (constants, map pointers; not the caller's frame) is known at its entry: joined
+    # over the call sites, until no entry changes (the call graph has no cycles: check_cfg).
+    entries: list[State] = [(None,) * 5 for _ in starts]
+    for _ in range(len(starts)):
+        flows = []
+        for start, end, args in zip(starts, ends, entries, strict=True):
+            flow = FunctionFlow(insns, start, end, maps, profile, args)
+            flow.run()
+            flows.append(flow)
+        passed: dict[int, State] = {}
+        for flow in flows:
+            for pc in flow.calls:
+                callee = starts.index(pc + 1 + insns[pc].imm)
+                args = tuple(None if _is_fp(v) else v for v in flow.states[pc][1:6])
+                old = passed.get(callee)
+                passed[callee] = args if old is None else tuple(a if a == b else None
+                                                                for a, b in zip(old, args, strict=True))
+        new_entries = [passed.get(k, (None,) * 5) if k else entries[0] for k in range(len(starts))]
+        if new_entries == entries:
+            break
+        entries = new_entries
     tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}
     lookups = {pc: name for flow in flows for pc, name in flow.lookups.items() if name is not None}
     for pc, (map_name, _) in tail_calls.items():

@@ -444,3 +444,16 @@ def test_the_map_calls_after_a_context_rewrite_are_still_resolved() -> None:
     hexed = [isa.encode([insn]).hex() for insn in xlated]
     assert hexed[7] == "0701000010010000"            # r1 += 272, where the lookup's call was
     assert [insn.imm for insn in xlated if insn.opcode == isa.CALL_OPCODE] == [isa.KERNEL_FUNC_array_map_update_elem]
+
+
+def test_a_subprograms_branch_on_what_every_caller_passes_is_hard_wired() -> None:
+    # the verifier walks f with its caller's R2 = 5: `if r2 > 10` is never taken, the target's
+    # code is dead (opt_remove_dead_code) and the branch, now `ja +0`, goes (opt_remove_nops)
+    callee = "f:\nmov %r0, 1\njgt %r2, 10, L\nmov %r0, 2\nexit\nL:\nmov %r0, 3\nexit\n"
+    program = prog("mov %r2, 5\ncall local f\nexit\n" + callee)
+    assert dump_hex(program) == ["b702000005000000", "8510010001000000", "9500000000000000",
+                                 "b700000001000000", "b700000002000000", "9500000000000000"]
+    # callers passing 5 and 20: both outcomes happen, the branch stays
+    both = prog("mov %r2, 5\ncall local f\nmov %r2, 20\ncall local f\nexit\n" + callee)
+    assert "2502020000000000"[:8] in "".join(h[:8] for h in dump_hex(both))      # jgt r2, 10, +2
+    assert len(dump_hex(both)) == 11          # nothing removed
