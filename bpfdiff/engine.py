@@ -208,6 +208,10 @@ class Engine(ABC):
     # Bits of R0 the engine reports: BPF_PROG_TEST_RUN returns a u32 retval,
     # so R0 is compared on its low ``min(r0_bits)`` bits across engines.
     r0_bits: int = 64
+    # A real kernel runs as it was built: a profile's kernel-bug fix (``linux-6.1+COMMIT``) changes
+    # our models, not it.  ``mirrors`` names the model engine it must then behave like (the
+    # profile's model of that kernel, bugs included); None for the models themselves.
+    mirrors: str | None = None
 
     @abstractmethod
     def execute(self, scenario: Scenario) -> list[EventOutcome]:

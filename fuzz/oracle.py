@@ -459,17 +459,35 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     """A KNOWN finding when fixing one of the profile's known kernel bugs makes the engines agree.
 
     The profile models its kernel faithfully, bugs included; a divergence that
-    the kernel's own fix removes is that bug rediscovered, not a new one.
+    the kernel's own fix removes is that bug rediscovered, not a new one.  The
+    fix applies to our models only: a real kernel (an engine that ``mirrors`` a
+    model) stays as built, so it must instead agree with the model it mirrors
+    as that model ran unfixed -- the kernel has the bug our model of it has.
     """
+    mirrors = {name: pool.get(name, profile.name, bugs).mirrors for name in verdict.outcomes}
+    models = [name for name in verdict.outcomes if mirrors[name] is None]
+    if not models:
+        return None
     for bug in profile.kernel_bugs:
         fixed = with_kernel_bug_fixed(profile.name, bug.commit)
         try:
-            outcomes = {name: pool.get(name, fixed, bugs).execute(scenario) for name in verdict.outcomes}
+            outcomes = {name: pool.get(name, fixed, bugs).execute(scenario) for name in models}
         except Exception:  # noqa: BLE001 - the check only classifies a divergence
             continue
-        if not verdict.compare(outcomes):
+        if verdict.compare(outcomes):
+            continue
+        if all(_agrees_with_its_model(verdict, name, mirror, models) for name, mirror in mirrors.items()
+               if mirror is not None):
             return known_finding(bug, profile, verdict)
     return None
+
+
+def _agrees_with_its_model(verdict: Verdict, name: str, mirror: str, models: list[str]) -> bool:
+    """Whether real-kernel engine ``name`` gave what the (unfixed) model it mirrors gave; without
+    that model in the campaign, what some model gave."""
+    candidates = [mirror] if mirror in verdict.outcomes else models
+    return any(not verdict.compare({name: verdict.outcomes[name], other: verdict.outcomes[other]})
+               for other in candidates)
 
 
 def known_finding(bug: KernelBug, profile: Profile, verdict: Verdict) -> Finding:

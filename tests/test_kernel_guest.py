@@ -300,6 +300,18 @@ def test_real_6_1_jit_runs_the_tailcall_hierarchy_66_times_like_our_jit(guest):
         make_engine("kernel-interp").execute(scenario)
 
 
+def test_oracle_names_116e04ba1459_with_the_real_kernels_among_the_engines(guest):
+    # the fix applies to our models only (fixed JIT 33 = interpreter 33); the real 6.1 JIT stays
+    # as built and must give what our unfixed linux-6.1 JIT gives (66 entries, in R0 and the map)
+    from bpfdiff.fuzz.oracle import KNOWN, run_oracle
+
+    scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "tailcall_hierarchy.scn").read_text()))
+    verdict = run_oracle(scenario, engines=("interp", "jit", "kernel-jit", "kernel-interp"), profile="linux-6.1")
+    assert "kernel-jit" in verdict.outcomes and "kernel-interp" not in verdict.outcomes
+    assert [f.kind for f in verdict.findings] == [KNOWN], verdict.findings
+    assert verdict.signature == "known:linux-6.1:116e04ba1459"
+
+
 # profile -> (tailcall_hierarchy chain entries on the real JIT, empty-slot self loop entries on the
 # real JIT and interpreter): 116e04ba1459 and 3733f4be2870 measured on each Debian kernel
 REAL_COUNTS = {"linux-5.10": (66, 17, 17), "linux-6.12": (33, 34, 17)}

@@ -131,11 +131,13 @@ class KernelEngine(Engine):
 class KernelJitEngine(KernelEngine):
     name = "kernel-jit"
     jit = True
+    mirrors = "jit"
 
 
 class KernelInterpEngine(KernelEngine):
     name = "kernel-interp"
     jit = False
+    mirrors = "interp"
 
 
 def _program_code(name: str, images: protocol.Images) -> ProgramCode:
