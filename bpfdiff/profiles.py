@@ -152,6 +152,12 @@ class Profile:
     # BPF_ATOMIC beyond the plain add (or/and/xor, BPF_FETCH, xchg, cmpxchg): v5.12.
     # Before, BPF_XADD with imm 0 was the only atomic ("BPF_XADD uses reserved fields").
     atomic_fetch: bool = True
+    # Width of what the map-type functions return that the verifier calls directly in a JITed
+    # program (patch_map_ops_generic: htab_map_delete_elem, array_map_update_elem...): 32 while
+    # struct bpf_map_ops declared them `int` -- the compiled function leaves the error in eax, so
+    # R0 = 0x00000000fffffffe for -ENOENT, where the helper (the interpreter's path) sign-extends;
+    # 64 since d7ba4cc900bf made them `long` (v6.4).  Measured on the real 6.1 JIT.
+    map_ops_return_bits: int = 32
     # Real divergences of this kernel (see KernelBug), oldest first.
     kernel_bugs: tuple[KernelBug, ...] = ()
 
@@ -169,6 +175,15 @@ class Profile:
     def with_options(self, **changes: object) -> Profile:
         return replace(self, **changes)
 
+
+MAP_OPS_RETURN_INT = KernelBug(
+    commit="d7ba4cc900bf",
+    title="bpf: return long from bpf_map_ops funcs",
+    introduced="bdb7b79b4ce8 (v5.9-rc1, helpers return long) over 09772d92cd5a (v5.0, direct map-ops "
+               "calls in JITed programs)",
+    fixed_in="v6.4",
+    fix=(("map_ops_return_bits", 64),),
+)
 
 LINUX_5_5 = Profile(
     name="linux-5.5",
@@ -203,6 +218,7 @@ LINUX_5_5 = Profile(
             fixed_in="v6.0-rc4",
             fix=(("verifier_tail_call_key_range", "exact"),),
         ),
+        MAP_OPS_RETURN_INT,
     ),
 )
 
@@ -243,7 +259,7 @@ LINUX_6_1 = Profile(
     off_array_ptrs=0x110,
     off_prog_bpf_func=0x30,
     jit_imm8_jmp_max=123,
-    kernel_bugs=(TAILCALL_HIERARCHY,),
+    kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY),
 )
 
 # 3733f4be2870 "bpf: Do not increment tailcall count when prog is NULL" (2026):
@@ -280,6 +296,7 @@ LINUX_6_12 = Profile(
     off_prog_bpf_func=0x30,
     jit_tail_call_cnt="pointer",
     jit_ibt=True,
+    map_ops_return_bits=64,      # d7ba4cc900bf (v6.4)
     kernel_bugs=(INTERP_EMPTY_SLOT_COUNT,),
     jit_imm8_jmp_max=123,        # the convergence fix (v6.13) is in 6.12.y well before .117
     isa_v4=True,                 # v6.6
@@ -306,7 +323,7 @@ LINUX_5_10 = Profile(
     atomic_fetch=False,          # BPF_ATOMIC fetch/xchg/cmpxchg/and/or/xor came in 5.12
     xdp=XDP_LAYOUT_5_10,
     # jit_imm8_jmp_max stays 127: the convergence fix (Dec 2024) is later than 5.10.223 (July 2024)
-    kernel_bugs=(TAILCALL_HIERARCHY,),
+    kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_5_5, LINUX_5_10, LINUX_6_12)}

@@ -223,7 +223,10 @@ class JitEngine(Engine):
             bpf_map = self.map_by_addr[r1]
             return value - htab_value_offset(self.profile, bpf_map.key_size) if value else 0
         # the functions the verifier's rewrites call (array_map_update_elem...): their helper's semantics
-        helper_id = isa.KERNEL_FUNC_HELPER.get(helper_id, helper_id)
+        if helper_id in isa.KERNEL_FUNC_HELPER:
+            value = call_helper(self, isa.KERNEL_FUNC_HELPER[helper_id], r1, r2, r3, r4, r5)
+            # an `int` map op leaves its result in eax: the upper half of rax is zero
+            return value & ((1 << self.profile.map_ops_return_bits) - 1)
         return call_helper(self, helper_id, r1, r2, r3, r4, r5)
 
     # -- JitEnv -------------------------------------------------------------------------

@@ -312,6 +312,28 @@ def test_oracle_names_116e04ba1459_with_the_real_kernels_among_the_engines(guest
     assert verdict.signature == "known:linux-6.1:116e04ba1459"
 
 
+@pytest.mark.parametrize("name, jit_r0, interp_r0", [
+    ("map_ops_return_int.scn", 0, 0xFFFFFFFF),
+    ("subprog_self_tail_call_delete.scn", 0xFFFFFFFE, None),   # mixed: the interpreter refuses it
+])
+def test_real_6_1_jit_gets_the_int_of_a_direct_map_op(guest, name, jit_r0, interp_r0):
+    # d7ba4cc900bf (v6.4): htab_map_delete_elem returns int on 6.1, the JIT calls it directly and
+    # R0's upper half is 0 after -ENOENT; the interpreter calls the helper, which sign-extends.
+    # The campaign's finding: our linux-6.1 JIT now does the same (a known kernel bug).
+    from bpfdiff.fuzz.oracle import KNOWN, run_oracle
+
+    scenario = with_packets(parse_scenario((ROOT / "tests" / "fixtures" / "kernel" / name).read_text()))
+    real = make_engine("kernel-jit").execute(scenario)[-1].run
+    ours = make_engine("jit", profile="linux-6.1").execute(scenario)[-1].run
+    assert real.r0 & 0xFFFFFFFF == jit_r0 == ours.r0
+    if interp_r0 is not None:
+        assert make_engine("kernel-interp").execute(scenario)[-1].run.r0 & 0xFFFFFFFF == interp_r0
+        assert make_engine("interp", profile="linux-6.1").execute(scenario)[-1].run.r0 == interp_r0
+    verdict = run_oracle(scenario, engines=("interp", "jit", "kernel-jit", "kernel-interp"), profile="linux-6.1")
+    assert [f.kind for f in verdict.findings] == [KNOWN], verdict.findings
+    assert verdict.signature == "known:linux-6.1:d7ba4cc900bf"
+
+
 # profile -> (tailcall_hierarchy chain entries on the real JIT, empty-slot self loop entries on the
 # real JIT and interpreter): 116e04ba1459 and 3733f4be2870 measured on each Debian kernel
 REAL_COUNTS = {"linux-5.10": (66, 17, 17), "linux-6.12": (33, 34, 17)}
