@@ -468,8 +468,15 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     models = [name for name in verdict.outcomes if mirrors[name] is None]
     if not models:
         return None
-    for bug in profile.kernel_bugs:
-        fixed = with_kernel_bug_fixed(profile.name, bug.commit)
+    # each bug alone, then all of them at once: one run can show two bugs (a tail-call count that
+    # 116e04ba1459 doubles and an R0 that d7ba4cc900bf truncates), which no single fix explains
+    candidates = [(bug,) for bug in profile.kernel_bugs]
+    if len(profile.kernel_bugs) > 1:
+        candidates.append(tuple(profile.kernel_bugs))
+    for together in candidates:
+        fixed = profile.name
+        for bug in together:
+            fixed = with_kernel_bug_fixed(fixed, bug.commit)
         try:
             outcomes = {name: pool.get(name, fixed, bugs).execute(scenario) for name in models}
         except Exception:  # noqa: BLE001 - the check only classifies a divergence
@@ -478,7 +485,7 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
             continue
         if all(_agrees_with_its_model(verdict, name, mirror, models) for name, mirror in mirrors.items()
                if mirror is not None):
-            return known_finding(bug, profile, verdict)
+            return known_finding(together, profile, verdict)
     return None
 
 
@@ -490,14 +497,19 @@ def _agrees_with_its_model(verdict: Verdict, name: str, mirror: str, models: lis
                for other in candidates)
 
 
-def known_finding(bug: KernelBug, profile: Profile, verdict: Verdict) -> Finding:
+def known_finding(bugs: KernelBug | tuple[KernelBug, ...], profile: Profile, verdict: Verdict) -> Finding:
+    together = bugs if isinstance(bugs, tuple) else (bugs,)
     diffs = first_event_differences(verdict.differences)
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
     values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
+    commits = "+".join(bug.commit for bug in together)
+    which = "; ".join(f"{bug.commit} (\"{bug.title}\"; introduced by {bug.introduced}, fixed in {bug.fixed_in})"
+                      for bug in together)
     detail = (f"event {primary.event_index}: engines differ in {', '.join(d.field for d in diffs)} -- the known "
-              f"kernel bug {bug.commit} (\"{bug.title}\"; introduced by {bug.introduced}, fixed in {bug.fixed_in}): "
-              f"with its fix applied ({profile.name}+{bug.commit}) the engines agree")
-    return Finding(KNOWN, f"{KNOWN}:{profile.name}:{bug.commit}", primary.event_index, primary.field, values, detail)
+              f"kernel bug{'s' if len(together) > 1 else ''} {which}: with "
+              f"{'their fixes' if len(together) > 1 else 'its fix'} applied ({profile.name}+{commits}) "
+              "the engines agree")
+    return Finding(KNOWN, f"{KNOWN}:{profile.name}:{commits}", primary.event_index, primary.field, values, detail)
 
 
 def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],

@@ -67,3 +67,16 @@ def test_oracle_names_the_known_bug(path: Path, pool: EnginePool) -> None:
     assert [f.kind for f in verdict.findings] == [KNOWN]
     assert verdict.signature == "known:linux-6.1:d7ba4cc900bf"
     assert run_oracle(read_scenario(path), profile="linux-6.12", pool=pool).ok
+
+
+def test_a_run_showing_two_known_bugs_is_known_by_both_fixes(pool: EnginePool) -> None:
+    # the campaign's seed 12 (minimised): 66 vs 33 entries (116e04ba1459) and a truncated -EEXIST
+    # (d7ba4cc900bf) in one run; neither fix alone makes our engines agree
+    scenario = read_scenario(FIXTURES / "two_known_bugs.scn")
+    for commit in ("116e04ba1459", "d7ba4cc900bf"):
+        fixed = [make_engine(e, profile=f"linux-6.1+{commit}") for e in ("interp", "jit")]
+        runs = [engine.execute(scenario)[-1].run for engine in fixed]
+        assert runs[0] != runs[1]
+    verdict = run_oracle(scenario, profile="linux-6.1", pool=pool)
+    assert verdict.signature == "known:linux-6.1:d7ba4cc900bf+116e04ba1459"
+    assert "with their fixes applied" in verdict.findings[0].detail
