@@ -293,7 +293,7 @@ def xlated_insn(
     pc: int,
     insns: Sequence[Insn],
     *,
-    map_id: Callable[[str], int] | None = None,
+    map_id: Callable[[str], int | None] | None = None,
     helper_name: Callable[[int], str] | None = None,
     jited: bool = False,
 ) -> str:
@@ -343,10 +343,15 @@ def xlated_insn(
     return f"BUG_ld_{code:02x}"
 
 
-def _map_ident(insn: Insn, map_id: Callable[[str], int] | None) -> str:
+def _map_ident(insn: Insn, map_id: Callable[[str], int | None] | None) -> str:
     """``id:N`` as bpftool shows it; without ``map_id``, the map's name (``name:NAME``)."""
     if insn.map is not None and map_id is not None:
-        return f"id:{map_id(insn.map) & 0xFFFFFFFF}"
+        number = map_id(insn.map)
+        if number is not None:
+            return f"id:{number & 0xFFFFFFFF}"
+        # Not a name of the scenario: an xlated program read back from a kernel, whose
+        # imm already is the kernel's own map id (bpf_insn_prepare_dump).
+        return f"id:{insn.imm & 0xFFFFFFFF}"
     if insn.map is not None:
         return f"name:{insn.map}"
     return f"id:{insn.imm & 0xFFFFFFFF}"
@@ -355,7 +360,7 @@ def _map_ident(insn: Insn, map_id: Callable[[str], int] | None) -> str:
 def format_xlated(
     insns: Sequence[Insn],
     *,
-    map_id: Callable[[str], int] | None = None,
+    map_id: Callable[[str], int | None] | None = None,
     helper_name: Callable[[int], str] | None = None,
     jited: bool = False,
 ) -> str:

@@ -305,3 +305,12 @@ def test_any_text_assembles_or_fails_with_one_line_error(tokens: list[str]) -> N
         assemble("".join(tokens), source="f.s")
     except AsmError as err:
         assert "\n" not in str(err) and str(err).startswith("f.s:")
+
+
+def test_xlated_map_load_read_back_from_a_kernel_shows_the_kernels_map_id() -> None:
+    # A kernel's xlated dump carries its own map id in imm; decoding names such a map
+    # "fd<imm>", which is no map of the scenario: the listing shows the kernel's id.
+    raw = bytes.fromhex("1812000007000000 0000000000000000 9500000000000000".replace(" ", ""))
+    insns = tuple(isa.decode(raw, validate=False))
+    text = format_xlated(insns, map_id={"jmp_table": 1}.get)
+    assert "r2 = map[id:7]" in text

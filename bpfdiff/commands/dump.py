@@ -85,7 +85,7 @@ def render(programs: dict[str, ProgramCode], mode: str, only: str | None, map_id
             continue
         if mode == "xlated":
             out.append(f"{name}:")
-            out.append(format_xlated(program.xlated, map_id=map_ids.__getitem__, jited=True).rstrip("\n"))
+            out.append(format_xlated(program.xlated, map_id=map_ids.get, jited=True).rstrip("\n"))
             continue
         for index, image in enumerate(program.images):
             title = name if index == 0 else f"{name} (subprog {index})"
