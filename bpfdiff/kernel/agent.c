@@ -66,7 +66,6 @@ static void rput(const void *p, size_t n)
 }
 static void rput8(uint8_t v) { rput(&v, 1); }
 static void rput32(uint32_t v) { rput(&v, 4); }
-static void rput64(uint64_t v) { rput(&v, 8); }
 
 /* ---- channel ---- */
 static int read_full(void *p, size_t n)
@@ -200,17 +199,23 @@ static int prog_fd(uint32_t idx)
 	return idx < nprogs ? progs[idx].fd : -1;
 }
 
+/* BPF_OBJ_GET_INFO_BY_FD into *info, whose requested lengths and buffers the caller set */
+static int get_prog_info(int fd, struct bpf_prog_info *info)
+{
+	union bpf_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.info.bpf_fd = fd;
+	attr.info.info_len = sizeof(*info);
+	attr.info.info = (uint64_t)(unsigned long)info;
+	return sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr);
+}
+
 /* xlated + jited images, ksyms and func lens of a loaded program */
 static void put_images(int fd)
 {
 	struct bpf_prog_info info;
-	union bpf_attr attr;
 	memset(&info, 0, sizeof(info));
-	memset(&attr, 0, sizeof(attr));
-	attr.info.bpf_fd = fd;
-	attr.info.info_len = sizeof(info);
-	attr.info.info = (uint64_t)(unsigned long)&info;
-	if (fd < 0 || sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)) {
+	if (fd < 0 || get_prog_info(fd, &info)) {
 		rput32(0);
 		rput32(0);
 		rput32(0);
@@ -231,11 +236,7 @@ static void put_images(int fd)
 	info.jited_ksyms = (uint64_t)(unsigned long)k;
 	info.nr_jited_func_lens = nf;
 	info.jited_func_lens = (uint64_t)(unsigned long)f;
-	memset(&attr, 0, sizeof(attr));
-	attr.info.bpf_fd = fd;
-	attr.info.info_len = sizeof(info);
-	attr.info.info = (uint64_t)(unsigned long)&info;
-	if (sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr))
+	if (get_prog_info(fd, &info))
 		xl = jl = nk = nf = 0;
 	rput32(xl);
 	rput(x, xl);
@@ -254,13 +255,8 @@ static void put_images(int fd)
 static uint32_t prog_id(int fd)
 {
 	struct bpf_prog_info info;
-	union bpf_attr attr;
 	memset(&info, 0, sizeof(info));
-	memset(&attr, 0, sizeof(attr));
-	attr.info.bpf_fd = fd;
-	attr.info.info_len = sizeof(info);
-	attr.info.info = (uint64_t)(unsigned long)&info;
-	return sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) ? 0 : info.id;
+	return get_prog_info(fd, &info) ? 0 : info.id;
 }
 
 static int load_btf(struct prog *p)
