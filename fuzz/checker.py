@@ -151,6 +151,9 @@ class Refused(Exception):
 #   pointers of the verifier's id 0 (all loaded from the context), `range`
 #   the bytes from `data` a comparison with data_end proved
 UNINIT = ("uninit",)
+# R0 after bpf_tail_call: as uninitialised as UNINIT (the kernel says only "R0 !read_ok"), but the
+# refusal names why -- reading it is the historic false positive of the kernel's own test_bpf
+UNINIT_AFTER_TAIL_CALL = ("uninit", "R0 is not set after bpf_tail_call")
 SCALAR = ("scalar", None)
 CTX = ("ctx",)
 PKT_END = ("pkt_end",)
@@ -447,8 +450,9 @@ class ProgramChecker:
     # -- one instruction ------------------------------------------------------
     def read(self, state: State, reg: int, pc: int) -> tuple:
         value = state.regs[reg]
-        if value == UNINIT:
-            raise Refused(pc, f"R{reg} !read_ok")
+        if value[0] == "uninit":
+            hint = f" ({value[1]})" if len(value) > 1 else ""
+            raise Refused(pc, f"R{reg} !read_ok{hint}")
         return value
 
     def read_scalar(self, state: State, reg: int, pc: int, what: str = "") -> tuple:
@@ -725,7 +729,7 @@ class ProgramChecker:
             sites[pc] = TailCallSite(pc, mapdef.name, key, fn_start != 0, direct)
             # The tail-called program may have moved the packet (bpf_xdp_adjust_head...): since
             # v6.13 the verifier forgets packet pointers here; this checker does on every profile.
-            after = self.after_call(state, UNINIT)
+            after = self.after_call(state, UNINIT_AFTER_TAIL_CALL)
             return State(tuple(UNINIT if r[0] in PACKET_KINDS else r for r in after.regs), after.stack)
         if result == "value_or_null":
             assert mapdef is not None

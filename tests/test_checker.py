@@ -59,8 +59,10 @@ def test_helper_call_clobbers_r1_to_r5():
 
 def test_r0_after_a_tail_call_that_falls_through_is_unreadable():
     body = "mov %r3, 0\nlddw %r2, map:jmp\ncall 12\n{}\nexit"
-    assert_refused(body.format(""), "R0 !read_ok")
+    assert_refused(body.format(""), "R0 !read_ok (R0 is not set after bpf_tail_call)")
     assert_valid(body.format("mov %r0, 1"))
+    # R0 never written at all: the plain message, no tail-call hint
+    assert errors("exit") == ["main:0: R0 !read_ok"]
 
 
 def test_writing_r10_is_refused():

@@ -184,7 +184,7 @@ INVALID_PROGRAMS = {
     # R0 after bpf_tail_call: not set (the historic false positive of test_bpf)
     "tailcall.scn": ("-- maps\njt prog_array key_size=4 value_size=4 max_entries=2\n-- prog main\n"
                      "lddw %r2, map:jt\nmov %r3, 0\ncall 12\nexit\n-- events\nrun main\n",
-                     "tailcall.scn:7: prog main insn 4: R0 !read_ok"),
+                     "tailcall.scn:7: prog main insn 4: R0 !read_ok (R0 is not set after bpf_tail_call)"),
 }
 
 
