@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from bpfdiff import isa
+from bpfdiff import isa, scalar
 from bpfdiff.isa import Insn, InvalidInstruction, Program
 from bpfdiff.profiles import Profile
-from bpfdiff.scenario import DEFAULT_PROG_TYPE, Scenario
+from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, Scenario
 
 if TYPE_CHECKING:
     from bpfdiff.jit.bpf_jit_comp import JitOptions
@@ -377,3 +377,369 @@ def refusal_line(path: str, scenario: Scenario, profile: Profile) -> str | None:
         return None
     line = insn_line(path, refusal.prog, refusal.pc)
     return f"{path}{f':{line}' if line is not None else ''}: {refusal}"
+
+
+# -- the path-sensitive model: do_check's exploration ----------------------------------------------
+# The kernel's verifier follows every path of a program on its own (do_check with push_stack
+# for the other side of each undecided branch), subprograms once per call site with the
+# caller's registers, bounded loops iteration by iteration.  What xlate needs from it:
+#
+# * ``seen`` -- the instructions some path reaches (insn_aux_data.seen): the others are dead
+#   code, and a conditional jump one of whose successors no path reaches is hard-wired
+#   (opt_hard_wire_dead_code_branches);
+# * ``tail_calls`` -- record_func_map / record_func_key per site: the prog array and the
+#   constant key seen on every path, or poisoned (None) when two paths disagree or a path's
+#   key is not a constant below max_entries (BPF_MAP_PTR_POISON, BPF_MAP_KEY_POISON);
+# * ``lookups`` -- record_func_map for map_lookup_elem and friends.
+#
+# Registers carry what the kernel knows of them (bpfdiff.scalar: tnum and bounds, 6.1's
+# algorithms), the stack what check_stack_write_fixed_off leaves (spilled registers, zero and
+# misc bytes).  Identical (pc, state) pairs are explored once; a program whose exploration
+# exceeds EXPLORE_BUDGET instructions gets no answer (None: xlate falls back to its joined
+# dataflow, which never makes a site direct or removes a branch the kernel keeps).
+# Not modelled: scalar ids (find_equal_scalars), packet ranges, the kernel's state pruning
+# (with precision tracking it prunes only states that decide the same branches).
+EXPLORE_BUDGET = 200_000
+MAX_FRAMES = 8
+
+
+class PathFacts(NamedTuple):
+    seen: frozenset[int]
+    tail_calls: dict[int, tuple[str | None, int | None]]
+    lookups: dict[int, str | None]
+
+
+def _sext_imm(imm: int) -> int:
+    return imm & U64
+
+
+ZERO_SLOT = "IIIIIIII"
+
+
+class _Explorer:
+    """One program's exploration (see above).  Values: None (not initialised), ("s", Scalar),
+    ("m", map) map pointer, ("f", frame, off) stack pointer of frame ``frame`` (index into the
+    state's frames), ("v", map) map value, ("vn", map, id) map value or NULL, ("c",) context,
+    ("p",) any other pointer.  A frame: (regs, stack, return pc); stack: sorted
+    ((spi, slot types, spilled value), ...) with the kernel's slot_type letters I S M Z."""
+
+    def __init__(self, insns: Sequence[Insn], maps: Mapping[str, MapLike], profile: Profile,
+                 prog_type: str) -> None:
+        self.insns, self.maps, self.profile, self.prog_type = insns, maps, profile, prog_type
+        self.seen: set[int] = set()
+        self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
+        self.map_ptr: dict[int, str | None] = {}
+
+    def run(self, budget: int = EXPLORE_BUDGET) -> PathFacts | None:
+        entry_regs = (None, ("c",)) + (None,) * 8 + (("f", 0, 0),)
+        start = (0, ((entry_regs, (), -1),))
+        todo = [start]
+        visited = {start}
+        steps = 0
+        while todo:
+            pc, state = todo.pop()
+            steps += 1
+            if steps > budget:
+                return None
+            self.seen.add(pc)
+            for succ in self.step(pc, state):
+                if succ not in visited and 0 <= succ[0] < len(self.insns):
+                    visited.add(succ)
+                    todo.append(succ)
+        tail_calls = dict(self.tail_calls)
+        lookups = {pc: name for pc, name in self.map_ptr.items() if not self.insns[pc].is_tail_call}
+        return PathFacts(frozenset(self.seen), tail_calls, lookups)
+
+    # -- the stack ---------------------------------------------------------------------------
+    def stack_write(self, stack: tuple, off: int, size: int, value: object) -> tuple:
+        if not -isa.MAX_BPF_STACK <= off < 0 or off % size:
+            return stack
+        slot = -off - 1
+        spi = slot // 8
+        slots = dict((k, (t, v)) for k, t, v in stack)
+        types, spilled = slots.get(spi, (ZERO_SLOT, None))
+        types = list(types)
+        scalar_value = value is not None and value[0] == "s"
+        narrow_ok = size == 8 or self.profile.verifier_narrow_spill
+        if scalar_value and off % 8 == 0 and narrow_ok and value[1] != scalar.UNKNOWN and value[1] != ZERO_SCALAR:
+            spilled = value
+            self._spill_marks(types, size)
+        elif value is not None and not scalar_value:
+            spilled = value           # a pointer (the kernel wants 8 bytes: "invalid size of register spill")
+            self._spill_marks(types, size)
+        else:
+            spilled = None
+            if types[7] == "S":
+                types = ["M" if t != "I" else t for t in types]
+            kind = "Z" if scalar_value and value[1] == ZERO_SCALAR else "M"
+            for i in range(size):
+                types[(slot - i) % 8] = kind
+        slots[spi] = ("".join(types), spilled)
+        return tuple(sorted((k, t, v) for k, (t, v) in slots.items()))
+
+    @staticmethod
+    def _spill_marks(types: list[str], size: int) -> None:
+        for i in range(8, 8 - size, -1):
+            types[i - 1] = "S"
+        for i in range(8 - size, 0, -1):
+            if types[i - 1] != "I":
+                types[i - 1] = "M"
+
+    def stack_read(self, stack: tuple, off: int, size: int) -> object:
+        if not -isa.MAX_BPF_STACK <= off < 0:
+            return ("s", scalar.UNKNOWN)
+        slot = -off - 1
+        spi = slot // 8
+        types, spilled = ZERO_SLOT, None
+        for k, t, v in stack:
+            if k == spi:
+                types, spilled = t, v
+        if types[7] == "S":
+            spill_size = 1
+            i = 7
+            while i > 0 and types[i - 1] == "S":
+                spill_size += 1
+                i -= 1
+            if size == 8 and spill_size == 8:
+                return spilled
+            if spilled is not None and spilled[0] == "s" and off % 8 == 0 and size == spill_size:
+                return ("s", scalar.coerce(spilled[1], size))
+            return ("s", scalar.unknown_of_size(size))
+        if all(types[(slot - i) % 8] == "Z" for i in range(size)):
+            return ("s", ZERO_SCALAR)
+        return ("s", scalar.unknown_of_size(size))
+
+    # -- one instruction -------------------------------------------------------------------------
+    def step(self, pc: int, state: tuple) -> list[tuple[int, tuple]]:
+        insn = self.insns[pc]
+        frames = list(state)
+        regs, stack, ret = frames[-1]
+        r = list(regs)
+        cls = insn.cls
+        cur = len(frames) - 1
+
+        def done(nxt: int) -> list[tuple[int, tuple]]:
+            frames[-1] = (tuple(r), stack, ret)
+            return [(nxt, tuple(frames))]
+
+        if insn.is_lddw:
+            if insn.src == isa.BPF_PSEUDO_MAP_FD:
+                r[insn.dst] = ("m", insn.map)
+            elif insn.src == isa.BPF_PSEUDO_MAP_VALUE:
+                r[insn.dst] = ("v", insn.map)
+            elif insn.src == 0:
+                r[insn.dst] = ("s", scalar.known(isa.lddw_value(insn, self.insns[pc + 1])))
+            else:
+                r[insn.dst] = ("p",)
+            return done(pc + 2)
+        if cls in (isa.BPF_ALU, isa.BPF_ALU64):
+            r[insn.dst] = self.alu(insn, r, cur)
+            return done(pc + 1)
+        if cls == isa.BPF_LDX:
+            base = r[insn.src]
+            if base is not None and base[0] == "f":
+                fr = frames[base[1]]
+                value = self.stack_read(fr[1], base[2] + insn.off, isa.SIZE_BYTES[insn.size])
+            elif base == ("c",) and self.prog_type == PROG_XDP and insn.off in (0, 4, 8):
+                value = ("p",)                       # data, data_end, data_meta: packet pointers
+            else:
+                value = ("s", scalar.unknown_of_size(isa.SIZE_BYTES[insn.size]))
+            if value is not None and value[0] == "s" and isa.SIZE_BYTES[insn.size] < 8:
+                value = ("s", scalar.coerce(value[1], isa.SIZE_BYTES[insn.size]))
+            r[insn.dst] = value
+            return done(pc + 1)
+        if cls in (isa.BPF_ST, isa.BPF_STX):
+            base = r[insn.dst]
+            size = isa.SIZE_BYTES[insn.size]
+            atomic = cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC
+            on_stack = base is not None and base[0] == "f"
+            if atomic and insn.imm & isa.BPF_FETCH:
+                load = 0 if insn.imm == isa.BPF_CMPXCHG else insn.src
+                if on_stack:
+                    old = self.stack_read(frames[base[1]][1], base[2] + insn.off, size)
+                else:
+                    old = ("s", scalar.unknown_of_size(size))
+                if old is not None and old[0] == "s" and size < 8:
+                    old = ("s", scalar.coerce(old[1], size))
+                r[load] = old
+            if on_stack:
+                if atomic:
+                    value = None
+                elif cls == isa.BPF_ST:
+                    value = None
+                    if self.profile.verifier_st_imm_spill and insn.imm:
+                        value = ("s", scalar.known(_sext_imm(insn.imm)))
+                else:
+                    value = regs[insn.src]
+                fi = base[1]
+                if fi == cur:
+                    stack = self.stack_write(stack, base[2] + insn.off, size, value)
+                else:
+                    fregs, fstack, fret = frames[fi]
+                    frames[fi] = (fregs, self.stack_write(fstack, base[2] + insn.off, size, value), fret)
+            return done(pc + 1)
+        if insn.opcode == isa.CALL_OPCODE:
+            if insn.is_pseudo_call:
+                if len(frames) >= MAX_FRAMES:
+                    return []
+                frames[-1] = (tuple(r), stack, ret)
+                callee = (None,) + tuple(r[1:6]) + (None,) * 4 + (("f", cur + 1, 0),)
+                frames.append((callee, (), pc))
+                return [(pc + 1 + insn.imm, tuple(frames))]
+            self.helper(pc, insn, r)
+            return done(pc + 1)
+        if insn.is_exit:
+            if ret < 0:
+                return []
+            r0 = r[0]
+            frames.pop()
+            cregs, cstack, cret = frames[-1]
+            c = list(cregs)
+            c[0] = r0
+            for reg in range(1, 6):
+                c[reg] = None
+            frames[-1] = (tuple(c), cstack, cret)
+            return [(ret + 1, tuple(frames))]
+        if cls in (isa.BPF_JMP, isa.BPF_JMP32):
+            target = isa.jump_target(pc, insn)
+            if insn.op == isa.BPF_JA:
+                return done(target)
+            return self.cond(pc, insn, frames, r, stack, ret, target)
+        return done(pc + 1)
+
+    def alu(self, insn: Insn, r: list, cur: int) -> object:
+        alu32 = insn.cls == isa.BPF_ALU
+        op = insn.op
+        dst = r[insn.dst]
+        src = r[insn.src] if insn.source == isa.BPF_X else ("s", scalar.known(_sext_imm(insn.imm)))
+        if op == isa.BPF_MOV:
+            if insn.off:                      # movsx (v6.6): not tracked here
+                return ("s", scalar.UNKNOWN)
+            if insn.source == isa.BPF_K:
+                return ("s", scalar.known(insn.imm & (U32 if alu32 else U64)))
+            if not alu32:
+                return src
+            if src is not None and src[0] == "s":
+                return ("s", scalar.zext(src[1]))
+            return ("s", scalar.zext(scalar.UNKNOWN))
+        if op in (isa.BPF_NEG, isa.BPF_END) or insn.off:
+            return ("s", scalar.UNKNOWN)     # check_reg_arg(DST_OP): unknown
+        if dst is None or src is None:
+            return None
+        if dst[0] != "s":
+            if not alu32 and op in (isa.BPF_ADD, isa.BPF_SUB):
+                if dst[0] == "f":
+                    if src[0] == "s" and src[1].is_const:
+                        delta = scalar.s64(src[1].value)
+                        return ("f", dst[1], dst[2] + (delta if op == isa.BPF_ADD else -delta))
+                    return ("p",)
+                return dst
+            return ("s", scalar.UNKNOWN)
+        if src[0] != "s":
+            return ("p",) if op == isa.BPF_ADD and not alu32 else ("s", scalar.UNKNOWN)
+        return ("s", scalar.alu(op, alu32, dst[1], src[1]))
+
+    def helper(self, pc: int, insn: Insn, r: list) -> None:
+        fn = insn.imm
+        if fn == isa.BPF_FUNC_tail_call:
+            self.record_tail_call(pc, r[2], r[3])
+            result = None
+        elif fn in (isa.BPF_FUNC_map_lookup_elem, isa.BPF_FUNC_map_update_elem, isa.BPF_FUNC_map_delete_elem):
+            arg = r[1]
+            name = arg[1] if arg is not None and arg[0] == "m" else None
+            if self.map_ptr.get(pc, name) != name:
+                name = None
+            self.map_ptr[pc] = name
+            if fn == isa.BPF_FUNC_map_lookup_elem:
+                result = ("vn", arg[1] if arg is not None and arg[0] == "m" else None, pc)
+            else:
+                result = ("s", scalar.UNKNOWN)
+        else:
+            result = ("s", scalar.UNKNOWN)
+        r[0] = result
+        for reg in range(1, 6):
+            r[reg] = None
+
+    def record_tail_call(self, pc: int, r2: object, r3: object) -> None:
+        map_name = r2[1] if r2 is not None and r2[0] == "m" else None
+        key = None
+        if map_name is not None and r3 is not None and r3[0] == "s" and r3[1].is_const and \
+                map_name in self.maps and key_in_range(self.profile, r3[1].value, self.maps[map_name].max_entries):
+            key = r3[1].value
+        if pc in self.tail_calls:
+            old_map, old_key = self.tail_calls[pc]
+            map_name = old_map if old_map == map_name else None
+            key = old_key if old_key == key else None
+        self.tail_calls[pc] = (map_name, key)
+
+    def cond(self, pc: int, insn: Insn, frames: list, r: list, stack: tuple, ret: int,
+             target: int) -> list[tuple[int, tuple]]:
+        jmp32 = insn.cls == isa.BPF_JMP32
+        op = insn.op
+        dst = r[insn.dst]
+        src = r[insn.src] if insn.source == isa.BPF_X else None
+        imm = _sext_imm(insn.imm)
+
+        def out(nxt: int, regs: list, frames_: list | None = None) -> tuple[int, tuple]:
+            fr = list(frames if frames_ is None else frames_)
+            fr[-1] = (tuple(regs), stack, ret)
+            return (nxt, tuple(fr))
+
+        pred: bool | None = None
+        if dst is not None and dst[0] != "s":
+            if dst[0] == "v" and insn.source == isa.BPF_K and imm == 0 and op in (scalar.JEQ, scalar.JNE):
+                pred = op == scalar.JNE
+        elif dst is not None:
+            if insn.source == isa.BPF_K:
+                pred = scalar.branch_taken(dst[1], imm, op, jmp32, self.profile.verifier_jeq_range)
+            elif src is not None and src[0] == "s" and (src[1].subreg_is_const if jmp32 else src[1].is_const):
+                pred = scalar.branch_taken(dst[1], src[1].value, op, jmp32, self.profile.verifier_jeq_range)
+        if pred is not None:
+            return [out(target if pred else pc + 1, r)]
+        taken, fall = list(r), list(r)
+        taken_frames = fall_frames = None
+        if dst is not None and dst[0] == "s":
+            if insn.source == isa.BPF_K:
+                t, f = scalar.set_min_max(dst[1], imm, op, jmp32)
+                taken[insn.dst], fall[insn.dst] = ("s", t), ("s", f)
+            elif src is not None and src[0] == "s":
+                if src[1].subreg_is_const if jmp32 else src[1].is_const:
+                    t, f = scalar.set_min_max(dst[1], src[1].value, op, jmp32)
+                    taken[insn.dst], fall[insn.dst] = ("s", t), ("s", f)
+                elif dst[1].subreg_is_const if jmp32 else dst[1].is_const:
+                    t, f = scalar.set_min_max(src[1], dst[1].value, scalar.FLIP[op], jmp32)
+                    taken[insn.src], fall[insn.src] = ("s", t), ("s", f)
+                elif not jmp32 and op in (scalar.JEQ, scalar.JNE):
+                    both = ("s", scalar.combine_equal(src[1], dst[1]))
+                    side = taken if op == scalar.JEQ else fall
+                    side[insn.src] = side[insn.dst] = both
+        elif dst is not None and dst[0] == "vn" and not jmp32 and insn.source == isa.BPF_K and imm == 0 \
+                and op in (scalar.JEQ, scalar.JNE):
+            # mark_ptr_or_null_regs: every copy of this lookup's result, in every frame
+            null, nonnull = ("s", ZERO_SCALAR), ("v", dst[1])
+            frames[-1] = (tuple(r), stack, ret)
+            is_null = self._resolve_null(frames, dst, null)
+            not_null = self._resolve_null(frames, dst, nonnull)
+            taken_frames, fall_frames = (is_null, not_null) if op == scalar.JEQ else (not_null, is_null)
+            return [(pc + 1, tuple(fall_frames)), (target, tuple(taken_frames))]
+        # do_check continues with the fall-through and pushes the jump target
+        return [out(target, taken, taken_frames), out(pc + 1, fall, fall_frames)]
+
+    @staticmethod
+    def _resolve_null(frames: list, which: tuple, value: tuple) -> list:
+        out = []
+        for regs, stack, ret in frames:
+            regs = tuple(value if v == which else v for v in regs)
+            stack = tuple((k, t, value if v == which else v) for k, t, v in stack)
+            out.append((regs, stack, ret))
+        return out
+
+
+ZERO_SCALAR = scalar.known(0)
+
+
+def explore(insns: Sequence[Insn], maps: Mapping[str, MapLike], profile: Profile,
+            prog_type: str = DEFAULT_PROG_TYPE, budget: int = EXPLORE_BUDGET) -> PathFacts | None:
+    """What the kernel's do_check learns of a program that loads (see above); None when the
+    exploration would take more than ``budget`` instructions."""
+    return _Explorer(insns, maps, profile, prog_type).run(budget)

@@ -69,7 +69,7 @@ from bpfdiff import isa, xdp
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import Profile, XdpLayout
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, MapDef
-from bpfdiff.verifier import VerifierError, branch_taken, key_in_range, track_const_alu
+from bpfdiff.verifier import VerifierError, branch_taken, explore, key_in_range, track_const_alu
 
 if TYPE_CHECKING:
     from bpfdiff.jit.bpf_jit_comp import JitOptions
@@ -577,6 +577,14 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         entries = new_entries
     tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}
     lookups = {pc: name for flow in flows for pc, name in flow.lookups.items() if name is not None}
+    seen = {pc for flow in flows for pc in flow.states}
+    # the kernel's own answer, path by path (bpfdiff.verifier.explore); the joined dataflow
+    # above stays for stack depths, and answers alone when the exploration is too long
+    facts = explore(insns, maps, profile, prog_type)
+    if facts is not None:
+        tail_calls = dict(facts.tail_calls)
+        lookups = {pc: name for pc, name in facts.lookups.items() if name is not None}
+        seen = set(facts.seen)
     for pc, (map_name, _) in tail_calls.items():
         if map_name is not None and maps[map_name].kind != "prog_array":
             raise VerifierError(prog.name, pc, "cannot pass map_type "
@@ -602,7 +610,6 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     # removed with the nops); instructions no path reaches go.  Only when every function keeps
     # its entry (a dead bpf-to-bpf call would also remove a subprogram: not modelled).
     orig = list(range(len(insns)))
-    seen = {pc for flow in flows for pc in flow.states}
     seen |= {pc + 1 for pc in seen if insns[pc].is_lddw}
     calls_live = all(pc in seen for flow in flows for pc in flow.calls) and all(s in seen for s in starts)
     if calls_live and len(seen) < len(insns):
