@@ -145,11 +145,13 @@ class Profile:
     # is_branch_taken decides JEQ/JNE against a constant outside the register's bounds,
     # not only against a constant register: 13fbcee55706 (v6.2).
     verifier_jeq_range: bool = False
-    # A BPF_ST of a non-zero immediate into an aligned stack slot is remembered as a
-    # spilled constant (ecdf985d7615, v6.3); before, the slot is only "misc" data.
-    verifier_st_imm_spill: bool = False
+    # A BPF_ST of a non-zero immediate into an 8-aligned stack slot is remembered as a
+    # spilled constant, the immediate sign-extended (ecdf985d7615, v6.3, and in the stable
+    # builds: measured on 6.1.192 and 5.10.223 -- `*(u64 *)(r10 -8) = -9` then a fill and
+    # `if r5 == 0xfffffff7` is hard-wired not taken); before, the slot is only "misc" data.
+    verifier_st_imm_spill: bool = True
     # Registers spilled with a store narrower than 8 bytes (to an 8-aligned slot) keep their
-    # value for a fill of the same size (354e8f1970f8, v5.16); before, only 8-byte spills do.
+    # value for a fill of the same size (354e8f1970f8, v5.16; 5.10.223 has it too, measured).
     verifier_narrow_spill: bool = True
     # XDP context rewrite (convert_ctx_accesses) and the structures behind it.
     xdp: XdpLayout = XDP_LAYOUT_6_1
@@ -218,7 +220,8 @@ LINUX_5_5 = Profile(
     # without counting -- a genuine JIT/interpreter divergence of this kernel.
     verifier_tail_call_key_range="tnum",
     verifier_pkt_range_open_adjust=-1,
-    verifier_narrow_spill=False,
+    verifier_narrow_spill=False,    # v5.16
+    verifier_st_imm_spill=False,    # v6.3
     xdp=XDP_LAYOUT_5_5,
     kernel_bugs=(
         KernelBug(
@@ -311,7 +314,6 @@ LINUX_6_12 = Profile(
     jit_imm8_jmp_max=123,        # the convergence fix (v6.13) is in 6.12.y well before .117
     isa_v4=True,                 # v6.6
     verifier_jeq_range=True,     # v6.2
-    verifier_st_imm_spill=True,  # v6.3
     # xdp: the 6.1 layout; net_device was reordered in 6.8 (ifindex not yet read from a real image)
 )
 
@@ -333,7 +335,6 @@ LINUX_5_10 = Profile(
     off_prog_bpf_func=0x30,
     jit_nop5=bytes.fromhex("6666666690"),
     atomic_fetch=False,          # BPF_ATOMIC fetch/xchg/cmpxchg/and/or/xor came in 5.12
-    verifier_narrow_spill=False,  # v5.16
     xdp=XDP_LAYOUT_5_10,
     # jit_imm8_jmp_max stays 127: the convergence fix (Dec 2024) is later than 5.10.223 (July 2024)
     kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY),

@@ -386,8 +386,9 @@ def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
         _xor32(d, src)
         _xor64(d, src)
     elif op in (LSH, RSH, ARSH):
-        umax = src.u32max if alu32 else src.umax
-        if umax >= bits:
+        if src.umax >= bits:
+            # the 64-bit umax of the source, for 32-bit shifts too: `w2 >>= w2` with
+            # r2 = 0xffffffff00000000 leaves w2 unknown on 6.1 (measured)
             d.mark_unknown()            # then zero-extended like any 32-bit result
         elif op == LSH:
             (_lsh32 if alu32 else _lsh64)(d, src)
