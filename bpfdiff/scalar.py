@@ -16,6 +16,7 @@ u32max, s32min, s32max)``.  Values are Python ints: unsigned fields in
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 U64 = (1 << 64) - 1
@@ -160,6 +161,7 @@ class Scalar(NamedTuple):
         return self.mask & U32 == 0
 
 
+@functools.lru_cache(maxsize=4096)
 def known(v: int) -> Scalar:
     """__mark_reg_known."""
     v &= U64
@@ -347,6 +349,10 @@ def zext(s: Scalar) -> Scalar:
 # -- adjust_scalar_min_max_vals -------------------------------------------------------------------
 def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
     """The scalar result of ``dst op= src`` (op an ALU opcode other than MOV/NEG/END)."""
+    if dst.mask == 0 and src.mask == 0:
+        exact = _const_alu(op, alu32, dst.value, src.value)
+        if exact is not None:
+            return exact
     d = _R(dst)
     if alu32:
         src_known = src.subreg_is_const
@@ -402,6 +408,29 @@ def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
         d.zext_32_to_64()
     d.sync()
     return d.freeze()
+
+
+def _const_alu(op: int, alu32: bool, a: int, b: int) -> Scalar | None:
+    """The result for two constants, without the bounds arithmetic: tnum operations on
+    constants are exact and reg_bounds_sync pins every bound to the value (same answer as the
+    general path, only faster).  None: let the general path decide (shifts out of range,
+    div, mod)."""
+    bits = 32 if alu32 else 64
+    mask = U32 if alu32 else U64
+    if op in (LSH, RSH, ARSH):
+        if b >= bits:                # the 64-bit umax of the source: unknown (general path)
+            return None
+        x = a & mask
+        if op == LSH:
+            r = x << b
+        elif op == RSH:
+            r = x >> b
+        else:
+            r = (s32(x) if alu32 else s64(x)) >> b
+        return known(r & mask)
+    fn = {ADD: lambda: a + b, SUB: lambda: a - b, MUL: lambda: a * b, AND: lambda: a & b,
+          OR: lambda: a | b, XOR: lambda: a ^ b}.get(op)
+    return None if fn is None else known(fn() & mask)
 
 
 def _add32(d: _R, s: Scalar) -> None:

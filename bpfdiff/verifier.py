@@ -670,7 +670,8 @@ class _Explorer:
             old_map, old_key = self.tail_calls[pc]
             map_name = old_map if old_map == map_name else None
             key = old_key if old_key == key else None
-        self.tail_calls[pc] = (map_name, key)
+        # a poisoned map poisons the site: direct needs both (do_misc_fixups)
+        self.tail_calls[pc] = (map_name, key if map_name is not None else None)
 
     def cond(self, pc: int, insn: Insn, frames: list, r: list, stack: tuple, ret: int,
              target: int) -> list[tuple[int, tuple]]:

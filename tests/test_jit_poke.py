@@ -187,8 +187,12 @@ def branchy(key_a: int, key_b: int, map_a: str = "pa", map_b: str = "pa") -> lis
     (branchy(1, 1), {}, [1]),                       # same key on both paths
     (branchy(1, 2), {}, [0]),                       # different keys: poisoned
     (branchy(1, 1, "pa", "pb"), {}, [0]),           # different maps: poisoned
+    # r3 == 3 known on the fall-through of jne r3, 3 (r3 an unknown scalar: xdp_md.rx_queue_index;
+    # a pointer compared with 3 would teach the verifier nothing)
+    ([*load_map(2, "pa"), Insn(0x61, 3, 1, 16), Insn(isa.BPF_JMP | isa.BPF_JNE | isa.BPF_K, 3, 0, 2, 3),
+      TAIL_CALL, mov(0, 0), EXIT], {}, [1]),
     ([*load_map(2, "pa"), Insn(0xBF, 3, 1), Insn(isa.BPF_JMP | isa.BPF_JNE | isa.BPF_K, 3, 0, 2, 3),
-      TAIL_CALL, mov(0, 0), EXIT], {}, [1]),        # r3 == 3 known on the fall-through of jne r3, 3
+      TAIL_CALL, mov(0, 0), EXIT], {}, [0]),        # r3 the context pointer: reg_set_min_max skips pointers
     ([*load_map(2, "pa"), mov(3, 0), TAIL_CALL, mov(3, 1), TAIL_CALL, mov(0, 0), EXIT], {}, []),
     ([*load_map(2, "pa"), mov(3, 0), TAIL_CALL, *load_map(2, "pa"), mov(3, 1), TAIL_CALL, mov(0, 0), EXIT], {},
      [1, 2]),                                       # poke indices in program order
