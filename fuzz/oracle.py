@@ -45,8 +45,8 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
   run again with every tail call forced indirect; ``direct`` when that makes
   the divergence go away (the bug is in the patched direct sites), ``any``
   when it stays;
-* RELATION -- for ``direct``: the map event that exposed it, ``delete`` or
-  ``retarget`` (see :func:`trigger_event`; else ``fill``); otherwise, by
+* RELATION -- for ``direct``: ``jit@`` and the map event that exposed it,
+  ``delete`` or ``retarget`` (see :func:`trigger_event`; else ``fill``); otherwise, by
   what-if probes (:data:`WHAT_IF_MODELS`), ``ENGINE@MODEL`` when that engine
   runs exactly like the clean interpreter under a changed counter rule --
   MAX_TAIL_CALL_CNT one higher or lower, or a counter that restarts at zero in
@@ -54,9 +54,15 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
   ``other`` (``-`` for ``data`` divergences; without probes, from the counts:
   ``limit+1``/``limit-1``/``count``/``-``).  With three or more engines,
   when one engine stands alone against all the others
-  (:func:`bpfdiff.compare.odd_one_out`) RELATION names it: ``ENGINE@TRIGGER``
-  for a direct site, ``ENGINE@MODEL`` when a what-if model explains that
+  (:func:`bpfdiff.compare.odd_one_out`) RELATION names it (``jit@TRIGGER``
+  for a direct site), ``ENGINE@MODEL`` when a what-if model explains that
   engine, else ``ENGINE@odd``; with no odd one out, it is found as for two.
+  Two engines, one of them the reference interpreter, and nothing that
+  explains them: the other one, ``ENGINE@ref``.
+
+The name is found first on the profile with all its known kernel bugs fixed,
+when the divergence remains there (what is left once the kernel's own bugs are
+taken out), and on the profile as it is when no probe explains it there.
 
 Refusals: ``refused:PROFILE:ENGINE[+ENGINE...]:<first words of the message,
 numbers replaced by N>`` naming the engines that refused.
@@ -353,6 +359,16 @@ VIOLATION_TRIGGERS = (
 )
 
 
+# Self-checks that report the consequence of an earlier failure, not a cause of their own:
+# a text poke refused (-EBUSY) because the site does not hold what it should.
+CONSEQUENCES = re.compile(r"^violation:[^:]*:[^:]*:text poke of .* failed")
+
+
+def is_consequence(signature: str) -> bool:
+    """Whether a signature is a consequence of another finding (see :data:`CONSEQUENCES`)."""
+    return bool(CONSEQUENCES.search(signature))
+
+
 def trigger_from_violations(outcomes: dict[str, list[EventOutcome]], index: int) -> str | None:
     """The map event the earliest poke-site self-check failure up to ``index`` points at, if any."""
     for seq in outcomes.values():
@@ -419,8 +435,10 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
     differences = verdict.compare(verdict.outcomes)
     verdict.differences = differences
     if differences:
-        known = known_kernel_bug(scenario, verdict, prof, bugs, pool)
-        verdict.findings.append(known or divergence_finding(scenario, verdict, prof, bugs, pool, probe))
+        fixed_runs: dict[str, Any] = {}
+        known = known_kernel_bug(scenario, verdict, prof, bugs, pool, fixed_runs)
+        verdict.findings.append(known or divergence_finding(scenario, verdict, prof, bugs, pool, probe,
+                                                            fixed_runs.get("all")))
     if refusals and verdict.outcomes:
         verdict.findings.append(refused_finding(refusals, list(verdict.outcomes), profile))
     elif refusals:
@@ -455,7 +473,7 @@ def refused_finding(refusals: dict[str, ProgramRefused], loaded: list[str], prof
 
 
 def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
-                     pool: EnginePool) -> Finding | None:
+                     pool: EnginePool, fixed_runs: dict[str, Any] | None = None) -> Finding | None:
     """A KNOWN finding when fixing one of the profile's known kernel bugs makes the engines agree.
 
     The profile models its kernel faithfully, bugs included; a divergence that
@@ -463,6 +481,11 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     fix applies to our models only: a real kernel (an engine that ``mirrors`` a
     model) stays as built, so it must instead agree with the model it mirrors
     as that model ran unfixed -- the kernel has the bug our model of it has.
+
+    ``fixed_runs`` receives, under ``"all"``, the profile with every known bug fixed and
+    the models' outcomes on it (when only models ran): what remains of the
+    divergence without the kernel's own bugs, which :func:`divergence_finding`
+    names first.
     """
     mirrors = {name: pool.get(name, profile.name, bugs).mirrors for name in verdict.outcomes}
     models = [name for name in verdict.outcomes if mirrors[name] is None]
@@ -481,6 +504,8 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
             outcomes = {name: pool.get(name, fixed, bugs).execute(scenario) for name in models}
         except Exception:  # noqa: BLE001 - the check only classifies a divergence
             continue
+        if len(together) == len(profile.kernel_bugs) and fixed_runs is not None and len(models) == len(mirrors):
+            fixed_runs["all"] = (get_profile(fixed), outcomes)
         if verdict.compare(outcomes):
             continue
         if all(_agrees_with_its_model(verdict, name, mirror, models) for name, mirror in mirrors.items()
@@ -513,7 +538,74 @@ def known_finding(bugs: KernelBug | tuple[KernelBug, ...], profile: Profile, ver
 
 
 def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
-                       pool: EnginePool, probe: bool) -> Finding:
+                       pool: EnginePool, probe: bool, fixed: tuple[Profile, dict[str, list[EventOutcome]]] | None = None
+                       ) -> Finding:
+    """A divergence finding: the values and detail of the divergence as it happened, the signature
+    from :func:`name_divergence`.
+
+    ``fixed`` (the profile with all its known kernel bugs fixed, and the models' outcomes there)
+    is what remains of the divergence without the kernel's own bugs: it is named first -- a
+    planted off-by-one in a tail-call hierarchy that 116e04ba1459 inflates is still ``limit+1``
+    -- and the divergence as it happened only when the probes explain nothing there (a planted
+    bug that the fix changes, such as a counter reset where the fix passes a pointer).
+    """
+    diffs = first_event_differences(verdict.differences)
+    index = diffs[0].event_index
+    odd = odd_one_out(diffs) if len(verdict.outcomes) >= 3 else None
+    variants: list[tuple[Profile, Verdict]] = []
+    if probe and fixed is not None:
+        fixed_verdict = Verdict(outcomes=fixed[1], observations=verdict.observations)
+        fixed_verdict.differences = fixed_verdict.compare(fixed[1])
+        if fixed_verdict.differences:
+            variants.append((fixed[0], fixed_verdict))
+    variants.append((profile, verdict))
+    named = [name_divergence(scenario, v, p, bugs, pool, probe) for p, v in variants[:1]]
+    if not named[0].explained and len(variants) > 1:
+        named.append(name_divergence(scenario, verdict, profile, bugs, pool, probe))
+    name = next((n for n in named if n.explained), named[0])
+    primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
+    values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
+    event = scenario.events[index] if index < len(scenario.events) else None
+    lines = [f"event {index} ({_describe(event)}): engines differ in " + ", ".join(d.field for d in diffs)]
+    if odd is not None:
+        others = [engine for engine in verdict.outcomes if engine != odd]
+        lines[0] += f"; {odd} stands alone against {', '.join(others)}"
+    for d in diffs:
+        shown = "  ".join(f"{e}={format_value(d.field, v)}" for e, v in d.values.items())
+        lines.append(f"  {d.field}: {shown}"[:600])
+    if len(variants) > 1 and name is named[0] and first_event_differences(variants[0][1].differences) != diffs:
+        lines.append(f"  named with the profile's known kernel bugs fixed ({variants[0][0].name}), "
+                     "where the divergence remains")
+    base = f"{DIVERGENCE}:{profile.name}:{name.what}"
+    alternatives = tuple(f"{base}:{other}:{name.sites}" for other in name.models[1:])
+    return Finding(DIVERGENCE, f"{base}:{name.relation}:{name.sites}", index, primary.field,
+                   values, "\n".join(lines), odd, alternatives)
+
+
+@dataclass(frozen=True)
+class DivergenceName:
+    """What a divergence signature says: field class, relation (which engine, how), sites."""
+
+    what: str
+    relation: str
+    sites: str
+    models: tuple[str, ...] = ()     # the what-if models that explain it, first one named
+
+    @property
+    def explained(self) -> bool:
+        """Whether a probe explained it (a direct site or a what-if model), not a fallback."""
+        return self.sites == "direct" or bool(self.models)
+
+
+# The engine every other engine is held against when only two ran and no probe explains
+# their divergence: the reference interpreter implements RFC 9669 (and passes the
+# conformance suite), so the other engine is the one named, ``ENGINE@ref``.
+REFERENCE_ENGINE = "interp"
+
+
+def name_divergence(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
+                    pool: EnginePool, probe: bool) -> DivergenceName:
+    """Name the first diverging event of ``verdict`` (see the module docstring)."""
     diffs = first_event_differences(verdict.differences)
     index = diffs[0].event_index
     what = divergence_what(diffs)
@@ -521,39 +613,29 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     # Forcing the JIT's tail calls indirect can only explain a divergence the JIT is part of.
     jit_suspect = odd is None or odd == "jit"
     sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe and jit_suspect else "any"
-    models: list[str] = []       # the what-if models that explain it, when asked
+    models: list[str] = []
     if sites == "direct":
-        relation = trigger_event(scenario, verdict.outcomes, index, profile)
-        if odd is not None:
-            relation = f"{odd}@{relation}"
+        # the JIT's direct sites are what diverges: the JIT is wrong, whichever engine stands alone
+        relation = f"jit@{trigger_event(scenario, verdict.outcomes, index, profile)}"
     elif odd is not None:
         models = what_if_models(scenario, verdict, profile, pool, index, only=odd) \
             if probe and what == "control" else []
         relation = models[0] if models else f"{odd}@odd"
     else:
         counts = next((d.values for d in diffs if d.field == "tail_calls"), {})
-        if what != "control":
-            relation = "-"
-        elif probe:
-            # no what-if model explains it: the counts alone would split one bug
-            # into several buckets (they depend on the input), so say nothing more
+        if what == "control" and probe:
+            # the counts alone would split one bug into several buckets (they depend on the input)
             models = what_if_models(scenario, verdict, profile, pool, index)
             relation = models[0] if models else "other"
-        else:
+        elif what == "control":
             relation = tail_call_relation(counts, profile)
-    primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
-    values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
-    event = scenario.events[index] if index < len(scenario.events) else None
-    lines = [f"event {index} ({_describe(event)}): engines differ in " + ", ".join(d.field for d in diffs)]
-    if odd is not None:
-        others = [name for name in verdict.outcomes if name != odd]
-        lines[0] += f"; {odd} stands alone against {', '.join(others)}"
-    for d in diffs:
-        shown = "  ".join(f"{e}={format_value(d.field, v)}" for e, v in d.values.items())
-        lines.append(f"  {d.field}: {shown}"[:600])
-    alternatives = tuple(f"{DIVERGENCE}:{profile.name}:{what}:{other}:{sites}" for other in models[1:])
-    return Finding(DIVERGENCE, f"{DIVERGENCE}:{profile.name}:{what}:{relation}:{sites}", index, primary.field,
-                   values, "\n".join(lines), odd, alternatives)
+        else:
+            relation = "-"
+        engines = sorted(verdict.outcomes)
+        if not models and probe and len(engines) == 2 and REFERENCE_ENGINE in engines:
+            other = next(engine for engine in engines if engine != REFERENCE_ENGINE)
+            relation = f"{other}@ref"
+    return DivergenceName(what, relation, sites, tuple(models))
 
 
 def _describe(event: object) -> str:
@@ -623,6 +705,24 @@ def what_if_models(scenario: Scenario, verdict: Verdict, profile: Profile, pool:
     except Exception:  # noqa: BLE001 - the probe only refines a signature
         return found
     return found
+
+
+def blamed_engine(signature: str) -> str | None:
+    """The engine a signature says is wrong (``jit`` for ``divergence:P:control:jit@delete:direct``,
+    the engine of a violation or crash, the refusing engines of a refusal); None when it names
+    none (a known kernel bug, a divergence no probe could attribute)."""
+    parts = signature.split(":")
+    if len(parts) < 3:
+        return None
+    kind = parts[0]
+    if kind == DIVERGENCE and len(parts) >= 5:
+        relation = parts[3]
+        if "@" in relation:
+            return relation.split("@", 1)[0]
+        return None
+    if kind in (VIOLATION, CRASH, REFUSED):
+        return parts[2]
+    return None
 
 
 def close_default_pool() -> None:

@@ -194,10 +194,33 @@ def replay_finding(path: Path, *, profile: str | None = None, bugs: frozenset[st
         record.error = f"{path}: unstable: replays gave {' / '.join(str(x) for x in seen)}"
         record.unstable = True
         return record
-    record.signature = None if verdict.ok else verdict.signature
-    record.alternatives = tuple(getattr(verdict.findings[0], "alternatives", ())) if verdict.findings else ()
-    record.all_signatures = tuple(dict.fromkeys(f.signature for f in verdict.findings))
+    # A known kernel bug's divergence that also shows a new finding (a JIT self-check failing
+    # in the same run) is bucketed by the new one: the known bug is not what this input found.
+    primary = primary_finding(verdict)
+    record.signature = None if primary is None else primary.signature
+    record.alternatives = tuple(getattr(primary, "alternatives", ())) if primary is not None else ()
+    record.all_signatures = tuple(dict.fromkeys([record.signature] + [f.signature for f in verdict.findings])) \
+        if primary is not None else ()
     return record
+
+
+def primary_finding(verdict: Any) -> Any:
+    """The finding a replay is bucketed by: the first new one (not a known kernel bug of the
+    profile), else the first; None when the engines agree."""
+    findings = list(getattr(verdict, "findings", ()) or ())
+    if not findings:
+        return None
+    new = list(getattr(verdict, "new_findings", findings))
+    return new[0] if new else findings[0]
+
+
+def links_findings(signature: str) -> bool:
+    """Whether two findings that both show ``signature`` are one bug.  Not a known kernel bug
+    of the profile (many inputs show it beside whatever else they found), nor a failed
+    text poke (the consequence of an earlier stale site, whatever made it stale)."""
+    from bpfdiff.fuzz.oracle import KNOWN, is_consequence
+
+    return not signature.startswith(f"{KNOWN}:") and not is_consequence(signature)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -239,10 +262,14 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
         return sig
 
     if merge_related:
+        # one replay showing two signatures ties them, also through a signature that is no
+        # finding's primary one (two divergences named differently, each with the same JIT
+        # self-check failing beside it)
         for record in records:
             if record.reproduces:
                 for other in record.all_signatures:
-                    if other in parent:
+                    if other != record.signature and links_findings(other):
+                        parent.setdefault(other, other)
                         parent[root(other)] = root(str(record.signature))
         plain = {str(r.signature) for r in records if r.reproduces and not r.alternatives}
         for (sig, flaky), members in groups.items():
@@ -261,8 +288,9 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
     for (_, flaky), parts in merged.items():
         # Name: the signature most findings have; divergences before violations and crashes on ties.
         # (a signature only ambiguous findings have never names a bucket it was joined to)
-        parts.sort(key=lambda part: (all(m.alternatives for m in part[1]), -len(part[1]),
-                                     not part[0].startswith("divergence"), part[0]))
+        # (a known kernel bug's signature names a bucket only of its own findings)
+        parts.sort(key=lambda part: (part[0].startswith("known:"), all(m.alternatives for m in part[1]),
+                                     -len(part[1]), not part[0].startswith("divergence"), part[0]))
         bucket = Bucket(signature=parts[0][0], flaky=flaky, related=[sig for sig, _ in parts[1:]])
         for _, members in parts:
             bucket.findings.extend(members)

@@ -192,10 +192,15 @@ def test_three_engines_name_a_wrong_kernel_engine_as_the_odd_one(pool) -> None:
     assert "kernel-bad stands alone against interp, jit" in finding.detail
 
 
-def test_two_engines_cannot_name_the_wrong_one(pool) -> None:
+def test_two_engines_hold_the_other_one_against_the_reference(pool) -> None:
+    # no odd one out with two engines: the one that is not the reference interpreter is named
     verdict = run_oracle(example("direct_tail_call.scn"), engines=("interp", "kernel-bad"), pool=pool)
     assert verdict.findings[0].odd is None
-    assert verdict.signature == "divergence:linux-6.1:data:-:any"
+    assert verdict.signature == "divergence:linux-6.1:data:kernel-bad@ref:any"
+    # without the reference among them, two engines cannot name the wrong one
+    other = run_oracle(example("direct_tail_call.scn"), engines=("kernel", "kernel-bad"), pool=pool)
+    assert other.findings[0].odd is None
+    assert other.signature == "divergence:linux-6.1:data:-:any"
 
 
 @pytest.mark.parametrize("bug,odd,signature", [
@@ -246,7 +251,7 @@ def test_an_unsupported_engine_is_left_out_and_noted(pool) -> None:
                              "bpf-to-bpf calls"]
     # left out, the others still diverge as before
     bad = run_oracle(example("direct_tail_call.scn"), engines=("interp", "unsupported", "kernel-bad"), pool=pool)
-    assert bad.signature == "divergence:linux-6.1:data:-:any"
+    assert bad.signature == "divergence:linux-6.1:data:kernel-bad@ref:any"
 
 
 def test_a_refusal_by_some_engines_is_a_finding_of_its_own(pool) -> None:
