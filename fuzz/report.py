@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,17 +70,35 @@ class PokeState:
     # (site description, actual, expected) of the sites whose bytes are not what the engine expects
     stale: list[tuple[str, str, str]] = field(default_factory=list)
     engine: str = "jit"
+    # every poke site after the event: what it holds and what the engine expects, in words and bytes
+    bytes: list[PokeBytes] = field(default_factory=list)
+
+
+@dataclass
+class PokeBytes:
+    """One poke site after an event: its bytes and the bytes the engine expects for its slot."""
+
+    site: str                   # "jit: site of p0 (jmp0[1], pc 3)"
+    actual: str                 # "jmp p0+0xb"
+    actual_bytes: str           # "e9 d1 ff ff ff"
+    expected: str | None        # None: the engine has no opinion (site not stable yet)
+    expected_bytes: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.expected_bytes is None or self.expected_bytes == self.actual_bytes
 
 
 @dataclass
 class TimelineRow:
-    """One event: what each engine made of it, and the poke sites that went wrong after it."""
+    """One event: what each engine made of it, and the poke sites after it."""
 
     index: int
     event: str
     outcomes: dict[str, str]
     differs: bool
     stale: list[tuple[str, str, str]] = field(default_factory=list)   # (site, actual, expected)
+    pokes: list[PokeBytes] = field(default_factory=list)              # every site, after a map event
 
 
 @dataclass
@@ -104,6 +123,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     verdict: str = ""                  # one sentence: what went wrong, in which engine
     timeline: list[TimelineRow] = field(default_factory=list)
+    # how the reproducer came to be: "minimised from 36 slots / 11 events", or the smallest finding
+    provenance: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -131,6 +152,13 @@ def collect_report(bucket: Any, title: str) -> ReportData:
     if scenario is None:
         return data
     data.scenario_text = format_scenario(scenario)
+    slots, events = scenario.size()
+    if bucket.minimized is not None:
+        original = scenario.meta_dict.get("original_size", "").replace("/", " slots / ")
+        data.provenance = (f"minimised ({slots} slots / {events} events"
+                           + (f", from {original} events" if original else "") + ")")
+    else:
+        data.provenance = f"the smallest of the bucket's findings ({slots} slots / {events} events), not minimised"
     data.listings = {p.name: format_xlated(p.insns) for p in scenario.programs}
     engines = tuple(getattr(rep, "engines", ("interp", "jit")))
     try:
@@ -164,11 +192,13 @@ def collect_report(bucket: Any, title: str) -> ReportData:
 
 
 def _short_outcome(outcome: Any) -> str:
+    from bpfdiff.compare import format_value
+
     run = outcome.run
     if run is None:
         return f"retval {outcome.retval}"
     ending = f"r0=0x{run.r0:x}" if run.exit == "exit" else f"{run.exit} {run.fault_kind or ''}".strip()
-    return f"{ending} tail_calls={run.tail_calls}"
+    return f"{ending} tail_calls={run.tail_calls} trace {format_value('trace', run.trace)}"
 
 
 def _timeline(scenario: Scenario, outcomes: dict[str, list[Any]], verdict: Any,
@@ -179,8 +209,11 @@ def _timeline(scenario: Scenario, outcomes: dict[str, list[Any]], verdict: Any,
         shown = {engine: _short_outcome(seq[index]) for engine, seq in outcomes.items() if index < len(seq)}
         stale = [(f"{state.engine}: {site}", actual, expected) for state in pokes if state.index == index
                  for site, actual, expected in state.stale]
+        # every site after a map event; after a run, the ones that are wrong
+        run = isinstance(scenario.events[index], Run)
+        sites = [site for state in pokes if state.index == index for site in state.bytes if not (run and site.ok)]
         rows.append(TimelineRow(index, _describe_event(scenario, index).split(": ", 1)[1], shown,
-                                index in differing, stale))
+                                index in differing, stale, sites))
     return rows
 
 
@@ -189,6 +222,7 @@ _MODEL_WORDS = {
     "limit-1": "as if MAX_TAIL_CALL_CNT were one lower",
     "subprog-reset": "as if the tail-call counter restarted at zero in every subprogram",
     "odd": "against all the other engines",
+    "ref": "against the reference interpreter, which follows RFC 9669; no probe says more",
 }
 _FIELD_VERBS = {"tail_calls": "takes {} tail calls", "r0": "returns {}", "trace": "enters {}",
                 "exit": "ends with {}", "fault_kind": "faults with {}", "retval": "returns {}",
@@ -196,17 +230,15 @@ _FIELD_VERBS = {"tail_calls": "takes {} tail calls", "r0": "returns {}", "trace"
 
 
 def _wrong_engine(finding: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The engine a finding blames and the model that explains it, from its odd one or signature."""
-    if finding.get("odd"):
-        relation = finding["signature"].split(":")[3] if finding["kind"] == "divergence" else "odd"
-        return finding["odd"], relation.split("@", 1)[1] if "@" in relation else "odd"
+    """The engine a finding blames (:func:`bpfdiff.fuzz.oracle.blamed_engine`) and the model that
+    explains it (the part of its relation after ``@``)."""
+    from bpfdiff.fuzz.oracle import blamed_engine
+
     parts = finding["signature"].split(":")
+    engine = blamed_engine(finding["signature"]) or finding.get("odd")
     if finding["kind"] == "divergence" and len(parts) > 3 and "@" in parts[3]:
-        engine, model = parts[3].split("@", 1)
-        return engine, model
-    if finding["kind"] in ("violation", "crash", "refused") and len(parts) > 2:
-        return parts[2], None
-    return None, None
+        return engine, parts[3].split("@", 1)[1]
+    return engine, ("odd" if finding.get("odd") else None)
 
 
 def verdict_sentence(finding: dict[str, Any] | None, scenario: Scenario, timeline: list[TimelineRow]) -> str:
@@ -217,8 +249,10 @@ def verdict_sentence(finding: dict[str, Any] | None, scenario: Scenario, timelin
         if row.stale and (finding["event_index"] is None or row.index <= finding["event_index"]):
             site, actual, expected = row.stale[0]
             engine, where = site.split(": ", 1)
-            return (f"After `{row.event}` (event {row.index}) the {where} in {engine} holds `{actual}` where "
-                    f"`{expected}` was expected: {engine} did not re-patch its direct tail-call site.")
+            sentence = (f"After `{row.event}` (event {row.index}) the {where} in {engine} holds `{actual}` where "
+                        f"`{expected}` was expected: {engine} did not re-patch its direct tail-call site")
+            effect = _effect(finding, timeline) if finding["kind"] == "divergence" else ""
+            return sentence + (f"; so {effect}" if effect else "") + "."
     engine, model = _wrong_engine(finding)
     kind = finding["kind"]
     if kind == "violation":
@@ -227,22 +261,43 @@ def verdict_sentence(finding: dict[str, Any] | None, scenario: Scenario, timelin
         return f"{engine} crashed: {finding['values'].get(engine)}."
     if kind == "refused":
         return f"{engine} refuses to load a program that the other engines load and run: {finding['values'][engine]}."
-    index, name, values = finding["event_index"], finding["field"], finding["values"]
-    event = f"`{timeline[index].event}` (event {index})" if index is not None and index < len(timeline) else \
-        f"event {index}"
-    verb = _FIELD_VERBS.get(name or "", f"has {name} {{}}")
     if kind == "known":
         explained = finding["detail"].split(" -- ")[-1]
-        return f"At {event} the engines differ as the profile's real kernel does: {explained}."
+        return (f"At {_event_words(finding, timeline)} the engines differ as the profile's real kernel does (not a "
+                f"new bug): {explained}.")
+    effect = _effect(finding, timeline, engine, model)
+    return effect[:1].upper() + effect[1:] + "."
+
+
+def _event_words(finding: dict[str, Any], timeline: list[TimelineRow]) -> str:
+    """```run p0` (event 2)``: the event without its packet (the timeline shows it)."""
+    index = finding["event_index"]
+    if index is None or index >= len(timeline):
+        return f"event {index}"
+    return f"`{timeline[index].event.split(' mem=', 1)[0]}` (event {index})"
+
+
+def _effect(finding: dict[str, Any], timeline: list[TimelineRow], engine: str | None = None,
+            model: str | None = None) -> str:
+    """``at `run p0` (event 2) jit takes 33 tail calls where interp takes 0 tail calls``."""
+    if engine is None:
+        engine, model = _wrong_engine(finding)
+    name, values = finding["field"], finding["values"]
+    event = f"at {_event_words(finding, timeline)}"
+    verb = _FIELD_VERBS.get(name or "", f"has {name} {{}}")
     if engine in values:
         others = sorted({v for e, v in values.items() if e != engine})
         who = ", ".join(e for e in values if e != engine)
         why = f" ({_MODEL_WORDS[model]})" if model in _MODEL_WORDS else ""
         several = sum(1 for e in values if e != engine) > 1
         clause = _other_clause(verb, others) if several else verb.format(" or ".join(others))
-        return f"At {event} {engine} {verb.format(values[engine])} where {who} {clause}{why}."
+        return _singular(f"{event} {engine} {verb.format(values[engine])} where {who} {clause}{why}")
     shown = "; ".join(f"{e} {verb.format(v)}" for e, v in values.items())
-    return f"At {event} the engines disagree: {shown}."
+    return _singular(f"{event} the engines disagree: {shown}")
+
+
+def _singular(text: str) -> str:
+    return re.sub(r"\b1 tail calls\b", "1 tail call", text)
 
 
 def _other_clause(verb: str, others: list[str]) -> str:
@@ -308,6 +363,8 @@ def _describe_event(scenario: Scenario, index: int) -> str:
 
 
 def _outcome_line(scenario: Scenario, outcome: Any) -> str:
+    from bpfdiff.compare import format_value
+
     head = _describe_event(scenario, outcome.index) if outcome.index < len(scenario.events) else str(outcome.index)
     if outcome.run is None:
         line = f"{head} -> retval {outcome.retval}"
@@ -315,7 +372,7 @@ def _outcome_line(scenario: Scenario, outcome: Any) -> str:
         run = outcome.run
         fault = f" {run.fault_kind} at {run.fault_prog}:{run.fault_pc}" if run.fault_kind else ""
         line = (f"{head} -> {run.exit}{fault} r0=0x{run.r0:x} tail_calls={run.tail_calls} "
-                f"trace={' > '.join(run.trace)}")
+                f"trace={format_value('trace', run.trace)}")
     if outcome.violations:
         line += f" VIOLATIONS: {'; '.join(outcome.violations)}"
     return line
@@ -358,7 +415,8 @@ def _collect_code(scenario: Scenario, engine_name: str, profile: str, bugs: froz
         for step in engine.inspect(scenario, stop):
             programs = step.programs
             label = "after loading" if step.index is None else f"after event {_describe_event(scenario, step.index)}"
-            pokes.append(PokeState(label, _poke_sites(programs), step.index, _stale_sites(programs), engine_name))
+            pokes.append(PokeState(label, _poke_sites(programs), step.index, _stale_sites(programs), engine_name,
+                                   _poke_bytes(programs, engine_name)))
         if not programs:
             raise JitUnavailable("no program was loaded")
         entered = _entered_programs(outcomes, event_index) or [p.name for p in scenario.programs]
@@ -420,6 +478,21 @@ def _stale_sites(programs: dict[str, Any]) -> list[tuple[str, str, str]]:
                     stale.append((where, _describe_patch(programs, poke.address, poke.current),
                                   _describe_patch(programs, poke.address, poke.expected)))
     return stale
+
+
+def _poke_bytes(programs: dict[str, Any], engine: str) -> list[PokeBytes]:
+    """Every poke site: what it holds and what the engine expects, in words and bytes."""
+    rows = []
+    for name, program in programs.items():
+        for image in program.images:
+            for poke in image.poke_sites:
+                expected = poke.expected
+                rows.append(PokeBytes(
+                    f"{engine}: {poke.kind} of {name} ({poke.map}[{poke.key}], pc {poke.insn_idx})",
+                    _describe_patch(programs, poke.address, poke.current), poke.current.hex(" "),
+                    None if expected is None else _describe_patch(programs, poke.address, expected),
+                    None if expected is None else expected.hex(" ")))
+    return rows
 
 
 def _poke_sites(programs: dict[str, Any]) -> list[tuple[str, str]]:
@@ -498,17 +571,17 @@ def render_markdown(data: ReportData) -> str:
     out.append(f"- files: {', '.join(data.files)}")
     for note in data.notes:
         out.append(f"- note: {note}")
-    out += ["", "## Scenario", "", "```", data.scenario_text.rstrip(), "```"]
+    out += ["", f"## Scenario: the reproducer, {data.provenance}", "",
+            f"Replay: `bpfdiff run {data.reproducer}`", "", "```", data.scenario_text.rstrip(), "```"]
     if data.timeline:
         engines = list(data.timeline[0].outcomes)
-        out += ["", "## Timeline", "", "| # | event | " + " | ".join(engines) + " | poke sites not as expected |",
+        out += ["", "## Timeline", "", "| # | event | " + " | ".join(engines) + " | poke sites: bytes (expected) |",
                 "|---:|---|" + "---|" * len(engines) + "---|"]
         for row in data.timeline:
             mark = " **differs**" if row.differs else ""
-            stale = "<br>".join(f"{_md_cell(site)}: `{actual}`, expected `{expected}`"
-                                for site, actual, expected in row.stale)
             out.append(f"| {row.index} | `{_md_cell(row.event)}`{mark} | "
-                       + " | ".join(_md_cell(row.outcomes.get(e, "-")) for e in engines) + f" | {stale} |")
+                       + " | ".join(_md_cell(row.outcomes.get(e, "-")) for e in engines)
+                       + f" | {'<br>'.join(_md_poke(site) for site in row.pokes)} |")
     out += ["", "## Divergence", ""]
     if not data.divergences:
         out.append("none (the engines agree)")
@@ -529,7 +602,7 @@ def render_markdown(data: ReportData) -> str:
         out += ["", f"### {engine}", "", "```", *lines, "```"]
     if data.traces:
         out += ["", "## Traces of the diverging run", ""]
-        out += [f"- {engine}: {' > '.join(trace) or '(none)'}" for engine, trace in data.traces.items()]
+        out += [f"- {engine}: {_trace(trace)}" for engine, trace in data.traces.items()]
     for listing in data.jit:
         out += ["", f"## JIT image of {listing.program} ({listing.engine}, base 0x{listing.base:x})", ""]
         if listing.note:
@@ -546,6 +619,20 @@ def render_markdown(data: ReportData) -> str:
             out.append(f"- {state.event}")
             out += [f"  - {site}: {value}" for site, value in state.sites]
     return "\n".join(out) + "\n"
+
+
+def _md_poke(site: PokeBytes) -> str:
+    text = f"{_md_cell(site.site)}: `{site.actual}`" + (f" `{site.actual_bytes}`" if site.actual_bytes else "")
+    if not site.ok:
+        text += f" **expected** `{site.expected}` `{site.expected_bytes}`"
+    return text
+
+
+def _trace(trace: Sequence[str]) -> str:
+    """A trace as the divergence details show it (``p0 -> p1 x32``)."""
+    from bpfdiff.compare import format_value
+
+    return format_value("trace", tuple(trace)) if trace else "(none)"
 
 
 def _md_cell(text: str) -> str:
@@ -575,7 +662,10 @@ h3 { font-size: 1.05em; } pre, code, td.code { font-family: ui-monospace, monosp
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; vertical-align: top; text-align: left; }
-td.code { white-space: pre; }
+td.code { white-space: pre-wrap; overflow-wrap: anywhere; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+table { max-width: 100%; } code.bytes { color: #555; }
+span.wrong { color: #a00; font-weight: bold; }
 tr.mark td { background: #fff3cd; } tr.divergence td { background: #f8d7da; }
 .flaky { color: #8a6d3b; font-weight: bold; } .sig { font-family: ui-monospace, monospace; }
 section.bucket { margin-bottom: 3em; }
@@ -609,18 +699,20 @@ def _html_bucket(index: int, data: ReportData) -> str:
     p = [f'<section class="bucket" id="bucket-{index}"><h2>{_e(data.title)}</h2>']
     if data.verdict:
         p.append(f'<p class="verdict">{_e(data.verdict)}</p>')
-    p.append(f"<h3>Scenario</h3><pre>{_e(data.scenario_text)}</pre>")
+    p.append(f"<h3>Scenario: the reproducer, {_e(data.provenance)}</h3>"
+             f"<p>Replay: <code>bpfdiff run {_e(data.reproducer)}</code></p><pre>{_e(data.scenario_text)}</pre>")
     if data.timeline:
         engines = list(data.timeline[0].outcomes)
+        pokes = any(row.pokes for row in data.timeline)
         p.append("<h3>Timeline</h3><table><tr><th>#</th><th>event</th>"
-                 + "".join(f"<th>{_e(e)}</th>" for e in engines) + "<th>poke sites not as expected</th></tr>")
+                 + "".join(f"<th>{_e(e)}</th>" for e in engines)
+                 + ("<th>poke sites after the event: bytes (expected)</th>" if pokes else "") + "</tr>")
         for row in data.timeline:
             cls = ' class="divergence"' if row.differs else (' class="mark"' if row.stale else "")
-            stale = "<br>".join(f"{_e(site)}: <code>{_e(actual)}</code>, expected <code>{_e(expected)}</code>"
-                                for site, actual, expected in row.stale)
-            p.append(f'<tr{cls}><td>{row.index}</td><td class="code">{_e(row.event)}</td>'
-                     + "".join(f'<td class="code">{_e(row.outcomes.get(e, "-"))}</td>' for e in engines)
-                     + f"<td>{stale}</td></tr>")
+            cells = "".join(f'<td class="code">{_e(row.outcomes.get(e, "-"))}</td>' for e in engines)
+            if pokes:
+                cells += f'<td>{"<br>".join(_html_poke(site) for site in row.pokes)}</td>'
+            p.append(f'<tr{cls}><td>{row.index}</td><td class="code">{_e(row.event)}</td>{cells}</tr>')
         p.append("</table>")
     p.append("<ul>")
     p.append(f'<li>signature: <span class="sig">{_e(data.signature)}</span></li>')
@@ -630,7 +722,7 @@ def _html_bucket(index: int, data: ReportData) -> str:
     p.append(f"<li>findings: {data.count}{flaky}</li>")
     p.append(f"<li>profile: {_e(data.profile)}; injected bugs: {_e(', '.join(data.bugs) or 'none')}</li>")
     p.append(f"<li>first seen: {_e(data.first_seen)}; reproducer: <code>{_e(data.reproducer)}</code></li>")
-    p.append(f"<li>files: {_e(', '.join(data.files))}</li>")
+    p.append(f"<li><details><summary>files: {len(data.files)}</summary>{_e(', '.join(data.files))}</details></li>")
     p += [f"<li>note: {_e(n)}</li>" for n in data.notes]
     p.append("</ul><h3>Divergence</h3>")
     if data.divergences:
@@ -657,7 +749,7 @@ def _html_bucket(index: int, data: ReportData) -> str:
         p.append(f"<h4>{_e(engine)}</h4><pre>{_e(chr(10).join(lines))}</pre>")
     if data.traces:
         p.append("<h3>Traces of the diverging run</h3><ul>")
-        p += [f"<li>{_e(engine)}: {_e(' > '.join(trace) or '(none)')}</li>" for engine, trace in data.traces.items()]
+        p += [f"<li>{_e(engine)}: {_e(_trace(trace))}</li>" for engine, trace in data.traces.items()]
         p.append("</ul>")
     for listing in data.jit:
         p.append(f"<h3>JIT image of {_e(listing.program)} ({_e(listing.engine)}, base 0x{listing.base:x})</h3>")
@@ -683,6 +775,16 @@ def _html_bucket(index: int, data: ReportData) -> str:
         p.append("</table>")
     p.append("</section>")
     return "\n".join(p)
+
+
+def _html_poke(site: PokeBytes) -> str:
+    text = f"{_e(site.site)}: <code>{_e(site.actual)}</code>"
+    if site.actual_bytes:
+        text += f' <code class="bytes">{_e(site.actual_bytes)}</code>'
+    if not site.ok:
+        shown = f' <code class="bytes">{_e(site.expected_bytes)}</code>'
+        text = f'<span class="wrong">{text}, expected <code>{_e(site.expected)}</code>{shown}</span>'
+    return text
 
 
 def write_html_report(buckets: Sequence[Any], out: Path, title: str = "bpfdiff triage") -> Path:

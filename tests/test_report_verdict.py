@@ -27,11 +27,20 @@ def test_a_skipped_poke_is_named_by_the_site_that_kept_its_jump(tmp_path: Path) 
     data = report_of(tmp_path, DELETE, "poke-skip-delete")
     assert data.verdict == ("After `delete jmp 1` (event 2) the direct tail-call site of caller (jmp[1], xlated pc 3) "
                             "in jit holds `jmp a+0xb` where `nop5` was expected: jit did not re-patch its direct "
-                            "tail-call site.")
+                            "tail-call site; so at `run caller` (event 3) jit takes 1 tail call where interp takes "
+                            "0 tail calls.")
     rows = {row.index: row for row in data.timeline}
     assert [row.index for row in data.timeline if row.differs] == [3]
-    assert rows[1].stale == [] and rows[3].outcomes == {"interp": "r0=0x1 tail_calls=0", "jit": "r0=0xa tail_calls=1"}
+    assert rows[1].stale == [] and rows[3].outcomes == {"interp": "r0=0x1 tail_calls=0 trace caller",
+                                                        "jit": "r0=0xa tail_calls=1 trace caller -> a"}
     assert rows[2].stale[0] == ("jit: direct tail-call site of caller (jmp[1], xlated pc 3)", "jmp a+0xb", "nop5")
+    # every poke site after a map event, with its bytes and the bytes expected: the site still
+    # holds its jmp rel32 (e9) where 6.1's nop5 (0f 1f 44 00 00, nopl 0x0(%rax,%rax,1)) belongs
+    site = next(p for p in rows[2].pokes if p.site.startswith("jit: site of caller"))
+    assert not site.ok and site.actual_bytes.startswith("e9 ") and site.expected_bytes == "0f 1f 44 00 00"
+    assert rows[0].pokes and all(p.ok for p in rows[0].pokes)
+    # after a run, only the sites that are wrong: none before the delete, the stale site after it
+    assert rows[1].pokes == [] and site in rows[3].pokes and not any(p.ok for p in rows[3].pokes)
     text = render_markdown(data)
     # the sentence first, the reproducer before the details
     assert text.splitlines()[2] == f"**{data.verdict}**"
