@@ -159,9 +159,17 @@ HELPERS: dict[int, tuple[str, Helper]] = {
 }
 
 
+# Helpers the kernel has and bpfdiff does not run, by their UAPI id (include/uapi/linux/bpf.h):
+# named only, so that compare-jit can tell a call of one is the kernel's (conformance
+# call_unwind_fail.data calls bpf_ktime_get_ns).
+UNIMPLEMENTED_HELPER_NAMES = {5: "ktime_get_ns", 6: "trace_printk"}
+
+
 def helper_name(helper_id: int) -> str:
     entry = HELPERS.get(helper_id)
-    return entry[0] if entry else KERNEL_FUNC_NAMES.get(helper_id, f"helper#{helper_id}")
+    if entry:
+        return entry[0]
+    return KERNEL_FUNC_NAMES.get(helper_id) or UNIMPLEMENTED_HELPER_NAMES.get(helper_id, f"helper#{helper_id}")
 
 
 def kernel_symbol(helper_id: int) -> str:

@@ -160,6 +160,10 @@ class Profile:
     # Without it the kernel refuses them: "BPF_MOV uses reserved fields", "BPF_LDX uses
     # reserved fields", "BPF_ALU uses reserved fields", "unknown opcode d7" / "06".
     isa_v4: bool = False
+    # `gotol` (BPF_JMP32 | BPF_JA, a 32-bit jump offset in imm) alone of ISA v4: Debian's
+    # 6.1.192 loads and JITs it (measured: conformance ja32.data, `jmp` to the target), while
+    # its movsx, sdiv, bswap64 and sign-extending loads are refused; 5.10.223 refuses it.
+    isa_ja32: bool = False
     # BPF_ATOMIC beyond the plain add (or/and/xor, BPF_FETCH, xchg, cmpxchg): v5.12.
     # Before, BPF_XADD with imm 0 was the only atomic ("BPF_XADD uses reserved fields").
     atomic_fetch: bool = True
@@ -273,6 +277,7 @@ LINUX_6_1 = Profile(
     off_prog_bpf_func=0x30,
     jit_imm8_jmp_max=123,
     kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY),
+    isa_ja32=True,               # gotol only (measured on 6.1.192)
 )
 
 # 3733f4be2870 "bpf: Do not increment tailcall count when prog is NULL" (2026):

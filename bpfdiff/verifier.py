@@ -80,7 +80,7 @@ def insn_refusal(insn: Insn, profile: Profile) -> str | None:
     if not profile.isa_v4:
         if insn.opcode == isa.BPF_ALU64 | isa.BPF_END:
             return f"unknown opcode {insn.opcode:02x}"
-        if insn.opcode == isa.BPF_JMP32 | isa.BPF_JA:
+        if insn.opcode == isa.BPF_JMP32 | isa.BPF_JA and not profile.isa_ja32:
             return f"unknown opcode {insn.opcode:02x}"
         if cls == isa.BPF_LDX and insn.mode != isa.BPF_MEM:
             return "BPF_LDX uses reserved fields"

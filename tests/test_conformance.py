@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from bpfdiff.conformance import FAIL, PASS, REFUSED, SKIP, run_conformance, run_conformance_files
+from bpfdiff.profiles import get_profile
 
 SUITE = Path("/work/shared/conformance")
 needs_suite = pytest.mark.skipif(not SUITE.is_dir(), reason="conformance suite not present")
@@ -28,6 +29,8 @@ def expected_refusal(path: Path, profile: str) -> str | None:
     asm = path.read_text().split("-- asm", 1)[1].split("\n-- ", 1)[0]
     asm = "\n".join(line.split("#", 1)[0] for line in asm.splitlines())
     for pattern, message in V4_MNEMONICS.items():
+        if message == "unknown opcode 06" and get_profile(profile).isa_ja32:
+            continue        # gotol alone of ISA v4 loads on Debian's 6.1.192 (measured)
         if re.search(pattern, asm):
             return message
     for _, width, amount in SHIFT.findall(asm):

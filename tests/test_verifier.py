@@ -48,6 +48,9 @@ ISA_V4_CASES = [
 @pytest.mark.parametrize("profile", [LINUX_6_1, LINUX_5_5])
 def test_isa_v4_is_refused_before_6_6_with_the_kernels_message(text, message, pc, profile) -> None:
     assert not profile.isa_v4
+    if profile.isa_ja32 and message == "unknown opcode 06":
+        check_load(prog(text), {}, profile)     # Debian's 6.1.192 loads gotol (measured: ja32.data)
+        return
     with pytest.raises(VerifierError) as info:
         check_load(prog(text), {}, profile)
     assert (info.value.pc, info.value.reason) == (pc, message)
