@@ -246,6 +246,8 @@ def _xlated_alu(insn: Insn) -> str:
     signed = op in _XLATED_SIGNED_ALU and insn.off == 1
     symbol = _XLATED_SIGNED_ALU[op] if signed else _XLATED_ALU.get(op, "(null)")
     if insn.source == isa.BPF_X:
+        if op == isa.BPF_MOV and insn.cls == isa.BPF_ALU64 and insn.off == isa.BPF_ADDR_PERCPU:
+            return f"({code:02x}) r{dst} = &(void __percpu *)(r{src})"
         cast = _XLATED_MOVSX.get(insn.off, "") if op == isa.BPF_MOV else ""
         return f"({code:02x}) {reg}{dst} {symbol} {cast}{reg}{src}"
     return f"({code:02x}) {reg}{dst} {symbol} {insn.imm}"

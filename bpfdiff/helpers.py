@@ -139,8 +139,13 @@ def get_prandom_u32(env: HelperEnv, r1: int, r2: int, r3: int, r4: int, r5: int)
     return env.prandom.next_u32()
 
 
+# The CPU every run is on (the kernel engines' guests have one); also what the JIT engine's
+# per-CPU area holds for an inlined bpf_get_smp_processor_id.
+SMP_PROCESSOR_ID = 0
+
+
 def get_smp_processor_id(env: HelperEnv, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
-    return 0
+    return SMP_PROCESSOR_ID
 
 
 def tail_call(env: HelperEnv, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:

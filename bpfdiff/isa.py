@@ -137,6 +137,9 @@ LDDW_OPCODE = BPF_LD | BPF_IMM | BPF_DW          # 0x18
 CALL_OPCODE = BPF_JMP | BPF_CALL                  # 0x85
 EXIT_OPCODE = BPF_JMP | BPF_EXIT                  # 0x95
 TAIL_CALL_OPCODE = BPF_JMP | BPF_TAIL_CALL        # 0xf5 (xlated only)
+# ``off`` of a 64-bit register move that turns a per-CPU offset into this CPU's address
+# (BPF_MOV64_PERCPU_REG, include/linux/filter.h; xlated only, v6.10+): ``r0 = &(void __percpu *)(r0)``
+BPF_ADDR_PERCPU = -1
 
 # -- helper function ids (include/uapi/linux/bpf.h, ___BPF_FUNC_MAPPER) -------
 BPF_FUNC_map_lookup_elem = 1

@@ -71,6 +71,26 @@ XDP_LAYOUT_5_5 = XdpLayout(xdp_md_size=20, off_buff_data=0x00, off_buff_data_end
 XDP_LAYOUT_5_10 = replace(XDP_LAYOUT_6_1, off_netdev_ifindex=XDP_LAYOUT_5_5.off_netdev_ifindex)
 
 
+# v6.12 (Debian's 6.12.117): net_device's ifindex moved with the v6.8 reorganisation into
+# cache-line groups; read from the real kernel's xlated program (`r = *(u32 *)(r +224)`).
+XDP_LAYOUT_6_12 = replace(XDP_LAYOUT_6_1, off_netdev_ifindex=0xE0)
+
+
+@dataclass(frozen=True, slots=True)
+class PerCpuInline:
+    """``bpf_get_smp_processor_id`` inlined by the verifier (do_misc_fixups, v6.10, x86-64 with a JIT).
+
+    The call becomes ``w0 = (u32)&pcpu_hot.cpu_number; r0 = &(void __percpu *)(r0);
+    w0 = *(u32 *)(r0 +0)``, and the x86 JIT turns the per-CPU move into ``add
+    %gs:this_cpu_off,%rax``.  Both addresses are this build's per-CPU symbols (offsets
+    into the per-CPU area), read from the real kernel's xlated program and image and
+    equal to its ``/proc/kallsyms`` (``pcpu_hot`` + 0xc, ``this_cpu_off``).
+    """
+
+    cpu_number: int        # (u32)&pcpu_hot.cpu_number
+    this_cpu_off: int      # &this_cpu_off: the per-CPU variable holding the CPU's per-CPU base
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
@@ -173,6 +193,11 @@ class Profile:
     # R0 = 0x00000000fffffffe for -ENOENT, where the helper (the interpreter's path) sign-extends;
     # 64 since d7ba4cc900bf made them `long` (v6.4).  Measured on the real 6.1 JIT.
     map_ops_return_bits: int = 32
+    # bpf_get_smp_processor_id inlined (see PerCpuInline); None: called (before v6.10).
+    inline_smp_processor_id: PerCpuInline | None = None
+    # ``lddw`` of a constant that sign-extends from 32 bits: ``mov $imm32,%r64`` (REX.W C7, 7 bytes)
+    # instead of ``movabs`` (emit_mov_imm64's is_simm32 case; measured on 6.12.117, not in 6.1.192).
+    jit_imm64_simm32: bool = False
     # Real divergences of this kernel (see KernelBug), oldest first.
     kernel_bugs: tuple[KernelBug, ...] = ()
 
@@ -310,7 +335,9 @@ LINUX_6_12 = Profile(
     jit_sls=True,
     retpoline=True,
     off_array_max_entries=0x24,
-    off_array_ptrs=0x110,
+    # struct bpf_map is no longer cache-line aligned (v6.x): value[]/ptrs[] at 0x108, read from the
+    # real image (`add $0x108,%rdi` in the inlined array lookup, `mov 0x108(%rsi,%rdx,8),%rcx`)
+    off_array_ptrs=0x108,
     off_prog_bpf_func=0x30,
     jit_tail_call_cnt="pointer",
     jit_ibt=True,
@@ -319,7 +346,10 @@ LINUX_6_12 = Profile(
     jit_imm8_jmp_max=123,        # the convergence fix (v6.13) is in 6.12.y well before .117
     isa_v4=True,                 # v6.6
     verifier_jeq_range=True,     # v6.2
-    # xdp: the 6.1 layout; net_device was reordered in 6.8 (ifindex not yet read from a real image)
+    xdp=XDP_LAYOUT_6_12,
+    # 6.12.117's /proc/kallsyms: pcpu_hot at 0x351c0 (cpu_number at +0xc), this_cpu_off at 0x19a18
+    inline_smp_processor_id=PerCpuInline(cpu_number=0x351CC, this_cpu_off=0x19A18),
+    jit_imm64_simm32=True,
 )
 
 LINUX_5_10 = Profile(

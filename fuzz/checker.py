@@ -35,7 +35,8 @@ Rules, each an error message below:
   profile) for every packet pointer on the branch where it holds, and a
   packet access (no atomics) must lie inside the proven range; other
   comparisons of pointers are refused, packet pointers do not cross calls
-  and are forgotten after ``bpf_tail_call`` (v6.13 does so; conservative for
+  and are forgotten after ``bpf_tail_call`` and after a call of a subprogram
+  that reaches one, in every frame (v6.13 and 6.12.117 do so; conservative for
   older kernels);
   every run's packet is ETH_HLEN..XDP_MAX_PACKET bytes (:mod:`bpfdiff.xdp`);
 * the context in a raw scenario: R1 is ``mem`` itself, accessed inside the
@@ -247,6 +248,7 @@ class ProgramChecker:
         self.profile = profile
         self.prog_type = prog_type
         self.sites: list[TailCallSite] = []
+        self.tail_calling: frozenset[int] = frozenset()   # starts of functions that reach a tail call
 
     # -- structure --------------------------------------------------------
     def slot_starts(self) -> list[int]:
@@ -359,6 +361,7 @@ class ProgramChecker:
         starts, ends = self.check_structure()
         self.check_loops(starts, ends)
         self.check_calls(starts)
+        self.tail_calling = self.reaching_tail_calls(starts)
         entry_states: dict[int, State] = {0: State((UNINIT, CTX) + (UNINIT,) * 8 + (("fp", 0),), 0)}
         stack_depth: dict[int, int] = {}
         sites: dict[int, TailCallSite] = {}
@@ -396,6 +399,21 @@ class ProgramChecker:
         frames = depth(0, ())
         if frames > MAX_CALL_FRAMES:
             raise Refused(None, f"the call stack of {frames} frames is too deep")
+
+    def reaching_tail_calls(self, starts: list[int]) -> frozenset[int]:
+        """Functions that contain a ``bpf_tail_call`` or call (transitively) one that does."""
+        ends = dict(zip(starts, starts[1:] + [len(self.insns)], strict=True))
+        callees = self.callees(starts)
+        reaching = {s for s in starts
+                    if any(self.insns[pc].is_tail_call for pc in self.slot_starts() if s <= pc < ends[s])}
+        changed = True
+        while changed:
+            changed = False
+            for fn in starts:
+                if fn not in reaching and any(callee in reaching for _, callee in callees[fn]):
+                    reaching.add(fn)
+                    changed = True
+        return frozenset(reaching)
 
     def callees(self, starts: list[int]) -> dict[int, list[tuple[int, int]]]:
         out: dict[int, list[tuple[int, int]]] = {s: [] for s in starts}
@@ -637,7 +655,13 @@ class ProgramChecker:
             callee = State(state.regs[:6] + (UNINIT,) * 4 + (("fp", 0),), 0).set(0, UNINIT)
             old = call_args.get(pc)
             call_args[pc] = callee if old is None else old.join(callee)
-            return [(nxt, self.after_call(state, SCALAR))], 0
+            after = self.after_call(state, SCALAR)
+            if isa.jump_target(pc, insn) in self.tail_calling:
+                # the callee's tail call forgets the packet pointers of every frame (the verifier's
+                # clear_all_pkt_pointers walks the whole call stack): refused after the call on
+                # the real 6.12.117 ("R7 invalid mem access 'scalar'"); done on every profile
+                after = State(tuple(UNINIT if r[0] in PACKET_KINDS else r for r in after.regs), after.stack)
+            return [(nxt, after)], 0
         if insn.op == isa.BPF_CALL:
             return [(nxt, self.helper(pc, insn, state, fn_start, sites))], 0
         # conditional jump

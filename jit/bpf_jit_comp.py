@@ -234,12 +234,25 @@ def emit_mov_imm32(sign_propagate: bool, dst: int, value: int) -> bytes:
     return prefix + bytes([add_1reg(0xB8, dst)]) + imm32(value)
 
 
-def emit_mov_imm64(dst: int, value: int) -> bytes:
-    """``lddw``: a 32-bit move when the value zero-extends, else ``movabs``."""
+def emit_mov_imm64(dst: int, value: int, simm32: bool = False) -> bytes:
+    """``lddw``: a 32-bit move when the value zero-extends, [the sign-extending ``mov r64, imm32``
+    when it sign-extends (``simm32``: Profile.jit_imm64_simm32),] else ``movabs``."""
     value &= (1 << 64) - 1
     if is_uimm32(value):
         return emit_mov_imm32(False, dst, value)
+    if simm32 and is_simm32(value - (1 << 64)):
+        return emit_mov_imm32(True, dst, value)
     return bytes([add_1mod(0x48, dst), add_1reg(0xB8, dst)]) + struct.pack("<Q", value)
+
+
+def emit_mov_percpu(dst: int, src: int, this_cpu_off: int) -> bytes:
+    """``r_dst = &(void __percpu *)(r_src)``: ``mov dst,src`` (if needed); ``add %gs:this_cpu_off,dst``.
+
+    The kernel builds the ModRM with dst in the reg field but sets REX.B (``add_1mod``), as
+    written; only R0 is ever the destination (the inlined ``bpf_get_smp_processor_id``).
+    """
+    return (emit_mov(dst, src) + bytes([0x65, add_1mod(0x48, dst), 0x03, add_2reg(0x04, 0, dst), 0x25])
+            + imm32(this_cpu_off))
 
 
 def emit_mov_reg(is64: bool, dst: int, src: int) -> bytes:
@@ -1145,6 +1158,11 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
                 return emit_mov_imm32(is64, insn.dst, insn.imm), 1
             if insn.off == 0:
                 return emit_mov_reg(is64, insn.dst, insn.src), 1
+            if is64 and insn.off == isa.BPF_ADDR_PERCPU:
+                percpu = fn.profile.inline_smp_processor_id
+                if percpu is None:
+                    raise JitError(f"insn {fn.orig_pc[i - 1]}: per-CPU move without per-CPU data in the profile")
+                return emit_mov_percpu(insn.dst, insn.src, percpu.this_cpu_off), 1
             return emit_movsx_reg(insn.off, is64, insn.dst, insn.src), 1
         if op == isa.BPF_NEG:
             return maybe_emit_1mod(insn.dst, is64) + bytes([0xF7, add_1reg(0xD8, insn.dst)]), 1
@@ -1160,7 +1178,7 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
         raise JitError(f"unknown opcode {insn.opcode:02x}")
     if insn.is_lddw:
         second = fn.insns[i]
-        return emit_mov_imm64(insn.dst, resolve_lddw(fn, insn, second)), 2
+        return emit_mov_imm64(insn.dst, resolve_lddw(fn, insn, second), fn.profile.jit_imm64_simm32), 2
     if cls == isa.BPF_ST:
         return emit_st_imm(insn.size, insn.dst, insn.off, insn.imm), 1
     if cls == isa.BPF_STX:

@@ -74,9 +74,10 @@ def _mem_operand(insn: capstone.CsInsn, op: capstone.x86.X86Op) -> str:
         disp = _hex_signed(mem.disp) if base or index else f"0x{mem.disp & (2**64 - 1):x}"
     else:
         disp = ""
+    segment = f"%{insn.reg_name(mem.segment)}:" if mem.segment else ""   # add %gs:0x19a18,%rax
     if not (base or index):
-        return disp
-    return f"{disp}({base}{index})"
+        return segment + disp
+    return f"{segment}{disp}({base}{index})"
 
 
 def _is_relative_branch(insn: capstone.CsInsn) -> bool:

@@ -38,6 +38,9 @@ pointer exactly as for a kernel address:
 ``XDP_CTX_BASE``            xdp: the ``struct xdp_buff`` R1 points at, the
                             ``xdp_rxq_info`` and ``net_device`` behind it
                             (filled in by the engine at the profile's offsets)
+``PERCPU_BASE``             CPU 0's per-CPU area (read-only), GS's base, when
+                            the profile inlines ``bpf_get_smp_processor_id``
+                            (``add %gs:this_cpu_off``, then the CPU number)
 ==========================  ==============================================
 
 Helpers: the image calls ``HELPER_BASE + 8 * id``; a code hook on the helper
@@ -149,6 +152,7 @@ XDP_CTX_BASE = MEM_END + 0x10_0000      # one page: xdp_buff, its rxq info and n
 # watched like the context's: an access outside a map's values faults, as in
 # the interpreter (whose maps are separate regions).
 VALUES_BASE = 0x7999_0000_0000
+PERCPU_BASE = 0x7A00_0000_0000
 MAX_MEM = 0x8_0000              # 512 KiB of context/packet
 
 # x86 instructions allowed per BPF instruction of the budget: the JIT's worst
@@ -309,7 +313,9 @@ class _BumpRegion:
 class Emulator:
     """The unicorn machine, its memory layout and the run loop."""
 
-    def __init__(self, x86_tail_call_offset: int) -> None:
+    def __init__(self, x86_tail_call_offset: int, percpu: tuple[int, int, int] | None = None) -> None:
+        """``percpu``: (address of ``this_cpu_off``, address of the CPU number, the CPU number) --
+        the per-CPU variables of the kernel an inlined ``bpf_get_smp_processor_id`` reads."""
         self.tail_call_offset = x86_tail_call_offset
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc = uc
@@ -326,6 +332,14 @@ class Emulator:
         uc.mem_write(SENTINEL, b"\xcc" * PAGE)
         uc.mem_map(STACK_BASE, STACK_SIZE, data)
         uc.mem_map(XDP_CTX_BASE, PAGE, data)
+        if percpu is not None:
+            # this_cpu_off holds the CPU's per-CPU base (gs:this_cpu_off == GS base), so that
+            # `add %gs:this_cpu_off,%rax` turns a per-CPU offset into the CPU's address
+            this_cpu_off, cpu_number, cpu = percpu
+            uc.mem_map(PERCPU_BASE, round_up(max(this_cpu_off, cpu_number) + 8, PAGE), UC_PROT_READ)
+            uc.mem_write(PERCPU_BASE + this_cpu_off, PERCPU_BASE.to_bytes(8, "little"))
+            uc.mem_write(PERCPU_BASE + cpu_number, cpu.to_bytes(4, "little"))
+            uc.reg_write(x86.UC_X86_REG_GS_BASE, PERCPU_BASE)
         self._zero_stack = bytes(STACK_SIZE)
         self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text)
         self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data)

@@ -66,7 +66,7 @@ from bpfdiff.engine import (
     ProgramRefused,
     RunResult,
 )
-from bpfdiff.helpers import HelperFault, Prandom, call_helper, kernel_symbol
+from bpfdiff.helpers import SMP_PROCESSOR_ID, HelperFault, Prandom, call_helper, kernel_symbol
 from bpfdiff.isa import Program
 from bpfdiff.maps import (
     BpfMap,
@@ -120,7 +120,9 @@ class JitEngine(Engine):
         self.budget = budget
         self.seed = seed
         self.options = JitOptions(retpoline=retpoline, force_indirect=force_indirect, bugs=self.bugs)
-        self.emu = Emulator(self.profile.x86_tail_call_offset)
+        percpu = self.profile.inline_smp_processor_id
+        self.emu = Emulator(self.profile.x86_tail_call_offset,
+                            None if percpu is None else (percpu.this_cpu_off, percpu.cpu_number, SMP_PROCESSOR_ID))
         self.emu.helper_handler = self._call_helper
         for reg in range(8):   # rax..rdi: the registers the JIT jumps through
             self.emu.install_thunk(reg, retpoline_thunk(reg))

@@ -45,7 +45,9 @@ for a privileged (CAP_BPF) program with the JIT on and no constant blinding:
 * ``opt_hard_wire_dead_code_branches`` / ``opt_remove_dead_code`` -- a
   conditional jump whose outcome the constants decide on every path becomes
   ``ja`` (or ``ja +0``, then removed), unreached instructions are removed;
-* ``opt_subreg_zext_lo32_rnd_hi32`` -- ``w0 = w0`` after a 32-bit cmpxchg.
+* ``opt_subreg_zext_lo32_rnd_hi32`` -- ``w0 = w0`` after a 32-bit cmpxchg;
+* ``bpf_get_smp_processor_id`` inlined (v6.10+, profile ``inline_smp_processor_id``):
+  ``w0 = &cpu_number; r0 = &(void __percpu *)(r0); w0 = *(u32 *)(r0 +0)``.
 
 Constants follow the kernel's rule (:func:`bpfdiff.verifier.track_const_alu`,
 :func:`bpfdiff.verifier.branch_taken`) but with states joined where the
@@ -67,7 +69,7 @@ from typing import TYPE_CHECKING
 
 from bpfdiff import isa, xdp
 from bpfdiff.isa import Insn, Program
-from bpfdiff.profiles import Profile, XdpLayout
+from bpfdiff.profiles import PerCpuInline, Profile, XdpLayout
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, MapDef
 from bpfdiff.verifier import VerifierError, branch_taken, explore, key_in_range, track_const_alu
 
@@ -502,6 +504,13 @@ def htab_map_gen_lookup(mapdef: MapDef, profile: Profile) -> list[Insn]:
             _alu(True, isa.BPF_ADD, 0, imm=htab_value_offset(profile, mapdef.key_size))]
 
 
+def inline_smp_processor_id(percpu: PerCpuInline) -> list[Insn]:
+    """do_misc_fixups' inline ``bpf_get_smp_processor_id``: the CPU number read from its per-CPU slot."""
+    return [_alu(False, isa.BPF_MOV, 0, imm=percpu.cpu_number - ((percpu.cpu_number >> 31 & 1) << 32)),
+            Insn(isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X, 0, 0, isa.BPF_ADDR_PERCPU, 0),
+            Insn(isa.BPF_LDX | isa.BPF_MEM | isa.BPF_W, 0, 0, 0, 0)]
+
+
 MAP_GEN_LOOKUP: dict[str, Callable[[MapDef, Profile], list[Insn]]] = {
     "array": array_map_gen_lookup, "hash": htab_map_gen_lookup,
 }
@@ -660,6 +669,9 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
                 in isa.MAP_OPS_FUNC:
             # patch_map_ops_generic: the map type's own function
             insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.MAP_OPS_FUNC[(insn.imm, maps[lookups[pc]].kind)])
+        elif insn.is_helper_call and insn.imm == isa.BPF_FUNC_get_smp_processor_id \
+                and profile.inline_smp_processor_id is not None:
+            patches[pc] = inline_smp_processor_id(profile.inline_smp_processor_id)
         elif insn.is_helper_call and insn.imm in helper_func:
             insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, helper_func[insn.imm])     # patch_call_imm
         elif insn.is_tail_call:

@@ -36,6 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--force", action="store_true", help="redo every step even if the cache is complete")
         p.set_defaults(_kernel_main={"setup": _setup, "boot": _boot}[action])
     _add_compare_jit(sub)
+    _add_capture(sub)
+
+
+def _add_capture(sub: argparse._SubParsersAction) -> None:
+    """``bpfdiff kernel capture``: fixtures of the real kernel's code and outcomes (:mod:`bpfdiff.kernel_fixtures`)."""
+    from bpfdiff import kernel_fixtures
+
+    text = "run scenarios on the real kernel and write its code and outcomes as fixtures our profile is checked against"
+    p = sub.add_parser("capture", help=text, description=text)
+    kernel_fixtures.add_arguments(p)
+    p.set_defaults(_kernel_main=kernel_fixtures.main)
 
 
 def _add_compare_jit(sub: argparse._SubParsersAction) -> None:
