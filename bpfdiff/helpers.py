@@ -46,6 +46,7 @@ from bpfdiff.isa import (
     BPF_FUNC_tail_call,
 )
 from bpfdiff.maps import BpfMap, ProgArrayMap
+from bpfdiff.profiles import Profile
 
 U64_MASK = (1 << 64) - 1
 
@@ -139,9 +140,16 @@ def get_prandom_u32(env: HelperEnv, r1: int, r2: int, r3: int, r4: int, r5: int)
     return env.prandom.next_u32()
 
 
-# The CPU every run is on (the kernel engines' guests have one); also what the JIT engine's
-# per-CPU area holds for an inlined bpf_get_smp_processor_id.
+# The CPU every run is on (the kernel engines' guests have one: qemu -smp 1); also what the JIT
+# engine's per-CPU area holds for an inlined bpf_get_smp_processor_id.
 SMP_PROCESSOR_ID = 0
+NR_CPU_IDS = 1
+
+
+def known_cpu_id(profile: Profile) -> int | None:
+    """What the verifier knows R0 is after ``bpf_get_smp_processor_id``: with the return range
+    [0, nr_cpu_ids - 1] (``Profile.verifier_cpu_id_range``) and one CPU, the constant 0; else None."""
+    return NR_CPU_IDS - 1 if profile.verifier_cpu_id_range and NR_CPU_IDS == 1 else None
 
 
 def get_smp_processor_id(env: HelperEnv, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:

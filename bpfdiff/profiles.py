@@ -195,6 +195,11 @@ class Profile:
     map_ops_return_bits: int = 32
     # bpf_get_smp_processor_id inlined (see PerCpuInline); None: called (before v6.10).
     inline_smp_processor_id: PerCpuInline | None = None
+    # Does the verifier bound bpf_get_smp_processor_id's result to [0, nr_cpu_ids - 1]
+    # (do_refine_retval_range)?  With one CPU R0 is then the constant 0, so `r3 = cpu & 1` is a
+    # constant tail-call key (a direct site).  Measured: direct on 6.12.117, indirect on 6.1.192
+    # and 5.10.223 (whose do_refine_retval_range bounds only the string and stack helpers).
+    verifier_cpu_id_range: bool = False
     # ``lddw`` of a constant that sign-extends from 32 bits: ``mov $imm32,%r64`` (REX.W C7, 7 bytes)
     # instead of ``movabs`` (emit_mov_imm64's is_simm32 case; measured on 6.12.117, not in 6.1.192).
     jit_imm64_simm32: bool = False
@@ -349,6 +354,7 @@ LINUX_6_12 = Profile(
     xdp=XDP_LAYOUT_6_12,
     # 6.12.117's /proc/kallsyms: pcpu_hot at 0x351c0 (cpu_number at +0xc), this_cpu_off at 0x19a18
     inline_smp_processor_id=PerCpuInline(cpu_number=0x351CC, this_cpu_off=0x19A18),
+    verifier_cpu_id_range=True,
     jit_imm64_simm32=True,
 )
 

@@ -149,7 +149,13 @@ def track_const_alu(insn: Insn, dst: int | None, src: int | None) -> int | None:
     op = insn.op
     operand = (insn.imm & mask) if insn.source == isa.BPF_K else src
     if op == isa.BPF_MOV:
-        if insn.off or operand is None:
+        if operand is None or (insn.off and insn.source == isa.BPF_K):
+            return None
+        if insn.off in (8, 16, 32):
+            # movsx (ISA v4): coerce_reg_to_size_sx keeps a constant, sign-extended from off bits
+            low = operand & ((1 << insn.off) - 1)
+            return (low - ((low >> (insn.off - 1)) << insn.off)) & mask
+        if insn.off:
             return None
         return operand & mask
     if op not in TRACKED_ALU or dst is None or operand is None:

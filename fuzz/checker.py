@@ -62,6 +62,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bpfdiff import isa, xdp
+from bpfdiff.helpers import known_cpu_id
 from bpfdiff.isa import (
     BPF_ADD,
     BPF_ALU64,
@@ -758,6 +759,8 @@ class ProgramChecker:
         if result == "value_or_null":
             assert mapdef is not None
             return self.after_call(state, ("value_or_null", mapdef.name))
+        if insn.imm == isa.BPF_FUNC_get_smp_processor_id:
+            return self.after_call(state, scalar(known_cpu_id(self.profile)))
         return self.after_call(state, SCALAR)
 
 

@@ -358,6 +358,13 @@ class FunctionBuilder:
     def forget_caller_saved(self) -> None:
         self.scalars -= CALLER_SAVED
 
+    def forget_packet_after_call(self, sub: int) -> None:
+        """A subprogram that reaches a tail call makes the verifier forget the packet pointers of
+        every frame (refused on the real 6.12.117 otherwise; the checker's rule): check it again."""
+        if self.pkt_reg is not None and self.gen.subprog_reaches_tail_call(sub):
+            self.pkt_reg = None
+            self.regs = SCALAR_REGS
+
     # -- straight-line ALU ----------------------------------------------------
     def alu_insn(self, avoid: frozenset[int] = frozenset(), new_regs: bool = True) -> Insn | None:
         """One ALU/ALU64 instruction on initialised scalars; None if impossible."""
@@ -541,9 +548,10 @@ class FunctionBuilder:
         packet, so the jump to ``out`` (``mov r0, imm; exit`` after the
         epilogue, see :meth:`finish`) is never taken; it is there for the
         verifier.  rP is callee-saved (R7-R9): it survives helper and
-        subprogram calls.  After a tail call that falls through the packet is
-        checked again: since v6.13 ("bpf: consider that tail calls invalidate
-        packet pointers") the verifier forgets packet pointers there, and the
+        subprogram calls.  After a tail call that falls through (and after a call
+        of a subprogram that reaches one) the packet is checked again: since
+        v6.13 ("bpf: consider that tail calls invalidate packet pointers", in
+        6.12.117 too) the verifier forgets packet pointers there, and the
         checker does so on every profile.  rE and rT hold pointers afterwards:
         they leave the scalars.
         """
@@ -733,6 +741,7 @@ class FunctionBuilder:
         self.calls.append((len(self.insns), sub))
         self.insns.append(Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
         self.forget_caller_saved()
+        self.forget_packet_after_call(sub)
         self.scalars.add(0)
 
     def repeat_call(self) -> None:
@@ -744,6 +753,7 @@ class FunctionBuilder:
         self.calls.append((len(self.insns), self.calls[-1][1]))
         self.insns.append(Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
         self.forget_caller_saved()
+        self.forget_packet_after_call(self.calls[-1][1])
         self.scalars.add(0)
 
     BLOCKS: tuple[tuple[str, int], ...] = (
@@ -880,6 +890,11 @@ class ScenarioGenerator:
         if not fn.plan.allow_subprogs:
             return False
         return fn.depth < self.options.max_subprog_depth and len(self.subprogs) < self.options.max_subprogs
+
+    def subprog_reaches_tail_call(self, index: int) -> bool:
+        """Does subprogram ``index`` tail-call, itself or through the subprograms it calls?"""
+        return any(insn.is_tail_call for insn in self.subprogs[index]) or \
+            any(self.subprog_reaches_tail_call(callee) for _, callee in self.subprog_calls[index])
 
     def request_subprog(self, caller: FunctionBuilder) -> int | None:
         if not self.can_call(caller):

@@ -68,6 +68,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bpfdiff import isa, xdp
+from bpfdiff.helpers import known_cpu_id
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import PerCpuInline, Profile, XdpLayout
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, MapDef
@@ -244,6 +245,9 @@ class FunctionFlow:
                     self.lookups[pc] = map_name
             for reg in range(6):
                 r[reg] = None
+            if insn.is_helper_call and insn.imm == isa.BPF_FUNC_get_smp_processor_id:
+                cpu = known_cpu_id(self.profile)
+                r[0] = None if cpu is None else ("c", cpu)
             return [(nxt, tuple(r))]
         if insn.is_exit:
             return []

@@ -36,13 +36,18 @@ def run_r0s(data: dict) -> list[int]:
     return [s["outcome"]["run"]["r0"] for s in data["states"] if s["outcome"] and s["outcome"]["kind"] == "run"]
 
 
-def test_every_scenario_is_captured_on_both_kernels() -> None:
-    stems = sorted(p.stem for p in CAPTURED.glob("*.scn"))
-    assert stems == ["hierarchy", "indirect", "rewrites", "seed"]
-    for stem in stems:
-        for profile, kernel in KERNELS.items():
+# scenario -> the kernels it was captured on (movsx is ISA v4: 6.6+)
+CAPTURED_ON = {"seed": KERNELS, "indirect": KERNELS, "hierarchy": KERNELS, "rewrites": KERNELS,
+               "cpu_key": KERNELS, "movsx_key": ("linux-6.12",)}
+
+
+def test_every_scenario_is_captured() -> None:
+    assert sorted(p.stem for p in CAPTURED.glob("*.scn")) == sorted(CAPTURED_ON)
+    assert len(FIXTURES) == sum(len(profiles) for profiles in CAPTURED_ON.values())
+    for stem, profiles in CAPTURED_ON.items():
+        for profile in profiles:
             data, _ = load_fixture(CAPTURED / f"{stem}.{profile}.json")
-            assert data["kernel"] == kernel and data["profile"] == profile
+            assert data["kernel"] == KERNELS[profile] and data["profile"] == profile
             assert data["scenario"] == (CAPTURED / f"{stem}.scn").read_text()
 
 
@@ -60,6 +65,27 @@ def test_what_the_kernels_did(profile: str) -> None:
     assert run_r0s(fixture("hierarchy", profile)) == [33 if profile == "linux-6.12" else 66]
     # ingress_ifindex 1 (the test run's loopback), CPU 0, rx queue 0
     assert run_r0s(fixture("rewrites", profile)) == [1, 1]
+
+
+def direct_sites(data: dict, prog: str) -> int:
+    """1 when the program's one tail-call site is direct in the captured image after loading: no
+    indirect sequence (``mov %edx,%edx; cmp %edx,0x24(%rsi)``, the bounds check); 0 otherwise."""
+    code = bytes.fromhex(data["states"][0]["programs"][prog]["functions"][0]["code"])
+    return 0 if bytes.fromhex("89d2395624") in code else 1
+
+
+@pytest.mark.parametrize(("profile", "direct"), [("linux-6.12", 1), ("linux-5.10", 0)])
+def test_a_key_from_the_cpu_id(profile: str, direct: int) -> None:
+    # 6.12.117 bounds bpf_get_smp_processor_id to [0, nr_cpu_ids - 1]: with one CPU the key is 0
+    data = fixture("cpu_key", profile)
+    assert direct_sites(data, "p") == direct
+    assert get_profile(profile).verifier_cpu_id_range == bool(direct)
+    assert run_r0s(data) == [0, 7]
+
+
+def test_a_key_through_movsx_is_a_constant() -> None:
+    data = fixture("movsx_key", "linux-6.12")
+    assert direct_sites(data, "p") == 1 and run_r0s(data) == [9]
 
 
 def test_the_seed_site_changes_with_the_slot() -> None:
