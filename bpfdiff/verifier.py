@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from bpfdiff import isa, scalar
+from bpfdiff.helpers import known_cpu_id
 from bpfdiff.isa import Insn, InvalidInstruction, Program
 from bpfdiff.profiles import Profile
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, Scenario
@@ -134,6 +135,38 @@ def check_isa(prog: Program, profile: Profile) -> None:
 # track neg; 6.1 does not: a key computed through neg makes an *indirect* tail-call site.)
 TRACKED_ALU = frozenset({isa.BPF_ADD, isa.BPF_SUB, isa.BPF_MUL, isa.BPF_AND, isa.BPF_OR, isa.BPF_XOR,
                          isa.BPF_LSH, isa.BPF_RSH, isa.BPF_ARSH})
+
+
+def coerce_to_size_sx(src: scalar.Scalar, size: int, alu32: bool) -> scalar.Scalar:
+    """movsx's result (ISA v4): coerce_reg_to_size_sx (64-bit) / coerce_subreg_to_size_sx (32-bit).
+
+    A constant stays a constant, sign-extended from ``size`` bytes; a 64-bit source whose
+    signed bounds agree above the low ``size`` bytes and whose sign-extended bounds share a
+    sign gets that range; anything else the default of the size (its signed range, unsigned
+    anything, tnum unknown).  The 32-bit form is zero-extended to 64 bits afterwards.
+    """
+    bits = size * 8
+
+    def sext(v: int) -> int:
+        low = v & ((1 << bits) - 1)
+        return low - ((low >> (bits - 1)) << bits)
+
+    if alu32:
+        if src.subreg_is_const:
+            return scalar.known(sext(src.value) & U32)
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return scalar.zext(scalar.Scalar(0, U64, 0, U64, scalar.S64_MIN, scalar.S64_MAX, 0, U32, lo, hi))
+    if src.is_const:
+        return scalar.known(sext(src.value) & U64)
+    if (src.smax & U64) >> bits == (src.smin & U64) >> bits:
+        a, b = sext(src.smax), sext(src.smin)
+        lo, hi = min(a, b), max(a, b)
+        if (lo >= 0) == (hi >= 0):
+            value, mask = scalar.t_range(lo & U64, hi & U64)
+            return scalar.Scalar(value, mask, lo & U64, hi & U64, lo, hi, lo & U32, hi & U32,
+                                 scalar.s32(lo), scalar.s32(hi))
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return scalar.Scalar(0, U64, 0, U64, lo, hi, 0, U32, max(lo, scalar.S32_MIN), min(hi, scalar.S32_MAX))
 
 
 def track_const_alu(insn: Insn, dst: int | None, src: int | None) -> int | None:
@@ -620,8 +653,10 @@ class _Explorer:
         dst = r[insn.dst]
         src = r[insn.src] if insn.source == isa.BPF_X else ("s", scalar.known(_sext_imm(insn.imm)))
         if op == isa.BPF_MOV:
-            if insn.off:                      # movsx (v6.6): not tracked here
-                return ("s", scalar.UNKNOWN)
+            if insn.off:                      # movsx (ISA v4, v6.6)
+                if src is None or src[0] != "s":
+                    return ("s", scalar.UNKNOWN)
+                return ("s", coerce_to_size_sx(src[1], insn.off // 8, alu32))
             if insn.source == isa.BPF_K:
                 return ("s", scalar.known(insn.imm & (U32 if alu32 else U64)))
             if not alu32:
@@ -661,6 +696,8 @@ class _Explorer:
                 result = ("vn", arg[1] if arg is not None and arg[0] == "m" else None, pc)
             else:
                 result = ("s", scalar.UNKNOWN)
+        elif fn == isa.BPF_FUNC_get_smp_processor_id and known_cpu_id(self.profile) is not None:
+            result = ("s", scalar.known(known_cpu_id(self.profile)))     # do_refine_retval_range
         else:
             result = ("s", scalar.UNKNOWN)
         r[0] = result
