@@ -200,6 +200,11 @@ class Profile:
     # constant tail-call key (a direct site).  Measured: direct on 6.12.117, indirect on 6.1.192
     # and 5.10.223 (whose do_refine_retval_range bounds only the string and stack helpers).
     verifier_cpu_id_range: bool = False
+    # Does a tail call forget the packet pointers of *every* frame, so that they are gone in the
+    # caller after a call of a subprogram that reaches a tail call (clear_all_pkt_pointers after
+    # bpf_helper_changes_pkt_data(tail_call), 1a4607ffba35, v6.13)?  Measured: refused on
+    # 6.12.117 ("R7 invalid mem access 'scalar'"), accepted on 6.1.192 and 5.10.223.
+    verifier_tail_call_forgets_pkt: bool = False
     # ``lddw`` of a constant that sign-extends from 32 bits: ``mov $imm32,%r64`` (REX.W C7, 7 bytes)
     # instead of ``movabs`` (emit_mov_imm64's is_simm32 case; measured on 6.12.117, not in 6.1.192).
     jit_imm64_simm32: bool = False
@@ -355,6 +360,7 @@ LINUX_6_12 = Profile(
     # 6.12.117's /proc/kallsyms: pcpu_hot at 0x351c0 (cpu_number at +0xc), this_cpu_off at 0x19a18
     inline_smp_processor_id=PerCpuInline(cpu_number=0x351CC, this_cpu_off=0x19A18),
     verifier_cpu_id_range=True,
+    verifier_tail_call_forgets_pkt=True,
     jit_imm64_simm32=True,
 )
 

@@ -35,9 +35,10 @@ Rules, each an error message below:
   profile) for every packet pointer on the branch where it holds, and a
   packet access (no atomics) must lie inside the proven range; other
   comparisons of pointers are refused, packet pointers do not cross calls
-  and are forgotten after ``bpf_tail_call`` and after a call of a subprogram
-  that reaches one, in every frame (v6.13 and 6.12.117 do so; conservative for
-  older kernels);
+  and are forgotten after ``bpf_tail_call`` (v6.13 does so; conservative for
+  older kernels), and in every frame after a call of a subprogram that
+  reaches one where the profile's kernel does so
+  (``Profile.verifier_tail_call_forgets_pkt``: 6.12.117, not 6.1.192);
   every run's packet is ETH_HLEN..XDP_MAX_PACKET bytes (:mod:`bpfdiff.xdp`);
 * the context in a raw scenario: R1 is ``mem`` itself, accessed inside the
   smallest ``mem`` of the runs that can reach the program (directly or
@@ -657,10 +658,10 @@ class ProgramChecker:
             old = call_args.get(pc)
             call_args[pc] = callee if old is None else old.join(callee)
             after = self.after_call(state, SCALAR)
-            if isa.jump_target(pc, insn) in self.tail_calling:
+            if self.profile.verifier_tail_call_forgets_pkt and isa.jump_target(pc, insn) in self.tail_calling:
                 # the callee's tail call forgets the packet pointers of every frame (the verifier's
                 # clear_all_pkt_pointers walks the whole call stack): refused after the call on
-                # the real 6.12.117 ("R7 invalid mem access 'scalar'"); done on every profile
+                # the real 6.12.117 ("R7 invalid mem access 'scalar'"), accepted on 6.1.192
                 after = State(tuple(UNINIT if r[0] in PACKET_KINDS else r for r in after.regs), after.stack)
             return [(nxt, after)], 0
         if insn.op == isa.BPF_CALL:

@@ -361,7 +361,8 @@ class FunctionBuilder:
     def forget_packet_after_call(self, sub: int) -> None:
         """A subprogram that reaches a tail call makes the verifier forget the packet pointers of
         every frame (refused on the real 6.12.117 otherwise; the checker's rule): check it again."""
-        if self.pkt_reg is not None and self.gen.subprog_reaches_tail_call(sub):
+        if self.pkt_reg is not None and self.gen.profile.verifier_tail_call_forgets_pkt and \
+                self.gen.subprog_reaches_tail_call(sub):
             self.pkt_reg = None
             self.regs = SCALAR_REGS
 
