@@ -453,6 +453,10 @@ def _sext_imm(imm: int) -> int:
 
 
 ZERO_SLOT = "IIIIIIII"
+# helpers' stack arguments: (register, the map's size field giving how many bytes they read)
+STACK_ARGS = {isa.BPF_FUNC_map_lookup_elem: ((2, "key_size"),),
+              isa.BPF_FUNC_map_delete_elem: ((2, "key_size"),),
+              isa.BPF_FUNC_map_update_elem: ((2, "key_size"), (3, "value_size"))}
 
 
 class _Explorer:
@@ -626,6 +630,13 @@ class _Explorer:
                 callee = (None,) + tuple(r[1:6]) + (None,) * 4 + (("f", cur + 1, 0),)
                 frames.append((callee, (), pc))
                 return [(pc + 1 + insn.imm, tuple(frames))]
+            if self.profile.verifier_helper_stack_clobber and insn.imm in STACK_ARGS:
+                bpf_map = r[1][1] if r[1] is not None and r[1][0] == "m" else None
+                if bpf_map in self.maps:
+                    self._stack = stack
+                    for reg, field in STACK_ARGS[insn.imm]:
+                        self.clobber(frames, r, reg, getattr(self.maps[bpf_map], field))
+                    stack = self._stack
             self.helper(pc, insn, r)
             return done(pc + 1)
         if insn.is_exit:
@@ -680,6 +691,33 @@ class _Explorer:
         if src[0] != "s":
             return ("p",) if op == isa.BPF_ADD and not alu32 else ("s", scalar.UNKNOWN)
         return ("s", scalar.alu(op, alu32, dst[1], src[1]))
+
+    def clobber(self, frames: list, r: list, reg: int, size: int) -> None:
+        """5.10's helper stack access (verifier_helper_stack_clobber): the bytes [ptr, ptr + size)
+        of a stack pointer argument lose their spilled registers and zeros (misc data)."""
+        ptr = r[reg]
+        if ptr is None or ptr[0] != "f" or ptr[1] >= len(frames):
+            return
+        fi = len(frames) - 1
+        regs, stack, ret = frames[ptr[1]] if ptr[1] != fi else (None, self._stack, None)
+        slots = {k: (t, v) for k, t, v in stack}
+        for off in range(ptr[2], ptr[2] + size):
+            if not -isa.MAX_BPF_STACK <= off < 0:
+                continue
+            slot = -off - 1
+            spi = slot // 8
+            types, spilled = slots.get(spi, (ZERO_SLOT, None))
+            types = list(types)
+            if types[slot % 8] == "Z":
+                types[slot % 8] = "M"
+            elif types[7] == "S" and spilled is not None and spilled[0] == "s":
+                types, spilled = ["M"] * 8, None
+            slots[spi] = ("".join(types), spilled)
+        new = tuple(sorted((k, t, v) for k, (t, v) in slots.items()))
+        if ptr[1] == fi:
+            self._stack = new
+        else:
+            frames[ptr[1]] = (regs, new, ret)
 
     def helper(self, pc: int, insn: Insn, r: list) -> None:
         fn = insn.imm

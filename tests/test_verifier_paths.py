@@ -330,6 +330,44 @@ exit
    5: (b7) r0 = 2
    6: (95) exit
 """),
+    # a spilled register passed to a helper that only reads it (a lookup key) is misc data after
+    # the call: the fill is unknown and the compare stays (6.1.192 and 5.10.223 alike)
+    "clobber": (
+        """\
+mov %r5, 1
+stxw [%r10-64], %r5
+lddw %r1, map:arr
+mov %r2, %r10
+add %r2, -64
+call 1
+ldxw %r0, [%r10-64]
+jeq32 %r0, 1, L
+mov %r0, 2
+exit
+L:
+mov %r0, 3
+exit
+""",
+        """\
+   0: (b7) r5 = 1
+   1: (63) *(u32 *)(r10 -64) = r5
+   2: (18) r1 = map[id:2]
+   4: (bf) r2 = r10
+   5: (07) r2 += -64
+   6: (07) r1 += 272
+   7: (61) r0 = *(u32 *)(r2 +0)
+   8: (35) if r0 >= 0x2 goto pc+3
+   9: (67) r0 <<= 3
+  10: (0f) r0 += r1
+  11: (05) goto pc+1
+  12: (b7) r0 = 0
+  13: (61) r0 = *(u32 *)(r10 -64)
+  14: (16) if w0 == 0x1 goto pc+2
+  15: (b7) r0 = 2
+  16: (95) exit
+  17: (b7) r0 = 3
+  18: (95) exit
+"""),
 }
 
 
