@@ -175,9 +175,8 @@ class Profile:
     verifier_narrow_spill: bool = True
     # A helper that only reads stack memory (a map key or value) still turns the spilled
     # registers and zero bytes it covers into misc data (check_stack_boundary /
-    # check_stack_range_initialized): measured on 6.1.192 and 5.10.223 -- a 4-byte spill of 1
+    # check_stack_range_initialized): measured on 5.10.223, 6.1.192 and 6.12.117 -- a 4-byte spill of 1
     # passed as a lookup key and filled after the call is unknown (`if w0 == 0x1` stays).
-    # (6.12: not measured.)
     verifier_helper_stack_clobber: bool = True
     # XDP context rewrite (convert_ctx_accesses) and the structures behind it.
     xdp: XdpLayout = XDP_LAYOUT_6_1

@@ -693,7 +693,7 @@ class _Explorer:
         return ("s", scalar.alu(op, alu32, dst[1], src[1]))
 
     def clobber(self, frames: list, r: list, reg: int, size: int) -> None:
-        """5.10's helper stack access (verifier_helper_stack_clobber): the bytes [ptr, ptr + size)
+        """A helper's stack access (verifier_helper_stack_clobber): the bytes [ptr, ptr + size)
         of a stack pointer argument lose their spilled registers and zeros (misc data)."""
         ptr = r[reg]
         if ptr is None or ptr[0] != "f" or ptr[1] >= len(frames):
