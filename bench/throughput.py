@@ -1,25 +1,48 @@
-"""Fuzzing throughput, and where the time goes.
+"""Fuzzing throughput, where the time goes, and what a JIT engine run costs next to bare unicorn.
 
-    .venv/bin/python bench/throughput.py [--seconds S] [--profile P] [--seed N]
+    .venv/bin/python bench/throughput.py [--seconds S] [--profile P] [--seed N] [--bare-scenarios K]
 
 Three passes over the same seeded scenarios (one core, one process): the
 interpreter alone, the JIT alone, and the differential pair through the
 oracle (what ``bpfdiff fuzz`` does per scenario).  For each: scenarios/s and
-engine runs/s (run events x engines).  For the pair, the share of wall time
-in each part, measured by wrapping the functions that do it:
+engine runs/s (run events x engines), per second of wall time and per second
+of this process's CPU time (the machine may be shared: the load average is
+printed first).  Targets: the differential pass >= 2,000 engine runs/s on one
+core; a JIT engine run <= 30 bare ``emu_start`` of its image.
+
+For the pair, the share of wall time in each part, measured by wrapping the
+functions that do it:
 
 generation       ``scenario_from_seed``
-interpretation   ``InterpEngine.execute``
+interpretation   ``InterpEngine.execute`` (with the verifier model, shared with the JIT)
 JIT compile      ``bpf_int_jit_compile`` (as called by the JIT engine at load)
 emulation        ``Emulator.run`` (unicorn, with its Python hooks: helpers, trace)
 JIT other        the rest of ``JitEngine.execute``: maps, images, poke runs
 comparison       ``compare_outcomes`` in the oracle
 other            the oracle's own bookkeeping, the loop
+
+JIT engine vs bare unicorn, both in CPU seconds of this process (a shared
+machine preempts long passes more than short starts).  The JIT-alone pass
+records the time of each scenario's ``JitEngine.execute``.  For its first K scenarios the engine then
+runs each scenario again (untimed); at every ``emu_start`` of a run it
+copies the whole machine as it is at that moment -- every mapped region with
+its permissions (images with their pokes, maps, stack, context, packet) and
+the registers -- into a second unicorn instance *without any hook*, and
+times ``emu_start`` there from the same entry, with the same stop address and
+instruction budget, several times (memory restored in between, untimed); the
+median of the warm starts (translation cache filled by the first) is that
+run's bare cost.  Helpers there are the helper page's bare ``ret``, so a run
+may take another path after a helper call; the image, the memory and the
+entry are the same.  The multiple printed is (the engine's seconds over those
+scenarios, everything included: verifier model, JIT compile, maps, pokes,
+runs, results) / (the sum of their runs' bare costs).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,11 +51,16 @@ from bpfdiff.fuzz import generate, oracle
 from bpfdiff.interp import engine as interp_engine
 from bpfdiff.jit import emulator as jit_emulator
 from bpfdiff.jit import engine as jit_engine
+from unicorn import Uc, UcError
+from unicorn import x86_const as x86
 
 from bpfdiff.engine import make_engine
 from bpfdiff.scenario import Run
 
 TIMES: dict[str, float] = defaultdict(float)
+BARE_REPEATS = 5          # starts per run on the bare machine; the first fills the translation cache
+# what the JIT engine sets before a run (emulator.GPRS plus what it starts from)
+BARE_REGS = (*jit_emulator.GPRS, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RFLAGS)
 
 
 def timed(name: str, fn: Callable) -> Callable:
@@ -64,34 +92,116 @@ def run_events(scenario) -> int:
     return sum(isinstance(e, Run) for e in scenario.events)
 
 
-def single_engine(name: str, profile: str, seconds: float, seed: int) -> tuple[float, float]:
+class Clock:
+    """Wall and CPU seconds since creation."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def single_engine(name: str, profile: str, seconds: float, seed: int,
+                  per_scenario: list[tuple[float, int]] | None = None) -> tuple[int, int, float, float]:
+    """Scenarios, runs, wall and CPU seconds; ``per_scenario`` gets (CPU seconds, runs) of each scenario."""
     engine = make_engine(name, profile=profile)
-    start = time.perf_counter()
+    clock = Clock()
     scenarios = runs = 0
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - clock.wall < seconds:
         s = generate.scenario_from_seed(seed + scenarios, profile)
+        start = time.process_time()
         engine.execute(s)
+        if per_scenario is not None:
+            per_scenario.append((time.process_time() - start, run_events(s)))
         scenarios += 1
         runs += run_events(s)
-    elapsed = time.perf_counter() - start
+    wall, cpu = clock.elapsed()
     engine.close()
-    return scenarios / elapsed, runs / elapsed
+    return scenarios, runs, wall, cpu
 
 
-def differential(profile: str, seconds: float, seed: int) -> tuple[float, float, float, int]:
+def differential(profile: str, seconds: float, seed: int) -> tuple[int, int, float, float, int]:
     pool = oracle.EnginePool()
     TIMES.clear()
-    start = time.perf_counter()
+    clock = Clock()
     scenarios = runs = findings = 0
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - clock.wall < seconds:
         s = scenario_from_seed(seed + scenarios, profile)
         verdict = oracle.run_oracle(s, profile=profile, pool=pool)
         findings += not verdict.ok
         scenarios += 1
         runs += run_events(s) * len(verdict.outcomes)
-    elapsed = time.perf_counter() - start
+    wall, cpu = clock.elapsed()
     pool.close()
-    return scenarios / elapsed, runs / elapsed, elapsed, findings
+    return scenarios, runs, wall, cpu, findings
+
+
+# -- the bare baseline ---------------------------------------------------------------------------
+class BareMachine:
+    """A hook-less unicorn copy of the JIT engine's machine, rebuilt when the mapped regions change."""
+
+    def __init__(self) -> None:
+        self.uc: Uc | None = None
+        self.regions: list[tuple[int, int, int]] = []
+
+    def time_start(self, source: Uc, begin: int, until: int, count: int) -> float:
+        """Copy ``source`` (memory and registers) and time ``emu_start`` on the copy: the median warm start."""
+        regions = [(start, end + 1 - start, perms) for start, end, perms in source.mem_regions()]
+        if self.uc is None or regions != self.regions:
+            self.uc = Uc(jit_emulator.UC_ARCH_X86, jit_emulator.UC_MODE_64)
+            for start, size, perms in regions:
+                self.uc.mem_map(start, size, perms)
+            self.regions = regions
+        memory = [(start, bytes(source.mem_read(start, size))) for start, size, _perms in regions]
+        registers = [(reg, source.reg_read(reg)) for reg in BARE_REGS]
+        uc = self.uc
+        times = []
+        for _ in range(BARE_REPEATS):
+            for start, data in memory:
+                uc.mem_write(start, data)
+            for reg, value in registers:
+                uc.reg_write(reg, value)
+            start = time.process_time()
+            try:
+                uc.emu_start(begin, until, count=count)
+            except UcError:
+                pass           # the run faults here too (or, after a bare helper, somewhere else)
+            times.append(time.process_time() - start)
+        return statistics.median(times[1:])
+
+
+def bare_costs(profile: str, seed: int, scenarios: int) -> tuple[float, int]:
+    """Total bare ``emu_start`` seconds and runs for the runs of scenarios seed .. seed+scenarios-1."""
+    engine = jit_engine.JitEngine(profile)
+    bare = BareMachine()
+    total = [0.0, 0]
+    uc = engine.emu.uc
+    real_start = uc.emu_start
+
+    def recording_start(begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
+        total[0] += bare.time_start(uc, begin, until, count)
+        total[1] += 1
+        real_start(begin, until, timeout=timeout, count=count)
+
+    uc.emu_start = recording_start        # this engine's instance only
+    for k in range(scenarios):
+        engine.execute(generate.scenario_from_seed(seed + k, profile))
+    engine.close()
+    return total[0], total[1]
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def print_rate(name: str, scenarios: int, runs: int, wall: float, cpu: float, note: str = "") -> None:
+    print(f"{name:<14}{scenarios / wall:>12.1f}{runs / wall:>15.1f}{scenarios / cpu:>14.1f}{runs / cpu:>15.1f}"
+          f"{note}")
 
 
 def main() -> None:
@@ -99,16 +209,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per pass (default: %(default)s)")
     parser.add_argument("--profile", default="linux-6.1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bare-scenarios", type=int, default=200,
+                        help="JIT-alone scenarios measured against bare unicorn (default: %(default)s)")
     args = parser.parse_args()
 
-    print(f"profile {args.profile}, {args.seconds:.0f} s per pass, seeds from {args.seed}, one process")
-    print(f"{'pass':<14}{'scenarios/s':>12}{'engine runs/s':>15}")
-    for name in ("interp", "jit"):
-        rate, runs = single_engine(name, args.profile, args.seconds, args.seed)
-        print(f"{name + ' alone':<14}{rate:>12.1f}{runs:>15.1f}")
+    print(f"profile {args.profile}, {args.seconds:.0f} s per pass, seeds from {args.seed}, one process; "
+          f"{load_average()}")
+    print(f"{'':<14}{'per wall second':>27}{'per CPU second':>29}")
+    print(f"{'pass':<14}{'scenarios':>12}{'engine runs':>15}{'scenarios':>14}{'engine runs':>15}")
+    scenarios, runs, wall, cpu = single_engine("interp", args.profile, args.seconds, args.seed)
+    print_rate("interp alone", scenarios, runs, wall, cpu)
+    jit_scenarios: list[tuple[float, int]] = []
+    scenarios, runs, wall, cpu = single_engine("jit", args.profile, args.seconds, args.seed, jit_scenarios)
+    print_rate("jit alone", scenarios, runs, wall, cpu)
     instrument()
-    rate, runs, elapsed, findings = differential(args.profile, args.seconds, args.seed)
-    print(f"{'differential':<14}{rate:>12.1f}{runs:>15.1f}   ({findings} scenarios with findings)")
+    scenarios, runs, elapsed, cpu, findings = differential(args.profile, args.seconds, args.seed)
+    print_rate("differential", scenarios, runs, elapsed, cpu, f"   ({findings} scenarios with findings)")
 
     jit_total = TIMES.pop("jit total", 0.0)
     parts = dict(TIMES)
@@ -118,6 +234,22 @@ def main() -> None:
     for name in ("generation", "interpretation", "JIT compile", "emulation", "JIT other", "comparison", "other"):
         seconds = parts.get(name, 0.0)
         print(f"  {name:<16}{seconds:8.2f} s {100 * seconds / elapsed:6.1f} %")
+
+    sample = jit_scenarios[:args.bare_scenarios]
+    engine_seconds = sum(seconds for seconds, _runs in sample)
+    engine_runs = sum(runs for _seconds, runs in sample)
+    bare_seconds, bare_runs = bare_costs(args.profile, args.seed, len(sample))
+    print(f"\nJIT engine vs bare unicorn emu_start of the same images, first {len(sample)} JIT-alone scenarios "
+          f"({load_average()}):")
+    if engine_runs != bare_runs or not bare_runs:
+        print(f"  runs differ: {engine_runs} timed, {bare_runs} recorded")
+        return
+    engine_per_run = engine_seconds / engine_runs
+    bare_per_run = bare_seconds / bare_runs
+    print(f"  bare emu_start   {1e6 * bare_per_run:9.1f} us CPU per run ({bare_runs} runs, median of "
+          f"{BARE_REPEATS - 1} warm starts each)")
+    print(f"  JIT engine       {1e6 * engine_per_run:9.1f} us CPU per run, everything included")
+    print(f"  JIT engine cost per run: {engine_per_run / bare_per_run:.1f} x a bare emu_start (target <= 30)")
 
 
 if __name__ == "__main__":
