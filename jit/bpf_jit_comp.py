@@ -562,6 +562,10 @@ class FuncJit:
     final_pass: bool = False       # the pass at the allocated address (addresses are real)
     # final pass: (address of the indirect tail-call jump, x86 register holding its target)
     indirect_jumps: list[tuple[int, int]] = field(default_factory=list)
+    # The code of the prologue and of each slot whose code no pass can change (see PASS_INVARIANT_CLASSES),
+    # from the first pass that emitted it: later passes reuse it instead of emitting it again.
+    prologue_code: bytes | None = None
+    invariant_code: dict[int, tuple[bytes, int]] = field(default_factory=dict)
 
     @property
     def bugs(self) -> frozenset[str]:
@@ -1221,20 +1225,41 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
     raise JitError(f"insn {fn.orig_pc[i - 1]}: unknown opcode {insn.opcode:02x}")
 
 
+# Instruction classes whose code depends on the instruction and the function alone (registers,
+# offsets, immediates, the map addresses of a ``lddw``, the profile and planted bugs), never on
+# the pass: not on addrs[], the image address, the labels or the exit seen.  Jumps, calls, tail
+# calls and exits are emitted in every pass, as the kernel does; the others are emitted once
+# per function and their bytes reused, which leaves every pass's output as it was and saves
+# most of the time of the convergence passes.
+PASS_INVARIANT_CLASSES = frozenset({isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_ST, isa.BPF_STX, isa.BPF_LDX})
+REUSE_INVARIANT_CODE = True       # False: emit every slot in every pass (the equivalence test's reference)
+
+
 def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
     """One pass over the function: the image bytes and the new addrs[]."""
     state.seen_exit = False
     fn.final_pass = state.image is not None
     if fn.final_pass:
         fn.indirect_jumps.clear()
-    out = bytearray(fn.flavour.prologue(fn))
+    reuse = REUSE_INVARIANT_CODE
+    if fn.prologue_code is None or not reuse:
+        fn.prologue_code = fn.flavour.prologue(fn)
+    out = bytearray(fn.prologue_code)
     addrs = list(state.addrs)
     addrs[0] = len(out)
     insns = fn.insns
+    invariant = fn.invariant_code
     n = len(insns)
     i = 1
     while i <= n:
-        code, used = do_jit_insn(fn, state, i, insns[i - 1], len(out))
+        known = invariant.get(i) if reuse else None
+        if known is not None:
+            code, used = known
+        else:
+            insn = insns[i - 1]
+            code, used = do_jit_insn(fn, state, i, insn, len(out))
+            if insn.cls in PASS_INVARIANT_CLASSES or insn.is_lddw:
+                invariant[i] = (code, used)
         if len(code) > BPF_MAX_INSN_SIZE:
             raise JitError("fatal insn size error")
         end = len(out) + len(code)

@@ -232,6 +232,129 @@ class _Registers:
         self._write(self._handle, reg, self._ref)
 
 
+READ_BUFFER = 4096              # bytes of the reused buffer small reads go through
+
+
+class _Native:
+    """Memory reads, hooks and translation-cache drops straight through libunicorn.
+
+    The binding's ``hook_add`` builds a new decorated ctypes callback per hook
+    (about 0.1 ms; a scenario adds a dozen hooks) and calls every hook through
+    two Python wrappers; ``mem_read`` allocates a buffer per read (the hooks
+    read a few bytes at every tail call).  Here each kind of hook has one
+    ctypes callback for the machine's lifetime, a hook's data is found by the
+    key unicorn hands back, and small reads reuse one buffer.  Like
+    :class:`_Registers`, these are the binding's internals (pinned: unicorn
+    >=2.1,<2.2); without them the public methods are used.
+
+    A hook that raises stops the emulation and keeps the exception
+    (:attr:`error`), as the binding does: the run reports it.
+    """
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self.error: BaseException | None = None
+        self._data: dict[int, object] = {}          # hook key -> its user data
+        self._keys: dict[int, int] = {}             # hook handle -> its key
+        self._next_key = 1                          # 0 would come back as None
+        self._callbacks: dict[object, object] = {}  # (kind, method) -> its ctypes callback, kept alive
+        try:
+            from unicorn.unicorn_py3 import unicorn as binding
+
+            self._lib = binding.uclib
+            self._handle = uc._uch
+            self._hook_h = binding.uc_hook_h
+            self._code_cfunc = binding.HOOK_CODE_CFUNC
+            self._mem_cfunc = binding.HOOK_MEM_ACCESS_CFUNC
+            self._buffer = ctypes.create_string_buffer(READ_BUFFER)
+            # uc_ctl's code for UC_CTL_TB_REMOVE_CACHE with two arguments, written (uc.h UC_CTL_WRITE)
+            self._remove_cache_code = (ucc.UC_CTL_IO_WRITE << 30) | (2 << 26) | ucc.UC_CTL_TB_REMOVE_CACHE
+        except (ImportError, AttributeError):  # pragma: no cover - other binding layouts
+            self._lib = None
+
+    # -- memory -------------------------------------------------------------------------
+    def read(self, addr: int, n: int) -> bytes:
+        lib = self._lib
+        if lib is None or n > READ_BUFFER:
+            return bytes(self.uc.mem_read(addr, n))
+        status = lib.uc_mem_read(self._handle, addr, self._buffer, n)
+        if status != ucc.UC_ERR_OK:
+            raise UcError(status, addr, n)
+        return ctypes.string_at(self._buffer, n)
+
+    def remove_cache(self, begin: int, end: int) -> None:
+        """Drop the translated blocks of [begin, end)."""
+        if self._lib is None:
+            self.uc.ctl_remove_cache(begin, end)
+            return
+        status = self._lib.uc_ctl(self._handle, self._remove_cache_code, ctypes.c_uint64(begin),
+                                  ctypes.c_uint64(end))
+        if status != ucc.UC_ERR_OK:
+            raise UcError(status)
+
+    # -- hooks --------------------------------------------------------------------------
+    def _failed(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.uc.emu_stop()
+
+    def _callback(self, kind: str, method: Callable) -> object:
+        key = (kind, method)
+        callback = self._callbacks.get(key)
+        if callback is None:
+            uc, data, failed = self.uc, self._data, self._failed
+            if kind == "code":
+                def guarded_code(handle: int, address: int, size: int, hook_key: int) -> None:
+                    try:
+                        method(uc, address, size, data[hook_key])
+                    except BaseException as exc:  # noqa: BLE001 - kept for the run to report
+                        failed(exc)
+
+                callback = self._code_cfunc(guarded_code)
+            else:
+                def guarded_mem(handle: int, access: int, address: int, size: int, value: int,
+                                hook_key: int) -> None:
+                    try:
+                        method(uc, access, address, size, value, data[hook_key])
+                    except BaseException as exc:  # noqa: BLE001 - kept for the run to report
+                        failed(exc)
+
+                callback = self._mem_cfunc(guarded_mem)
+            self._callbacks[key] = callback
+        return callback
+
+    def hook_add(self, htype: int, method: Callable, user_data: object, begin: int, end: int) -> int:
+        """``method(uc, address, size, user_data)`` for a code hook, ``method(uc, access, address, size,
+        value, user_data)`` for a memory hook, on [begin, end] (inclusive, as unicorn's)."""
+        if self._lib is None:
+            if htype == UC_HOOK_CODE:
+                return self.uc.hook_add(htype, lambda uc, address, size, _: method(uc, address, size, user_data),
+                                        begin=begin, end=end)
+            return self.uc.hook_add(htype, lambda uc, access, address, size, value, _:
+                                    method(uc, access, address, size, value, user_data), begin=begin, end=end)
+        callback = self._callback("code" if htype == UC_HOOK_CODE else "mem", method)
+        key = self._next_key
+        self._next_key += 1
+        self._data[key] = user_data
+        handle = self._hook_h()
+        status = self._lib.uc_hook_add(self._handle, ctypes.byref(handle), htype, callback,
+                                       ctypes.c_void_p(key), ctypes.c_uint64(begin), ctypes.c_uint64(end))
+        if status != ucc.UC_ERR_OK:
+            del self._data[key]
+            raise UcError(status)
+        self._keys[handle.value] = key
+        return handle.value
+
+    def hook_del(self, hook: int) -> None:
+        if self._lib is None:
+            self.uc.hook_del(hook)
+            return
+        status = self._lib.uc_hook_del(self._handle, self._hook_h(hook))
+        if status != ucc.UC_ERR_OK:
+            raise UcError(status)
+        self._data.pop(self._keys.pop(hook), None)
+
+
 def round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
@@ -344,6 +467,7 @@ class Emulator:
         self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text)
         self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data)
         self.regs = _Registers(uc)
+        self.native = _Native(uc)
         # The register state every run starts from (all zero, a made-up caller
         # frame); restoring a saved context is one call instead of twenty.
         for reg in GPRS:
@@ -352,8 +476,8 @@ class Emulator:
         uc.reg_write(x86.UC_X86_REG_RBP, INITIAL_RBP)
         uc.reg_write(x86.UC_X86_REG_RSP, INITIAL_RSP)
         self._initial_context = uc.context_save()
-        self._helper_hook = uc.hook_add(UC_HOOK_CODE, self._on_helper, begin=HELPER_BASE,
-                                        end=HELPER_BASE + HELPER_PAGES * PAGE - 1)
+        self._helper_hook = self.native.hook_add(UC_HOOK_CODE, self._on_helper, None, HELPER_BASE,
+                                                 HELPER_BASE + HELPER_PAGES * PAGE - 1)
 
         self.helper_handler: HelperHandler | None = None
         self._value_blocks: list[tuple[int, int, int, int | None]] = []   # (map start, size, base, slack hook)
@@ -380,7 +504,7 @@ class Emulator:
 
     # -- memory ------------------------------------------------------------------
     def read(self, addr: int, n: int) -> bytes:
-        return bytes(self.uc.mem_read(addr, n))
+        return self.native.read(addr, n)
 
     def write(self, addr: int, data: bytes) -> None:
         self.uc.mem_write(addr, bytes(data))
@@ -388,7 +512,7 @@ class Emulator:
     def write_text(self, addr: int, data: bytes) -> None:
         """Write code, and drop every translated block that covers it (else the old code keeps running)."""
         self.uc.mem_write(addr, bytes(data))
-        self.uc.ctl_remove_cache(addr, addr + len(data))
+        self.native.remove_cache(addr, addr + len(data))
 
     def alloc_image(self, size: int) -> int:
         return self.images.alloc(size)
@@ -409,8 +533,8 @@ class Emulator:
         base = start + pages * PAGE - size
         hook = None
         if base > start:
-            hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_value_slack, (base, size),
-                                    begin=start, end=base - 1)
+            hook = self.native.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_value_slack, (base, size),
+                                        start, base - 1)
         self._value_blocks.append((start, pages * PAGE, base, hook))
         return base
 
@@ -447,14 +571,14 @@ class Emulator:
     def reset(self) -> None:
         """Forget every image, entry point and object of the previous scenario."""
         for hook in self._entry_hooks:
-            self.uc.hook_del(hook)
+            self.native.hook_del(hook)
         self._entry_hooks.clear()
         self._entries.clear()
         self._text.clear()
         self._text_bases.clear()
         for start, length, _base, hook in self._value_blocks:
             if hook is not None:
-                self.uc.hook_del(hook)
+                self.native.hook_del(hook)
             self.uc.mem_unmap(start, length)
         self._value_blocks.clear()
         self._values_top = VALUES_BASE
@@ -474,11 +598,12 @@ class Emulator:
         value_hooks = [hook for _start, _length, _base, hook in self._value_blocks]
         for hook in [*self._entry_hooks, self._helper_hook, self._mem_slack_hook, *value_hooks]:
             if hook is not None:
-                uc.hook_del(hook)
+                self.native.hook_del(hook)
         self._entry_hooks.clear()
         self._mem_slack_hook = None
         self.images.uc = self.data.uc = None  # type: ignore[assignment]
         self.regs = None  # type: ignore[assignment]
+        self.native = None  # type: ignore[assignment]
 
     def install_image(self, base: int, code: bytes, prog: str, insn_at: Callable[[int], int | None]) -> None:
         """Copy a JIT image to its address and remember it for fault pc recovery."""
@@ -489,13 +614,12 @@ class Emulator:
 
     def add_entry_point(self, entry: EntryPoint) -> None:
         """Hook a program's normal entry and prologue end; tail calls into it are seen by :meth:`add_tail_calls`."""
-        uc = self.uc
+        native = self.native
         self._entries[entry.name] = entry
         for address in entry.points():
-            self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_prologue_point, entry,
-                                                 begin=address, end=address))
+            self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_prologue_point, entry, address, address))
         # A block translated before the hooks existed would not call them.
-        uc.ctl_remove_cache(entry.bpf_func, max(entry.points()) + 1)
+        native.remove_cache(entry.bpf_func, max(entry.points()) + 1)
 
     def add_tail_calls(self, direct_sites: Iterable[int], indirect_jumps: Iterable[tuple[int, int]]) -> None:
         """Hook an image's tail-call jumps: its direct poke sites and its indirect jumps.
@@ -503,14 +627,14 @@ class Emulator:
         ``indirect_jumps``: (address of the instruction that performs the
         jump, x86 register number 0-7 holding the target address there).
         """
-        uc = self.uc
+        native = self.native
         for site in direct_sites:
-            self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_direct_site, None, begin=site, end=site))
-            uc.ctl_remove_cache(site, site + 1)
+            self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_direct_site, None, site, site))
+            native.remove_cache(site, site + 1)
         for address, reg in indirect_jumps:
-            self._entry_hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_indirect_jump, X86_REG_BY_NUMBER[reg],
-                                                 begin=address, end=address))
-            uc.ctl_remove_cache(address, address + 1)
+            self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_indirect_jump, X86_REG_BY_NUMBER[reg],
+                                                     address, address))
+            native.remove_cache(address, address + 1)
 
     def text_at(self, addr: int) -> TextRange | None:
         index = bisect.bisect(self._text_bases, addr) - 1
@@ -539,11 +663,11 @@ class Emulator:
         slack = (lowest, self.mem_start) if lowest < self.mem_start else None
         if slack != self._mem_slack:
             if self._mem_slack_hook is not None:
-                uc.hook_del(self._mem_slack_hook)
+                self.native.hook_del(self._mem_slack_hook)
                 self._mem_slack_hook = None
             if slack is not None:
-                self._mem_slack_hook = uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_mem_slack,
-                                                   begin=slack[0], end=slack[1] - 1)
+                self._mem_slack_hook = self.native.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_mem_slack,
+                                                            None, slack[0], slack[1] - 1)
             self._mem_slack = slack
 
     @staticmethod
@@ -581,12 +705,20 @@ class Emulator:
         self._fault = None
 
         error: UcError | None = None
+        native = self.native
+        native.error = None
         try:
             uc.emu_start(entry.bpf_func, SENTINEL, count=budget * X86_INSNS_PER_BPF_INSN)
         except UcError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a hook's bug must not become a traceback mid-fuzz
             self._fault = (FAULT_INVALID, regs.read(x86.UC_X86_REG_RIP), f"emulator hook failed: {exc!r}")
+        hook_error, native.error = native.error, None
+        if hook_error is not None and error is None:
+            # what the binding does with a hook's exception: emu_start raises it once the machine stopped
+            if not isinstance(hook_error, Exception):
+                raise hook_error          # Ctrl-C, SystemExit: not the run's business
+            self._fault = (FAULT_INVALID, regs.read(x86.UC_X86_REG_RIP), f"emulator hook failed: {hook_error!r}")
 
         rip = regs.read(x86.UC_X86_REG_RIP)
         result = RawRun(exit=EXIT, rax=regs.read(x86.UC_X86_REG_RAX), trace=self._trace,
@@ -621,7 +753,7 @@ class Emulator:
         # The `call` pushed its return address; the fault belongs to the call site.
         regs = self.regs
         try:
-            call_site: int | None = int.from_bytes(uc.mem_read(regs.read(x86.UC_X86_REG_RSP), 8), "little") - 1
+            call_site: int | None = int.from_bytes(self.native.read(regs.read(x86.UC_X86_REG_RSP), 8), "little") - 1
         except UcError:      # reached without a call (a wild jump) and with a bad stack
             call_site = None
         handler = self.helper_handler
@@ -662,7 +794,7 @@ class Emulator:
 
     def _on_direct_site(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         # Runs before the site's instruction: a jmp rel32 there is a tail call (a nop5, an empty slot).
-        code = uc.mem_read(address, 5)
+        code = self.native.read(address, 5)
         if code[0] == JMP_REL32:
             self._enter_by_tail_call(address, address + 5 + int.from_bytes(code[1:5], "little", signed=True))
 
@@ -716,8 +848,8 @@ class Emulator:
         slot = rbp + entry.tail_call_cnt_off
         try:
             if entry.tail_call_cnt_ptr:
-                slot = int.from_bytes(uc.mem_read(slot, 8), "little")
-            counter = int.from_bytes(uc.mem_read(slot, 4), "little")
+                slot = int.from_bytes(self.native.read(slot, 8), "little")
+            counter = int.from_bytes(self.native.read(slot, 4), "little")
         except UcError:
             # rbp is not a frame (a tail call landed past `mov rbp,rsp`): the
             # program will most likely fault; say why here.
