@@ -562,10 +562,9 @@ class FuncJit:
     final_pass: bool = False       # the pass at the allocated address (addresses are real)
     # final pass: (address of the indirect tail-call jump, x86 register holding its target)
     indirect_jumps: list[tuple[int, int]] = field(default_factory=list)
-    # The code of the prologue and of each slot whose code no pass can change (see PASS_INVARIANT_CLASSES),
-    # from the first pass that emitted it: later passes reuse it instead of emitting it again.
-    prologue_code: bytes | None = None
-    invariant_code: dict[int, tuple[bytes, int]] = field(default_factory=dict)
+    # After the first pass: the prologue and the code of the slots no pass can change
+    # (see PASS_INVARIANT_CLASSES), which the later passes reuse instead of emitting them again.
+    plan: PassPlan | None = None
 
     @property
     def bugs(self) -> frozenset[str]:
@@ -1228,11 +1227,38 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
 # Instruction classes whose code depends on the instruction and the function alone (registers,
 # offsets, immediates, the map addresses of a ``lddw``, the profile and planted bugs), never on
 # the pass: not on addrs[], the image address, the labels or the exit seen.  Jumps, calls, tail
-# calls and exits are emitted in every pass, as the kernel does; the others are emitted once
-# per function and their bytes reused, which leaves every pass's output as it was and saves
-# most of the time of the convergence passes.
+# calls and exits are emitted in every pass, as the kernel does; the others are emitted in the
+# function's first pass and their bytes reused by the later passes (:class:`PassPlan`), which
+# leaves every pass's output as it was and saves most of the time of the convergence passes.
 PASS_INVARIANT_CLASSES = frozenset({isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_ST, isa.BPF_STX, isa.BPF_LDX})
 REUSE_INVARIANT_CODE = True       # False: emit every slot in every pass (the equivalence test's reference)
+
+
+@dataclass
+class InvariantRun:
+    """Consecutive slots ``first``..``first + len(ends) - 1`` of pass-invariant code."""
+
+    first: int
+    code: bytes
+    ends: list[int]         # each slot's addrs[] entry relative to the run's start (lddw: both slots)
+
+
+@dataclass
+class PassPlan:
+    """A function's slots after its first pass: runs of invariant code and the slots emitted every pass."""
+
+    prologue: bytes
+    items: list[InvariantRun | int] = field(default_factory=list)    # an int: a slot index i (1-based)
+
+
+def _plan_invariant(plan: PassPlan, i: int, code: bytes, used: int, size_before: int) -> None:
+    last = plan.items[-1] if plan.items else None
+    if not isinstance(last, InvariantRun):
+        last = InvariantRun(i, b"", [])
+        plan.items.append(last)
+    start = size_before - len(last.code)      # where the run starts in this (first) pass
+    last.code += code
+    last.ends += [size_before + len(code) - start] * used
 
 
 def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
@@ -1241,37 +1267,69 @@ def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
     fn.final_pass = state.image is not None
     if fn.final_pass:
         fn.indirect_jumps.clear()
-    reuse = REUSE_INVARIANT_CODE
-    if fn.prologue_code is None or not reuse:
-        fn.prologue_code = fn.flavour.prologue(fn)
-    out = bytearray(fn.prologue_code)
+    if REUSE_INVARIANT_CODE and fn.plan is not None:
+        return _do_jit_planned(fn, state, fn.plan)
+    out = bytearray(fn.flavour.prologue(fn))
+    plan = PassPlan(bytes(out)) if REUSE_INVARIANT_CODE else None
     addrs = list(state.addrs)
     addrs[0] = len(out)
     insns = fn.insns
-    invariant = fn.invariant_code
     n = len(insns)
     i = 1
     while i <= n:
-        known = invariant.get(i) if reuse else None
-        if known is not None:
-            code, used = known
-        else:
-            insn = insns[i - 1]
-            code, used = do_jit_insn(fn, state, i, insn, len(out))
-            if insn.cls in PASS_INVARIANT_CLASSES or insn.is_lddw:
-                invariant[i] = (code, used)
+        insn = insns[i - 1]
+        code, used = do_jit_insn(fn, state, i, insn, len(out))
         if len(code) > BPF_MAX_INSN_SIZE:
             raise JitError("fatal insn size error")
         end = len(out) + len(code)
         if state.image is not None and end != state.addrs[i + used - 1]:
             raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
+        if plan is not None:
+            if insn.cls in PASS_INVARIANT_CLASSES or insn.is_lddw:
+                _plan_invariant(plan, i, code, used, len(out))
+            else:
+                plan.items.append(i)
         out += code
         # lddw's second slot: the kernel leaves its addrs[] entry stale; we give it the pair's
         # end, so that addrs[] stays monotonic and the second slot owns no code
         for k in range(used):
             addrs[i + k] = end
         i += used
+    fn.plan = plan
     return bytes(out), addrs
+
+
+def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[bytes, list[int]]:
+    """do_jit after the first pass: the invariant runs' bytes and sizes as they were, the rest emitted.
+
+    The checks of the full loop hold for the runs by construction (their code was checked in the
+    first pass; in the final pass a run starts where the previous pass put it when the slot
+    before it, checked here, ends there), so only the emitted slots are checked.
+    """
+    parts = [plan.prologue]
+    size = len(plan.prologue)
+    addrs = list(state.addrs)
+    addrs[0] = size
+    insns = fn.insns
+    final = state.image is not None
+    for item in plan.items:
+        if isinstance(item, InvariantRun):
+            first = item.first
+            addrs[first:first + len(item.ends)] = [size + end for end in item.ends]
+            parts.append(item.code)
+            size += len(item.code)
+            continue
+        code, used = do_jit_insn(fn, state, item, insns[item - 1], size)
+        if len(code) > BPF_MAX_INSN_SIZE:
+            raise JitError("fatal insn size error")
+        end = size + len(code)
+        if final and end != state.addrs[item + used - 1]:
+            raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
+        parts.append(code)
+        for k in range(used):
+            addrs[item + k] = end
+        size = end
+    return b"".join(parts), addrs
 
 
 def jit_function(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:

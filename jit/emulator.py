@@ -233,6 +233,8 @@ class _Registers:
 
 
 READ_BUFFER = 4096              # bytes of the reused buffer small reads go through
+# False: hooks, reads and cache drops through the binding's public API (what the tests compare with)
+NATIVE_CALLS = True
 
 
 class _Native:
@@ -258,6 +260,9 @@ class _Native:
         self._keys: dict[int, int] = {}             # hook handle -> its key
         self._next_key = 1                          # 0 would come back as None
         self._callbacks: dict[object, object] = {}  # (kind, method) -> its ctypes callback, kept alive
+        self._lib = None
+        if not NATIVE_CALLS:
+            return
         try:
             from unicorn.unicorn_py3 import unicorn as binding
 
@@ -482,6 +487,10 @@ class Emulator:
         self.helper_handler: HelperHandler | None = None
         self._value_blocks: list[tuple[int, int, int, int | None]] = []   # (map start, size, base, slack hook)
         self._values_top = VALUES_BASE
+        # The previous scenario's value blocks, by start, still mapped: a block of the same shape at
+        # the same place is reused (mapping and unmapping cost more than zeroing); the others are
+        # unmapped before the first run (_release_spare_values).
+        self._spare_values: dict[int, tuple[int, int, int, int | None]] = {}
         self._entry_hooks: list[int] = []
         self._entries: dict[str, EntryPoint] = {}     # loaded program name -> its entry point
         self._text: list[TextRange] = []
@@ -528,15 +537,37 @@ class Emulator:
         """
         pages = max(round_up(size + header, PAGE) // PAGE, 1)
         start = self._values_top
-        self.uc.mem_map(start, pages * PAGE, UC_PROT_READ | UC_PROT_WRITE)
         self._values_top = start + (pages + 1) * PAGE           # + the guard page
         base = start + pages * PAGE - size
-        hook = None
-        if base > start:
-            hook = self.native.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_value_slack, (base, size),
-                                        start, base - 1)
+        spare = self._spare_values.pop(start, None)
+        if spare is not None and spare[1:3] == (pages * PAGE, base):
+            # the previous scenario's block of the same shape here: zeroed, it is a new one
+            self.uc.mem_write(start, bytes(pages * PAGE))
+            hook = spare[3]
+        else:
+            if spare is not None:
+                self._unmap_values(spare)
+            for other in [b for b in self._spare_values.values() if b[0] < self._values_top and start < b[0] + b[1]]:
+                self._unmap_values(self._spare_values.pop(other[0]))      # in the way of this block or its guard
+            self.uc.mem_map(start, pages * PAGE, UC_PROT_READ | UC_PROT_WRITE)
+            hook = None
+            if base > start:
+                hook = self.native.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_value_slack,
+                                            (base, size), start, base - 1)
         self._value_blocks.append((start, pages * PAGE, base, hook))
         return base
+
+    def _unmap_values(self, block: tuple[int, int, int, int | None]) -> None:
+        start, length, _base, hook = block
+        if hook is not None:
+            self.native.hook_del(hook)
+        self.uc.mem_unmap(start, length)
+
+    def _release_spare_values(self) -> None:
+        """Unmap the previous scenario's blocks this one did not reuse (a wild access there must fault)."""
+        for block in self._spare_values.values():
+            self._unmap_values(block)
+        self._spare_values.clear()
 
     @staticmethod
     def helper_addr(helper_id: int) -> int:
@@ -576,15 +607,17 @@ class Emulator:
         self._entries.clear()
         self._text.clear()
         self._text_bases.clear()
-        for start, length, _base, hook in self._value_blocks:
-            if hook is not None:
-                self.native.hook_del(hook)
-            self.uc.mem_unmap(start, length)
+        self._release_spare_values()
+        self._spare_values = {block[0]: block for block in self._value_blocks}
         self._value_blocks.clear()
         self._values_top = VALUES_BASE
+        used_text = self.images.top
         self.images.rewind(0xCC)   # stale jumps into freed text trap instead of running old code
         self.data.rewind(0)
-        self.uc.ctl_flush_tb()
+        # The translations of the images are stale now; the rest of the text (helpers, thunks,
+        # sentinel) never changes and keeps its translations.
+        if used_text > IMAGE_BASE:
+            self.native.remove_cache(IMAGE_BASE, used_text)
 
     def close(self) -> None:
         """Free the unicorn instance now (idempotent); the emulator is unusable afterwards.
@@ -595,7 +628,7 @@ class Emulator:
         uc = self.__dict__.pop("uc", None)
         if uc is None:
             return
-        value_hooks = [hook for _start, _length, _base, hook in self._value_blocks]
+        value_hooks = [hook for _start, _length, _base, hook in [*self._value_blocks, *self._spare_values.values()]]
         for hook in [*self._entry_hooks, self._helper_hook, self._mem_slack_hook, *value_hooks]:
             if hook is not None:
                 self.native.hook_del(hook)
@@ -685,6 +718,8 @@ class Emulator:
         packet, as the test run allocates them (watched: touching them faults).
         """
         uc = self.uc
+        if self._spare_values:
+            self._release_spare_values()
         self._set_mem(mem, headroom)
         uc.mem_write(STACK_BASE, self._zero_stack)
         uc.context_restore(self._initial_context)
