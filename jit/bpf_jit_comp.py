@@ -565,6 +565,8 @@ class FuncJit:
     # After the first pass: the prologue and the code of the slots no pass can change
     # (see PASS_INVARIANT_CLASSES), which the later passes reuse instead of emitting them again.
     plan: PassPlan | None = None
+    # pass-invariant code by instruction, shared by the compiles of one profile and set of planted bugs
+    invariant_cache: dict | None = None
 
     @property
     def bugs(self) -> frozenset[str]:
@@ -573,14 +575,9 @@ class FuncJit:
 
 def detect_reg_usage(insns: list[Insn]) -> tuple[tuple[bool, bool, bool, bool], bool]:
     """Which of R6-R9 appear anywhere, and whether the function has a tail call."""
-    used = [False] * 4
-    tail_call_seen = False
-    for insn in insns:
-        if insn.opcode == isa.TAIL_CALL_OPCODE:
-            tail_call_seen = True
-        for i, reg in enumerate(CALLEE_REGS):
-            if insn.dst == reg or insn.src == reg:
-                used[i] = True
+    regs = {insn.dst for insn in insns} | {insn.src for insn in insns}
+    used = tuple(reg in regs for reg in CALLEE_REGS)
+    tail_call_seen = any(insn.opcode == isa.TAIL_CALL_OPCODE for insn in insns)
     return (used[0], used[1], used[2], used[3]), tail_call_seen
 
 
@@ -1232,6 +1229,19 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
 # leaves every pass's output as it was and saves most of the time of the convergence passes.
 PASS_INVARIANT_CLASSES = frozenset({isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_ST, isa.BPF_STX, isa.BPF_LDX})
 REUSE_INVARIANT_CODE = True       # False: emit every slot in every pass (the equivalence test's reference)
+# The same instruction has the same pass-invariant code in every program of a profile (with the
+# same planted bugs); generated programs share many (the packet bounds check, the map lookup
+# set-up...): their code is remembered per (profile, bugs), a lddw's by its register and value.
+_INVARIANT_CACHES: dict[tuple[Profile, frozenset[str]], dict] = {}
+INVARIANT_CACHE_LIMIT = 100_000     # entries per cache; a full cache starts over
+
+
+def invariant_cache(profile: Profile, bugs: frozenset[str]) -> dict:
+    key = (profile, bugs)
+    cache = _INVARIANT_CACHES.get(key)
+    if cache is None or len(cache) > INVARIANT_CACHE_LIMIT:
+        cache = _INVARIANT_CACHES[key] = {}
+    return cache
 
 
 @dataclass
@@ -1276,16 +1286,25 @@ def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
     insns = fn.insns
     n = len(insns)
     i = 1
+    shared = fn.invariant_cache if plan is not None else None
     while i <= n:
         insn = insns[i - 1]
-        code, used = do_jit_insn(fn, state, i, insn, len(out))
+        invariant = insn.cls in PASS_INVARIANT_CLASSES or insn.is_lddw
+        if invariant and shared is not None:
+            key = ("lddw", insn.dst, resolve_lddw(fn, insn, insns[i])) if insn.is_lddw else insn
+            known = shared.get(key)
+            if known is None:
+                known = shared[key] = do_jit_insn(fn, state, i, insn, len(out))
+            code, used = known
+        else:
+            code, used = do_jit_insn(fn, state, i, insn, len(out))
         if len(code) > BPF_MAX_INSN_SIZE:
             raise JitError("fatal insn size error")
         end = len(out) + len(code)
         if state.image is not None and end != state.addrs[i + used - 1]:
             raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
         if plan is not None:
-            if insn.cls in PASS_INVARIANT_CLASSES or insn.is_lddw:
+            if invariant:
                 _plan_invariant(plan, i, code, used, len(out))
             else:
                 plan.items.append(i)
@@ -1380,6 +1399,8 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
              for p in xl.pokes]
     bases: dict[int, int] = {}
     funcs: list[FuncJit] = []
+    starts = {s.start: k for k, s in enumerate(xl.subprogs)}
+    shared = invariant_cache(profile, options.bugs) if REUSE_INVARIANT_CODE else None
     for index, sub in enumerate(xl.subprogs):
         insns = xl.insns[sub.start:sub.end]
         fn = FuncJit(
@@ -1388,8 +1409,7 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
             tail_call_reachable=sub.tail_call_reachable, is_subprog=index != 0, profile=profile, env=env,
             options=options, retpoline=retpoline,
             pokes={k: p for k, p in enumerate(pokes) if sub.start <= p.insn_idx < sub.end},
-            func_addr=bases.get, flavour=flavour)
-        starts = {s.start: k for k, s in enumerate(xl.subprogs)}
+            func_addr=bases.get, flavour=flavour, invariant_cache=shared)
         fn.call_target_func = {k: starts[sub.start + k + 1 + insn.imm]
                                for k, insn in enumerate(insns) if insn.is_pseudo_call}
         used, tail_call_seen = detect_reg_usage(insns)
