@@ -198,7 +198,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # -- the emulator's text poking ---------------------------------------------------------------
     Mutation(
         "text-poke-no-tb-flush", "emulator", "jit/emulator.py",
-        "        self.uc.ctl_remove_cache(addr, addr + len(data))",
+        "        self.native.remove_cache(addr, addr + len(data))",
         "        pass",
         "text poking writes the new bytes but does not drop the translated blocks covering them",
         "missing icache / translation-cache flush after text_poke"),
