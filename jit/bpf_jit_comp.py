@@ -1236,6 +1236,11 @@ _INVARIANT_CACHES: dict[tuple[Profile, frozenset[str]], dict] = {}
 INVARIANT_CACHE_LIMIT = 100_000     # entries per cache; a full cache starts over
 
 
+def clear_invariant_cache() -> None:
+    """Forget the remembered code (for measurements that must see the emitters run: line coverage)."""
+    _INVARIANT_CACHES.clear()
+
+
 def invariant_cache(profile: Profile, bugs: frozenset[str]) -> dict:
     key = (profile, bugs)
     cache = _INVARIANT_CACHES.get(key)
@@ -1254,11 +1259,22 @@ class InvariantRun:
 
 
 @dataclass
+class CondJump:
+    """A conditional jump's slot: its compare is pass-invariant, its jcc is not."""
+
+    i: int
+    compare: bytes
+    cond: int
+    off: int
+
+
+@dataclass
 class PassPlan:
     """A function's slots after its first pass: runs of invariant code and the slots emitted every pass."""
 
     prologue: bytes
-    items: list[InvariantRun | int] = field(default_factory=list)    # an int: a slot index i (1-based)
+    # an int: a slot index i (1-based) emitted by do_jit_insn every pass
+    items: list[InvariantRun | CondJump | int] = field(default_factory=list)
 
 
 def _plan_invariant(plan: PassPlan, i: int, code: bytes, used: int, size_before: int) -> None:
@@ -1306,6 +1322,8 @@ def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
         if plan is not None:
             if invariant:
                 _plan_invariant(plan, i, code, used, len(out))
+            elif insn.cls in (isa.BPF_JMP, isa.BPF_JMP32) and insn.op in JMP_COND:
+                plan.items.append(CondJump(i, emit_cond_compare(insn), JMP_COND[insn.op], insn.off))
             else:
                 plan.items.append(i)
         out += code
@@ -1337,6 +1355,18 @@ def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[byte
             addrs[first:first + len(item.ends)] = [size + end for end in item.ends]
             parts.append(item.code)
             size += len(item.code)
+            continue
+        if isinstance(item, CondJump):
+            # do_jit_insn's conditional jump, without finding out again what the slot is
+            i = item.i
+            compare = item.compare
+            jmp_offset = state.addrs[i + item.off] - state.addrs[i]
+            code = compare + emit_jcc(state, i, len(compare), item.cond, jmp_offset)
+            end = size + len(code)
+            if final and end != state.addrs[i]:
+                raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
+            parts.append(code)
+            addrs[i] = size = end
             continue
         code, used = do_jit_insn(fn, state, item, insns[item - 1], size)
         if len(code) > BPF_MAX_INSN_SIZE:

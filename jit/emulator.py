@@ -233,7 +233,8 @@ class _Registers:
 
 
 READ_BUFFER = 4096              # bytes of the reused buffer small reads go through
-# False: hooks, reads and cache drops through the binding's public API (what the tests compare with)
+# False: hooks, reads, cache drops and text writes through the binding's public API, text in
+# unicorn's own memory (what the tests compare with)
 NATIVE_CALLS = True
 
 
@@ -407,25 +408,53 @@ class RawRun:
 
 
 class _BumpRegion:
-    """A growable region of unicorn memory with a bump allocator, rewound per scenario."""
+    """A growable region of unicorn memory with a bump allocator, rewound per scenario.
 
-    def __init__(self, uc: Uc, base: int, align: int, perms: int) -> None:
+    ``host_backed``: the region's memory is host buffers mapped into the machine
+    (``mem_map_ptr``), which :meth:`host_write` fills directly.  For read-only
+    text this matters: unicorn's ``mem_write`` there makes the region writable
+    and read-only again around the copy (two memory-map updates, 20-30 us a
+    write; every image, poke and rewind is one).  What the machine sees is the
+    same memory with the same permissions.
+    """
+
+    def __init__(self, uc: Uc, base: int, align: int, perms: int, host_backed: bool = False) -> None:
         self.uc = uc
         self.base = base
         self.align = align
         self.perms = perms
         self.top = base
         self.mapped_end = base
+        self.host_backed = host_backed
+        self._chunks: list[tuple[int, int, object]] = []     # (start, size, host buffer), ascending
 
     def alloc(self, size: int) -> int:
         addr = round_up(self.top, self.align)
         end = addr + max(size, 1)
         if end > self.mapped_end:
             grow = round_up(end - self.mapped_end, REGION_CHUNK)
-            self.uc.mem_map(self.mapped_end, grow, self.perms)
+            if self.host_backed:
+                buffer = ctypes.create_string_buffer(grow)
+                self.uc.mem_map_ptr(self.mapped_end, grow, self.perms, ctypes.addressof(buffer))
+                self._chunks.append((self.mapped_end, grow, buffer))
+                # the machine's memory must live as long as the machine, whoever holds it
+                self.uc.__dict__.setdefault("bpfdiff_host_buffers", []).append(buffer)
+            else:
+                self.uc.mem_map(self.mapped_end, grow, self.perms)
             self.mapped_end += grow
         self.top = end
         return addr
+
+    def host_write(self, addr: int, data: bytes) -> bool:
+        """Copy ``data`` to ``addr`` in the host buffers; False when they do not hold all of it."""
+        if not self.host_backed or addr < self.base or addr + len(data) > self.mapped_end:
+            return False
+        for start, size, buffer in self._chunks:
+            if addr < start + size and addr + len(data) > start:
+                lo = max(addr, start)
+                hi = min(addr + len(data), start + size)
+                ctypes.memmove(ctypes.addressof(buffer) + lo - start, data[lo - addr:hi - addr], hi - lo)
+        return True
 
     def contains(self, addr: int, n: int) -> bool:
         return self.base <= addr and addr + n <= self.top
@@ -434,7 +463,9 @@ class _BumpRegion:
         """Forget every allocation; overwrite what was used with ``fill`` bytes."""
         used = self.top - self.base
         if used:
-            self.uc.mem_write(self.base, bytes([fill]) * used)
+            data = bytes([fill]) * used
+            if not self.host_write(self.base, data):
+                self.uc.mem_write(self.base, data)
         self.top = self.base
 
 
@@ -469,7 +500,7 @@ class Emulator:
             uc.mem_write(PERCPU_BASE + cpu_number, cpu.to_bytes(4, "little"))
             uc.reg_write(x86.UC_X86_REG_GS_BASE, PERCPU_BASE)
         self._zero_stack = bytes(STACK_SIZE)
-        self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text)
+        self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text, host_backed=NATIVE_CALLS)
         self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data)
         self.regs = _Registers(uc)
         self.native = _Native(uc)
@@ -516,11 +547,16 @@ class Emulator:
         return self.native.read(addr, n)
 
     def write(self, addr: int, data: bytes) -> None:
-        self.uc.mem_write(addr, bytes(data))
+        """Write memory, as the host does: permissions do not apply, translations are kept."""
+        data = bytes(data)
+        if not self.images.host_write(addr, data):
+            self.uc.mem_write(addr, data)
 
     def write_text(self, addr: int, data: bytes) -> None:
         """Write code, and drop every translated block that covers it (else the old code keeps running)."""
-        self.uc.mem_write(addr, bytes(data))
+        data = bytes(data)
+        if not self.images.host_write(addr, data):
+            self.uc.mem_write(addr, data)
         self.native.remove_cache(addr, addr + len(data))
 
     def alloc_image(self, size: int) -> int:
@@ -540,10 +576,17 @@ class Emulator:
         self._values_top = start + (pages + 1) * PAGE           # + the guard page
         base = start + pages * PAGE - size
         spare = self._spare_values.pop(start, None)
-        if spare is not None and spare[1:3] == (pages * PAGE, base):
-            # the previous scenario's block of the same shape here: zeroed, it is a new one
+        if spare is not None and spare[1] == pages * PAGE:
+            # the previous scenario's block of the same size here: zeroed, it is a new one
             self.uc.mem_write(start, bytes(pages * PAGE))
             hook = spare[3]
+            if spare[2] != base:         # the watched slack below the values is another
+                if hook is not None:
+                    self.native.hook_del(hook)
+                hook = None
+                if base > start:
+                    hook = self.native.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_value_slack,
+                                                (base, size), start, base - 1)
         else:
             if spare is not None:
                 self._unmap_values(spare)

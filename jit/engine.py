@@ -130,6 +130,7 @@ class JitEngine(Engine):
                           map_addr=self._map_addr, map_value_addr=self._map_value_addr,
                           indirect_thunk_addr=self.emu.thunk_addr)
         self.prandom = Prandom(seed)
+        self._xdp_writes: dict[int, tuple[tuple[int, bytes], ...]] = {}    # run length -> its context's bytes
         self._scenario: Scenario | None = None
         self._reset_state()
 
@@ -373,6 +374,15 @@ class JitEngine(Engine):
 
     def _xdp_context(self, length: int) -> int:
         """Write the xdp_buff (and what it points to) of a run over ``length`` bytes; its address."""
+        writes = self._xdp_writes.get(length)
+        if writes is None:
+            writes = self._xdp_writes[length] = self._xdp_context_bytes(length)
+        for addr, data in writes:
+            self.emu.write(addr, data)
+        return XDP_CTX_BASE
+
+    def _xdp_context_bytes(self, length: int) -> tuple[tuple[int, bytes], ...]:
+        """(address, bytes) of the xdp_buff, its rxq info and its device for a run over ``length`` bytes."""
         layout = self.profile.xdp
         data = self.emu.packet_start(length)
         buff = bytearray(XDP_RXQ_INFO - XDP_CTX_BASE)
@@ -383,13 +393,11 @@ class JitEngine(Engine):
             fields[layout.off_buff_txq] = 0          # the test run's xdp_buff has no txq
         for off, value in fields.items():
             buff[off:off + 8] = value.to_bytes(8, "little")
-        self.emu.write(XDP_CTX_BASE, bytes(buff))
         rxq = bytearray(XDP_NET_DEVICE - XDP_RXQ_INFO)
         rxq[layout.off_rxq_dev:layout.off_rxq_dev + 8] = XDP_NET_DEVICE.to_bytes(8, "little")
         rxq[layout.off_rxq_queue_index:layout.off_rxq_queue_index + 4] = xdp.RX_QUEUE_INDEX.to_bytes(4, "little")
-        self.emu.write(XDP_RXQ_INFO, bytes(rxq))
-        self.emu.write(XDP_NET_DEVICE + layout.off_netdev_ifindex, xdp.LOOPBACK_IFINDEX.to_bytes(4, "little"))
-        return XDP_CTX_BASE
+        return ((XDP_CTX_BASE, bytes(buff)), (XDP_RXQ_INFO, bytes(rxq)),
+                (XDP_NET_DEVICE + layout.off_netdev_ifindex, xdp.LOOPBACK_IFINDEX.to_bytes(4, "little")))
 
     def _contents(self) -> tuple[tuple[str, MapContents], ...]:
         return tuple((name, bpf_map.contents()) for name, bpf_map in self.maps.items())

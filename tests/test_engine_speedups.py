@@ -7,7 +7,9 @@ What is faster, and the reference each is held against:
   (ALU, loads, stores, ``lddw``) -- reference: every slot emitted in every
   pass, as the kernel does;
 * ``emulator.NATIVE_CALLS``: hooks, small reads and translation-cache drops
-  straight through libunicorn -- reference: the unicorn binding's public API;
+  straight through libunicorn, images in host buffers mapped into the machine
+  and written directly -- reference: the unicorn binding's public API and
+  unicorn's own memory;
 * one long-lived machine per engine: value blocks of the previous scenario
   reused when they have the same shape, the translations of the text that
   never changes (helpers, thunks) kept -- reference: a fresh engine for every
@@ -82,9 +84,17 @@ def test_fast_engine_observes_what_the_reference_does(profile: str, bugs: frozen
 def test_the_reference_really_is_the_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The switches the comparison relies on select the other code."""
     monkeypatch.setattr(emulator, "NATIVE_CALLS", False)
-    assert Emulator(0).native._lib is None
+    slow = Emulator(0)
+    assert slow.native._lib is None and not slow.images.host_backed
     monkeypatch.setattr(emulator, "NATIVE_CALLS", True)
-    assert Emulator(0).native._lib is not None
+    fast = Emulator(0)
+    assert fast.native._lib is not None and fast.images.host_backed
+    # text written by the host is what the machine runs, and stays read-only for the program
+    entry = entry_with_counter(fast)
+    assert fast.run(entry, b"", 100).rax == 1
+    fast.write_text(entry.bpf_func + 2, b"\x07")       # mov eax, 7
+    assert fast.run(entry, b"", 100).rax == 7
+    assert fast.read(entry.bpf_func, 7) == b"\x90\xb8\x07\x00\x00\x00\xc3"
     fn_plans = []
     real = bpf_jit_comp.do_jit
 
