@@ -4,11 +4,14 @@
 
 Three passes over the same seeded scenarios (one core, one process): the
 interpreter alone, the JIT alone, and the differential pair through the
-oracle (what ``bpfdiff fuzz`` does per scenario).  For each: scenarios/s and
-engine runs/s (run events x engines), per second of wall time and per second
-of this process's CPU time (the machine may be shared: the load average is
-printed first).  Targets: the differential pass >= 2,000 engine runs/s on one
-core; a JIT engine run <= 30 bare ``emu_start`` of its image.
+oracle (what ``bpfdiff fuzz`` does per scenario).  Each pass starts with the
+caches a new process has (none: the verifier model's answers and the JIT's
+remembered instruction code are forgotten), so no pass profits from the one
+before.  For each: scenarios/s and engine runs/s (run events x engines), per
+second of wall time and per second of this process's CPU time (the machine
+may be shared: the load average is printed first).  Targets: the
+differential pass >= 2,000 engine runs/s on one core; a JIT engine run <= 30
+bare ``emu_start`` of its images.
 
 For the pair, the share of wall time in each part, measured by wrapping the
 functions that do it:
@@ -22,20 +25,23 @@ comparison       ``compare_outcomes`` in the oracle
 other            the oracle's own bookkeeping, the loop
 
 JIT engine vs bare unicorn, both in CPU seconds of this process (a shared
-machine preempts long passes more than short starts).  The JIT-alone pass
-records the time of each scenario's ``JitEngine.execute``.  For its first K scenarios the engine then
-runs each scenario again (untimed); at every ``emu_start`` of a run it
-copies the whole machine as it is at that moment -- every mapped region with
-its permissions (images with their pokes, maps, stack, context, packet) and
-the registers -- into a second unicorn instance *without any hook*, and
-times ``emu_start`` there from the same entry, with the same stop address and
-instruction budget, several times (memory restored in between, untimed); the
-median of the warm starts (translation cache filled by the first) is that
-run's bare cost.  Helpers there are the helper page's bare ``ret``, so a run
-may take another path after a helper call; the image, the memory and the
-entry are the same.  The multiple printed is (the engine's seconds over those
-scenarios, everything included: verifier model, JIT compile, maps, pokes,
-runs, results) / (the sum of their runs' bare costs).
+machine preempts long passes more than short starts).  The JIT-alone and the
+differential pass record the CPU time of the JIT engine's ``execute`` of
+each scenario (in the differential pass the engine the oracle runs first,
+not its re-runs).  For the first K scenarios a fresh engine then runs each
+scenario again (untimed); at every ``emu_start`` of a run it copies the
+whole machine as it is at that moment -- every mapped region with its
+permissions (images with their pokes, maps, stack, context, packet) and the
+registers -- into a second unicorn instance *without any hook*, and times
+``emu_start`` there from the same entry, with the same stop address and
+instruction budget, several times (memory restored in between, untimed);
+the median of the warm starts (translation cache filled by the first) is
+that run's bare cost.  Helpers there are the helper page's bare ``ret``, so
+a run may take another path after a helper call; the image, the memory and
+the entry are the same.  The multiples printed are (the engine's seconds
+over those scenarios, everything included: JIT compile, maps, pokes, runs,
+results; alone also its verifier model, which the differential pass shares
+with the interpreter) / (the sum of their runs' bare costs).
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ from collections.abc import Callable
 
 from bpfdiff.fuzz import generate, oracle
 from bpfdiff.interp import engine as interp_engine
+from bpfdiff.jit import bpf_jit_comp
 from bpfdiff.jit import emulator as jit_emulator
 from bpfdiff.jit import engine as jit_engine
 from unicorn import Uc, UcError
 from unicorn import x86_const as x86
 
+from bpfdiff import verifier
 from bpfdiff.engine import make_engine
 from bpfdiff.scenario import Run
 
@@ -61,6 +69,13 @@ TIMES: dict[str, float] = defaultdict(float)
 BARE_REPEATS = 5          # starts per run on the bare machine; the first fills the translation cache
 # what the JIT engine sets before a run (emulator.GPRS plus what it starts from)
 BARE_REGS = (*jit_emulator.GPRS, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RFLAGS)
+
+
+def fresh_caches() -> None:
+    """Every pass starts as a new process would: the verifier model's answers and the JIT's
+    remembered instruction code are forgotten (a pass would otherwise reuse the previous pass's)."""
+    verifier.clear_cache()
+    bpf_jit_comp.clear_invariant_cache()
 
 
 def timed(name: str, fn: Callable) -> Callable:
@@ -106,6 +121,7 @@ def single_engine(name: str, profile: str, seconds: float, seed: int,
                   per_scenario: list[tuple[float, int]] | None = None) -> tuple[int, int, float, float]:
     """Scenarios, runs, wall and CPU seconds; ``per_scenario`` gets (CPU seconds, runs) of each scenario."""
     engine = make_engine(name, profile=profile)
+    fresh_caches()
     clock = Clock()
     scenarios = runs = 0
     while time.perf_counter() - clock.wall < seconds:
@@ -121,14 +137,32 @@ def single_engine(name: str, profile: str, seconds: float, seed: int,
     return scenarios, runs, wall, cpu
 
 
-def differential(profile: str, seconds: float, seed: int) -> tuple[int, int, float, float, int]:
+def differential(profile: str, seconds: float, seed: int,
+                 jit_per_scenario: list[tuple[float, int]]) -> tuple[int, int, float, float, int]:
+    """``jit_per_scenario`` gets (CPU seconds, runs) of the JIT engine's own execution of each scenario
+    (not the oracle's re-runs: probes, known kernel bugs)."""
     pool = oracle.EnginePool()
+    main_jit = pool.get("jit", profile, frozenset())
+    real_execute = main_jit.execute
+    spent = [0.0]
+
+    def execute(scenario):
+        start = time.process_time()
+        try:
+            return real_execute(scenario)
+        finally:
+            spent[0] += time.process_time() - start
+
+    main_jit.execute = execute            # this instance only
     TIMES.clear()
+    fresh_caches()
     clock = Clock()
     scenarios = runs = findings = 0
     while time.perf_counter() - clock.wall < seconds:
         s = scenario_from_seed(seed + scenarios, profile)
+        spent[0] = 0.0
         verdict = oracle.run_oracle(s, profile=profile, pool=pool)
+        jit_per_scenario.append((spent[0], run_events(s)))
         findings += not verdict.ok
         scenarios += 1
         runs += run_events(s) * len(verdict.outcomes)
@@ -145,8 +179,9 @@ class BareMachine:
         self.uc: Uc | None = None
         self.regions: list[tuple[int, int, int]] = []
 
-    def time_start(self, source: Uc, begin: int, until: int, count: int) -> float:
-        """Copy ``source`` (memory and registers) and time ``emu_start`` on the copy: the median warm start."""
+    def time_start(self, source: Uc, begin: int, until: int, count: int) -> tuple[float, float]:
+        """Copy ``source`` (memory and registers) and time ``emu_start`` on the copy: the first start
+        (translating the code) and the median of the warm ones."""
         regions = [(start, end + 1 - start, perms) for start, end, perms in source.mem_regions()]
         if self.uc is None or regions != self.regions:
             self.uc = Uc(jit_emulator.UC_ARCH_X86, jit_emulator.UC_MODE_64)
@@ -156,6 +191,7 @@ class BareMachine:
         memory = [(start, bytes(source.mem_read(start, size))) for start, size, _perms in regions]
         registers = [(reg, source.reg_read(reg)) for reg in BARE_REGS]
         uc = self.uc
+        uc.ctl_flush_tb()       # the copy's code is new here (mem_write keeps stale translations)
         times = []
         for _ in range(BARE_REPEATS):
             for start, data in memory:
@@ -168,27 +204,29 @@ class BareMachine:
             except UcError:
                 pass           # the run faults here too (or, after a bare helper, somewhere else)
             times.append(time.process_time() - start)
-        return statistics.median(times[1:])
+        return times[0], statistics.median(times[1:])
 
 
-def bare_costs(profile: str, seed: int, scenarios: int) -> tuple[float, int]:
-    """Total bare ``emu_start`` seconds and runs for the runs of scenarios seed .. seed+scenarios-1."""
+def bare_costs(profile: str, seed: int, scenarios: int) -> tuple[float, float, int]:
+    """Total bare ``emu_start`` seconds (warm, first) and runs for the runs of scenarios seed .. seed+scenarios-1."""
     engine = jit_engine.JitEngine(profile)
     bare = BareMachine()
-    total = [0.0, 0]
+    total = [0.0, 0.0, 0]
     uc = engine.emu.uc
     real_start = uc.emu_start
 
     def recording_start(begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
-        total[0] += bare.time_start(uc, begin, until, count)
-        total[1] += 1
+        first, warm = bare.time_start(uc, begin, until, count)
+        total[0] += warm
+        total[1] += first
+        total[2] += 1
         real_start(begin, until, timeout=timeout, count=count)
 
     uc.emu_start = recording_start        # this engine's instance only
     for k in range(scenarios):
         engine.execute(generate.scenario_from_seed(seed + k, profile))
     engine.close()
-    return total[0], total[1]
+    return total[0], total[1], total[2]
 
 
 def load_average() -> str:
@@ -210,7 +248,7 @@ def main() -> None:
     parser.add_argument("--profile", default="linux-6.1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bare-scenarios", type=int, default=200,
-                        help="JIT-alone scenarios measured against bare unicorn (default: %(default)s)")
+                        help="scenarios measured against bare unicorn (default: %(default)s)")
     args = parser.parse_args()
 
     print(f"profile {args.profile}, {args.seconds:.0f} s per pass, seeds from {args.seed}, one process; "
@@ -223,7 +261,9 @@ def main() -> None:
     scenarios, runs, wall, cpu = single_engine("jit", args.profile, args.seconds, args.seed, jit_scenarios)
     print_rate("jit alone", scenarios, runs, wall, cpu)
     instrument()
-    scenarios, runs, elapsed, cpu, findings = differential(args.profile, args.seconds, args.seed)
+    jit_in_differential: list[tuple[float, int]] = []
+    scenarios, runs, elapsed, cpu, findings = differential(args.profile, args.seconds, args.seed,
+                                                           jit_in_differential)
     print_rate("differential", scenarios, runs, elapsed, cpu, f"   ({findings} scenarios with findings)")
 
     jit_total = TIMES.pop("jit total", 0.0)
@@ -235,21 +275,25 @@ def main() -> None:
         seconds = parts.get(name, 0.0)
         print(f"  {name:<16}{seconds:8.2f} s {100 * seconds / elapsed:6.1f} %")
 
-    sample = jit_scenarios[:args.bare_scenarios]
-    engine_seconds = sum(seconds for seconds, _runs in sample)
-    engine_runs = sum(runs for _seconds, runs in sample)
-    bare_seconds, bare_runs = bare_costs(args.profile, args.seed, len(sample))
-    print(f"\nJIT engine vs bare unicorn emu_start of the same images, first {len(sample)} JIT-alone scenarios "
+    sample = min(len(jit_scenarios), len(jit_in_differential), args.bare_scenarios)
+    bare_seconds, first_seconds, bare_runs = bare_costs(args.profile, args.seed, sample)
+    print(f"\nJIT engine vs bare unicorn emu_start of the same images, seeds {args.seed}..{args.seed + sample - 1} "
           f"({load_average()}):")
-    if engine_runs != bare_runs or not bare_runs:
-        print(f"  runs differ: {engine_runs} timed, {bare_runs} recorded")
-        return
-    engine_per_run = engine_seconds / engine_runs
-    bare_per_run = bare_seconds / bare_runs
+    bare_per_run = bare_seconds / max(bare_runs, 1)
     print(f"  bare emu_start   {1e6 * bare_per_run:9.1f} us CPU per run ({bare_runs} runs, median of "
-          f"{BARE_REPEATS - 1} warm starts each)")
-    print(f"  JIT engine       {1e6 * engine_per_run:9.1f} us CPU per run, everything included")
-    print(f"  JIT engine cost per run: {engine_per_run / bare_per_run:.1f} x a bare emu_start (target <= 30)")
+          f"{BARE_REPEATS - 1} warm starts each; the first start, translating the code: "
+          f"{1e6 * first_seconds / max(bare_runs, 1):.1f} us)")
+    for label, per_scenario in (("in the differential pass (the verifier model's answers shared with the "
+                                 "interpreter, which loads first)", jit_in_differential),
+                                ("alone (its own verifier model)", jit_scenarios)):
+        engine_seconds = sum(seconds for seconds, _runs in per_scenario[:sample])
+        engine_runs = sum(runs for _seconds, runs in per_scenario[:sample])
+        if engine_runs != bare_runs or not bare_runs:
+            print(f"  runs differ: {engine_runs} timed, {bare_runs} recorded")
+            continue
+        engine_per_run = engine_seconds / engine_runs
+        print(f"  JIT engine {label}: {1e6 * engine_per_run:.1f} us CPU per run, everything else included: "
+              f"{engine_per_run / bare_per_run:.1f} x a bare emu_start (target <= 30)")
 
 
 if __name__ == "__main__":
