@@ -72,10 +72,20 @@ from bpfdiff.isa import (
     BPF_END,
     BPF_FETCH,
     BPF_H,
+    BPF_JA,
+    BPF_JEQ,
+    BPF_JGE,
     BPF_JGT,
+    BPF_JLE,
     BPF_JLT,
     BPF_JMP,
     BPF_JMP32,
+    BPF_JNE,
+    BPF_JSET,
+    BPF_JSGE,
+    BPF_JSGT,
+    BPF_JSLE,
+    BPF_JSLT,
     BPF_K,
     BPF_LDX,
     BPF_LSH,
@@ -106,7 +116,8 @@ from bpfdiff.scenario import BPF_ANY, PROG_XDP, Delete, Event, Load, MapDef, Run
 
 T = TypeVar("T")
 
-GENERATOR_VERSION = "3"      # 2: XDP programs (packet through data/data_end); 3: the hierarchy motif
+GENERATOR_VERSION = "4"      # 2: XDP programs (packet through data/data_end); 3: the hierarchy motif;
+                             # 4: every live register folded into R0, far jumps, width-confusing operand pairs
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +250,61 @@ JMP_CLASSES = (BPF_JMP, BPF_JMP32)
 COND_OPS = tuple(sorted(CONDITIONAL_JUMPS))
 MEM_SIZES = (BPF_DW, BPF_W, BPF_H, BPF_B)
 ATOMIC_SIMPLE = (BPF_ADD, BPF_OR, BPF_AND, BPF_XOR)
+# Immediates of a branch on a packet value: splits of byte, half-word and word values.
+BRANCH_IMM = (0x80, 0x7F, 1, 0x40, 0xFF, 0x8000, 0x7FFF, -0x80000000, 0x7FFFFFFF, 0, -1)
+M32 = 0xFFFFFFFF
+
+# Operand pairs (a, b) whose 32-bit and 64-bit readings differ, and the operations that tell them
+# apart (b is the source: the divisor, the shift count, the jump's right-hand side):
+#   and_hi_only      the low halves AND to zero, the high halves do not (jset, and)
+#   lo_equal         equal low halves, different high halves (jeq, jne, unsigned orders, sub, xor, mul)
+#   sign_lo          the low half of a is negative as an s32, a itself positive as an s64 (signed orders)
+#   lo_zero_divisor  b's low half is zero, its high half is not (32-bit: division by zero; 64-bit: not)
+#   shift_count      b's high half set, its low half at or beyond the width (masked by the operation width)
+WIDTH_PAIR_OPS: dict[str, tuple[tuple[str, int], ...]] = {
+    "and_hi_only": (("jmp", BPF_JSET), ("jmp", BPF_JSET), ("alu", BPF_AND)),
+    "lo_equal": (("jmp", BPF_JEQ), ("jmp", BPF_JNE), ("jmp", BPF_JGT), ("jmp", BPF_JGE), ("jmp", BPF_JLT),
+                 ("jmp", BPF_JLE), ("alu", BPF_SUB), ("alu", BPF_XOR), ("alu", BPF_MUL)),
+    "sign_lo": (("jmp", BPF_JSGT), ("jmp", BPF_JSGE), ("jmp", BPF_JSLT), ("jmp", BPF_JSLE)),
+    "lo_zero_divisor": (("alu", BPF_DIV), ("alu", BPF_MOD)),
+    "shift_count": (("alu", BPF_LSH), ("alu", BPF_RSH), ("alu", BPF_ARSH)),
+}
+HALF_CORNERS = (1, 0x80000000, M32, 0x7FFFFFFF, 0x10000)
+
+
+def _half(draw: Draw, nonzero: bool = False) -> int:
+    value = draw.choice(HALF_CORNERS) if draw.boolean(0.5) else draw.integer(0, M32)
+    return value or (1 if nonzero else 0)
+
+
+def width_pair(draw: Draw, kind: str) -> tuple[int, int]:
+    """An operand pair of ``kind`` (see WIDTH_PAIR_OPS), as two u64."""
+    if kind == "and_hi_only":
+        a_lo = _half(draw)
+        b_lo = ~a_lo & M32 & _half(draw)
+        a_hi = _half(draw, nonzero=True)
+        b_hi = (a_hi & _half(draw)) | (a_hi & -a_hi)        # keeps a_hi's lowest set bit
+        return a_hi << 32 | a_lo, b_hi << 32 | b_lo
+    if kind == "lo_equal":
+        lo, a_hi = _half(draw), _half(draw)
+        return a_hi << 32 | lo, (a_hi ^ _half(draw, nonzero=True)) << 32 | lo
+    if kind == "sign_lo":
+        a = draw.choice((0, 1, 0x7FFFFFFF)) << 32 | 0x80000000 | draw.integer(0, 0x7FFFFFFF)
+        b = _half(draw) << 32 | draw.integer(0, 0x7FFFFFFF)
+        return (b, a) if draw.boolean(0.5) else (a, b)
+    if kind == "lo_zero_divisor":
+        return draw.integer(0, (1 << 64) - 1), _half(draw, nonzero=True) << 32
+    if kind == "shift_count":
+        count = draw.choice((0, 1, 31, 32, 33, 63, 64, 0xFFFFFFFF))
+        return draw.choice(CORNER_IMM64), _half(draw, nonzero=True) << 32 | count
+    raise ValueError(f"unknown width pair kind {kind!r}")
+
+
+# Exact-length padding (exact_padding): 64-bit operations with one x86 encoding length.
+PADDING_OPS = (BPF_ADD, BPF_XOR, BPF_SUB, BPF_ADD, BPF_XOR, BPF_AND, BPF_OR)   # mostly bijective
+
+# How the epilogue folds a live register into R0: bijective in each operand (no or/and).
+FOLD_OPS = (BPF_XOR, BPF_ADD, BPF_SUB)
 HELPERS_NO_ARGS = (isa.BPF_FUNC_get_prandom_u32, isa.BPF_FUNC_get_smp_processor_id)
 STACK_SLOTS = 64                    # 8-byte slots in a 512-byte frame
 
@@ -334,6 +400,9 @@ class FunctionBuilder:
         self.regs = SCALAR_REGS              # registers for scalars (all but the packet pointer's)
         self.pkt_reg: int | None = None      # holds `data`, proven for mem_len bytes, once checked
         self.pkt_checks: list[int] = []      # indices of the bounds checks' jumps to the `out` exit
+        # registers holding what a helper, a subprogram or a fetching atomic returned, not yet saved
+        # (see save_fresh)
+        self.fresh: set[int] = set()
 
     # -- register helpers ---------------------------------------------------
     def scalar(self) -> int:
@@ -357,6 +426,25 @@ class FunctionBuilder:
 
     def forget_caller_saved(self) -> None:
         self.scalars -= CALLER_SAVED
+        self.fresh -= CALLER_SAVED
+
+    def save_fresh(self, lost: frozenset[int] = CALLER_SAVED) -> None:
+        """Before a call clobbers ``lost``: store the fresh values there to the packet.
+
+        What a helper or a fetching atomic returned is often dead by the exit
+        (the next call clobbers R0-R5; a tail call that is taken drops every
+        register), so a wrong value there would never reach what the engines
+        compare.  Stored to the packet -- which the oracle compares, the kernel
+        engines included -- it does.  No register changes (they may be the
+        call's arguments).
+        """
+        if not self.fresh & self.scalars & lost or not self.draw.boolean(0.85):
+            return
+        pkt = self.packet()           # may take registers: only what is still live is stored
+        for reg in sorted(self.fresh & self.scalars & lost):
+            off = 8 * self.draw.integer(0, self.gen.maps.mem_len // 8 - 1)
+            self.insns.append(stx(BPF_DW, pkt, reg, off))
+        self.fresh -= lost
 
     def forget_packet_after_call(self, sub: int) -> None:
         """A subprogram that reaches a tail call makes the verifier forget the packet pointers of
@@ -455,7 +543,7 @@ class FunctionBuilder:
         self.insns.append(jump)
         self.insns.extend(body)
 
-    def block_loop(self) -> None:
+    def block_loop(self, long_body: bool = False) -> None:
         draw = self.draw
         counter = draw.choice(self.regs)
         start = draw.integer(0, 3)
@@ -465,11 +553,187 @@ class FunctionBuilder:
         # the checker's loop rule: the counter's mov comes right before the body
         self.insns.append(mov64_imm(counter, start))
         self.scalars.add(counter)
-        body = self.straight(draw.integer(1, 4), avoid=frozenset({counter}))
+        avoid = frozenset({counter})
+        # the back-edge spans the body, `add rC, 1` and `cmp rC, imm8` (4 bytes each) and the jump
+        # itself (2 bytes short, 6 long): bodies of 110..118 bytes are short jumps of -120..-128
+        if long_body:
+            body = self.padding(draw.integer(104, 124) if draw.boolean(0.85) else draw.integer(256, 384), avoid)
+        else:
+            body = self.straight(draw.integer(1, 4), avoid=avoid)
         self.insns.extend(body)
         self.insns.append(alu(BPF_ALU64, BPF_ADD, counter, imm=1))
         back = -(len(body) + 2)
         self.insns.append(Insn(BPF_JMP | BPF_JLT | BPF_K, counter, 0, back, start + trips))
+
+    # -- far jumps: long blocks around the x86 JIT's short/long jump boundary ------------------------
+    # A short jump reaches 127 bytes forward (123 since the convergence fix: the profile's
+    # jit_imm8_jmp_max) and 128 back.  Most paddings aim at the boundary: instructions whose x86
+    # encodings have one length whatever the registers (PADDING_OPS, see exact_padding) adding up to
+    # a chosen number of bytes.  The others are random ALU instructions (about 6 x86 bytes each,
+    # 3 to 10 per program), 2 to 60 of them: short jumps, and long ones far beyond the boundary.
+    PADDING_ANY = (2, 60)
+
+    def padding(self, target: int | None = None, avoid: frozenset[int] = frozenset()) -> list[Insn]:
+        """Straight-line ALU instructions on live registers: what a far jump jumps over.
+
+        ``target``: the x86 bytes to aim at, most of the time exactly.
+        """
+        draw = self.draw
+        if not self.scalars - avoid:
+            self.init_reg(draw.choice([r for r in self.regs if r not in avoid]))
+        if target is not None and draw.boolean(0.75):
+            return self.exact_padding(max(target, 0), avoid)
+        return self.straight(draw.integer(*self.PADDING_ANY), avoid)
+
+    def exact_padding(self, nbytes: int, avoid: frozenset[int]) -> list[Insn]:
+        """64-bit add/sub/and/or/xor on live registers, ``nbytes`` x86 bytes in all.
+
+        x86-64 encodings (every JIT flavour): with a register source REX.W, opcode, ModRM (3
+        bytes); with an immediate that fits in a signed byte REX.W, 0x83, ModRM, imm8 (4); with
+        a wider one REX.W, 0x81, ModRM, imm32 (7; 6 for rax, BPF R0, which we do not use there).
+        3 and 4 make every length but 1, 2 and 5 (rounded up).
+        """
+        draw = self.draw
+        regs = sorted(self.scalars - avoid)
+        wide = [r for r in regs if r != 0]
+        out: list[Insn] = []
+        left = nbytes + 1 if nbytes in (1, 2, 5) else nbytes
+        while left:
+            # mostly the 7-byte form: fewer slots for the same distance
+            sizes = [(n, w) for n, w in (((7, 6), (4, 1), (3, 1)) if wide else ((4, 1), (3, 1)))
+                     if n <= left and left - n not in (1, 2, 5)]
+            size = weighted(draw, sizes)
+            op = draw.choice(PADDING_OPS)
+            if size == 3:
+                dst = draw.choice(regs)
+                out.append(alu(BPF_ALU64, op, dst, draw.choice([r for r in regs if r != dst] or regs), source=BPF_X))
+            elif size == 4:
+                out.append(alu(BPF_ALU64, op, draw.choice(regs), imm=draw.integer(-128, 127)))
+            else:
+                imm = draw.integer(128, 0x7FFFFFFF) * draw.choice((1, -1))
+                out.append(alu(BPF_ALU64, op, draw.choice(wide), imm=imm))
+            left -= size
+        return out
+
+    def forward_target(self) -> int:
+        """Bytes for a forward jump: around the profile's largest short displacement, or far beyond."""
+        edge = self.gen.profile.jit_imm8_jmp_max
+        if self.draw.boolean(0.85):
+            return self.draw.integer(edge - 8, edge + 8)
+        return self.draw.integer(2 * edge + 2, 3 * edge)
+
+    def opaque_scalar(self) -> int:
+        """A register loaded from the packet: a value the verifier cannot predict.
+
+        A branch on it is not removed as dead code (``opt_hard_wire_dead_code_branches``,
+        which the JIT would then never see), and it goes both ways across runs.
+        """
+        draw = self.draw
+        pkt = self.packet()
+        size = draw.choice(MEM_SIZES)
+        nbytes = isa.SIZE_BYTES[size]
+        dst = draw.choice(self.regs)
+        self.insns.append(ldx(size, dst, pkt, nbytes * draw.integer(0, self.gen.maps.mem_len // nbytes - 1)))
+        self.scalars.add(dst)
+        return dst
+
+    def branch(self, reg: int, skip: int) -> Insn:
+        """A conditional jump on ``reg`` over ``skip`` slots."""
+        draw = self.draw
+        cls, op = draw.choice(JMP_CLASSES), draw.choice(COND_OPS)
+        others = sorted(self.scalars - {reg})
+        if others and draw.boolean(0.3):
+            return Insn(cls | op | BPF_X, reg, draw.choice(others), skip, 0)
+        imm = draw.choice(BRANCH_IMM) if draw.boolean(0.7) else self.imm32()
+        return Insn(cls | op | BPF_K, reg, 0, skip, imm)
+
+    def shape_far_cond(self) -> None:
+        """``if (packet value) goto +N`` over N padding instructions."""
+        reg = self.opaque_scalar()
+        body = self.padding(self.forward_target())     # the jump's displacement is the padding
+        self.insns.append(self.branch(reg, len(body)))
+        self.insns.extend(body)
+
+    def shape_diamond(self) -> None:
+        """if/else: ``jcc else; THEN; ja end; else: ELSE; end:`` -- the ``ja`` crosses ELSE."""
+        reg = self.opaque_scalar()
+        then = self.padding()
+        other = self.padding(self.forward_target())      # the ja's displacement
+        self.insns.append(self.branch(reg, len(then) + 1))
+        self.insns.extend(then)
+        self.insns.append(Insn(BPF_JMP | BPF_JA, 0, 0, len(other), 0))
+        self.insns.extend(other)
+
+    def shape_long_loop(self) -> None:
+        """A counter loop with a long body: its back-edge is a far backward jump."""
+        self.block_loop(long_body=True)
+
+    def shape_early_exit(self) -> None:
+        """``if (packet value) { R0 = fold; exit }`` then padding: every later exit jumps back over it.
+
+        The x86 JIT emits the epilogue at a function's first exit and turns
+        every other exit into a ``jmp`` back to it: the padding and what follows
+        make that backward jump far.  Placed at the end of a function (nothing
+        but padding is skipped when the exit is taken).
+        """
+        reg = self.opaque_scalar()
+        at = len(self.insns)
+        self.insns.append(EXIT)                  # the branch, once the exit path's length is known
+        live = set(self.scalars)
+        self.fold_into_r0()
+        self.insns.append(EXIT)
+        self.scalars = live                     # the fall-through path did not run the fold
+        self.insns[at] = self.branch(reg, len(self.insns) - at - 1)
+        # the last exit jumps back over this padding, the epilogue (about 10 bytes) and the last
+        # fold (3 bytes a register, 10 for the high half)
+        fold = 3 * len(self.scalars) + 10
+        back = self.draw.integer(110, 134) if self.draw.boolean(0.85) else self.draw.integer(260, 384)
+        self.insns.extend(self.padding(back - fold - 10))
+
+    # -- operands that tell a 32-bit operation from a 64-bit one ----------------------------------
+    def hidden_const(self, reg: int, value: int) -> None:
+        """``reg = value`` through the stack (two 4-byte stores, one 8-byte load).
+
+        The verifier reads the 8 bytes back as an unknown scalar, so branches on
+        it stay in the program (a constant would have them hard-wired away)
+        while every run sees the same, chosen value.
+        """
+        off = self.stack_slot()
+        self.insns += [st(BPF_W, FP, off, isa.to_s32(value & M32)), st(BPF_W, FP, off + 4, isa.to_s32(value >> 32)),
+                       ldx(BPF_DW, reg, FP, off)]
+        self.mark_written(off, 8)
+        self.scalars.add(reg)
+
+    def shape_width_pair(self) -> None:
+        """An operation on an operand pair whose 32-bit and 64-bit results differ (see :func:`width_pair`).
+
+        A jump skips a write to a live register; an ALU result stays live:
+        either way the outcome reaches R0 through the epilogue's fold.
+        """
+        draw = self.draw
+        kind = draw.choice(tuple(WIDTH_PAIR_OPS))
+        a, b = width_pair(draw, kind)
+        where, op = draw.choice(WIDTH_PAIR_OPS[kind])
+        ra = draw.choice(self.regs)
+        rb = draw.choice([r for r in self.regs if r != ra])
+        self.hidden_const(ra, a)
+        if where == "alu":
+            self.hidden_const(rb, b)
+            cls = BPF_ALU if draw.boolean(0.7) else BPF_ALU64
+            off = 1 if (op in DIV_OPS and self.gen.options.cpu_v4 and draw.boolean(0.3)) else 0
+            self.insns.append(alu(cls, op, ra, rb, source=BPF_X, off=off))
+            self.fresh.add(ra)             # saved before a call clobbers it, like a helper's result
+            return
+        cls = BPF_JMP32 if draw.boolean(0.7) else BPF_JMP
+        body = [alu(BPF_ALU64, BPF_XOR, ra, imm=draw.choice((1, -1, 0x100, 0x7FFFFFFF)))]
+        self.fresh.add(ra)
+        if draw.boolean(0.7):
+            self.hidden_const(rb, b)
+            jump = Insn(cls | op | BPF_X, ra, rb, len(body), 0)
+        else:
+            jump = Insn(cls | op | BPF_K, ra, 0, len(body), isa.to_s32(b & M32))
+        self.insns.append(jump)
+        self.insns.extend(body)
 
     # -- stack ---------------------------------------------------------------
     def stack_slot(self) -> int:
@@ -530,13 +794,16 @@ class FunctionBuilder:
             imm = draw.choice(ATOMIC_SIMPLE)
         elif op == "fetch":
             imm = draw.choice(ATOMIC_SIMPLE) | BPF_FETCH
+            self.fresh.add(src)
         elif op == "xchg":
             imm = BPF_XCHG
+            self.fresh.add(src)
         else:
             if 0 not in self.scalars:           # R0 is the comparand
                 self.insns.append(mov64_imm(0, self.imm32()))
                 self.scalars.add(0)
             imm = BPF_CMPXCHG
+            self.fresh.add(0)
         return Insn(BPF_STX | BPF_ATOMIC | size, base, src, off, imm)
 
     # -- the XDP context (R6) and the packet -----------------------------------
@@ -559,9 +826,11 @@ class FunctionBuilder:
         if self.pkt_reg is not None:
             return self.pkt_reg
         draw = self.draw
-        pkt = draw.choice(PACKET_REGS)
+        # registers that hold no live value first: a live one taken here would be lost
+        pkt = draw.choice([r for r in PACKET_REGS if r not in self.scalars] or PACKET_REGS)
         self.regs = tuple(r for r in SCALAR_REGS if r != pkt)
-        end, tmp = draw.choice([(e, t) for e in self.regs for t in self.regs if e != t])
+        pairs = [(e, t) for e in self.regs for t in self.regs if e != t]
+        end, tmp = draw.choice([(e, t) for e, t in pairs if e not in self.scalars and t not in self.scalars] or pairs)
         self.scalars -= {pkt, end, tmp}
         self.insns.append(ldx(BPF_W, pkt, CTX_REG, xdp.XDP_MD_DATA))
         self.insns.append(ldx(BPF_W, end, CTX_REG, xdp.XDP_MD_DATA_END))
@@ -621,6 +890,7 @@ class FunctionBuilder:
 
     def block_lookup(self) -> None:
         draw = self.draw
+        self.save_fresh()
         mapdef = draw.choice(self.gen.maps.data_maps)
         key_off = self.put_key(mapdef)
         self.map_call_args(mapdef, key_off)
@@ -651,6 +921,8 @@ class FunctionBuilder:
                 if not self.gen.profile.atomic_fetch:
                     imm = BPF_ADD               # before v5.12: BPF_XADD, add only
                 guarded.append(Insn(BPF_STX | BPF_ATOMIC | size, 0, src, voff, imm))
+                if imm & BPF_FETCH:
+                    self.fresh.add(src)
         self.insns.append(Insn(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded), 0))
         self.insns.extend(guarded)
         # registers first written under the guard are not initialised on the NULL path
@@ -658,6 +930,7 @@ class FunctionBuilder:
 
     def block_update(self) -> None:
         draw = self.draw
+        self.save_fresh()
         mapdef = draw.choice(self.gen.maps.data_maps)
         key_off = self.put_key(mapdef)
         value_off = -8 * draw.integer(mapdef.value_size // 8, self.stack_slots)
@@ -675,26 +948,32 @@ class FunctionBuilder:
         self.insns.append(call_helper(isa.BPF_FUNC_map_update_elem))
         self.forget_caller_saved()
         self.scalars.add(0)
+        self.fresh.add(0)
 
     def block_delete(self) -> None:
         hashes = [m for m in self.gen.maps.data_maps if m.kind == "hash"]
         if not hashes:
             self.block_update()
             return
+        self.save_fresh()
         mapdef = self.draw.choice(hashes)
         key_off = self.put_key(mapdef)
         self.map_call_args(mapdef, key_off)
         self.insns.append(call_helper(isa.BPF_FUNC_map_delete_elem))
         self.forget_caller_saved()
         self.scalars.add(0)
+        self.fresh.add(0)
 
     def block_helper(self) -> None:
+        self.save_fresh()
         self.insns.append(call_helper(self.draw.choice(HELPERS_NO_ARGS)))
         self.forget_caller_saved()
         self.scalars.add(0)
+        self.fresh.add(0)
 
     # -- tail calls and subprogram calls ----------------------------------
     def tail_call_site(self, map_name: str, key: int | None) -> None:
+        self.save_fresh(frozenset(SCALAR_REGS))     # a tail call that is taken drops every register
         self.insns.append(mov64_reg(1, CTX_REG))
         self.scalars.discard(1)
         if key is None:
@@ -733,6 +1012,7 @@ class FunctionBuilder:
         if sub is None:
             self.block_alu()
             return
+        self.save_fresh()
         self.insns.append(mov64_reg(1, CTX_REG))
         self.scalars.discard(1)
         if self.scalars and self.draw.boolean(0.7):
@@ -744,11 +1024,13 @@ class FunctionBuilder:
         self.forget_caller_saved()
         self.forget_packet_after_call(sub)
         self.scalars.add(0)
+        self.fresh.add(0)
 
     def repeat_call(self) -> None:
         """Call the subprogram of the last ``call local`` again (same arguments' shape)."""
         if not self.calls:
             return
+        self.save_fresh()
         self.insns.append(mov64_reg(1, CTX_REG))
         self.insns.append(mov64_imm(2, self.imm32()))
         self.calls.append((len(self.insns), self.calls[-1][1]))
@@ -756,11 +1038,18 @@ class FunctionBuilder:
         self.forget_caller_saved()
         self.forget_packet_after_call(self.calls[-1][1])
         self.scalars.add(0)
+        self.fresh.add(0)
 
     BLOCKS: tuple[tuple[str, int], ...] = (
         ("alu", 30), ("alu32_upper", 3), ("lddw", 3), ("cond", 8), ("loop", 3), ("spill", 5), ("fill", 4), ("mem", 6),
         ("lookup", 5), ("update", 2), ("delete", 1), ("helper", 2), ("atomic_stack", 3),
         ("tail_call", 9), ("call_local", 4), ("ctx_field", 1),
+    )
+
+    # extra shapes per function (0, 1 or 2), and which
+    SHAPE_COUNT: tuple[tuple[int, int], ...] = ((0, 12), (1, 6), (2, 2))
+    SHAPES: tuple[tuple[str, int], ...] = (
+        ("width_pair", 10), ("far_cond", 3), ("diamond", 2), ("long_loop", 2), ("early_exit", 2),
     )
 
     def build(self) -> list[Insn]:
@@ -773,6 +1062,9 @@ class FunctionBuilder:
         nblocks = draw.integer(1, self.gen.options.max_blocks)
         forced_at = {draw.integer(0, nblocks): site for site in self.forced_sites}
         call_at = draw.integer(0, nblocks) if self.force_call else -1
+        # shapes come on top of the blocks, so the blocks (tail calls...) keep their rates
+        shapes = [(draw.integer(0, nblocks), weighted(draw, self.SHAPES))
+                  for _ in range(weighted(draw, self.SHAPE_COUNT))]
         blocks = [(name, w) for name, w in self.BLOCKS if self.allowed(name)]
         for i in range(nblocks + 1):
             if i in forced_at:
@@ -781,8 +1073,13 @@ class FunctionBuilder:
                 self.block_call_local()
                 if self.plan.call_twice and not self.is_subprog:
                     self.repeat_call()
+            for at, shape in shapes:
+                if at == i and shape != "early_exit":
+                    getattr(self, "shape_" + shape)()
             if i < nblocks:
                 getattr(self, "block_" + weighted(draw, blocks))()
+        if any(shape == "early_exit" for _, shape in shapes):
+            self.shape_early_exit()
         self.finish()
         return self.insns
 
@@ -806,20 +1103,40 @@ class FunctionBuilder:
         return True
 
     def epilogue(self) -> None:
-        """Set R0 and exit; usually R0 folds every live scalar in, so a wrong bit anywhere shows."""
+        """Fold every live scalar into R0 and exit."""
+        self.fold_into_r0()
+        self.insns.append(EXIT)
+
+    def fold_into_r0(self) -> None:
+        """R0 = a combination of every live (initialised, scalar) register, R0's own value included.
+
+        Each register goes in through a 64-bit ``xor``/``add``/``sub``, which
+        are bijective in each operand: a wrong bit anywhere changes R0.  Then
+        the high half is folded into the low one (``r0 ^= r0 >> 32``, also
+        bijective), because the kernel engines compare R0 on 32 bits only
+        (``BPF_PROG_TEST_RUN``'s retval).  Only scalars are folded: a pointer in
+        R0 at exit is refused ("R0 leaks addr").
+        """
         draw = self.draw
         regs = sorted(self.scalars)
-        if regs and draw.boolean(0.85):
+        if not regs:
+            self.insns.append(mov64_imm(0, self.imm32()))
+            self.scalars.add(0)
+            return
+        if 0 not in self.scalars:
             first = draw.choice(regs)
             self.insns.append(mov64_reg(0, first))
-            rest = [r for r in regs if r != first] if draw.boolean(0.6) else \
-                [draw.choice(regs) for _ in range(draw.integer(0, 2))]
-            for reg in rest:
-                op = draw.choice((BPF_XOR, BPF_ADD, BPF_OR))
-                self.insns.append(alu(BPF_ALU64, op, 0, reg, source=BPF_X))
+            regs.remove(first)
         else:
-            self.insns.append(mov64_imm(0, self.imm32()))
-        self.insns.append(EXIT)
+            regs.remove(0)
+        for reg in regs:
+            self.insns.append(alu(BPF_ALU64, draw.choice(FOLD_OPS), 0, reg, source=BPF_X))
+        self.scalars.add(0)
+        if draw.boolean(0.9):           # not in a minimal (shrunk) scenario: three slots less
+            scratch = draw.choice([r for r in self.regs if r != 0])
+            self.insns += [mov64_reg(scratch, 0), alu(BPF_ALU64, BPF_RSH, scratch, imm=32),
+                           alu(BPF_ALU64, BPF_XOR, 0, scratch, source=BPF_X)]
+            self.scalars.add(scratch)
 
 
 # ---------------------------------------------------------------------------

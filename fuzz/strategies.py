@@ -15,7 +15,9 @@ Strategies (all composable with ordinary hypothesis combinators):
 ``corner_constants()``     64-bit ``lddw`` constants, corner cases first
 ``alu_insns()``            one ALU/ALU64 instruction over initialised registers
 ``blocks(kind)``           one generator block (``alu``, ``loop``, ``lookup``, ``tail_call``, ...)
-                           in a valid one-program, one-run scenario
+                           or shape (``far_cond``, ``diamond``, ``long_loop``, ``early_exit``,
+                           ``width_pair``) in a valid one-program, one-run scenario
+``width_pairs(kind)``      operand pairs whose 32-bit and 64-bit readings differ
 ``programs(profile)``      one program with its subprograms
 ``maps(profile)``          the map definitions of a scenario
 ``events(profile)``        the event list of a scenario (with its programs: ``(programs, events)``)
@@ -31,11 +33,13 @@ from bpfdiff.fuzz.generate import (
     CORNER_IMM32,
     CORNER_IMM64,
     SCALAR_REGS,
+    WIDTH_PAIR_OPS,
     FunctionBuilder,
     GenOptions,
     ProgramPlan,
     ScenarioGenerator,
     generate_scenario,
+    width_pair,
 )
 from hypothesis import strategies as st
 
@@ -94,15 +98,23 @@ def alu_insns(draw, profile: str = DEFAULT_PROFILE) -> Insn:
 
 
 BLOCK_KINDS = tuple(name for name, _ in FunctionBuilder.BLOCKS)
+SHAPE_KINDS = tuple(name for name, _ in FunctionBuilder.SHAPES)
+
+
+@st.composite
+def width_pairs(draw, kind: str | None = None) -> tuple[int, int]:
+    """``(a, b)``: an operand pair of ``kind`` (see ``generate.WIDTH_PAIR_OPS``), b the source operand."""
+    name = kind or draw(st.sampled_from(tuple(WIDTH_PAIR_OPS)))
+    return width_pair(HypothesisDraw(draw), name)
 
 
 @st.composite
 def blocks(draw, kind: str | None = None, profile: str = DEFAULT_PROFILE) -> Scenario:
     """One generator block, wrapped in the function prologue and epilogue, as a one-run scenario."""
     fb = _builder(draw, profile)
-    name = kind or draw(st.sampled_from(BLOCK_KINDS))
+    name = kind or draw(st.sampled_from(BLOCK_KINDS + SHAPE_KINDS))
     fb.insns.append(Insn(0xBF, 6, 1))                  # mov r6, r1: the context, as in every function
-    getattr(fb, "block_" + name)()
+    getattr(fb, ("shape_" if name in SHAPE_KINDS else "block_") + name)()
     fb.finish()
     gen = fb.gen
     functions = [fb.insns] + gen.subprogs

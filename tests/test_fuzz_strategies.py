@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 from bpfdiff.fuzz.checker import check_scenario
-from bpfdiff.fuzz.strategies import BLOCK_KINDS, alu_insns, blocks, corner_immediates, events, maps, scenarios
+from bpfdiff.fuzz.strategies import (
+    BLOCK_KINDS,
+    SHAPE_KINDS,
+    alu_insns,
+    blocks,
+    corner_immediates,
+    events,
+    maps,
+    scenarios,
+    width_pairs,
+)
 from hypothesis import HealthCheck, find, given, settings
 
 from bpfdiff import isa
@@ -35,7 +45,7 @@ def test_alu_insns_are_encodable_and_respect_verifier_constants(insn):
         assert insn.imm != 0
 
 
-@pytest.mark.parametrize("kind", BLOCK_KINDS)
+@pytest.mark.parametrize("kind", BLOCK_KINDS + SHAPE_KINDS)
 def test_every_block_kind_is_a_valid_program(kind):
     @settings(max_examples=15, deadline=None)
     @given(blocks(kind))
@@ -43,6 +53,14 @@ def test_every_block_kind_is_a_valid_program(kind):
         assert check_scenario(s, "linux-6.1") == [], kind
 
     check()
+
+
+@FAST
+@given(width_pairs("and_hi_only"), width_pairs("lo_zero_divisor"), width_pairs())
+def test_width_pairs_differ_between_32_and_64_bits(jset, div, any_pair):
+    assert jset[0] & jset[1] & 0xFFFFFFFF == 0 and (jset[0] & jset[1]) >> 32
+    assert div[1] & 0xFFFFFFFF == 0 and div[1]
+    assert all(0 <= v < 1 << 64 for v in any_pair)
 
 
 @FAST
