@@ -36,6 +36,17 @@ all of them -- ``tests/test_fuzz_generate.py`` asserts it over many seeds):
 * pointers (packet pointers included) never reach R0, the maps or the
   packet: the engines lay memory out differently, so a leaked address would
   be a false divergence;
+* every live scalar reaches what the engines compare: each exit folds them all
+  into R0 (64-bit ``xor``/``add``/``sub``, then ``r0 ^= r0 >> 32`` for the
+  kernel engines' 32-bit R0), and what a helper, a subprogram or a fetching
+  atomic returned is stored to the packet before a call would clobber it;
+* *shapes* on top of the blocks: far jumps (a branch over padding, if/else
+  with a ``ja``, loops with long bodies, an early exit that every later exit
+  jumps back over) whose x86 displacements are aimed at the JIT's short/long
+  boundary (fixed-length padding, see ``exact_padding``), and operand pairs
+  whose 32-bit and 64-bit readings differ (``width_pair``: jset, jmp32, div,
+  mod, shifts), loaded through the stack so that the verifier does not know
+  them and keeps the branches;
 * tail-call sites: ``mov r1, r6; mov r3, KEY; lddw r2, map:PA; call 12``
   (constant key: a direct site when KEY < max_entries) or ``mov r3, rX``
   (register key: indirect); bpf-to-bpf calls pass the context in R1 and one
@@ -251,7 +262,7 @@ COND_OPS = tuple(sorted(CONDITIONAL_JUMPS))
 MEM_SIZES = (BPF_DW, BPF_W, BPF_H, BPF_B)
 ATOMIC_SIMPLE = (BPF_ADD, BPF_OR, BPF_AND, BPF_XOR)
 # Immediates of a branch on a packet value: splits of byte, half-word and word values.
-BRANCH_IMM = (0x80, 0x7F, 1, 0x40, 0xFF, 0x8000, 0x7FFF, -0x80000000, 0x7FFFFFFF, 0, -1)
+BRANCH_IMM = (0x80, 0x7F, 1, 0x40, 0xFE, 0x8000, 0x7FFF, 0xFFFE, 0x80000000, 0x7FFFFFFE, -0x80000000, 0, -1)
 M32 = 0xFFFFFFFF
 
 # Operand pairs (a, b) whose 32-bit and 64-bit readings differ, and the operations that tell them
@@ -307,6 +318,11 @@ PADDING_OPS = (BPF_ADD, BPF_XOR, BPF_SUB, BPF_ADD, BPF_XOR, BPF_AND, BPF_OR)   #
 FOLD_OPS = (BPF_XOR, BPF_ADD, BPF_SUB)
 HELPERS_NO_ARGS = (isa.BPF_FUNC_get_prandom_u32, isa.BPF_FUNC_get_smp_processor_id)
 STACK_SLOTS = 64                    # 8-byte slots in a 512-byte frame
+
+
+def jump_over(jump: Insn, skip: int) -> Insn:
+    """``jump`` with its offset set to skip ``skip`` slots."""
+    return Insn(jump.opcode, jump.dst, jump.src, skip, jump.imm)
 
 
 def alu(cls: int, op: int, dst: int, src: int = 0, imm: int = 0, source: int = BPF_K, off: int = 0) -> Insn:
@@ -622,44 +638,61 @@ class FunctionBuilder:
             return self.draw.integer(edge - 8, edge + 8)
         return self.draw.integer(2 * edge + 2, 3 * edge)
 
-    def opaque_scalar(self) -> int:
-        """A register loaded from the packet: a value the verifier cannot predict.
+    def opaque_scalar(self, size: int | None = None) -> tuple[int, int]:
+        """A register loaded from the packet, and the load's size in bytes: a value the verifier cannot predict.
 
         A branch on it is not removed as dead code (``opt_hard_wire_dead_code_branches``,
         which the JIT would then never see), and it goes both ways across runs.
         """
         draw = self.draw
         pkt = self.packet()
-        size = draw.choice(MEM_SIZES)
+        size = draw.choice(MEM_SIZES) if size is None else size
         nbytes = isa.SIZE_BYTES[size]
         dst = draw.choice(self.regs)
         self.insns.append(ldx(size, dst, pkt, nbytes * draw.integer(0, self.gen.maps.mem_len // nbytes - 1)))
         self.scalars.add(dst)
-        return dst
+        return dst, nbytes
 
-    def branch(self, reg: int, skip: int) -> Insn:
-        """A conditional jump on ``reg`` over ``skip`` slots."""
+    def branch(self, reg: int, nbytes: int) -> Insn:
+        """A conditional jump on ``reg``, an ``nbytes`` packet load; its offset is set by :func:`jump_over`.
+
+        The verifier knows such a value lies in [0, 2**(8*nbytes) - 1]: the
+        immediate stays strictly inside that range (and, for a 64-bit compare,
+        below 2**31, as it is sign-extended), so that no comparison is decided
+        in advance; a register operand is a second packet load of the same size.
+        """
         draw = self.draw
         cls, op = draw.choice(JMP_CLASSES), draw.choice(COND_OPS)
-        others = sorted(self.scalars - {reg})
-        if others and draw.boolean(0.3):
-            return Insn(cls | op | BPF_X, reg, draw.choice(others), skip, 0)
-        imm = draw.choice(BRANCH_IMM) if draw.boolean(0.7) else self.imm32()
-        return Insn(cls | op | BPF_K, reg, 0, skip, imm)
+        size = next(k for k, v in isa.SIZE_BYTES.items() if v == nbytes)
+        if draw.boolean(0.3):
+            other, _ = self.opaque_scalar(size)
+            if other != reg:
+                return Insn(cls | op | BPF_X, reg, other, 0, 0)
+            reg, _ = self.opaque_scalar(size)      # the second load took reg: load it again elsewhere
+            if reg != other:
+                return Insn(cls | op | BPF_X, reg, other, 0, 0)
+        if nbytes == 8:
+            imm = draw.choice(BRANCH_IMM) if draw.boolean(0.7) else self.imm32()
+        else:
+            top = min((1 << (8 * nbytes)) - 1, 0x7FFFFFFF if cls == BPF_JMP else M32)
+            corners = [v for v in BRANCH_IMM if 1 <= v < top] if op != BPF_JSET else []
+            imm = draw.choice(corners) if corners and draw.boolean(0.6) else draw.integer(1, top - 1)
+        imm = isa.to_s32(imm)
+        return Insn(cls | op | BPF_K, reg, 0, 0, imm)
 
     def shape_far_cond(self) -> None:
         """``if (packet value) goto +N`` over N padding instructions."""
-        reg = self.opaque_scalar()
+        jump = self.branch(*self.opaque_scalar())
         body = self.padding(self.forward_target())     # the jump's displacement is the padding
-        self.insns.append(self.branch(reg, len(body)))
+        self.insns.append(jump_over(jump, len(body)))
         self.insns.extend(body)
 
     def shape_diamond(self) -> None:
         """if/else: ``jcc else; THEN; ja end; else: ELSE; end:`` -- the ``ja`` crosses ELSE."""
-        reg = self.opaque_scalar()
+        jump = self.branch(*self.opaque_scalar())
         then = self.padding()
         other = self.padding(self.forward_target())      # the ja's displacement
-        self.insns.append(self.branch(reg, len(then) + 1))
+        self.insns.append(jump_over(jump, len(then) + 1))
         self.insns.extend(then)
         self.insns.append(Insn(BPF_JMP | BPF_JA, 0, 0, len(other), 0))
         self.insns.extend(other)
@@ -676,14 +709,14 @@ class FunctionBuilder:
         make that backward jump far.  Placed at the end of a function (nothing
         but padding is skipped when the exit is taken).
         """
-        reg = self.opaque_scalar()
+        jump = self.branch(*self.opaque_scalar())
         at = len(self.insns)
         self.insns.append(EXIT)                  # the branch, once the exit path's length is known
         live = set(self.scalars)
         self.fold_into_r0()
         self.insns.append(EXIT)
         self.scalars = live                     # the fall-through path did not run the fold
-        self.insns[at] = self.branch(reg, len(self.insns) - at - 1)
+        self.insns[at] = jump_over(jump, len(self.insns) - at - 1)
         # the last exit jumps back over this padding, the epilogue (about 10 bytes) and the last
         # fold (3 bytes a register, 10 for the high half)
         fold = 3 * len(self.scalars) + 10
