@@ -573,7 +573,7 @@ class FunctionBuilder:
         # the back-edge spans the body, `add rC, 1` and `cmp rC, imm8` (4 bytes each) and the jump
         # itself (2 bytes short, 6 long): bodies of 110..118 bytes are short jumps of -120..-128
         if long_body:
-            body = self.padding(draw.integer(104, 124) if draw.boolean(0.85) else draw.integer(256, 384), avoid)
+            body = self.padding(draw.integer(256, 384) if draw.boolean(0.15) else draw.integer(104, 124), avoid)
         else:
             body = self.straight(draw.integer(1, 4), avoid=avoid)
         self.insns.extend(body)
@@ -634,9 +634,9 @@ class FunctionBuilder:
     def forward_target(self) -> int:
         """Bytes for a forward jump: around the profile's largest short displacement, or far beyond."""
         edge = self.gen.profile.jit_imm8_jmp_max
-        if self.draw.boolean(0.85):
-            return self.draw.integer(edge - 8, edge + 8)
-        return self.draw.integer(2 * edge + 2, 3 * edge)
+        if self.draw.boolean(0.15):        # False, the minimal choice, stays near the edge
+            return self.draw.integer(2 * edge + 2, 3 * edge)
+        return self.draw.integer(edge - 8, edge + 8)
 
     def opaque_scalar(self, size: int | None = None) -> tuple[int, int]:
         """A register loaded from the packet, and the load's size in bytes: a value the verifier cannot predict.
@@ -720,7 +720,7 @@ class FunctionBuilder:
         # the last exit jumps back over this padding, the epilogue (about 10 bytes) and the last
         # fold (3 bytes a register, 10 for the high half)
         fold = 3 * len(self.scalars) + 10
-        back = self.draw.integer(110, 134) if self.draw.boolean(0.85) else self.draw.integer(260, 384)
+        back = self.draw.integer(260, 384) if self.draw.boolean(0.15) else self.draw.integer(110, 134)
         self.insns.extend(self.padding(back - fold - 10))
 
     # -- operands that tell a 32-bit operation from a 64-bit one ----------------------------------
