@@ -690,7 +690,8 @@ class FunctionBuilder:
     def shape_diamond(self) -> None:
         """if/else: ``jcc else; THEN; ja end; else: ELSE; end:`` -- the ``ja`` crosses ELSE."""
         jump = self.branch(*self.opaque_scalar())
-        then = self.padding()
+        self.scalar()
+        then = self.straight(self.draw.integer(1, 12))
         other = self.padding(self.forward_target())      # the ja's displacement
         self.insns.append(jump_over(jump, len(then) + 1))
         self.insns.extend(then)
@@ -1082,7 +1083,7 @@ class FunctionBuilder:
     # extra shapes per function (0, 1 or 2), and which
     SHAPE_COUNT: tuple[tuple[int, int], ...] = ((0, 12), (1, 6), (2, 2))
     SHAPES: tuple[tuple[str, int], ...] = (
-        ("width_pair", 10), ("far_cond", 3), ("diamond", 2), ("long_loop", 2), ("early_exit", 2),
+        ("width_pair", 10), ("far_cond", 3), ("diamond", 2), ("long_loop", 3), ("early_exit", 2),
     )
 
     def build(self) -> list[Insn]:

@@ -71,7 +71,7 @@ def test_generated_jumps_reach_both_sides_of_the_short_long_boundary(profile):
     edge = get_profile(profile).jit_imm8_jmp_max
     counts: Counter[str] = Counter()
     checked = 0
-    for seed in range(100):
+    for seed in range(150):
         s = scenario_from_seed(seed, profile)
         for prog in s.programs:
             sites = jump_sites(prog, s, profile)
