@@ -5,8 +5,9 @@ Everything lives under ``$XDG_CACHE_HOME/bpfdiff`` (default ``~/.cache/bpfdiff``
     kernels/<name>/vmlinuz          the kernel
     kernels/<name>/config           its build config (absent for a bzImage without one)
     kernels/<name>/modules/*.ko     the modules the host channel needs, uncompressed, in load order
-    kernels/<name>/initramfs.gz     busybox + agent + modules (see initramfs.py)
-    kernels/<name>/ready.json       written last: set-up is complete
+    kernels/<name>/agent-<digest>   the agent built from agent.c (digest: of its source)
+    kernels/<name>/initramfs-<digest>.gz   busybox + that agent + modules (see initramfs.py)
+    kernels/<name>/ready.json       written last: the kernel's part of set-up is complete
     apt/<suite>/                    a private apt configuration for suites the system does not list
 
 The package mirror is read from the system's apt sources at run time (never
@@ -112,19 +113,24 @@ def kernel_dir(kernel: str) -> Path:
 
 def prepared(kernel: str) -> KernelImage | None:
     """The kernel if ``setup`` completed for it (no network, no building), else None."""
-    from bpfdiff.kernel.initramfs import agent_source
+    image = _kernel_part(kernel)
+    # without an initramfs of this agent.c (an older one answers fewer requests) setup builds it
+    if image is None or not image.initramfs.exists():
+        return None
+    return image
+
+
+def _kernel_part(kernel: str) -> KernelImage | None:
+    """The kernel's prepared part (image, config, modules), whether or not this agent is built for it."""
+    from bpfdiff.kernel.initramfs import initramfs_path
 
     marker = kernel_dir(kernel) / "ready.json"
     if not marker.exists():
         return None
-    stamp = marker.parent / "agent.sha256"
-    # an agent built from an older agent.c (fewer requests) is not ready: setup rebuilds it
-    if not stamp.exists() or stamp.read_text() != hashlib.sha256(agent_source()).hexdigest():
-        return None
     try:
         data = json.loads(marker.read_text())
         return KernelImage(name=data["name"], dir=marker.parent, vmlinuz=Path(data["vmlinuz"]),
-                           initramfs=Path(data["initramfs"]), config=data["config"],
+                           initramfs=initramfs_path(marker.parent), config=data["config"],
                            modules=tuple(data["modules"]))
     except (OSError, ValueError, KeyError):
         return None
@@ -410,6 +416,9 @@ def setup(kernel: str | None = None, profile: str | None = None,
             ready = _ready(kernel)
             if ready is not None:
                 return ready
+            part = _kernel_part(kernel)
+            if part is not None and part.vmlinuz.exists():
+                return _build_guest_files(part, log)   # a new agent.c: the kernel is ready already
         return _prepare(kernel, out, log)
 
 
@@ -421,7 +430,7 @@ def _ready(kernel: str) -> KernelImage | None:
 
 
 def _prepare(kernel: str, out: Path, log: Callable[[str], None]) -> KernelImage:
-    from bpfdiff.kernel.initramfs import build_agent, build_initramfs
+    from bpfdiff.kernel.initramfs import initramfs_path
 
     ensure_host_tools(log)
     modules_dir = out / "modules"
@@ -453,15 +462,22 @@ def _prepare(kernel: str, out: Path, log: Callable[[str], None]) -> KernelImage:
             filename = f"{i:02d}-{name}.ko"
             (modules_dir / filename).write_bytes(available[name])
             module_files.append(filename)
-    agent = build_agent(out / "agent", log)
-    initramfs = build_initramfs(out / "initramfs.gz", agent, [modules_dir / m for m in module_files], log)
-    image = KernelImage(name=kernel, dir=out, vmlinuz=vmlinuz, initramfs=initramfs, config=config,
-                        modules=tuple(module_files))
+    image = _build_guest_files(KernelImage(name=kernel, dir=out, vmlinuz=vmlinuz, initramfs=initramfs_path(out),
+                                           config=config, modules=tuple(module_files)), log)
     if is_path(kernel):
         _probe_bzimage(image, log)
     image.marker.write_text(json.dumps({
         "name": image.name, "vmlinuz": str(image.vmlinuz), "initramfs": str(image.initramfs),
         "config": image.config, "modules": list(image.modules)}, indent=1))
+    return image
+
+
+def _build_guest_files(image: KernelImage, log: Callable[[str], None]) -> KernelImage:
+    """The agent and the initramfs of this agent.c for a prepared kernel."""
+    from bpfdiff.kernel.initramfs import build_agent, build_initramfs
+
+    agent = build_agent(image.dir, log)
+    build_initramfs(image.initramfs, agent, [image.dir / "modules" / m for m in image.modules], log)
     return image
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -35,24 +37,42 @@ def agent_source() -> bytes:
     return resources.files("bpfdiff.kernel").joinpath("agent.c").read_bytes()
 
 
-def build_agent(out: Path, log: Callable[[str], None]) -> Path:
-    """Compile agent.c with gcc -static (again only when the source changed)."""
-    source = agent_source()
-    digest = hashlib.sha256(source).hexdigest()
-    stamp = out.with_suffix(".sha256")
-    if out.exists() and stamp.exists() and stamp.read_text() == digest:
+def agent_digest() -> str:
+    """Names the agent's build and the initramfs holding it (``agent-<digest>``,
+    ``initramfs-<digest>.gz``): checkouts with different ``agent.c`` sharing one cache each boot
+    their own agent and never rewrite a file that another process's qemu is about to read."""
+    return hashlib.sha256(agent_source()).hexdigest()[:16]
+
+
+def initramfs_path(kernel_dir: Path) -> Path:
+    return kernel_dir / f"initramfs-{agent_digest()}.gz"
+
+
+def _replace(out: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(mode)
+    os.replace(tmp, out)
+
+
+def build_agent(kernel_dir: Path, log: Callable[[str], None]) -> Path:
+    """Compile agent.c with gcc -static, once per version of the source."""
+    out = kernel_dir / f"agent-{agent_digest()}"
+    if out.exists():
         return out
     if shutil.which("gcc") is None:
         raise SetupError("gcc is not installed (apt-get install gcc): it builds the guest agent")
-    src = out.with_suffix(".c")
-    src.write_bytes(source)
-    log("gcc -static agent.c")
-    proc = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(src)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        errors = [ln for ln in proc.stderr.splitlines() if "error" in ln] or proc.stderr.splitlines() or ["?"]
-        raise SetupError(f"building the agent failed: {errors[0]}")
-    stamp.write_text(digest)
+    with tempfile.TemporaryDirectory(prefix="bpfdiff-agent-") as tmp:
+        src = Path(tmp) / "agent.c"
+        src.write_bytes(agent_source())
+        log("gcc -static agent.c")
+        binary = Path(tmp) / "agent"
+        proc = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(binary), str(src)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            errors = [ln for ln in proc.stderr.splitlines() if "error" in ln] or proc.stderr.splitlines() or ["?"]
+            raise SetupError(f"building the agent failed: {errors[0]}")
+        _replace(out, binary.read_bytes(), 0o755)
     return out
 
 
@@ -100,6 +120,6 @@ def build_initramfs(out: Path, agent: Path, modules: list[Path], log: Callable[[
     for module in modules:
         archive.file(f"lib/bpfdiff/{module.name}", module.read_bytes())
     data = gzip.compress(archive.finish(), compresslevel=6)
-    out.write_bytes(data)
+    _replace(out, data)
     log(f"initramfs: {out} ({len(data) // 1024} KiB)")
     return out
