@@ -220,6 +220,11 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing
         """Release what the engine holds (an emulator, a VM); idempotent."""
 
+    def submit(self, scenario: Scenario) -> None:  # noqa: B027 - optional hook, most engines run in-process
+        """Start running ``scenario`` in the background (an engine in a VM), so that it overlaps
+        the other engines; the next ``execute`` of the same scenario collects it.  Never raises:
+        whatever goes wrong is raised again by ``execute``."""
+
     def inspect(self, scenario: Scenario, stop: int | None = None) -> Iterator[Inspection]:
         """Apply the scenario's events up to and including ``stop`` (default: all), yielding the
         loaded programs' code after loading and after every event -- what ``bpfdiff dump`` and

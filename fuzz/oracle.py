@@ -410,6 +410,11 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
     verdict = Verdict()
     crashes: list[Finding] = []
     refusals: dict[str, ProgramRefused] = {}
+    for name in engines:   # engines in a VM start now and run while ours do
+        try:
+            pool.get(name, profile, bugs).submit(scenario)
+        except Exception:  # noqa: BLE001, S110 - execute() below raises it again, where it is handled
+            pass
     for name in engines:
         started = time.perf_counter()
         try:
@@ -425,6 +430,9 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
         except Exception as exc:  # noqa: BLE001 - an engine crash is a finding
             pool.discard(name, profile, bugs)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            console = getattr(exc, "console_excerpt", "")   # a guest kernel that died: how it ended
+            if console:
+                detail = f"{detail[:500]}\n-- the guest's console --\n{console}"
             crashes.append(Finding(CRASH, crash_signature(exc, name, profile), None, None,
                                    {name: f"{type(exc).__name__}: {exc}"[:300]}, detail[:2000]))
         finally:

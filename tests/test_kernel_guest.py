@@ -398,11 +398,53 @@ def test_cli_setup_is_idempotent_and_fast():
     assert proc.stderr == ""    # nothing fetched or built again
 
 
-def test_a_dead_guest_is_a_crash_with_its_console(guest):
-    # Last in the module: kill qemu under the guest; the next request reports it.
-    guest.proc.kill()
-    guest.proc.wait()
-    with pytest.raises(GuestCrashed) as info:
-        guest.ping()
-    assert "Linux version 6.1" in info.value.console_tail or "SeaBIOS" in info.value.console_tail
-    assert guest.dead
+def test_a_panicking_guest_is_a_finding_and_the_next_scenario_runs_on_a_new_guest(guest, monkeypatch):
+    # The kernel really panics (the agent writes "c" to /proc/sysrq-trigger: an oops, and
+    # oops=panic) while kernel-jit runs a scenario through the oracle: a crash finding naming
+    # kernel-jit whose detail ends with the console's panic; the other engines' results stay;
+    # the next scenario boots a fresh guest and agrees.
+    from bpfdiff.fuzz.oracle import CRASH, EnginePool, run_oracle
+
+    from bpfdiff.kernel import protocol
+    from bpfdiff.kernel.engine import _GUESTS
+    from bpfdiff.kernel.guest import Guest, GuestDied
+
+    scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "direct_tail_call.scn").read_text()))
+    real_submit = Guest.submit
+    crashes = []
+
+    def panic_instead(self, payload, timeout=30.0):
+        if not crashes and payload[:1] == bytes([protocol.CMD_SCENARIO]):
+            crashes.append(self)   # the scenario's request makes the kernel panic
+            payload = bytes([protocol.CMD_DEBUG]) + b"c"
+        return real_submit(self, payload, timeout)
+
+    monkeypatch.setattr(Guest, "submit", panic_instead)
+    pool = EnginePool()
+    engines = ("interp", "jit", "kernel-jit")
+    verdict = run_oracle(scenario, engines=engines, profile="linux-6.1", pool=pool)
+    monkeypatch.undo()
+    assert crashes and crashes[0].dead
+    [finding] = verdict.findings
+    assert finding.kind == CRASH
+    assert finding.signature.startswith(f"crash:linux-6.1:kernel-jit:{GuestDied.__name__}@")
+    assert "Kernel panic - not syncing" in finding.detail and "sysrq" in finding.detail.lower()
+    assert sorted(verdict.outcomes) == ["interp", "jit"]
+
+    again = run_oracle(scenario, engines=engines, profile="linux-6.1", pool=pool)
+    assert again.ok and sorted(again.outcomes) == sorted(engines)
+    assert _GUESTS[DEFAULT_KERNEL] is not crashes[0] and not _GUESTS[DEFAULT_KERNEL].dead
+
+
+def test_a_hung_guest_is_a_crash_with_its_console(guest):
+    # Last in the module (no guest is booted after it): the agent stops answering; the request
+    # times out, the guest is killed, and what its console said comes with the error.
+    from bpfdiff.kernel import protocol
+    from bpfdiff.kernel.guest import GuestHung
+
+    guest = guest_for(DEFAULT_KERNEL)
+    guest.crash_for_test("hang")
+    with pytest.raises(GuestHung, match="hung") as info:
+        guest.request(bytes([protocol.CMD_PING]), timeout=3)
+    assert "bpfdiff-agent: ready" in info.value.console_tail
+    assert isinstance(info.value, GuestCrashed) and guest.dead and guest.proc.poll() is not None

@@ -19,12 +19,15 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CMD_HELLO 0x48    /* 'H' agent -> host */
 #define CMD_SCENARIO 0x53 /* 'S' */
 #define CMD_PING 0x50     /* 'P' */
 #define CMD_READ 0x52     /* 'R': a file's contents (compare-jit reads /proc/kallsyms) */
+#define CMD_STATS 0x54    /* 'T': time spent per syscall kind since the last 'T' (bench/kernel_throughput.py) */
+#define CMD_DEBUG 0x44    /* 'D' + 'c': crash the kernel (sysrq c), 'h': stop answering -- tests of the host's recovery */
 
 #define EV_LOAD 1
 #define EV_UPDATE 2
@@ -134,10 +137,49 @@ static uint8_t take8(void)
 	return p ? *p : 0;
 }
 
+/* ---- time per syscall kind: slot = bpf command, or one of these ---- */
+#define STAT_PA_UPDATE 40 /* BPF_MAP_UPDATE_ELEM / DELETE_ELEM on a prog array (text poking) */
+#define STAT_PA_DELETE 41
+#define STAT_CLOSE_PROG 42
+#define STAT_CLOSE_MAP 43
+#define STAT_SCENARIO 44 /* a whole scenario request, parsing included */
+#define STAT_IDLE 45     /* waiting for the next request (deferred frees run then) */
+#define NSTATS 46
+static uint64_t stat_n[NSTATS], stat_ns[NSTATS];
+static int stat_slot = -1; /* overrides the bpf command's slot for the next sys_bpf */
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void account(int slot, uint64_t since)
+{
+	if (slot >= 0 && slot < NSTATS) {
+		stat_n[slot]++;
+		stat_ns[slot] += now_ns() - since;
+	}
+}
+
 /* ---- bpf(2) ---- */
 static long sys_bpf(int cmd, union bpf_attr *attr)
 {
-	return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
+	uint64_t t = now_ns();
+	long r = syscall(__NR_bpf, cmd, attr, sizeof(*attr));
+	int err = errno;
+	account(stat_slot >= 0 ? stat_slot : cmd, t);
+	stat_slot = -1;
+	errno = err;
+	return r;
+}
+
+static void timed_close(int fd, int slot)
+{
+	uint64_t t = now_ns();
+	close(fd);
+	account(slot, t);
 }
 
 static void write_file(const char *path, const char *value)
@@ -183,12 +225,12 @@ static void reset(void)
 {
 	for (uint32_t i = 0; i < nprogs; i++) {
 		if (progs[i].fd >= 0)
-			close(progs[i].fd);
+			timed_close(progs[i].fd, STAT_CLOSE_PROG);
 		progs[i].fd = -1;
 	}
 	for (uint32_t i = 0; i < nmaps; i++) {
 		if (maps[i].fd >= 0)
-			close(maps[i].fd);
+			timed_close(maps[i].fd, STAT_CLOSE_MAP);
 		maps[i].fd = -1;
 	}
 	nmaps = nprogs = 0;
@@ -365,6 +407,8 @@ static int32_t map_update(uint32_t m, const void *key, const void *value, uint32
 	attr.key = (uint64_t)(unsigned long)key;
 	attr.value = (uint64_t)(unsigned long)value;
 	attr.flags = flags;
+	if (maps[m].type == BPF_MAP_TYPE_PROG_ARRAY)
+		stat_slot = STAT_PA_UPDATE;
 	return sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) ? -errno : 0;
 }
 
@@ -376,6 +420,8 @@ static int32_t map_delete(uint32_t m, const void *key)
 	memset(&attr, 0, sizeof(attr));
 	attr.map_fd = maps[m].fd;
 	attr.key = (uint64_t)(unsigned long)key;
+	if (maps[m].type == BPF_MAP_TYPE_PROG_ARRAY)
+		stat_slot = STAT_PA_DELETE;
 	return sys_bpf(BPF_MAP_DELETE_ELEM, &attr) ? -errno : 0;
 }
 
@@ -573,6 +619,29 @@ out:
 	reset();
 }
 
+/* CMD_STATS: u32 n, then n x (u64 calls, u64 ns) per slot; the counters restart */
+static void stats_cmd(void)
+{
+	rput32(NSTATS);
+	for (int i = 0; i < NSTATS; i++) {
+		rput(&stat_n[i], 8);
+		rput(&stat_ns[i], 8);
+	}
+	memset(stat_n, 0, sizeof(stat_n));
+	memset(stat_ns, 0, sizeof(stat_ns));
+}
+
+/* CMD_DEBUG: never part of a scenario; the host's tests use it to see a guest die for real */
+static void debug_cmd(void)
+{
+	uint8_t what = take8();
+	if (what == 'c')
+		write_file("/proc/sysrq-trigger", "c"); /* a NULL dereference in the kernel: oops=panic */
+	if (what == 'h' || what == 'c')
+		for (;;)
+			pause();
+}
+
 /* CMD_READ: the rest of the request is a path; reply u32 errno (0 on success), then the bytes */
 static void read_file_cmd(void)
 {
@@ -659,8 +728,10 @@ int main(void)
 
 	for (;;) {
 		uint32_t n;
+		uint64_t idle = now_ns();
 		if (read_full(&n, 4))
 			return 2;
+		account(STAT_IDLE, idle);
 		free(req);
 		req = malloc(n ? n : 1);
 		if (!req || read_full(req, n))
@@ -670,12 +741,19 @@ int main(void)
 		req_bad = 0;
 		uint8_t cmd = take8();
 		rput8(cmd);
-		if (cmd == CMD_SCENARIO)
+		if (cmd == CMD_SCENARIO) {
+			uint64_t t = now_ns();
 			scenario();
+			account(STAT_SCENARIO, t);
+		}
 		else if (cmd == CMD_PING)
 			;
 		else if (cmd == CMD_READ)
 			read_file_cmd();
+		else if (cmd == CMD_STATS)
+			stats_cmd();
+		else if (cmd == CMD_DEBUG)
+			debug_cmd();
 		else
 			rput8(0xff);
 		send_reply();

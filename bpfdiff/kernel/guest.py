@@ -12,6 +12,7 @@ qemu is started with PR_SET_PDEATHSIG so that it dies with this process.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import os
@@ -36,6 +37,9 @@ from bpfdiff.xdp import packet_length_error
 BOOT_TIMEOUT = 180.0
 REQUEST_TIMEOUT = 30.0   # one scenario; a verified program always terminates
 CONSOLE_TAIL = 4000      # bytes of console log kept with a crash
+EXCERPT = 1400           # characters of it a finding keeps
+# lines of the kernel's own words when it fails (lib/bug.c, arch/x86/kernel/dumpstack.c, kernel/panic.c)
+CRASH_MARKERS = ("BUG:", "Oops:", "general protection fault", "WARNING:", "Kernel panic", "RIP:")
 
 
 
@@ -49,6 +53,24 @@ class GuestCrashed(GuestError):
     def __init__(self, message: str, console_tail: str) -> None:
         super().__init__(message)
         self.console_tail = console_tail
+
+    @property
+    def console_excerpt(self) -> str:
+        """What a finding keeps of the console: from the first line saying how the kernel failed
+        (a BUG, an oops, a panic...), else its end; at most EXCERPT characters."""
+        starts = [i for i in (self.console_tail.find(m) for m in CRASH_MARKERS) if i >= 0]
+        if not starts:
+            return self.console_tail[-EXCERPT:]
+        start = self.console_tail.rfind("\n", 0, min(starts)) + 1
+        return self.console_tail[start:start + EXCERPT]
+
+
+class GuestDied(GuestCrashed):
+    """The channel closed: the kernel panicked (qemu runs with -no-reboot) or the agent exited."""
+
+
+class GuestHung(GuestCrashed):
+    """No reply in time: the kernel or the agent hangs (the guest is killed)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +101,16 @@ def _pdeathsig() -> None:
     os.setpgrp()  # and a Ctrl-C on the terminal is ours to handle, not qemu's
 
 
+# rcupdate.rcu_expedited=1: synchronize_rcu() takes an expedited grace period.  A prog-array
+# delete that un-patches a direct tail-call site waits for one (prog_array_map_poke_run), and a
+# normal grace period under TCG took 12 ms a delete (0.3 ms expedited): the scenario's largest
+# cost.  It changes when RCU callbacks run, never what the verifier or the JIT emit (the fixture
+# images in tests/test_kernel_guest.py are byte-identical with it).
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init rcupdate.rcu_expedited=1"
+
+
 def qemu_command(image: KernelImage, console: Path, vport: Path, serial: Path) -> list[str]:
-    append = "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init"
+    append = KERNEL_CMDLINE
     return [
         "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
         "-nographic", "-monitor", "none", "-no-reboot",
@@ -107,6 +137,12 @@ class Guest:
         self.boot_seconds = boot_seconds
         self.console = workdir / "console.log"
         self.dead = False
+        self._inbuf = bytearray()
+        self._pending: collections.deque[tuple[int, float, float]] = collections.deque()
+        self._next_ticket = 0
+        self._last_reply = 0.0
+        self._timeout = REQUEST_TIMEOUT
+        sock.setblocking(False)
 
     # -- life cycle ---------------------------------------------------------------------------
     @classmethod
@@ -196,39 +232,82 @@ class Guest:
         self.close()
 
     # -- frames -------------------------------------------------------------------------------
-    def _crash(self, why: str) -> GuestCrashed:
+    # Requests can be queued (``submit`` several, ``collect`` each reply in order): the agent
+    # answers them one after the other, so the guest works while the host runs other engines.
+    # The socket is non-blocking and every transfer both sends and receives, so a large request
+    # never waits for the agent while the agent waits for us to read its reply.
+    def _crash(self, why: str, kind: type[GuestCrashed] | None = None) -> GuestCrashed:
         tail = _tail(self.console)
         self.close()
-        return GuestCrashed(f"guest {self.image.name}: {why}", tail)
+        return (kind or GuestDied)(f"guest {self.image.name}: {why}", tail)
 
-    def _read_exact(self, n: int, deadline: float) -> bytes:
-        chunks = []
-        while n:
+    def _io(self, out: bytes, need: int, deadline: float) -> None:
+        """Send all of ``out`` and receive until the input buffer holds ``need`` bytes."""
+        view = memoryview(out)
+        sent = 0
+        while sent < len(view) or len(self._inbuf) < need:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise self._crash(f"no reply within {REQUEST_TIMEOUT:.0f} s (hung)")
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
-                continue
-            data = self.sock.recv(min(n, 1 << 20))
-            if not data:
-                raise self._crash("the channel closed (the guest died: panic or agent exit)")
-            chunks.append(data)
-            n -= len(data)
-        return b"".join(chunks)
+                raise self._crash(f"no reply within {self._timeout:.0f} s (hung)", GuestHung)
+            readable, writable, _ = select.select([self.sock], [self.sock] if sent < len(view) else [], [], left)
+            if readable:
+                try:
+                    data = self.sock.recv(1 << 20)
+                except BlockingIOError:
+                    data = None
+                except OSError as exc:
+                    raise self._crash(f"receiving failed: {exc}") from None
+                if data == b"":
+                    raise self._crash("the channel closed (the guest died: panic or agent exit)")
+                if data:
+                    self._inbuf += data
+            if writable:
+                try:
+                    sent += self.sock.send(view[sent:sent + (1 << 20)])
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._crash(f"sending failed: {exc}") from None
 
     def _read_frame(self, deadline: float) -> bytes:
-        (length,) = struct.unpack("<I", self._read_exact(4, deadline))
-        return self._read_exact(length, deadline)
+        self._io(b"", 4, deadline)
+        (length,) = struct.unpack_from("<I", self._inbuf)
+        self._io(b"", 4 + length, deadline)
+        frame = bytes(self._inbuf[4:4 + length])
+        del self._inbuf[:4 + length]
+        return frame
 
-    def request(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+    def submit(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> int:
+        """Queue a request; its reply is ``collect``-ed later (a ticket)."""
         if self.dead:
             raise GuestError("the guest is closed")
-        try:
-            self.sock.sendall(struct.pack("<I", len(payload)) + payload)
-        except OSError as exc:
-            raise self._crash(f"sending failed: {exc}") from None
-        return self._read_frame(time.monotonic() + timeout)
+        self._timeout = timeout
+        self._next_ticket += 1
+        self._io(struct.pack("<I", len(payload)) + payload, 0, time.monotonic() + timeout)
+        self._pending.append((self._next_ticket, time.monotonic(), timeout))
+        return self._next_ticket
+
+    def collect(self, ticket: int) -> bytes:
+        """The reply of ``ticket``; replies of earlier tickets nobody collected are dropped."""
+        while self._pending:
+            if self.dead:
+                raise GuestError("the guest is closed")
+            current, sent, timeout = self._pending.popleft()
+            self._timeout = timeout
+            # the agent starts on a request when it has answered the one before
+            reply = self._read_frame(max(sent, self._last_reply) + timeout)
+            self._last_reply = time.monotonic()
+            if current == ticket:
+                return reply
+        raise GuestError(f"no request {ticket} is waiting for its reply")
+
+    def request(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+        return self.collect(self.submit(payload, timeout))
+
+    def crash_for_test(self, how: str = "panic") -> None:
+        """Make the guest die for real (``panic``: sysrq c, an oops that panics; ``hang``: the agent
+        stops answering): the next reply raises :class:`GuestCrashed`.  For tests of the recovery."""
+        self.submit(bytes([protocol.CMD_DEBUG]) + (b"c" if how == "panic" else b"h"))
 
     def ping(self) -> None:
         self.request(bytes([protocol.CMD_PING]))
@@ -242,6 +321,19 @@ class Guest:
         if err:
             raise GuestError(f"reading {path} in the guest: {os.strerror(err)}")
         return reply[5:]
+
+    def stats(self) -> dict[str, tuple[int, float]]:
+        """Calls and seconds the agent spent per kind of syscall since the last call (its counters restart)."""
+        reply = self.request(bytes([protocol.CMD_STATS]))
+        if reply[:1] != bytes([protocol.CMD_STATS]) or len(reply) < 5:
+            raise GuestError("stats: malformed reply (an agent built before CMD_STATS?)")
+        (n,) = struct.unpack_from("<I", reply, 1)
+        out = {}
+        for i in range(n):
+            calls, ns = struct.unpack_from("<QQ", reply, 5 + 16 * i)
+            if calls:
+                out[protocol.STAT_NAMES.get(i, f"bpf command {i}")] = (calls, ns / 1e9)
+        return out
 
     # -- scenarios ----------------------------------------------------------------------------
     def send(self, request: Request, maps: list[tuple[int, int, int, int]]) -> ScenarioReply:

@@ -42,6 +42,16 @@ CMD_HELLO = 0x48
 CMD_SCENARIO = 0x53
 CMD_PING = 0x50
 CMD_READ = 0x52      # a file of the guest (compare-jit reads /proc/kallsyms)
+CMD_STATS = 0x54     # time the agent spent per syscall kind since the last CMD_STATS
+CMD_DEBUG = 0x44     # + b"c": the agent crashes the kernel (sysrq c); + b"h": it stops answering (tests)
+
+# CMD_STATS reply: u32 n, then n x (u64 calls, u64 ns); slot i < 40 is bpf command i
+# (include/uapi/linux/bpf.h enum bpf_cmd), then the agent's own slots.
+STAT_NAMES = {0: "BPF_MAP_CREATE", 1: "BPF_MAP_LOOKUP_ELEM", 2: "BPF_MAP_UPDATE_ELEM (data)",
+              3: "BPF_MAP_DELETE_ELEM (data)", 4: "BPF_MAP_GET_NEXT_KEY", 5: "BPF_PROG_LOAD",
+              10: "BPF_PROG_TEST_RUN", 15: "BPF_OBJ_GET_INFO_BY_FD", 18: "BPF_BTF_LOAD",
+              40: "prog-array update", 41: "prog-array delete", 42: "close(prog)", 43: "close(map)",
+              44: "scenario requests", 45: "agent idle (waiting for the host)"}
 
 EV_LOAD, EV_UPDATE, EV_DELETE, EV_RUN, EV_INFO, EV_FIXED = 1, 2, 3, 4, 5, 6
 FLAG_JIT = 1
