@@ -1000,7 +1000,13 @@ class FunctionBuilder:
 
     def block_helper(self) -> None:
         self.save_fresh()
-        self.insns.append(call_helper(self.draw.choice(HELPERS_NO_ARGS)))
+        helper = self.draw.choice(HELPERS_NO_ARGS)
+        self.insns.append(call_helper(helper))
+        if helper == isa.BPF_FUNC_get_prandom_u32:
+            # The real kernel seeds its generator at random: R0 is a u32, so r0 >>= 32 leaves 0 on
+            # every correct engine (a zero-extension check) and nothing compared depends on the
+            # number -- the kernel engines run such scenarios too (bpfdiff.kernel.engine.random_folded).
+            self.insns.append(alu(BPF_ALU64, BPF_RSH, 0, imm=32))
         self.forget_caller_saved()
         self.scalars.add(0)
         self.fresh.add(0)

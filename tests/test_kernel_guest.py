@@ -362,6 +362,37 @@ def test_kernel_engines_leave_out_runs_of_the_kernels_random_generator(guest):
     assert any("kernel-jit left out" in note for note in verdict.notes)
 
 
+PRANDOM_FOLDED = """\
+-- prog p
+call 7
+{fold}
+mov %r1, %r0
+add %r1, 7
+call 7
+mov %r0, 5
+add %r0, %r1
+exit
+-- events
+run p mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+run p mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+-- prog_type
+xdp
+"""
+
+
+@pytest.mark.parametrize("fold", ["rsh %r0, 32", "arsh %r0, 63", "and32 %r0, 0", "mul %r0, 0"])
+def test_kernel_engines_run_programs_that_forget_the_random_number_at_once(guest, fold):
+    # What the generator emits after get_prandom_u32 (r0 >>= 32): the number is a u32, so every
+    # correct engine has R0 = 0 after the fold -- the four engines are compared, and agree
+    from bpfdiff.fuzz.oracle import run_oracle
+
+    scenario = parse_scenario(PRANDOM_FOLDED.format(fold=fold))
+    engines = ("interp", "jit", "kernel-jit", "kernel-interp")
+    verdict = run_oracle(scenario, engines=engines, profile="linux-6.1")
+    assert verdict.ok and sorted(verdict.outcomes) == sorted(engines), (verdict.findings, verdict.notes)
+    assert [o.run.r0 for o in verdict.outcomes["kernel-jit"]] == [12, 12]
+
+
 # profile -> (tailcall_hierarchy chain entries on the real JIT, empty-slot self loop entries on the
 # real JIT and interpreter): 116e04ba1459 and 3733f4be2870 measured on each Debian kernel
 REAL_COUNTS = {"linux-5.10": (66, 17, 17), "linux-6.12": (33, 34, 17)}

@@ -198,3 +198,35 @@ def test_cli_setup_error_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert main(["kernel", "setup", "--kernel", str(no_bpf)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CONFIG_BPF_SYSCALL is not set" in err
+
+
+@pytest.mark.parametrize(("fold", "forgets"), [
+    ("rsh %r0, 32", True), ("rsh %r0, 63", True), ("arsh %r0, 40", True), ("mov %r0, 3", True),
+    ("mov32 %r0, 3", True), ("and %r0, 0", True), ("mul32 %r0, 0", True),
+    ("rsh %r0, 31", False),       # keeps the number's top bit
+    ("rsh32 %r0, 16", False), ("and %r0, 1", False), ("mov %r1, 0", False), ("rsh %r1, 32", False),
+    ("mov %r0, %r1", False),      # R0 forgets, but only constant forms are recognised
+])
+def test_random_folded_accepts_only_what_forgets_the_number(fold, forgets):
+    from bpfdiff.kernel.engine import random_folded
+    from bpfdiff.scenario_text import parse_scenario
+
+    prog = parse_scenario(f"-- prog p\ncall 7\n{fold}\nexit\n").programs[0]
+    assert random_folded(prog, 0) is forgets
+    assert not random_folded(prog, len(prog.insns) - 1)    # nothing after the last instruction
+
+
+def test_generated_programs_forget_every_random_number_at_once():
+    # the generator folds get_prandom_u32's result at once, so the kernel engines keep covering
+    # those scenarios (a seed that draws the helper and is not folded would be left out)
+    from bpfdiff.fuzz.generate import scenario_from_seed
+    from bpfdiff.kernel.engine import random_folded
+
+    calls = 0
+    for seed in range(300):
+        for prog in scenario_from_seed(seed).programs:
+            for pc, insn in enumerate(prog.insns):
+                if insn.is_helper_call and insn.imm == isa.BPF_FUNC_get_prandom_u32:
+                    calls += 1
+                    assert random_folded(prog, pc), (seed, prog.name, pc)
+    assert calls > 20

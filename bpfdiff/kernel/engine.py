@@ -38,7 +38,7 @@ from bpfdiff.engine import (
     ProgramRefused,
     RunResult,
 )
-from bpfdiff.isa import InvalidInstruction, decode
+from bpfdiff.isa import InvalidInstruction, Program, decode
 from bpfdiff.kernel import protocol
 from bpfdiff.kernel.guest import BadScenario, Guest, GuestCrashed, GuestError, UnsupportedScenario, build_request
 from bpfdiff.kernel.image import SetupError, profile_kernel
@@ -160,16 +160,41 @@ class KernelEngine(Engine):
             raise EngineError(f"{self.name}: {exc}") from None
 
 
+def random_folded(prog: Program, pc: int) -> bool:
+    """Whether the instruction after the helper call at ``pc`` makes R0 independent of its value.
+
+    get_prandom_u32 returns a u32 in a u64 (``BPF_CALL_0``), so shifting R0 right by 32..63
+    leaves 0; moving a constant into R0, or and-ing or multiplying it by 0, forgets it.  With
+    every call folded at once, a random number never lives beyond the instruction after its call,
+    and nothing compared (R0, memory, maps, the tail calls taken) can depend on it -- whatever
+    jumps to that instruction brings a value that is not random either.
+    """
+    if pc + 1 >= len(prog.insns):
+        return False
+    fold = prog.insns[pc + 1]
+    if fold.dst != 0 or fold.opcode & 0x0F not in (isa.BPF_ALU64 | isa.BPF_K, isa.BPF_ALU | isa.BPF_K):
+        return False
+    op = fold.opcode & 0xF0
+    if op == isa.BPF_MOV:
+        return fold.off == 0   # a plain move of the constant (off 8/16/32 would be ISA v4 movsx)
+    if op in (isa.BPF_AND, isa.BPF_MUL):
+        return fold.imm == 0
+    return fold.opcode & 0x0F == isa.BPF_ALU64 | isa.BPF_K and op in (isa.BPF_RSH, isa.BPF_ARSH) and \
+        32 <= fold.imm <= 63
+
+
 def _refuse_random(engine: str, scenario: Scenario) -> None:
     """The kernel's get_prandom_u32 (bpf_user_rnd_u32) draws from per-CPU state it seeds at random
-    on first use; our engines draw from the run's seeded generator.  A run that calls it cannot be
-    compared with ours (the 10-minute campaign's largest bucket of false divergences), so the
-    engine is left out of such scenarios instead."""
+    on first use; our engines draw from the run's seeded generator.  Unless the program forgets
+    the number at once (:func:`random_folded`, what the generator emits), a run that calls it
+    cannot be compared with ours (the 10-minute campaign's largest bucket of false divergences),
+    so the engine is left out of such scenarios instead."""
     for prog in scenario.programs:
-        for insn in prog.insns:
-            if insn.is_helper_call and insn.imm == isa.BPF_FUNC_get_prandom_u32:
-                raise EngineUnsupported(f"{engine}: program {prog.name!r} calls get_prandom_u32, which the "
-                                        "kernel seeds at random: its results cannot be compared")
+        for pc, insn in enumerate(prog.insns):
+            if insn.is_helper_call and insn.imm == isa.BPF_FUNC_get_prandom_u32 and not random_folded(prog, pc):
+                raise EngineUnsupported(f"{engine}: program {prog.name!r} calls get_prandom_u32 at insn {pc} "
+                                        "and keeps the number, which the kernel seeds at random: its results "
+                                        "cannot be compared")
 
 
 class KernelJitEngine(KernelEngine):
