@@ -366,11 +366,11 @@ PRANDOM_FOLDED = """\
 -- prog p
 call 7
 {fold}
-mov %r1, %r0
-add %r1, 7
+mov %r6, %r0
+add %r6, 7
 call 7
 mov %r0, 5
-add %r0, %r1
+add %r0, %r6
 exit
 -- events
 run p mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
@@ -427,6 +427,43 @@ def test_cli_setup_is_idempotent_and_fast():
     assert f"kernel {DEFAULT_KERNEL}" in proc.stdout
     assert "virtio_console.ko" in proc.stdout
     assert proc.stderr == ""    # nothing fetched or built again
+
+
+def test_readme_fuzzing_your_own_kernel_build(tmp_path):
+    # The README's steps for a kernel one built, on Debian's 6.1 laid out as a built tree
+    # (arch/x86/boot/bzImage, .config, the virtio modules where `make modules` puts them), in a
+    # fresh cache: `bpfdiff kernel setup --kernel arch/x86/boot/bzImage` (boots it once to check),
+    # then the four engines with BPFDIFF_KERNEL=$PWD/arch/x86/boot/bzImage.
+    import os
+
+    from bpfdiff.kernel.image import prepared
+
+    debian = prepared(DEFAULT_KERNEL)
+    if debian is None or not (debian.dir / "config").exists():
+        pytest.skip(f"{DEFAULT_KERNEL} is not set up")
+    tree = tmp_path / "linux"
+    (tree / "arch" / "x86" / "boot").mkdir(parents=True)
+    shutil.copyfile(debian.vmlinuz, tree / "arch" / "x86" / "boot" / "bzImage")
+    shutil.copyfile(debian.dir / "config", tree / ".config")
+    for module in debian.modules:            # "03-virtio.ko" in the cache: virtio.ko in the tree
+        name = module.split("-", 1)[1]
+        dest = tree / "drivers" / ("char" if name == "virtio_console.ko" else "virtio") / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(debian.dir / "modules" / module, dest)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("BPFDIFF_KERNEL", None)
+    bpfdiff = [sys.executable, "-m", "bpfdiff"]
+    proc = subprocess.run([*bpfdiff, "kernel", "setup", "--kernel", "arch/x86/boot/bzImage"], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "booting arch/x86/boot/bzImage to check it" in proc.stderr
+    assert "virtio_console.ko" in proc.stdout
+    env["BPFDIFF_KERNEL"] = f"{tree}/arch/x86/boot/bzImage"
+    example = ROOT / "corpus" / "examples" / "retarget.scn"
+    proc = subprocess.run([*bpfdiff, "run", str(example), "--engines", "interp,jit,kernel-jit,kernel-interp"],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "interp, jit, kernel-jit, kernel-interp" in proc.stdout and "agree" in proc.stdout
 
 
 def test_a_panicking_guest_is_a_finding_and_the_next_scenario_runs_on_a_new_guest(guest, monkeypatch):
