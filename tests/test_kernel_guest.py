@@ -507,12 +507,11 @@ def test_a_panicking_guest_is_a_finding_and_the_next_scenario_runs_on_a_new_gues
 def test_a_hung_guest_is_a_crash_with_its_console(guest):
     # Last in the module (no guest is booted after it): the agent stops answering; the request
     # times out, the guest is killed, and what its console said comes with the error.
-    from bpfdiff.kernel import protocol
     from bpfdiff.kernel.guest import GuestHung
 
     guest = guest_for(DEFAULT_KERNEL)
-    guest.crash_for_test("hang")
+    guest.crash_for_test("hang", timeout=3)
     with pytest.raises(GuestHung, match="hung") as info:
-        guest.request(bytes([protocol.CMD_PING]), timeout=3)
+        guest.ping()
     assert "bpfdiff-agent: ready" in info.value.console_tail
     assert isinstance(info.value, GuestCrashed) and guest.dead and guest.proc.poll() is not None

@@ -220,6 +220,7 @@ def test_generated_programs_forget_every_random_number_at_once():
     # the generator folds get_prandom_u32's result at once, so the kernel engines keep covering
     # those scenarios (a seed that draws the helper and is not folded would be left out)
     from bpfdiff.fuzz.generate import scenario_from_seed
+
     from bpfdiff.kernel.engine import random_folded
 
     calls = 0

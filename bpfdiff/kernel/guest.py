@@ -304,10 +304,11 @@ class Guest:
     def request(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
         return self.collect(self.submit(payload, timeout))
 
-    def crash_for_test(self, how: str = "panic") -> None:
+    def crash_for_test(self, how: str = "panic", timeout: float = REQUEST_TIMEOUT) -> None:
         """Make the guest die for real (``panic``: sysrq c, an oops that panics; ``hang``: the agent
-        stops answering): the next reply raises :class:`GuestCrashed`.  For tests of the recovery."""
-        self.submit(bytes([protocol.CMD_DEBUG]) + (b"c" if how == "panic" else b"h"))
+        stops answering, seen after ``timeout``): the next reply raises :class:`GuestCrashed`.
+        For tests of the recovery."""
+        self.submit(bytes([protocol.CMD_DEBUG]) + (b"c" if how == "panic" else b"h"), timeout)
 
     def ping(self) -> None:
         self.request(bytes([protocol.CMD_PING]))
