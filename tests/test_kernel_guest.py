@@ -429,6 +429,47 @@ def test_cli_setup_is_idempotent_and_fast():
     assert proc.stderr == ""    # nothing fetched or built again
 
 
+TAIL_CALL_IN_SUBPROG_R0 = """\
+-- maps
+jmp0 prog_array key_size=4 value_size=4 max_entries=2
+-- prog p1
+call local L5
+jle32 %r0, 0, L3
+mod32 %r0, 1
+L3:
+add %r0, 1
+exit
+L5:
+mov %r3, 1
+lddw %r2, map:jmp0
+call 12
+mov %r0, 0
+exit
+-- events
+update jmp0 1 prog:p1
+run p1 mem=00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+"""
+
+
+def test_real_6_1_verifier_trusts_a_subprograms_r0_across_its_tail_call(guest):
+    # The 10-minute four-engine campaign's only new divergence, minimised.  The subprogram
+    # returns 0 as far as the verifier sees, so it hard-wires `jle32 r0, 0` and removes the
+    # mod32 -- but a tail call inside the subprogram returns the *target's* R0 to the caller:
+    # each of the 34 nested entries adds 1 on the real JIT (34), where the program as written
+    # gives 1 (our interpreter, which runs it unrewritten).  Our xlate does what the kernel
+    # does, so our JIT agrees with the kernel; the divergence is interp against the rest.
+    from bpfdiff.fuzz.oracle import run_oracle
+
+    scenario = parse_scenario(TAIL_CALL_IN_SUBPROG_R0)
+    verdict = run_oracle(scenario, engines=("interp", "jit", "kernel-jit"), profile="linux-6.1")
+    r0 = {name: outcomes[1].run.r0 for name, outcomes in verdict.outcomes.items()}
+    assert r0 == {"interp": 1, "jit": 34, "kernel-jit": 34}
+    [finding] = verdict.findings
+    assert finding.odd == "interp" and "interp@" in finding.signature
+    kernel = list(make_engine("kernel-jit").inspect(scenario))[0].programs["p1"]
+    assert [insn.opcode for insn in kernel.xlated[:3]] == [0x85, 0x07, 0x95]   # call; r0 += 1; exit
+
+
 def test_readme_fuzzing_your_own_kernel_build(tmp_path):
     # The README's steps for a kernel one built, on Debian's 6.1 laid out as a built tree
     # (arch/x86/boot/bzImage, .config, the virtio modules where `make modules` puts them), in a
