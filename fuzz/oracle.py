@@ -345,6 +345,8 @@ def trigger_event(scenario: Scenario, outcomes: dict[str, list[EventOutcome]], i
     return "fill"
 
 
+TRIGGERS = ("delete", "retarget", "fill")
+
 # What a poke-site self-check says about the slot, and the map event it means:
 # a site still jumping although its slot is empty was not patched on delete;
 # one jumping to the wrong program was not patched on retarget; one still a
@@ -367,6 +369,34 @@ CONSEQUENCES = re.compile(r"^violation:[^:]*:[^:]*:text poke of .* failed")
 def is_consequence(signature: str) -> bool:
     """Whether a signature is a consequence of another finding (see :data:`CONSEQUENCES`)."""
     return bool(CONSEQUENCES.search(signature))
+
+
+# What a self-check failure says went wrong, as the short word a divergence signature names
+# it by (``jit@landing``): the poke triggers of :data:`VIOLATION_TRIGGERS` first, then these.
+VIOLATION_TAGS = (
+    (re.compile(r"wrong offset into it|not at its tail-call entry"), "landing"),
+    (re.compile(r"entered after \S+ tail calls, but its counter"), "counter"),
+)
+
+
+def violation_tag(outcomes: dict[str, list[EventOutcome]], index: int, only: str | None = None
+                  ) -> tuple[str, str] | None:
+    """(engine, tag) of the earliest self-check failure up to event ``index`` that says what went
+    wrong -- a poke trigger (``delete``...), a tail call landing at the wrong offset (``landing``),
+    a counter that does not hold the count (``counter``) -- or None.  The engine's own self-check
+    is better evidence than any what-if model: it names the divergence when no direct-site probe does."""
+    for name, seq in outcomes.items():
+        if only is not None and name != only:
+            continue
+        texts = [text for outcome in seq[:index + 1] for text in outcome.violations]
+        shapes = [violation_signature(text, "", "") for text in texts]
+        for pattern, trigger in VIOLATION_TRIGGERS:
+            if any(pattern.search(shape) for shape in shapes):
+                return name, trigger
+        for pattern, tag in VIOLATION_TAGS:
+            if any(pattern.search(text) for text in texts):
+                return name, tag
+    return None
 
 
 def trigger_from_violations(outcomes: dict[str, list[EventOutcome]], index: int) -> str | None:
@@ -598,11 +628,12 @@ class DivergenceName:
     relation: str
     sites: str
     models: tuple[str, ...] = ()     # the what-if models that explain it, first one named
+    self_check: bool = False         # named by an engine's own self-check failure
 
     @property
     def explained(self) -> bool:
-        """Whether a probe explained it (a direct site or a what-if model), not a fallback."""
-        return self.sites == "direct" or bool(self.models)
+        """Whether a probe explained it (a direct site, a self-check, a what-if model), not a fallback."""
+        return self.sites == "direct" or self.self_check or bool(self.models)
 
 
 # The engine every other engine is held against when only two ran and no probe explains
@@ -622,9 +653,14 @@ def name_divergence(scenario: Scenario, verdict: Verdict, profile: Profile, bugs
     jit_suspect = odd is None or odd == "jit"
     sites = probe_sites(scenario, verdict, profile, bugs, pool, index) if probe and jit_suspect else "any"
     models: list[str] = []
+    tag = violation_tag(verdict.outcomes, index, odd) if sites != "direct" else None
     if sites == "direct":
         # the JIT's direct sites are what diverges: the JIT is wrong, whichever engine stands alone
         relation = f"jit@{trigger_event(scenario, verdict.outcomes, index, profile)}"
+    elif tag is not None:
+        relation = f"{tag[0]}@{tag[1]}"
+        if tag[1] in TRIGGERS:
+            sites = "direct"        # the self-check says a direct site holds the wrong bytes
     elif odd is not None:
         models = what_if_models(scenario, verdict, profile, pool, index, only=odd) \
             if probe and what == "control" else []
@@ -643,7 +679,7 @@ def name_divergence(scenario: Scenario, verdict: Verdict, profile: Profile, bugs
         if not models and probe and len(engines) == 2 and REFERENCE_ENGINE in engines:
             other = next(engine for engine in engines if engine != REFERENCE_ENGINE)
             relation = f"{other}@ref"
-    return DivergenceName(what, relation, sites, tuple(models))
+    return DivergenceName(what, relation, sites, tuple(models), tag is not None)
 
 
 def _describe(event: object) -> str:

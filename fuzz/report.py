@@ -223,6 +223,8 @@ _MODEL_WORDS = {
     "subprog-reset": "as if the tail-call counter restarted at zero in every subprogram",
     "odd": "against all the other engines",
     "ref": "against the reference interpreter, which follows RFC 9669; no probe says more",
+    "landing": "its own self-check: a tail call landed at the wrong offset into its target",
+    "counter": "its own self-check: a program's tail-call counter does not hold the count",
 }
 _FIELD_VERBS = {"tail_calls": "takes {} tail calls", "r0": "returns {}", "trace": "enters {}",
                 "exit": "ends with {}", "fault_kind": "faults with {}", "retval": "returns {}",

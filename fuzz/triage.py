@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,10 +232,11 @@ def _one_line(exc: BaseException) -> str:
 def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True) -> list[Bucket]:
     """Group findings by signature; non-reproducing ones into flaky buckets.
 
-    With ``merge_related``, two signatures go into one bucket when some replay
-    shows both (e.g. a divergence through a stale direct jump and the JIT's
-    self-check violation of that very poke site): symptoms one scenario
-    exhibits together are one bug.  A signature whose findings are all
+    With ``merge_related``, a JIT self-check (or crash) goes into the bucket of
+    the divergence whose replays show it most often (e.g. a divergence through a
+    stale direct jump and the self-check of that very poke site): symptoms one
+    scenario exhibits together are one bug -- but two divergences are never
+    merged through a self-check both show, a symptom two bugs can share.  A signature whose findings are all
     ambiguous (another what-if model explains each of them as well) joins the
     bucket of such an alternative that some finding shows unambiguously: the
     input could not tell the two apart, the other findings can.  The bucket is
@@ -262,15 +264,30 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
         return sig
 
     if merge_related:
-        # one replay showing two signatures ties them, also through a signature that is no
-        # finding's primary one (two divergences named differently, each with the same JIT
-        # self-check failing beside it)
+        # Self-checks (and crashes) one replay shows together are tied; each set so tied joins
+        # the divergence whose replays show it most often.  Two divergences are never tied
+        # through a self-check both show: two bugs can share a symptom (a site jumping to the
+        # wrong program after a skipped delete and after a skipped retarget alike).
+        def divergence(sig: str) -> bool:
+            return sig.startswith("divergence:")
+
         for record in records:
             if record.reproduces:
-                for other in record.all_signatures:
-                    if other != record.signature and links_findings(other):
-                        parent.setdefault(other, other)
-                        parent[root(other)] = root(str(record.signature))
+                checks = [sig for sig in record.all_signatures if not divergence(sig) and links_findings(sig)]
+                for sig in checks:
+                    parent.setdefault(sig, sig)
+                for a, b in zip(checks, checks[1:], strict=False):
+                    if root(a) != root(b):
+                        parent[root(b)] = root(a)
+        votes: dict[str, Counter[str]] = {}
+        for record in records:
+            if record.reproduces and divergence(str(record.signature)):
+                for sig in record.all_signatures:
+                    if sig in parent and not divergence(sig) and links_findings(sig):
+                        votes.setdefault(root(sig), Counter())[str(record.signature)] += 1
+        for check, counts in votes.items():
+            best = max(counts, key=lambda sig: (counts[sig], len(groups.get((sig, False), ())), sig))
+            parent[root(check)] = root(best)
         plain = {str(r.signature) for r in records if r.reproduces and not r.alternatives}
         for (sig, flaky), members in groups.items():
             if flaky or not all(m.alternatives for m in members):

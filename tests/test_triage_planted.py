@@ -67,3 +67,18 @@ def test_without_the_planted_bug_only_known_kernel_bugs_remain() -> None:
             assert not verdict.new_findings, (path, [f.signature for f in verdict.findings])
     finally:
         pool.close()
+
+
+def test_two_bugs_in_one_directory_stay_apart(tmp_path: Path) -> None:
+    """A bug whose tail calls land one byte late overflows the stack as a counter lost in every
+    subprogram would: its own self-check names it (``jit@landing``), so the two stay two buckets."""
+    import shutil
+
+    for bug in ("tail-call-offset", "subprog-counter-reset"):
+        for path in (PLANTED / bug).glob("*.scn"):
+            shutil.copy(path, tmp_path / f"{bug}--{path.name}")
+    planted = [b for b in triage(tmp_path) if not b.signature.startswith(f"{KNOWN}:")]
+    assert sorted((b.signature, sorted({f.path.name.split("--")[0] for f in b.findings})) for b in planted) == [
+        ("divergence:linux-6.1:control:jit@landing:any", ["tail-call-offset"]),
+        ("divergence:linux-6.1:control:jit@subprog-reset:any", ["subprog-counter-reset"]),
+    ]
