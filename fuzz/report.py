@@ -99,6 +99,7 @@ class TimelineRow:
     differs: bool
     stale: list[tuple[str, str, str]] = field(default_factory=list)   # (site, actual, expected)
     pokes: list[PokeBytes] = field(default_factory=list)              # every site, after a map event
+    fields: list[str] = field(default_factory=list)                   # what differs at this event
 
 
 @dataclass
@@ -203,7 +204,9 @@ def _short_outcome(outcome: Any) -> str:
 
 def _timeline(scenario: Scenario, outcomes: dict[str, list[Any]], verdict: Any,
               pokes: list[PokeState]) -> list[TimelineRow]:
-    differing = {d.event_index for d in verdict.differences} if verdict is not None else set()
+    differing: dict[int, list[str]] = {}
+    for d in (verdict.differences if verdict is not None else ()):
+        differing.setdefault(d.event_index, []).append(d.field)
     rows = []
     for index in range(len(scenario.events)):
         shown = {engine: _short_outcome(seq[index]) for engine, seq in outcomes.items() if index < len(seq)}
@@ -213,7 +216,7 @@ def _timeline(scenario: Scenario, outcomes: dict[str, list[Any]], verdict: Any,
         run = isinstance(scenario.events[index], Run)
         sites = [site for state in pokes if state.index == index for site in state.bytes if not (run and site.ok)]
         rows.append(TimelineRow(index, _describe_event(scenario, index).split(": ", 1)[1], shown,
-                                index in differing, stale, sites))
+                                index in differing, stale, sites, differing.get(index, [])))
     return rows
 
 
@@ -252,7 +255,7 @@ def verdict_sentence(finding: dict[str, Any] | None, scenario: Scenario, timelin
             site, actual, expected = row.stale[0]
             engine, where = site.split(": ", 1)
             sentence = (f"After `{row.event}` (event {row.index}) the {where} in {engine} holds `{actual}` where "
-                        f"`{expected}` was expected: {engine} did not re-patch its direct tail-call site")
+                        f"`{expected}` was expected: {_poke_fault(engine, actual, expected)}")
             effect = _effect(finding, timeline) if finding["kind"] == "divergence" else ""
             return sentence + (f"; so {effect}" if effect else "") + "."
     engine, model = _wrong_engine(finding)
@@ -269,6 +272,21 @@ def verdict_sentence(finding: dict[str, Any] | None, scenario: Scenario, timelin
                 f"new bug): {explained}.")
     effect = _effect(finding, timeline, engine, model)
     return effect[:1].upper() + effect[1:] + "."
+
+
+def _poke_fault(engine: str, actual: str, expected: str) -> str:
+    """What a poke site holding ``actual`` where ``expected`` belongs means (``jmp p1+0xb``, ``nop5``)."""
+    if actual.startswith("jmp ") and expected.startswith("jmp "):
+        (prog, _, off), (want, _, want_off) = actual[4:].partition("+"), expected[4:].partition("+")
+        if prog == want and off != want_off:
+            return (f"{engine} patched the jump into {prog} at the wrong offset (+{off}, its tail-call entry is "
+                    f"+{want_off})")
+        return f"{engine} kept the jump into the slot's old program {prog} (the new one is {want})"
+    if actual.startswith("jmp ") and expected == "nop5":
+        return f"{engine} did not re-patch its direct tail-call site when the slot was emptied"
+    if actual == "nop5" and expected.startswith("jmp "):
+        return f"{engine} did not patch the jump there"
+    return f"{engine} did not re-patch its direct tail-call site"
 
 
 def _event_words(finding: dict[str, Any], timeline: list[TimelineRow]) -> str:
@@ -580,7 +598,7 @@ def render_markdown(data: ReportData) -> str:
         out += ["", "## Timeline", "", "| # | event | " + " | ".join(engines) + " | poke sites: bytes (expected) |",
                 "|---:|---|" + "---|" * len(engines) + "---|"]
         for row in data.timeline:
-            mark = " **differs**" if row.differs else ""
+            mark = f" **differs in {', '.join(row.fields)}**" if row.differs else ""
             out.append(f"| {row.index} | `{_md_cell(row.event)}`{mark} | "
                        + " | ".join(_md_cell(row.outcomes.get(e, "-")) for e in engines)
                        + f" | {'<br>'.join(_md_poke(site) for site in row.pokes)} |")
@@ -666,7 +684,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; vertical-align: top; text-align: left; }
 td.code { white-space: pre-wrap; overflow-wrap: anywhere; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-table { max-width: 100%; } code.bytes { color: #555; }
+table { max-width: 100%; } code.bytes { color: #555; white-space: nowrap; }
 span.wrong { color: #a00; font-weight: bold; }
 tr.mark td { background: #fff3cd; } tr.divergence td { background: #f8d7da; }
 .flaky { color: #8a6d3b; font-weight: bold; } .sig { font-family: ui-monospace, monospace; }
@@ -714,7 +732,8 @@ def _html_bucket(index: int, data: ReportData) -> str:
             cells = "".join(f'<td class="code">{_e(row.outcomes.get(e, "-"))}</td>' for e in engines)
             if pokes:
                 cells += f'<td>{"<br>".join(_html_poke(site) for site in row.pokes)}</td>'
-            p.append(f'<tr{cls}><td>{row.index}</td><td class="code">{_e(row.event)}</td>{cells}</tr>')
+            differs = f'<br><b>differs in {_e(", ".join(row.fields))}</b>' if row.differs else ""
+            p.append(f'<tr{cls}><td>{row.index}</td><td class="code">{_e(row.event)}{differs}</td>{cells}</tr>')
         p.append("</table>")
     p.append("<ul>")
     p.append(f'<li>signature: <span class="sig">{_e(data.signature)}</span></li>')

@@ -27,8 +27,8 @@ def test_a_skipped_poke_is_named_by_the_site_that_kept_its_jump(tmp_path: Path) 
     data = report_of(tmp_path, DELETE, "poke-skip-delete")
     assert data.verdict == ("After `delete jmp 1` (event 2) the direct tail-call site of caller (jmp[1], xlated pc 3) "
                             "in jit holds `jmp a+0xb` where `nop5` was expected: jit did not re-patch its direct "
-                            "tail-call site; so at `run caller` (event 3) jit takes 1 tail call where interp takes "
-                            "0 tail calls.")
+                            "tail-call site when the slot was emptied; so at `run caller` (event 3) jit takes 1 tail "
+                            "call where interp takes 0 tail calls.")
     rows = {row.index: row for row in data.timeline}
     assert [row.index for row in data.timeline if row.differs] == [3]
     assert rows[1].stale == [] and rows[3].outcomes == {"interp": "r0=0x1 tail_calls=0 trace caller",
