@@ -178,6 +178,9 @@ class Profile:
     # check_stack_range_initialized): measured on 5.10.223, 6.1.192 and 6.12.117 -- a 4-byte spill of 1
     # passed as a lookup key and filled after the call is unknown (`if w0 == 0x1` stays).
     verifier_helper_stack_clobber: bool = True
+    # The verifier takes a subprogram's R0 from its own exit even when the subprogram can
+    # tail-call, whose success returns the target's R0 instead (SUBPROG_R0_ACROSS_TAIL_CALL).
+    verifier_trusts_subprog_r0: bool = True
     # XDP context rewrite (convert_ctx_accesses) and the structures behind it.
     xdp: XdpLayout = XDP_LAYOUT_6_1
     # -- instruction set the verifier accepts (bpfdiff/verifier.py) -------------------
@@ -238,6 +241,17 @@ MAP_OPS_RETURN_INT = KernelBug(
                "calls in JITed programs)",
     fixed_in="v6.4",
     fix=(("map_ops_return_bits", 64),),
+)
+
+# Found by bpfdiff's own clean campaigns (6.1, 5.10, 6.12) and confirmed on the real 6.1.192 and
+# 5.10.223 with kernel-jit; no upstream fix was found, so it is named by what it is, not a commit.
+SUBPROG_R0_ACROSS_TAIL_CALL = KernelBug(
+    commit="subprog-r0-tail-call",
+    title="verifier: a subprogram's R0 is taken from its own exit across a successful tail call "
+          "(branches on it hard-wired, code removed as dead)",
+    introduced="e411901c0b77 (v5.10-rc1, tail calls in subprograms)",
+    fixed_in="not fixed upstream as far as we know",
+    fix=(("verifier_trusts_subprog_r0", False),),
 )
 
 LINUX_5_5 = Profile(
@@ -316,7 +330,7 @@ LINUX_6_1 = Profile(
     off_array_ptrs=0x110,
     off_prog_bpf_func=0x30,
     jit_imm8_jmp_max=123,
-    kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY),
+    kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY, SUBPROG_R0_ACROSS_TAIL_CALL),
     isa_ja32=True,               # gotol only (measured on 6.1.192)
 )
 
@@ -357,7 +371,7 @@ LINUX_6_12 = Profile(
     jit_tail_call_cnt="pointer",
     jit_ibt=True,
     map_ops_return_bits=64,      # d7ba4cc900bf (v6.4)
-    kernel_bugs=(INTERP_EMPTY_SLOT_COUNT,),
+    kernel_bugs=(INTERP_EMPTY_SLOT_COUNT, SUBPROG_R0_ACROSS_TAIL_CALL),
     jit_imm8_jmp_max=123,        # the convergence fix (v6.13) is in 6.12.y well before .117
     isa_v4=True,                 # v6.6
     verifier_jeq_range=True,     # v6.2
@@ -389,7 +403,7 @@ LINUX_5_10 = Profile(
     atomic_fetch=False,          # BPF_ATOMIC fetch/xchg/cmpxchg/and/or/xor came in 5.12
     xdp=XDP_LAYOUT_5_10,
     # jit_imm8_jmp_max stays 127: the convergence fix (Dec 2024) is later than 5.10.223 (July 2024)
-    kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY),
+    kernel_bugs=(MAP_OPS_RETURN_INT, TAILCALL_HIERARCHY, SUBPROG_R0_ACROSS_TAIL_CALL),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX_6_1, LINUX_5_5, LINUX_5_10, LINUX_6_12)}

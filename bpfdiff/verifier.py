@@ -459,6 +459,24 @@ STACK_ARGS = {isa.BPF_FUNC_map_lookup_elem: ((2, "key_size"),),
               isa.BPF_FUNC_map_update_elem: ((2, "key_size"), (3, "value_size"))}
 
 
+def _tail_call_reachable(insns: Sequence[Insn]) -> frozenset[int]:
+    """Entry pcs of the subprograms that can reach ``bpf_tail_call`` (in their body or through
+    the subprograms they call), as the verifier's ``tail_call_reachable``."""
+    entries = sorted({0} | {isa.jump_target(pc, insn) for pc, insn in enumerate(insns) if insn.is_pseudo_call})
+    bounds = list(zip(entries, entries[1:] + [len(insns)], strict=True))
+    calls = {start: {isa.jump_target(pc, insns[pc]) for pc in range(start, end) if insns[pc].is_pseudo_call}
+             for start, end in bounds}
+    reach = {start for start, end in bounds if any(insns[pc].is_tail_call for pc in range(start, end))}
+    grew = True
+    while grew:
+        grew = False
+        for start, callees in calls.items():
+            if start not in reach and callees & reach:
+                reach.add(start)
+                grew = True
+    return frozenset(reach)
+
+
 class _Explorer:
     """One program's exploration (see above).  Values: None (not initialised), ("s", Scalar),
     ("m", map) map pointer, ("f", frame, off) stack pointer of frame ``frame`` (index into the
@@ -472,6 +490,7 @@ class _Explorer:
         self.seen: set[int] = set()
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
         self.map_ptr: dict[int, str | None] = {}
+        self.tail_call_reachable = _tail_call_reachable(insns)
 
     def run(self, budget: int = EXPLORE_BUDGET) -> PathFacts | None:
         entry_regs = (None, ("c",)) + (None,) * 8 + (("f", 0, 0),)
@@ -643,6 +662,11 @@ class _Explorer:
             if ret < 0:
                 return []
             r0 = r[0]
+            if not self.profile.verifier_trusts_subprog_r0 and \
+                    isa.jump_target(ret, self.insns[ret]) in self.tail_call_reachable:
+                # The fix of SUBPROG_R0_ACROSS_TAIL_CALL: a tail call taken inside the callee
+                # returns the target's R0, which the callee's own exit says nothing about.
+                r0 = ("s", scalar.unknown_of_size(8))
             frames.pop()
             cregs, cstack, cret = frames[-1]
             c = list(cregs)

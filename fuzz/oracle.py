@@ -73,6 +73,7 @@ numbers replaced by N>``.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import traceback
@@ -529,11 +530,11 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     models = [name for name in verdict.outcomes if mirrors[name] is None]
     if not models:
         return None
-    # each bug alone, then all of them at once: one run can show two bugs (a tail-call count that
-    # 116e04ba1459 doubles and an R0 that d7ba4cc900bf truncates), which no single fix explains
-    candidates = [(bug,) for bug in profile.kernel_bugs]
-    if len(profile.kernel_bugs) > 1:
-        candidates.append(tuple(profile.kernel_bugs))
+    # each bug alone, then pairs, ... then all of them at once, so the fewest bugs that explain it
+    # name it: one run can show two bugs (a tail-call count that 116e04ba1459 doubles and an R0
+    # that d7ba4cc900bf truncates), which no single fix explains
+    candidates = [together for size in range(1, len(profile.kernel_bugs) + 1)
+                  for together in itertools.combinations(profile.kernel_bugs, size)]
     for together in candidates:
         fixed = profile.name
         for bug in together:
