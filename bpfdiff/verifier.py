@@ -459,22 +459,33 @@ STACK_ARGS = {isa.BPF_FUNC_map_lookup_elem: ((2, "key_size"),),
               isa.BPF_FUNC_map_update_elem: ((2, "key_size"), (3, "value_size"))}
 
 
+def subprog_starts(insns: Sequence[Insn]) -> list[int]:
+    """The first pc of each function: 0 and every bpf-to-bpf call's target, in order."""
+    return sorted({0} | {pc + 1 + insn.imm for pc, insn in enumerate(insns) if insn.is_pseudo_call})
+
+
+def reach_tail_calls(has_tail_call: Sequence[bool], callees: Sequence[set[int]]) -> list[bool]:
+    """The verifier's ``tail_call_reachable`` per function: it tail-calls, or calls (transitively)
+    a function that does.  ``callees[k]``: the indices of the functions function k calls."""
+    reachable = list(has_tail_call)
+    changed = True
+    while changed:
+        changed = False
+        for k, called in enumerate(callees):
+            if not reachable[k] and any(reachable[c] for c in called):
+                reachable[k] = changed = True
+    return reachable
+
+
 def _tail_call_reachable(insns: Sequence[Insn]) -> frozenset[int]:
-    """Entry pcs of the subprograms that can reach ``bpf_tail_call`` (in their body or through
-    the subprograms they call), as the verifier's ``tail_call_reachable``."""
-    entries = sorted({0} | {isa.jump_target(pc, insn) for pc, insn in enumerate(insns) if insn.is_pseudo_call})
-    bounds = list(zip(entries, entries[1:] + [len(insns)], strict=True))
-    calls = {start: {isa.jump_target(pc, insns[pc]) for pc in range(start, end) if insns[pc].is_pseudo_call}
-             for start, end in bounds}
-    reach = {start for start, end in bounds if any(insns[pc].is_tail_call for pc in range(start, end))}
-    grew = True
-    while grew:
-        grew = False
-        for start, callees in calls.items():
-            if start not in reach and callees & reach:
-                reach.add(start)
-                grew = True
-    return frozenset(reach)
+    """Entry pcs of the functions that can reach ``bpf_tail_call``, from every call in their body."""
+    starts = subprog_starts(insns)
+    bounds = list(zip(starts, starts[1:] + [len(insns)], strict=True))
+    has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in bounds]
+    callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in range(s, e) if insns[pc].is_pseudo_call}
+               for s, e in bounds]
+    return frozenset(s for (s, _), reach in zip(bounds, reach_tail_calls(has_tail_call, callees), strict=True)
+                     if reach)
 
 
 class _Explorer:

@@ -72,7 +72,15 @@ from bpfdiff.helpers import known_cpu_id
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import PerCpuInline, Profile, XdpLayout
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, MapDef
-from bpfdiff.verifier import VerifierError, branch_taken, explore, key_in_range, track_const_alu
+from bpfdiff.verifier import (
+    VerifierError,
+    branch_taken,
+    explore,
+    key_in_range,
+    reach_tail_calls,
+    subprog_starts,
+    track_const_alu,
+)
 
 if TYPE_CHECKING:
     from bpfdiff.jit.bpf_jit_comp import JitOptions
@@ -521,18 +529,10 @@ MAP_GEN_LOOKUP: dict[str, Callable[[MapDef, Profile], list[Insn]]] = {
 
 
 # -- the pipeline ------------------------------------------------------------------------------
-def _subprog_starts(insns: Sequence[Insn]) -> list[int]:
-    starts = {0}
-    for pc, insn in enumerate(insns):
-        if insn.is_pseudo_call:
-            starts.add(pc + 1 + insn.imm)
-    return sorted(starts)
-
-
 def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[int]:
     """Structure (the encodings were checked by :func:`bpfdiff.verifier.check_isa`)."""
     insns = prog.insns
-    starts = _subprog_starts(insns)
+    starts = subprog_starts(insns)
     ends = starts[1:] + [len(insns)]
     second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
     for pc, insn in enumerate(insns):
@@ -604,13 +604,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
                                 f"{maps[map_name].kind} into func bpf_tail_call")
     has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in zip(starts, ends, strict=True)]
     callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
-    reachable = list(has_tail_call)
-    changed = True
-    while changed:          # a function that calls one that reaches a tail call reaches it too
-        changed = False
-        for k, called in enumerate(callees):
-            if not reachable[k] and any(reachable[c] for c in called):
-                reachable[k] = changed = True
+    reachable = reach_tail_calls(has_tail_call, callees)
     depths = [isa.MAX_BPF_STACK if flow.escaped else flow.depth for flow in flows]
     if not profile.tail_calls_in_subprogs and any(has_tail_call):
         depths[0] = isa.MAX_BPF_STACK       # fixup_bpf_calls: "we cannot make any assumptions"
