@@ -225,6 +225,11 @@ class Engine(ABC):
         the other engines; the next ``execute`` of the same scenario collects it.  Never raises:
         whatever goes wrong is raised again by ``execute``."""
 
+    def take_incidents(self) -> list[tuple[str, BaseException | None]]:
+        """What went wrong in the engine's own machinery and was recovered from during the last
+        ``execute`` (a VM that died and was replaced): (a note, a crash to report or None)."""
+        return []
+
     def inspect(self, scenario: Scenario, stop: int | None = None) -> Iterator[Inspection]:
         """Apply the scenario's events up to and including ``stop`` (default: all), yielding the
         loaded programs' code after loading and after every event -- what ``bpfdiff dump`` and

@@ -228,14 +228,33 @@ _DEFAULT_POOL = EnginePool()
 
 # ---------------------------------------------------------------------------
 def crash_signature(exc: BaseException, engine: str, profile: str) -> str:
-    """Exception type plus the innermost frame inside bpfdiff."""
-    where = "?"
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+    """Exception type plus the innermost frame inside bpfdiff, or where the exception says it
+    happened (``crash_site``: a guest kernel's own words)."""
+    where = getattr(exc, "crash_site", None)
+    for frame in reversed(traceback.extract_tb(exc.__traceback__) if where is None else []):
         module = _module_of(frame.filename)
         if module is not None:
             where = f"{module}.{frame.name}"
             break
+    where = where or "?"
     return f"{CRASH}:{profile}:{engine}:{type(exc).__name__}@{where}"
+
+
+def crash_finding(exc: BaseException, engine: str, profile: str, note: str = "",
+                  unattributed: bool = False) -> Finding:
+    """An engine that crashed: a CRASH finding; a guest kernel that died brings how it ended
+    (``console_excerpt``).  ``unattributed``: a death no request of the scenario is blamed for
+    (the engine said why in ``note``), signed apart."""
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if note:
+        detail = f"{note[:300]}\n{detail}"
+    console = getattr(exc, "console_excerpt", "")   # a guest kernel that died: how it ended
+    if console:
+        detail = f"{detail[:800]}\n-- the guest's console --\n{console}"
+    signature = crash_signature(exc, engine, profile)
+    if unattributed:
+        signature = signature.replace("@", "@unattributed:", 1)
+    return Finding(CRASH, signature, None, None, {engine: f"{type(exc).__name__}: {exc}"[:300]}, detail[:2000])
 
 
 def _module_of(filename: str) -> str | None:
@@ -446,8 +465,10 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
             pool.get(name, profile, bugs).submit(scenario)
         except Exception:  # noqa: BLE001, S110 - execute() below raises it again, where it is handled
             pass
+    bad_input: EngineError | None = None
     for name in engines:
         started = time.perf_counter()
+        engine = None
         try:
             engine = pool.get(name, profile, bugs)
             verdict.outcomes[name] = engine.execute(scenario)
@@ -456,18 +477,27 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
             verdict.notes.append(f"{name} left out: {exc}")
         except ProgramRefused as exc:
             refusals[name] = exc
-        except EngineError:
-            raise
+        except EngineError as exc:
+            # Bad input, not a finding -- raised once every engine has run, so that what an engine
+            # in a VM started on it is collected: a guest that died serving it is still a crash.
+            bad_input = bad_input or exc
         except Exception as exc:  # noqa: BLE001 - an engine crash is a finding
             pool.discard(name, profile, bugs)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            console = getattr(exc, "console_excerpt", "")   # a guest kernel that died: how it ended
-            if console:
-                detail = f"{detail[:500]}\n-- the guest's console --\n{console}"
-            crashes.append(Finding(CRASH, crash_signature(exc, name, profile), None, None,
-                                   {name: f"{type(exc).__name__}: {exc}"[:300]}, detail[:2000]))
+            crashes.append(crash_finding(exc, name, profile))
         finally:
             verdict.seconds[name] = time.perf_counter() - started
+            for note, death in engine.take_incidents() if engine is not None else ():
+                # the engine's machinery died and was replaced on the way: said, and a death that
+                # no request of its own is blamed for is a crash finding here, never dropped
+                verdict.notes.append(note)
+                if death is not None:
+                    crashes.append(crash_finding(death, name, profile, note, unattributed=True))
+    if bad_input is not None:
+        if not crashes:
+            raise bad_input
+        verdict.notes.append(f"bad input: {bad_input}")
+        verdict.outcomes.clear()
+        refusals.clear()
     if refusals and not verdict.outcomes and not crashes:
         # Every engine refused: the input is not a valid program, not a finding.
         raise next(iter(refusals.values()))

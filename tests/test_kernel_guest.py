@@ -546,14 +546,119 @@ def test_a_panicking_guest_is_a_finding_and_the_next_scenario_runs_on_a_new_gues
     assert _GUESTS[DEFAULT_KERNEL] is not crashes[0] and not _GUESTS[DEFAULT_KERNEL].dead
 
 
+def test_a_guest_dying_on_a_request_nobody_else_waits_for_is_still_a_crash_finding(guest, monkeypatch):
+    # Both kernel engines' requests are queued before our engines run.  kernel-jit's request makes
+    # the kernel really panic, and interp then calls the input bad (EngineError): before, the
+    # oracle raised at once, nobody collected kernel-jit's request and the next scenario was
+    # served by a fresh guest without a word.  Now every engine runs first: the death is
+    # kernel-jit's crash finding with the console's panic; kernel-interp, queued behind the
+    # fatal request (never started on), ran again on the fresh guest and a note says so.
+    from bpfdiff.fuzz.oracle import CRASH, EnginePool, run_oracle
+
+    from bpfdiff.engine import EngineError
+    from bpfdiff.kernel import protocol
+    from bpfdiff.kernel.engine import _GUESTS
+    from bpfdiff.kernel.guest import Guest, GuestDied
+
+    scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "direct_tail_call.scn").read_text()))
+    real_submit = Guest.submit
+    panicked = []
+
+    def panic_instead(self, payload, timeout=30.0):
+        if not panicked and payload[:1] == bytes([protocol.CMD_SCENARIO]):
+            panicked.append(self)
+            payload = bytes([protocol.CMD_DEBUG]) + b"c"
+        return real_submit(self, payload, timeout)
+
+    pool = EnginePool()
+    interp = pool.get("interp", "linux-6.1", frozenset())
+
+    def bad_input(scn):
+        raise EngineError("interp: bad input")
+
+    monkeypatch.setattr(Guest, "submit", panic_instead)
+    monkeypatch.setattr(interp, "execute", bad_input)
+    verdict = run_oracle(scenario, engines=("interp", "kernel-jit", "kernel-interp"), profile="linux-6.1",
+                         pool=pool)
+    monkeypatch.undo()
+    assert panicked and panicked[0].dead
+    [finding] = verdict.findings
+    assert finding.kind == CRASH and list(finding.values) == ["kernel-jit"]
+    assert finding.signature.startswith(f"crash:linux-6.1:kernel-jit:{GuestDied.__name__}@Kernel-panic")
+    assert "Kernel panic - not syncing" in finding.detail and "sysrq" in finding.detail.lower()
+    assert any(n.startswith("kernel-interp: its guest was replaced") and "ticket" in n for n in verdict.notes)
+    assert "bad input: interp: bad input" in verdict.notes and not verdict.outcomes
+    assert _GUESTS[DEFAULT_KERNEL] is not panicked[0]
+    # the same death is reported once: the next scenario runs clean on the fresh guest
+    again = run_oracle(scenario, engines=("interp", "jit", "kernel-jit", "kernel-interp"), profile="linux-6.1",
+                       pool=pool)
+    assert again.ok and not again.findings and len(again.outcomes) == 4
+    assert not any("replaced" in n for n in again.notes)
+
+
+def test_a_guest_that_dies_between_requests_or_on_an_abandoned_one_is_reported_not_dropped(guest, monkeypatch):
+    # No request of the next scenario is to blame for these deaths, so that scenario runs on a
+    # fresh guest, and the death comes with it as an "unattributed" crash finding with the
+    # console and a note (before: the guest was replaced without a word).  First qemu is
+    # killed between scenarios; then a submitted request that panics the kernel is abandoned
+    # (its scenario never executed) and the next scenario finds the guest dead.
+    import os
+    import signal
+
+    from bpfdiff.fuzz.oracle import CRASH, EnginePool, run_oracle
+
+    from bpfdiff.kernel import protocol
+    from bpfdiff.kernel.guest import Guest, GuestDied
+
+    scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "direct_tail_call.scn").read_text()))
+    engines = ("interp", "jit", "kernel-jit")
+    pool = EnginePool()
+    old = guest_for(DEFAULT_KERNEL)
+    os.kill(old.proc.pid, signal.SIGKILL)
+    old.proc.wait()
+    verdict = run_oracle(scenario, engines=engines, profile="linux-6.1", pool=pool)
+    assert sorted(verdict.outcomes) == sorted(engines) and not verdict.differences
+    [finding] = verdict.findings
+    assert finding.kind == CRASH
+    assert finding.signature == f"crash:linux-6.1:kernel-jit:{GuestDied.__name__}@unattributed:no-kernel-message"
+    assert "qemu exited (status -9)" in finding.detail and "while idle" in finding.detail
+    assert "bpfdiff-agent: ready" in finding.detail   # the console's tail
+    assert any(n.startswith("kernel-jit: its guest was replaced") for n in verdict.notes)
+
+    # a scenario submitted, never executed, whose request panics the kernel: the engine's next
+    # scenario abandons it, runs on a fresh guest, and reports the death it was not to blame for
+    real_submit = Guest.submit
+    panicked = []
+
+    def panic_instead(self, payload, timeout=30.0):
+        if not panicked and payload[:1] == bytes([protocol.CMD_SCENARIO]):
+            panicked.append(self)
+            payload = bytes([protocol.CMD_DEBUG]) + b"c"
+        return real_submit(self, payload, timeout)
+
+    monkeypatch.setattr(Guest, "submit", panic_instead)
+    pool.get("kernel-jit", "linux-6.1", frozenset()).submit(scenario)
+    monkeypatch.undo()
+    verdict = run_oracle(scenario, engines=engines, profile="linux-6.1", pool=pool)
+    assert panicked and panicked[0].dead
+    assert sorted(verdict.outcomes) == sorted(engines) and not verdict.differences
+    [finding] = verdict.findings
+    assert finding.signature.startswith(f"crash:linux-6.1:kernel-jit:{GuestDied.__name__}@unattributed:Kernel-panic")
+    assert "Kernel panic - not syncing" in finding.detail and "ticket" in finding.detail
+
+
 def test_a_hung_guest_is_a_crash_with_its_console(guest):
     # Last in the module (no guest is booted after it): the agent stops answering; the request
-    # times out, the guest is killed, and what its console said comes with the error.
-    from bpfdiff.kernel.guest import GuestHung
+    # times out, the guest is killed, and what its console said comes with the error -- raised
+    # for the request that hung; the ping queued behind it was never started on.
+    from bpfdiff.kernel.guest import GuestHung, GuestLost
 
     guest = guest_for(DEFAULT_KERNEL)
-    guest.crash_for_test("hang", timeout=3)
-    with pytest.raises(GuestHung, match="hung") as info:
+    ticket = guest.crash_for_test("hang", timeout=3)
+    with pytest.raises(GuestLost, match="before it started"):
         guest.ping()
+    with pytest.raises(GuestHung, match="hung") as info:
+        guest.collect(ticket)
     assert "bpfdiff-agent: ready" in info.value.console_tail
     assert isinstance(info.value, GuestCrashed) and guest.dead and guest.proc.poll() is not None
+    assert info.value.crash_site == "no-reply"

@@ -12,8 +12,13 @@ only among the engines that see them.
 
 One guest per kernel per process, shared by both engines and started on
 first use; ``--jobs N`` (N processes) gives N guests.  A guest that hangs or
-panics raises :class:`GuestCrashed` (a finding, with its console tail) and
-is replaced by a fresh one for the next scenario.
+panics while serving a scenario's request raises :class:`GuestCrashed` for
+that scenario (a finding, with its console tail) and is replaced by a fresh
+one.  A request the guest never started on (it died serving an earlier one,
+or while idle) is run again on the fresh guest, with a note saying so; a
+death no request is blamed for (idle, or serving a request nobody collects)
+goes with that note as an incident, which the oracle makes a crash finding:
+nothing is lost.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import atexit
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from bpfdiff import isa
 from bpfdiff.engine import (
@@ -40,7 +45,15 @@ from bpfdiff.engine import (
 )
 from bpfdiff.isa import InvalidInstruction, Program, decode
 from bpfdiff.kernel import protocol
-from bpfdiff.kernel.guest import BadScenario, Guest, GuestCrashed, GuestError, UnsupportedScenario, build_request
+from bpfdiff.kernel.guest import (
+    BadScenario,
+    Guest,
+    GuestCrashed,
+    GuestError,
+    GuestLost,
+    UnsupportedScenario,
+    build_request,
+)
 from bpfdiff.kernel.image import SetupError, profile_kernel
 from bpfdiff.profiles import Profile
 from bpfdiff.scenario import Scenario
@@ -53,16 +66,23 @@ INTERP_REFUSALS = ("tail_calls are not allowed in non-JITed programs with bpf-to
                    "callbacks are not allowed in non-JITed programs")
 
 KERNEL_ENV = "BPFDIFF_KERNEL"
+_T = TypeVar("_T")
 
 _GUESTS: dict[str, Guest] = {}
 
 
-def guest_for(kernel: str) -> Guest:
-    """The process's guest for ``kernel``, booted on first use and again after a crash."""
+def guest_for(kernel: str, lost: list[GuestLost] | None = None) -> Guest:
+    """The process's guest for ``kernel``, booted on first use and again after it died.  A death
+    nobody was told of (:attr:`GuestLost.unclaimed`) is appended to ``lost`` when given."""
     guest = _GUESTS.get(kernel)
-    if guest is None or guest.dead or guest.proc.poll() is not None:
+    if guest is not None and not guest.dead:
+        guest.notice_death()
+    if guest is None or guest.dead:
         if guest is not None:
             guest.close()
+            unclaimed = guest.unclaimed_death()
+            if unclaimed is not None and lost is not None:
+                lost.append(unclaimed)
         try:
             guest = Guest.start(kernel)
         except SetupError as exc:
@@ -100,6 +120,7 @@ class KernelEngine(Engine):
             raise EngineError(f"{self.name}: planted bugs live in our engines; the real kernel has only its own")
         self.profile = profile if isinstance(profile, str) else profile.name
         self._pending: _Pending | None = None
+        self._lost: list[GuestLost] = []
         try:
             self.kernel = kernel or os.environ.get(KERNEL_ENV) or profile_kernel(self.profile)
         except SetupError as exc:
@@ -107,26 +128,58 @@ class KernelEngine(Engine):
 
     def submit(self, scenario: Scenario) -> None:
         """Queue the scenario's request on the guest; ``execute`` collects the reply."""
+        if self._pending is not None:   # a scenario submitted and never executed
+            self._abandon(self._pending)
         self._pending = None
         try:
             _refuse_random(self.name, scenario)
             req, maps = build_request(scenario, self.jit, images=False, events=True)
-            guest = guest_for(self.kernel)
+            guest = guest_for(self.kernel, self._lost)
             self._pending = _Pending(scenario, guest, guest.submit(req.encode()), req, maps)
+        except GuestLost as exc:   # the guest was found dead: execute() runs it on a fresh one
+            self._lost.append(exc)
         except Exception:  # noqa: BLE001, S110 - execute() runs it again and raises what it raises
             pass
 
     def execute(self, scenario: Scenario) -> list[EventOutcome]:
         pending, self._pending = self._pending, None
+        if pending is not None and pending.scenario is not scenario:
+            self._abandon(pending)
+            pending = None
         _refuse_random(self.name, scenario)
         with self._errors():
-            if pending is not None and pending.scenario is scenario and not pending.guest.dead:
-                reply = protocol.decode_scenario_reply(pending.guest.collect(pending.ticket), pending.request,
-                                                       pending.maps)
-                if reply.malformed:
-                    raise protocol.ProtocolError("the agent could not parse our request")
-                return outcomes_from_reply(scenario, self.jit, reply)
-            return guest_for(self.kernel).execute(scenario, self.jit)
+            if pending is not None:
+                try:
+                    # GuestCrashed when the guest died serving this request: the caller's finding
+                    raw = pending.guest.collect(pending.ticket)
+                except GuestLost as exc:   # it died before starting on it: run it on a fresh guest
+                    self._lost.append(exc)
+                else:
+                    reply = protocol.decode_scenario_reply(raw, pending.request, pending.maps)
+                    if reply.malformed:
+                        raise protocol.ProtocolError("the agent could not parse our request")
+                    return outcomes_from_reply(scenario, self.jit, reply)
+            return self._on_a_guest(lambda guest: guest.execute(scenario, self.jit))
+
+    def take_incidents(self) -> list[tuple[str, BaseException | None]]:
+        """Each request of the last scenario run again on a fresh guest because its guest died
+        before starting on it (why, as a note), with the death itself when no other request is
+        blamed for it (it died idle, or serving an abandoned request): a crash to report."""
+        lost, self._lost = self._lost, []
+        return [(f"{self.name}: its guest was replaced: {exc}", exc.death if exc.unclaimed else None) for exc in lost]
+
+    def _abandon(self, pending: _Pending) -> None:
+        death = pending.guest.abandon(pending.ticket)
+        if death is not None:
+            self._lost.append(death)
+
+    def _on_a_guest(self, call: Callable[[Guest], _T]) -> _T:
+        """``call`` on the guest, once more on a fresh one if the guest is found dead first."""
+        try:
+            return call(guest_for(self.kernel, self._lost))
+        except GuestLost as exc:
+            self._lost.append(exc)
+            return call(guest_for(self.kernel, self._lost))
 
     def inspect(self, scenario: Scenario, stop: int | None = None) -> Iterator[Inspection]:
         """The kernel's xlated program and JIT images of every loaded program, after loading and each event."""
@@ -134,7 +187,7 @@ class KernelEngine(Engine):
             scenario = dataclasses.replace(scenario, events=scenario.events[:stop + 1])
         with self._errors():
             req, maps = build_request(scenario, self.jit, images=False, events=True, info_after_each=True)
-            reply = guest_for(self.kernel).send(req, maps)
+            reply = self._on_a_guest(lambda guest: guest.send(req, maps))
         code: dict[int, dict[str, ProgramCode]] = {}
         for kind, tag, body in reply.outcomes:
             if kind == "info":

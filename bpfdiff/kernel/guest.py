@@ -16,6 +16,7 @@ import collections
 import contextlib
 import ctypes
 import os
+import re
 import select
 import shutil
 import signal
@@ -64,6 +65,20 @@ class GuestCrashed(GuestError):
         start = self.console_tail.rfind("\n", 0, min(starts)) + 1
         return self.console_tail[start:start + EXCERPT]
 
+    @property
+    def crash_site(self) -> str:
+        """Where the crash happened, for its signature: the kernel's first line saying how it
+        failed (numbers and addresses as N, one word), else what the host saw.  The same
+        however the host noticed the death (a closed channel, qemu gone, a timeout)."""
+        excerpt = self.console_excerpt
+        for marker in CRASH_MARKERS:
+            at = excerpt.find(marker)
+            if at >= 0:
+                line = excerpt[at:].splitlines()[0]
+                line = re.sub(r"0x[0-9a-fA-F]+|[0-9a-fA-F]{8,}|\d+", "N", line)
+                return re.sub(r"[^A-Za-z0-9_.]+", "-", line).strip("-")[:60]
+        return "no-reply" if isinstance(self, GuestHung) else "no-kernel-message"
+
 
 class GuestDied(GuestCrashed):
     """The channel closed: the kernel panicked (qemu runs with -no-reboot) or the agent exited."""
@@ -71,6 +86,22 @@ class GuestDied(GuestCrashed):
 
 class GuestHung(GuestCrashed):
     """No reply in time: the kernel or the agent hangs (the guest is killed)."""
+
+
+class GuestLost(GuestError):
+    """The guest died before it started on this request: while it served an earlier request
+    (``fatal``, its ticket; that request's owner gets :attr:`death`) or while it was idle
+    (``fatal`` None).  The agent answers requests strictly one after the other and reads the
+    next only after writing the reply before, so this request played no part: run it again on
+    a fresh guest.  ``unclaimed``: no collector will be told of :attr:`death` (the guest died
+    idle, or serving a request whose owner abandoned it) -- the one that gets this error must
+    report it."""
+
+    def __init__(self, message: str, death: GuestCrashed, fatal: int | None, unclaimed: bool) -> None:
+        super().__init__(message)
+        self.death = death
+        self.fatal = fatal
+        self.unclaimed = unclaimed
 
 
 @dataclass(frozen=True)
@@ -140,6 +171,13 @@ class Guest:
         self._inbuf = bytearray()
         self._pending: collections.deque[tuple[int, float, float]] = collections.deque()
         self._next_ticket = 0
+        # Replies read while waiting for a later ticket (or salvaged when the guest died), by ticket.
+        self._replies: dict[int, bytes] = {}
+        self._abandoned: set[int] = set()
+        # How the guest died, and the ticket it was serving then (None: it died idle).
+        self.death: GuestCrashed | None = None
+        self.fatal: int | None = None
+        self._death_told = False
         self._last_reply = 0.0
         self._timeout = REQUEST_TIMEOUT
         sock.setblocking(False)
@@ -237,9 +275,51 @@ class Guest:
     # The socket is non-blocking and every transfer both sends and receives, so a large request
     # never waits for the agent while the agent waits for us to read its reply.
     def _crash(self, why: str, kind: type[GuestCrashed] | None = None) -> GuestCrashed:
-        tail = _tail(self.console)
+        """The guest died (``why``): keep every reply it sent before, note the request it was
+        serving (the oldest one without a reply) and its console's tail, and close it."""
+        if self.death is not None:
+            return self.death
+        with contextlib.suppress(OSError):
+            while True:   # what the agent sent before dying is ours: read it up to the end
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    break
+                self._inbuf += data
+        while self._pending and len(self._inbuf) >= 4:
+            (length,) = struct.unpack_from("<I", self._inbuf)
+            if len(self._inbuf) < 4 + length:
+                break
+            ticket = self._pending.popleft()[0]
+            self._replies[ticket] = bytes(self._inbuf[4:4 + length])
+            del self._inbuf[:4 + length]
+        self.fatal = self._pending[0][0] if self._pending else None
+        self.death = (kind or GuestDied)(f"guest {self.image.name}: {why}", _tail(self.console))
         self.close()
-        return (kind or GuestDied)(f"guest {self.image.name}: {why}", tail)
+        return self.death
+
+    def notice_death(self) -> GuestCrashed | None:
+        """If qemu has exited (a panic with -no-reboot) while nobody was waiting on it: how it died."""
+        if self.death is None and not self.dead and self.proc.poll() is not None:
+            return self._crash(f"qemu exited (status {self.proc.returncode}): the kernel panicked or the agent exited")
+        return self.death
+
+    def unclaimed_death(self) -> GuestLost | None:
+        """The guest's death as a :class:`GuestLost` if no collector has been or will be told of it."""
+        if self.death is None:
+            return None
+        lost = self._lost(None)
+        return lost if lost.unclaimed else None
+
+    def _lost(self, ticket: int | None) -> GuestLost:
+        """GuestLost for ``ticket`` (None: a request not sent), after the guest died."""
+        assert self.death is not None
+        unclaimed = not self._death_told and (self.fatal is None or self.fatal in self._abandoned)
+        self._death_told = self._death_told or unclaimed
+        where = (f"while it served an earlier request (ticket {self.fatal})" if self.fatal is not None
+                 else "while idle, after its last reply")
+        what = f"request {ticket}" if ticket is not None else "this request"
+        return GuestLost(f"guest {self.image.name} died {where}, before it started on {what}: {self.death}",
+                         self.death, self.fatal, unclaimed)
 
     def _io(self, out: bytes, need: int, deadline: float) -> None:
         """Send all of ``out`` and receive until the input buffer holds ``need`` bytes."""
@@ -247,9 +327,12 @@ class Guest:
         sent = 0
         while sent < len(view) or len(self._inbuf) < need:
             left = deadline - time.monotonic()
-            if left <= 0:
+            # past the deadline, what already waits in the socket still counts (the host may
+            # come late to collect a reply); only a guest silent until then hangs
+            readable, writable, _ = select.select([self.sock], [self.sock] if sent < len(view) else [], [],
+                                                  max(left, 0))
+            if left <= 0 and not readable and not writable:
                 raise self._crash(f"no reply within {self._timeout:.0f} s (hung)", GuestHung)
-            readable, writable, _ = select.select([self.sock], [self.sock] if sent < len(view) else [], [], left)
             if readable:
                 try:
                     data = self.sock.recv(1 << 20)
@@ -278,37 +361,72 @@ class Guest:
         return frame
 
     def submit(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> int:
-        """Queue a request; its reply is ``collect``-ed later (a ticket)."""
+        """Queue a request; its reply is ``collect``-ed later (a ticket).  Raises
+        :class:`GuestLost` when the guest is found dead (the request was not sent)."""
+        if self.death is None and not self.dead:
+            self.notice_death()
+        if self.death is not None:
+            raise self._lost(None)
         if self.dead:
             raise GuestError("the guest is closed")
         self._timeout = timeout
         self._next_ticket += 1
-        self._io(struct.pack("<I", len(payload)) + payload, 0, time.monotonic() + timeout)
-        self._pending.append((self._next_ticket, time.monotonic(), timeout))
-        return self._next_ticket
+        ticket = self._next_ticket
+        self._pending.append((ticket, time.monotonic(), timeout))
+        try:
+            self._io(struct.pack("<I", len(payload)) + payload, 0, time.monotonic() + timeout)
+        except GuestCrashed:
+            if self.fatal == ticket:   # the request may be part-sent: it counts as in flight
+                raise
+            raise self._lost(ticket) from None
+        return ticket
 
     def collect(self, ticket: int) -> bytes:
-        """The reply of ``ticket``; replies of earlier tickets nobody collected are dropped."""
-        while self._pending:
+        """The reply of ``ticket``.  Replies of earlier tickets are kept for their own ``collect``
+        (or dropped once ``abandon``-ed).  If the guest dies: :class:`GuestCrashed` when it was
+        serving ``ticket``, :class:`GuestLost` when it died before starting on it."""
+        while True:
+            if ticket in self._replies:
+                return self._replies.pop(ticket)
+            if self.death is not None:
+                if ticket == self.fatal:
+                    self._death_told = True
+                    raise self.death
+                raise self._lost(ticket)
             if self.dead:
                 raise GuestError("the guest is closed")
-            current, sent, timeout = self._pending.popleft()
+            if not any(t == ticket for t, _, _ in self._pending):
+                raise GuestError(f"no request {ticket} is waiting for its reply")
+            current, sent, timeout = self._pending[0]
             self._timeout = timeout
-            # the agent starts on a request when it has answered the one before
-            reply = self._read_frame(max(sent, self._last_reply) + timeout)
+            try:
+                # the agent starts on a request when it has answered the one before
+                reply = self._read_frame(max(sent, self._last_reply) + timeout)
+            except GuestCrashed:
+                continue   # settled above: ours, or an earlier request's
+            self._pending.popleft()
             self._last_reply = time.monotonic()
-            if current == ticket:
-                return reply
-        raise GuestError(f"no request {ticket} is waiting for its reply")
+            if current not in self._abandoned:
+                self._replies[current] = reply
+            self._abandoned.discard(current)
+
+    def abandon(self, ticket: int) -> GuestLost | None:
+        """Nobody will collect ``ticket``: drop its reply.  If the guest died serving it, that
+        death is returned, for the caller to report; if it dies serving it later, the next
+        collector hears of it (:attr:`GuestLost.unclaimed`)."""
+        self._replies.pop(ticket, None)
+        if any(t == ticket for t, _, _ in self._pending) or ticket == self.fatal:
+            self._abandoned.add(ticket)
+        return self.unclaimed_death() if ticket == self.fatal else None
 
     def request(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
         return self.collect(self.submit(payload, timeout))
 
-    def crash_for_test(self, how: str = "panic", timeout: float = REQUEST_TIMEOUT) -> None:
+    def crash_for_test(self, how: str = "panic", timeout: float = REQUEST_TIMEOUT) -> int:
         """Make the guest die for real (``panic``: sysrq c, an oops that panics; ``hang``: the agent
-        stops answering, seen after ``timeout``): the next reply raises :class:`GuestCrashed`.
-        For tests of the recovery."""
-        self.submit(bytes([protocol.CMD_DEBUG]) + (b"c" if how == "panic" else b"h"), timeout)
+        stops answering, seen after ``timeout``): collecting the returned ticket raises
+        :class:`GuestCrashed`, any request after it :class:`GuestLost`.  For tests of the recovery."""
+        return self.submit(bytes([protocol.CMD_DEBUG]) + (b"c" if how == "panic" else b"h"), timeout)
 
     def ping(self) -> None:
         self.request(bytes([protocol.CMD_PING]))
