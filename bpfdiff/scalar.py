@@ -170,6 +170,17 @@ def known(v: int) -> Scalar:
 
 UNKNOWN = Scalar(0, U64, 0, U64, S64_MIN, S64_MAX, 0, U32, S32_MIN, S32_MAX)
 
+# The path-sensitive model asks the functions below the same questions again and again (every
+# path through an instruction, the same constants in program after program).  They are pure
+# functions of hashable values (Scalars are tuples of ints), so their answers are remembered.
+_remembered = functools.lru_cache(maxsize=1 << 15)
+
+
+def clear_cache() -> None:
+    """Forget the remembered answers (a measurement that must start as a new process does)."""
+    for fn in (coerce, zext, alu, branch_taken, set_min_max, combine_equal):
+        fn.cache_clear()
+
 
 class _R:
     """A mutable bpf_reg_state (scalar part) for the kernel's in-place algorithms."""
@@ -310,6 +321,7 @@ class _R:
         self.update()
 
 
+@_remembered
 def coerce(s: Scalar, size: int) -> Scalar:
     """coerce_reg_to_size: what a load of ``size`` bytes (or a narrower use) leaves."""
     if size >= 8:
@@ -338,6 +350,7 @@ def is_unbounded(s: Scalar) -> bool:
     return s == UNKNOWN
 
 
+@_remembered
 def zext(s: Scalar) -> Scalar:
     """A 32-bit move's result: the low half, zero-extended (zext_32_to_64 + reg_bounds_sync)."""
     r = _R(s)
@@ -347,6 +360,7 @@ def zext(s: Scalar) -> Scalar:
 
 
 # -- adjust_scalar_min_max_vals -------------------------------------------------------------------
+@_remembered
 def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
     """The scalar result of ``dst op= src`` (op an ALU opcode other than MOV/NEG/END)."""
     if dst.mask == 0 and src.mask == 0:
@@ -428,9 +442,21 @@ def _const_alu(op: int, alu32: bool, a: int, b: int) -> Scalar | None:
         else:
             r = (s32(x) if alu32 else s64(x)) >> b
         return known(r & mask)
-    fn = {ADD: lambda: a + b, SUB: lambda: a - b, MUL: lambda: a * b, AND: lambda: a & b,
-          OR: lambda: a | b, XOR: lambda: a ^ b}.get(op)
-    return None if fn is None else known(fn() & mask)
+    if op == ADD:
+        r = a + b
+    elif op == SUB:
+        r = a - b
+    elif op == MUL:
+        r = a * b
+    elif op == AND:
+        r = a & b
+    elif op == OR:
+        r = a | b
+    elif op == XOR:
+        r = a ^ b
+    else:
+        return None
+    return known(r & mask)
 
 
 def _add32(d: _R, s: Scalar) -> None:
@@ -666,6 +692,7 @@ def _arsh64(d: _R, s: Scalar) -> None:
 
 
 # -- conditional jumps --------------------------------------------------------------------------
+@_remembered
 def branch_taken(s: Scalar, val: int, op: int, jmp32: bool, jeq_range: bool = False) -> bool | None:
     """is_branch_taken for a scalar against a constant (``val`` as the kernel passes it: a
     sign-extended immediate or the other register's value).  ``jeq_range``: JEQ/JNE also
@@ -712,6 +739,7 @@ FLIP = {JGT: JLT, JLT: JGT, JGE: JLE, JLE: JGE, JSGT: JSLT, JSLT: JSGT, JSGE: JS
         JEQ: JEQ, JNE: JNE, JSET: JSET}
 
 
+@_remembered
 def set_min_max(s: Scalar, val: int, op: int, jmp32: bool) -> tuple[Scalar, Scalar]:
     """reg_set_min_max: (the register where ``s op val`` holds, where it does not)."""
     true_r, false_r = _R(s), _R(s)
@@ -783,6 +811,7 @@ def set_min_max(s: Scalar, val: int, op: int, jmp32: bool) -> tuple[Scalar, Scal
     return true_r.freeze(), false_r.freeze()
 
 
+@_remembered
 def combine_equal(a: Scalar, b: Scalar) -> Scalar:
     """__reg_combine_min_max: both registers of a 64-bit ``==`` that holds."""
     r = _R(a)

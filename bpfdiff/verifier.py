@@ -319,6 +319,7 @@ def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
 def clear_cache() -> None:
     """Forget the cached answers (for measurements that must see the model run: line coverage)."""
     _verified.cache_clear()
+    scalar.clear_cache()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -488,6 +489,39 @@ def _tail_call_reachable(insns: Sequence[Insn]) -> frozenset[int]:
                      if reach)
 
 
+# what _Explorer.step does with an instruction (kinds, in the order step tests them)
+_LDDW, _ALU, _LDX, _STORE, _CALL, _EXIT, _JA, _COND, _NEXT = range(9)
+
+
+def _decode(pc: int, insn: Insn) -> tuple:
+    """(kind, class, ...kind's fields..., jump target or None), read once per program.
+
+    An ALU instruction: (_ALU, class, alu32, dst, op, source is X, src, off, imm, the
+    immediate as a known scalar, target); loads and stores: (kind, class, size in bytes, target).
+    (The opcode's bits are read here directly: Insn's properties cost a call each.)
+    """
+    opcode = insn.opcode
+    cls = opcode & 0x07
+    if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
+        imm = insn.imm
+        return (_ALU, cls, cls == isa.BPF_ALU, insn.dst, opcode & 0xF0, opcode & 0x08 == isa.BPF_X, insn.src,
+                insn.off, imm, ("s", scalar.known(_sext_imm(imm))), None)
+    target = isa.jump_target(pc, insn) if cls == isa.BPF_JMP or cls == isa.BPF_JMP32 else None
+    if opcode == isa.LDDW_OPCODE:
+        return (_LDDW, cls, target)
+    if cls == isa.BPF_LDX:
+        return (_LDX, cls, isa.SIZE_BYTES[opcode & 0x18], target)
+    if cls == isa.BPF_ST or cls == isa.BPF_STX:
+        return (_STORE, cls, isa.SIZE_BYTES[opcode & 0x18], target)
+    if opcode == isa.CALL_OPCODE:
+        return (_CALL, cls, target)
+    if opcode == isa.EXIT_OPCODE:
+        return (_EXIT, cls, target)
+    if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
+        return (_JA if opcode & 0xF0 == isa.BPF_JA else _COND, cls, target)
+    return (_NEXT, cls, target)
+
+
 class _Explorer:
     """One program's exploration (see above).  Values: None (not initialised), ("s", Scalar),
     ("m", map) map pointer, ("f", frame, off) stack pointer of frame ``frame`` (index into the
@@ -502,6 +536,9 @@ class _Explorer:
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
         self.map_ptr: dict[int, str | None] = {}
         self.tail_call_reachable = _tail_call_reachable(insns)
+        # what step() does with each instruction, decoded once (a state reaches an instruction
+        # ~1.5 times on average, and every step used to re-read the opcode's views)
+        self.code = [_decode(pc, insn) for pc, insn in enumerate(insns)]
 
     def run(self, budget: int = EXPLORE_BUDGET) -> PathFacts | None:
         entry_regs = (None, ("c",)) + (None,) * 8 + (("f", 0, 0),)
@@ -509,16 +546,21 @@ class _Explorer:
         todo = [start]
         visited = {start}
         steps = 0
+        n = len(self.insns)
+        step, seen = self.step, self.seen
         while todo:
             pc, state = todo.pop()
             steps += 1
             if steps > budget:
                 return None
-            self.seen.add(pc)
-            for succ in self.step(pc, state):
-                if succ[0] is not None and 0 <= succ[0] < len(self.insns) and succ not in visited:
-                    visited.add(succ)
-                    todo.append(succ)
+            seen.add(pc)
+            for succ in step(pc, state):
+                nxt = succ[0]
+                if nxt is not None and 0 <= nxt < n:
+                    before = len(visited)
+                    visited.add(succ)           # one hash of the state: added means not seen before
+                    if len(visited) != before:
+                        todo.append(succ)
         tail_calls = dict(self.tail_calls)
         lookups = {pc: name for pc, name in self.map_ptr.items() if not self.insns[pc].is_tail_call}
         return PathFacts(frozenset(self.seen), tail_calls, lookups)
@@ -584,18 +626,25 @@ class _Explorer:
 
     # -- one instruction -------------------------------------------------------------------------
     def step(self, pc: int, state: tuple) -> list[tuple[int, tuple]]:
+        code = self.code[pc]
+        kind = code[0]
+        if kind == _ALU:                      # the common case first: only the current frame changes
+            regs, stack, ret = state[-1]
+            r = list(regs)
+            r[code[3]] = self.alu(code, r)
+            return [(pc + 1, state[:-1] + ((tuple(r), stack, ret),))]
         insn = self.insns[pc]
         frames = list(state)
         regs, stack, ret = frames[-1]
         r = list(regs)
-        cls = insn.cls
+        cls = code[1]
         cur = len(frames) - 1
 
         def done(nxt: int) -> list[tuple[int, tuple]]:
             frames[-1] = (tuple(r), stack, ret)
             return [(nxt, tuple(frames))]
 
-        if insn.is_lddw:
+        if kind == _LDDW:
             if insn.src == isa.BPF_PSEUDO_MAP_FD:
                 r[insn.dst] = ("m", insn.map)
             elif insn.src == isa.BPF_PSEUDO_MAP_VALUE:
@@ -605,25 +654,23 @@ class _Explorer:
             else:
                 r[insn.dst] = ("p",)
             return done(pc + 2)
-        if cls in (isa.BPF_ALU, isa.BPF_ALU64):
-            r[insn.dst] = self.alu(insn, r, cur)
-            return done(pc + 1)
-        if cls == isa.BPF_LDX:
+        if kind == _LDX:
             base = r[insn.src]
+            size = code[2]
             if base is not None and base[0] == "f" and base[1] < len(frames):
                 fr = frames[base[1]]
-                value = self.stack_read(fr[1], base[2] + insn.off, isa.SIZE_BYTES[insn.size])
+                value = self.stack_read(fr[1], base[2] + insn.off, size)
             elif base == ("c",) and self.prog_type == PROG_XDP and insn.off in (0, 4, 8):
                 value = ("p",)                       # data, data_end, data_meta: packet pointers
             else:
-                value = ("s", scalar.unknown_of_size(isa.SIZE_BYTES[insn.size]))
-            if value is not None and value[0] == "s" and isa.SIZE_BYTES[insn.size] < 8:
-                value = ("s", scalar.coerce(value[1], isa.SIZE_BYTES[insn.size]))
+                value = ("s", scalar.unknown_of_size(size))
+            if value is not None and value[0] == "s" and size < 8:
+                value = ("s", scalar.coerce(value[1], size))
             r[insn.dst] = value
             return done(pc + 1)
-        if cls in (isa.BPF_ST, isa.BPF_STX):
+        if kind == _STORE:
             base = r[insn.dst]
-            size = isa.SIZE_BYTES[insn.size]
+            size = code[2]
             atomic = cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC
             # (a pointer into a frame that has returned: the kernel refuses the program earlier)
             on_stack = base is not None and base[0] == "f" and base[1] < len(frames)
@@ -652,7 +699,7 @@ class _Explorer:
                     fregs, fstack, fret = frames[fi]
                     frames[fi] = (fregs, self.stack_write(fstack, base[2] + insn.off, size, value), fret)
             return done(pc + 1)
-        if insn.opcode == isa.CALL_OPCODE:
+        if kind == _CALL:
             if insn.is_pseudo_call:
                 if len(frames) >= MAX_FRAMES:
                     return []
@@ -669,12 +716,12 @@ class _Explorer:
                     stack = self._stack
             self.helper(pc, insn, r)
             return done(pc + 1)
-        if insn.is_exit:
+        if kind == _EXIT:
             if ret < 0:
                 return []
             r0 = r[0]
             if not self.profile.verifier_trusts_subprog_r0 and \
-                    isa.jump_target(ret, self.insns[ret]) in self.tail_call_reachable:
+                    self.code[ret][-1] in self.tail_call_reachable:
                 # The fix of SUBPROG_R0_ACROSS_TAIL_CALL: a tail call taken inside the callee
                 # returns the target's R0, which the callee's own exit says nothing about.
                 r0 = ("s", scalar.unknown_of_size(8))
@@ -686,38 +733,36 @@ class _Explorer:
                 c[reg] = None
             frames[-1] = (tuple(c), cstack, cret)
             return [(ret + 1, tuple(frames))]
-        if cls in (isa.BPF_JMP, isa.BPF_JMP32):
-            target = isa.jump_target(pc, insn)
-            if insn.op == isa.BPF_JA:
-                return done(target)
-            return self.cond(pc, insn, frames, r, stack, ret, target)
+        if kind == _JA:
+            return done(code[-1])
+        if kind == _COND:
+            return self.cond(pc, insn, frames, r, stack, ret, code[-1])
         return done(pc + 1)
 
-    def alu(self, insn: Insn, r: list, cur: int) -> object:
-        alu32 = insn.cls == isa.BPF_ALU
-        op = insn.op
-        dst = r[insn.dst]
-        src = r[insn.src] if insn.source == isa.BPF_X else ("s", scalar.known(_sext_imm(insn.imm)))
+    def alu(self, code: tuple, r: list) -> object:
+        _kind, _cls, alu32, dst_reg, op, is_x, src_reg, off, imm, known_imm, _target = code
+        dst = r[dst_reg]
+        src = r[src_reg] if is_x else known_imm
         if op == isa.BPF_MOV:
-            if insn.off:                      # movsx (ISA v4, v6.6)
+            if off:                           # movsx (ISA v4, v6.6)
                 if src is None or src[0] != "s":
                     return ("s", scalar.UNKNOWN)
-                return ("s", coerce_to_size_sx(src[1], insn.off // 8, alu32))
-            if insn.source == isa.BPF_K:
-                return ("s", scalar.known(insn.imm & (U32 if alu32 else U64)))
+                return ("s", coerce_to_size_sx(src[1], off // 8, alu32))
+            if not is_x:
+                return ("s", scalar.known(imm & (U32 if alu32 else U64)))
             if not alu32:
                 return src
             if src is not None and src[0] == "s":
                 return ("s", scalar.zext(src[1]))
             return ("s", scalar.zext(scalar.UNKNOWN))
-        if op in (isa.BPF_NEG, isa.BPF_END) or insn.off:
+        if op in (isa.BPF_NEG, isa.BPF_END) or off:
             return ("s", scalar.UNKNOWN)     # check_reg_arg(DST_OP): unknown
         if dst is None or src is None:
             return None
         if dst[0] != "s":
             if not alu32 and op in (isa.BPF_ADD, isa.BPF_SUB):
                 if dst[0] == "f":
-                    if src[0] == "s" and src[1].is_const:
+                    if src[0] == "s" and src[1].mask == 0:
                         delta = scalar.s64(src[1].value)
                         return ("f", dst[1], dst[2] + (delta if op == isa.BPF_ADD else -delta))
                     return ("p",)
