@@ -614,6 +614,7 @@ def test_a_guest_that_dies_between_requests_or_on_an_abandoned_one_is_reported_n
     engines = ("interp", "jit", "kernel-jit")
     pool = EnginePool()
     old = guest_for(DEFAULT_KERNEL)
+    old.ping()   # idle: the last scenario's fds are closed (else its death would be that scenario's)
     os.kill(old.proc.pid, signal.SIGKILL)
     old.proc.wait()
     verdict = run_oracle(scenario, engines=engines, profile="linux-6.1", pool=pool)
@@ -645,6 +646,37 @@ def test_a_guest_that_dies_between_requests_or_on_an_abandoned_one_is_reported_n
     [finding] = verdict.findings
     assert finding.signature.startswith(f"crash:linux-6.1:kernel-jit:{GuestDied.__name__}@unattributed:Kernel-panic")
     assert "Kernel panic - not syncing" in finding.detail and "ticket" in finding.detail
+
+
+def test_a_guest_dying_while_closing_a_scenarios_fds_is_that_scenarios(guest):
+    # The agent sends a scenario's reply, then closes its maps and programs (while the host
+    # reads), then says CLOSED.  The kernel panics in between (a test flag of the agent): the
+    # death is the scenario's -- its collector gets the crash if it had not read the reply yet,
+    # else nobody can claim it and the next collector must report it -- never the ping's
+    # queued behind it, which the guest never started on.
+    from bpfdiff.kernel import protocol
+    from bpfdiff.kernel.guest import GuestDied, GuestLost, build_request
+
+    scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "direct_tail_call.scn").read_text()))
+    dying = guest_for(DEFAULT_KERNEL)
+    req, maps = build_request(scenario, True, images=False, events=True)
+    req.flags |= protocol.FLAG_PANIC_CLOSING
+    first = dying.submit(req.encode())
+    ping = dying.submit(bytes([protocol.CMD_PING]))
+    try:
+        reply = protocol.decode_scenario_reply(dying.collect(first), req, maps)
+        assert reply.status == 0 and not reply.malformed and reply.outcomes
+        read_reply = True
+    except GuestDied as exc:   # the death was noticed before the reply was read: the reply goes
+        assert "Kernel panic" in exc.console_excerpt
+        read_reply = False
+    with pytest.raises(GuestLost, match=f"closing the maps and programs of an earlier scenario \\(ticket {first}\\)") \
+            as lost:
+        dying.collect(ping)
+    assert lost.value.fatal == first and dying.fatal_closing
+    assert lost.value.unclaimed == read_reply   # reported once: by its collector or by the next one
+    assert "sysrq" in lost.value.death.console_excerpt.lower()
+    assert guest_for(DEFAULT_KERNEL) is not dying
 
 
 def test_a_hung_guest_is_a_crash_with_its_console(guest):

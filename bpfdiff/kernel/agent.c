@@ -28,6 +28,7 @@
 #define CMD_READ 0x52     /* 'R': a file's contents (compare-jit reads /proc/kallsyms) */
 #define CMD_STATS 0x54    /* 'T': time spent per syscall kind since the last 'T' (bench/kernel_throughput.py) */
 #define CMD_DEBUG 0x44    /* 'D' + 'c': crash the kernel (sysrq c), 'h': stop answering -- tests of the host's recovery */
+#define CMD_CLOSED 0x43   /* 'C' agent -> host: the fds of the scenario answered last are closed */
 
 #define EV_LOAD 1
 #define EV_UPDATE 2
@@ -39,6 +40,8 @@
 #define FLAG_JIT 1
 #define FLAG_IMAGES_ON_LOAD 2
 #define FLAG_CONTINUE 4 /* keep going after a refused load (compare-jit) */
+#define FLAG_PANIC_CLOSING 0x80 /* tests of the host's recovery: crash the kernel after the reply, before closing */
+static uint8_t scenario_flags;
 
 #define MAX_MAPS 64
 #define MAX_PROGS 64
@@ -390,7 +393,7 @@ static int load_prog(uint32_t idx, int images)
 		return err;
 	}
 	p->fd = fd;
-	p->id = prog_id(fd);
+	p->id = 0; /* looked up when a prog-array read-back needs it (put_maps) */
 	rput32(0);
 	if (images)
 		put_images(fd);
@@ -453,9 +456,12 @@ static void put_maps(void)
 				if (is_prog) {
 					uint32_t id, who = 0xffffffff;
 					memcpy(&id, value, 4);
-					for (uint32_t p = 0; p < nprogs; p++)
+					for (uint32_t p = 0; p < nprogs; p++) {
+						if (progs[p].fd >= 0 && !progs[p].id)
+							progs[p].id = prog_id(progs[p].fd);
 						if (progs[p].fd >= 0 && progs[p].id == id)
 							who = p;
+					}
 					rput32(who);
 				} else {
 					rput(value, mp->value_size);
@@ -509,6 +515,7 @@ static void run_prog(uint32_t idx, const void *data, uint32_t len)
 static void scenario(void)
 {
 	uint8_t flags = take8();
+	scenario_flags = flags;
 	set_jit(flags & FLAG_JIT);
 	nmaps = take32();
 	if (nmaps > MAX_MAPS)
@@ -613,10 +620,21 @@ static void scenario(void)
 	if (req_bad) {
 		rput8(0xff); /* malformed request: the host's bug, not the kernel's */
 	}
-out:
+out:;
+}
+
+/* After the scenario's reply has gone out: close its fds while the host reads the reply, then
+ * say so (CMD_CLOSED), so that the host can tell a death while closing them from one while
+ * serving the next request. */
+static void close_scenario(void)
+{
+	if (scenario_flags & FLAG_PANIC_CLOSING)
+		write_file("/proc/sysrq-trigger", "c");
 	for (uint32_t i = 0; i < nprogs; i++)
 		free(progs[i].insns);
 	reset();
+	rput8(CMD_CLOSED);
+	send_reply();
 }
 
 /* CMD_STATS: u32 n, then n x (u64 calls, u64 ns) per slot; the counters restart */
@@ -757,5 +775,7 @@ int main(void)
 		else
 			rput8(0xff);
 		send_reply();
+		if (cmd == CMD_SCENARIO)
+			close_scenario();
 	}
 }

@@ -39,6 +39,7 @@ BOOT_TIMEOUT = 180.0
 REQUEST_TIMEOUT = 30.0   # one scenario; a verified program always terminates
 CONSOLE_TAIL = 4000      # bytes of console log kept with a crash
 EXCERPT = 1400           # characters of it a finding keeps
+CLOSED = bytes([protocol.CMD_CLOSED])   # the frame saying a scenario's fds are closed
 # lines of the kernel's own words when it fails (lib/bug.c, arch/x86/kernel/dumpstack.c, kernel/panic.c)
 CRASH_MARKERS = ("BUG:", "Oops:", "general protection fault", "WARNING:", "Kernel panic", "RIP:")
 
@@ -169,14 +170,18 @@ class Guest:
         self.console = workdir / "console.log"
         self.dead = False
         self._inbuf = bytearray()
-        self._pending: collections.deque[tuple[int, float, float]] = collections.deque()
+        # (ticket, sent at, timeout, a scenario: CMD_CLOSED follows its reply) per request not read yet
+        self._pending: collections.deque[tuple[int, float, float, bool]] = collections.deque()
+        self._closing: int | None = None   # a scenario answered whose fds the agent has not closed yet
         self._next_ticket = 0
         # Replies read while waiting for a later ticket (or salvaged when the guest died), by ticket.
         self._replies: dict[int, bytes] = {}
         self._abandoned: set[int] = set()
-        # How the guest died, and the ticket it was serving then (None: it died idle).
+        # How the guest died, and the ticket it was serving then (None: it died idle); fatal_closing:
+        # it was closing that scenario's fds after its reply.
         self.death: GuestCrashed | None = None
         self.fatal: int | None = None
+        self.fatal_closing = False
         self._death_told = False
         self._last_reply = 0.0
         self._timeout = REQUEST_TIMEOUT
@@ -285,14 +290,21 @@ class Guest:
                 if not data:
                     break
                 self._inbuf += data
-        while self._pending and len(self._inbuf) >= 4:
-            (length,) = struct.unpack_from("<I", self._inbuf)
-            if len(self._inbuf) < 4 + length:
-                break
-            ticket = self._pending.popleft()[0]
-            self._replies[ticket] = bytes(self._inbuf[4:4 + length])
-            del self._inbuf[:4 + length]
-        self.fatal = self._pending[0][0] if self._pending else None
+        while (frame := self._take_frame()) is not None:
+            if frame == CLOSED:
+                self._closing = None
+            elif self._pending:
+                ticket, _, _, closes = self._pending.popleft()
+                self._replies[ticket] = frame
+                self._closing = ticket if closes else None
+        if self._closing is not None:
+            # it died closing that scenario's maps and programs: the scenario's fault; its owner
+            # hears of it instead of the reply, or nobody will when the reply was collected already
+            self.fatal, self.fatal_closing = self._closing, True
+            if self._replies.pop(self.fatal, None) is None:
+                self._abandoned.add(self.fatal)
+        else:
+            self.fatal = self._pending[0][0] if self._pending else None
         self.death = (kind or GuestDied)(f"guest {self.image.name}: {why}", _tail(self.console))
         self.close()
         return self.death
@@ -315,8 +327,12 @@ class Guest:
         assert self.death is not None
         unclaimed = not self._death_told and (self.fatal is None or self.fatal in self._abandoned)
         self._death_told = self._death_told or unclaimed
-        where = (f"while it served an earlier request (ticket {self.fatal})" if self.fatal is not None
-                 else "while idle, after its last reply")
+        if self.fatal is None:
+            where = "while idle, after its last reply"
+        elif self.fatal_closing:
+            where = f"while closing the maps and programs of an earlier scenario (ticket {self.fatal}) after its reply"
+        else:
+            where = f"while it served an earlier request (ticket {self.fatal})"
         what = f"request {ticket}" if ticket is not None else "this request"
         return GuestLost(f"guest {self.image.name} died {where}, before it started on {what}: {self.death}",
                          self.death, self.fatal, unclaimed)
@@ -352,6 +368,17 @@ class Guest:
                 except OSError as exc:
                     raise self._crash(f"sending failed: {exc}") from None
 
+    def _take_frame(self) -> bytes | None:
+        """A whole frame from the input buffer, if one is there."""
+        if len(self._inbuf) < 4:
+            return None
+        (length,) = struct.unpack_from("<I", self._inbuf)
+        if len(self._inbuf) < 4 + length:
+            return None
+        frame = bytes(self._inbuf[4:4 + length])
+        del self._inbuf[:4 + length]
+        return frame
+
     def _read_frame(self, deadline: float) -> bytes:
         self._io(b"", 4, deadline)
         (length,) = struct.unpack_from("<I", self._inbuf)
@@ -372,7 +399,7 @@ class Guest:
         self._timeout = timeout
         self._next_ticket += 1
         ticket = self._next_ticket
-        self._pending.append((ticket, time.monotonic(), timeout))
+        self._pending.append((ticket, time.monotonic(), timeout, payload[:1] == bytes([protocol.CMD_SCENARIO])))
         try:
             self._io(struct.pack("<I", len(payload)) + payload, 0, time.monotonic() + timeout)
         except GuestCrashed:
@@ -395,16 +422,21 @@ class Guest:
                 raise self._lost(ticket)
             if self.dead:
                 raise GuestError("the guest is closed")
-            if not any(t == ticket for t, _, _ in self._pending):
+            if not any(entry[0] == ticket for entry in self._pending):
                 raise GuestError(f"no request {ticket} is waiting for its reply")
-            current, sent, timeout = self._pending[0]
+            current, sent, timeout, closes = self._pending[0]
             self._timeout = timeout
             try:
-                # the agent starts on a request when it has answered the one before
+                # the agent starts on a request when it has answered the one before (and closed
+                # the fds of a scenario)
                 reply = self._read_frame(max(sent, self._last_reply) + timeout)
+                while reply == CLOSED:
+                    self._closing = None
+                    reply = self._read_frame(max(sent, self._last_reply) + timeout)
             except GuestCrashed:
                 continue   # settled above: ours, or an earlier request's
             self._pending.popleft()
+            self._closing = current if closes else None
             self._last_reply = time.monotonic()
             if current not in self._abandoned:
                 self._replies[current] = reply
@@ -415,7 +447,7 @@ class Guest:
         death is returned, for the caller to report; if it dies serving it later, the next
         collector hears of it (:attr:`GuestLost.unclaimed`)."""
         self._replies.pop(ticket, None)
-        if any(t == ticket for t, _, _ in self._pending) or ticket == self.fatal:
+        if any(entry[0] == ticket for entry in self._pending) or ticket == self.fatal:
             self._abandoned.add(ticket)
         return self.unclaimed_death() if ticket == self.fatal else None
 

@@ -4,11 +4,13 @@ Every frame is ``u32 length`` + payload, little endian; a payload starts with
 a command byte.  One ``SCENARIO`` request carries a whole scenario -- maps to
 create, programs with their map relocations and BTF, and the events in
 order -- and its reply carries every outcome, so a scenario costs one round
-trip.  The agent closes every fd at the end of each scenario.
+trip.  The agent closes every fd of a scenario after sending its reply (while the
+host reads it), then sends the one-byte frame ``CLOSED``.
 
 Scenario request::
 
-    u8 'S', u8 flags (1: JIT on, 2: images after each load, 4: go on after a refusal)
+    u8 'S', u8 flags (1: JIT on, 2: images after each load, 4: go on after a refusal,
+                      0x80: tests only, crash the kernel when closing the fds)
     u32 nmaps,  nmaps  x (u32 map_type, key_size, value_size, max_entries)
     u32 nprogs, nprogs x (u32 ninsns, insns, u32 nrelocs, (u32 insn, u32 map) x nrelocs,
                           u32 btf_len, btf, u32 nfuncs, u32 func_start x nfuncs)
@@ -44,6 +46,7 @@ CMD_PING = 0x50
 CMD_READ = 0x52      # a file of the guest (compare-jit reads /proc/kallsyms)
 CMD_STATS = 0x54     # time the agent spent per syscall kind since the last CMD_STATS
 CMD_DEBUG = 0x44     # + b"c": the agent crashes the kernel (sysrq c); + b"h": it stops answering (tests)
+CMD_CLOSED = 0x43    # agent -> host, after a scenario's reply: its fds are closed
 
 # CMD_STATS reply: u32 n, then n x (u64 calls, u64 ns); slot i < 40 is bpf command i
 # (include/uapi/linux/bpf.h enum bpf_cmd), then the agent's own slots.
@@ -57,6 +60,7 @@ EV_LOAD, EV_UPDATE, EV_DELETE, EV_RUN, EV_INFO, EV_FIXED = 1, 2, 3, 4, 5, 6
 FLAG_JIT = 1
 FLAG_IMAGES_ON_LOAD = 2
 FLAG_CONTINUE = 4      # keep loading after a refusal (compare-jit wants every program)
+FLAG_PANIC_CLOSING = 0x80   # tests only: the agent crashes the kernel after the reply, before closing the fds
 
 # include/uapi/linux/bpf.h enum bpf_map_type
 MAP_TYPES = {"hash": 1, "array": 2, "prog_array": 3}
