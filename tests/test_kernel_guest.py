@@ -216,11 +216,15 @@ def test_map_events_and_contents_like_our_engines(guest):
     scenario = Scenario(prog_type=PROG_XDP, maps=maps, programs=(PROG_B,), events=events)
     interp = make_engine("interp").execute(scenario)
     for name in ("kernel-jit", "kernel-interp"):
+        guest_for(DEFAULT_KERNEL).stats()
         kernel = make_engine(name).execute(scenario)
         assert [o.retval for o in kernel] == [o.retval for o in interp]
         assert [o.retval for o in kernel][:5] == [0, 0, -errno.E2BIG, -errno.EEXIST, -errno.ENOENT]
         assert kernel[-1].run.maps == interp[-1].run.maps
         assert kernel[-1].run.r0 == 42 and kernel[-1].run.mem == bytes(ETH_HLEN)
+        # the array came back in one BPF_MAP_LOOKUP_BATCH; the prog array (2 slots) and the hash (2 keys) key by key
+        stats = guest_for(DEFAULT_KERNEL).stats()
+        assert stats["BPF_MAP_LOOKUP_BATCH"][0] == 1 and stats["BPF_MAP_LOOKUP_ELEM"][0] == 2 + 2
 
 
 def _observed(outcomes, index):

@@ -438,12 +438,53 @@ static int map_lookup(struct map *mp, const void *key, void *value)
 	return sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr);
 }
 
+/* An array's whole contents with one BPF_MAP_LOOKUP_BATCH (the kernel copies element after
+ * element as a lookup of each would, kernel/bpf/syscall.c generic_map_lookup_batch): keys
+ * 0..max_entries-1 in order.  0 when the kernel has no batch for it (before 5.6: per key). */
+static int put_array_batch(struct map *mp)
+{
+	static unsigned char *buf;
+	static size_t cap;
+	static int unsupported;
+	size_t need = (size_t)mp->max_entries * (4 + mp->value_size);
+	if (unsupported || need > (1u << 22))
+		return 0;
+	if (need > cap) {
+		free(buf);
+		cap = need;
+		buf = malloc(cap);
+	}
+	uint32_t out_batch = 0;
+	union bpf_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.batch.map_fd = mp->fd;
+	attr.batch.out_batch = (uint64_t)(unsigned long)&out_batch;
+	attr.batch.keys = (uint64_t)(unsigned long)buf;
+	attr.batch.values = (uint64_t)(unsigned long)(buf + (size_t)mp->max_entries * 4);
+	attr.batch.count = mp->max_entries;
+	if (sys_bpf(BPF_MAP_LOOKUP_BATCH, &attr) && errno != ENOENT) {
+		if (errno == EINVAL || errno == ENOTSUP || errno == 524 /* ENOTSUPP */)
+			unsupported = 1;
+		return 0;
+	}
+	if (attr.batch.count != mp->max_entries)
+		return 0;
+	rput32(attr.batch.count);
+	for (uint32_t k = 0; k < attr.batch.count; k++) {
+		rput(buf + (size_t)k * 4, 4);
+		rput(buf + (size_t)mp->max_entries * 4 + (size_t)k * mp->value_size, mp->value_size);
+	}
+	return 1;
+}
+
 /* Every map's present elements: u32 count, then (key, value-or-program-index) pairs. */
 static void put_maps(void)
 {
 	static unsigned char key[512], next[512], value[65536];
 	for (uint32_t i = 0; i < nmaps; i++) {
 		struct map *mp = &maps[i];
+		if (mp->type == BPF_MAP_TYPE_ARRAY && put_array_batch(mp))
+			continue;
 		size_t count_at = rlen;
 		uint32_t count = 0;
 		rput32(0);

@@ -52,7 +52,7 @@ CMD_CLOSED = 0x43    # agent -> host, after a scenario's reply: its fds are clos
 # (include/uapi/linux/bpf.h enum bpf_cmd), then the agent's own slots.
 STAT_NAMES = {0: "BPF_MAP_CREATE", 1: "BPF_MAP_LOOKUP_ELEM", 2: "BPF_MAP_UPDATE_ELEM (data)",
               3: "BPF_MAP_DELETE_ELEM (data)", 4: "BPF_MAP_GET_NEXT_KEY", 5: "BPF_PROG_LOAD",
-              10: "BPF_PROG_TEST_RUN", 15: "BPF_OBJ_GET_INFO_BY_FD", 18: "BPF_BTF_LOAD",
+              10: "BPF_PROG_TEST_RUN", 15: "BPF_OBJ_GET_INFO_BY_FD", 18: "BPF_BTF_LOAD", 24: "BPF_MAP_LOOKUP_BATCH",
               40: "prog-array update", 41: "prog-array delete", 42: "close(prog)", 43: "close(map)",
               44: "scenario requests", 45: "agent idle (waiting for the host)"}
 
