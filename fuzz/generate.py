@@ -47,6 +47,19 @@ all of them -- ``tests/test_fuzz_generate.py`` asserts it over many seeds):
   whose 32-bit and 64-bit readings differ (``width_pair``: jset, jmp32, div,
   mod, shifts), loaded through the stack so that the verifier does not know
   them and keeps the branches;
+* branches the verifier decides at load time (dead-code removal makes the
+  JIT run what the verifier believes): a ``const volatile``-style knob
+  computed from constants (narrowed to u32, shifted) compared with a value
+  at or next to its own, and protocol dispatch (``if x == K1 .. else if x >
+  M ..``) on a packet field, whose later tests the verifier decides from what
+  each earlier test told it;
+* memory the oracle compares written the ways real code does: a map value's
+  field updated in place through R1-R5 (``v->f += x``, byte stores from
+  rdi/rsi included), ``x = v ? v->f : K`` leaving the lookup's outcome live,
+  array values of any multiple of 4 bytes (the kernel rounds elements up to
+  8), 4-byte keys at ``fp-8k+4`` as clang places a ``u32`` (stack depths not
+  a multiple of 8), a compare-and-swap on a stack slot and atomics whose slot
+  is read back;
 * tail-call sites: ``mov r1, r6; mov r3, KEY; lddw r2, map:PA; call 12``
   (constant key: a direct site when KEY < max_entries) or ``mov r3, rX``
   (register key: indirect); bpf-to-bpf calls pass the context in R1 and one
@@ -124,11 +137,14 @@ from bpfdiff.isa import (
 )
 from bpfdiff.profiles import DEFAULT_PROFILE, Profile, get_profile
 from bpfdiff.scenario import BPF_ANY, PROG_XDP, Delete, Event, Load, MapDef, Run, Scenario, Update, key_u32
+from bpfdiff.verifier import track_const_alu
 
 T = TypeVar("T")
 
-GENERATOR_VERSION = "4"      # 2: XDP programs (packet through data/data_end); 3: the hierarchy motif;
+GENERATOR_VERSION = "5"      # 2: XDP programs (packet through data/data_end); 3: the hierarchy motif;
                              # 4: every live register folded into R0, far jumps, width-confusing operand pairs
+                             # 5: array values of any multiple of 4, keys at fp-4, lookups with a default,
+                             #    read-modify-write of map values, compare-and-swap with the slot read back
 
 
 # ---------------------------------------------------------------------------
@@ -769,6 +785,98 @@ class FunctionBuilder:
         self.insns.append(jump)
         self.insns.extend(body)
 
+    # -- branches the verifier decides at load time ---------------------------------------------------
+    # Dead-code removal (opt_hard_wire_dead_code_branches, opt_remove_dead_code) makes the JIT run
+    # what the verifier *believes*: a wrong belief shows as a live branch the JIT never takes.
+    # (neg is left out: the verifier forgets a negated register)
+    KNOWN_OPS = (("mov32", 4), ("arsh", 3), ("rsh", 1), ("add", 1), ("and", 1), ("lsh", 1))
+
+    def shape_known_branch(self) -> None:
+        """A branch on a value computed from constants: a ``const volatile`` knob after constant propagation.
+
+        ``rK = C (64-bit corner); a few of w = w (mov32), s>>=, >>=, +=, &=, <<=, often narrowed to
+        u32 last;
+        if rK OP imm goto +N; N writes to live registers``, the immediate mostly
+        at or next to rK's value (``if (mode == MODE_X)``).  The verifier knows
+        rK and removes the side that cannot run; the interpreter runs the
+        program as written.
+        """
+        draw = self.draw
+        reg = draw.choice(self.regs)
+        if draw.boolean(0.7):
+            value = draw.choice(CORNER_IMM64[1:]) | draw.choice((0, 1 << 63, 1 << 32))
+            self.insns.extend(isa.lddw_pair(reg, value))
+        else:
+            insn = mov64_imm(reg, draw.choice((-1, -2, -0x80000000, -0x7FFFFFFF, -7)))
+            self.insns.append(insn)
+            value = track_const_alu(insn, None, None)
+        self.scalars.add(reg)
+        kinds = [weighted(draw, self.KNOWN_OPS) for _ in range(draw.integer(1, 3))]
+        if kinds[-1] != "mov32" and draw.boolean(0.4):
+            kinds.append("mov32")              # a u32 knob: ``if ((u32)cfg == X)``
+        for kind in kinds:
+            cls = draw.choice(ALU_CLASSES)
+            src = reg
+            if kind == "mov32":
+                reg = draw.choice(self.regs)
+                insn = alu(BPF_ALU, BPF_MOV, reg, src, source=BPF_X)
+                self.scalars.add(reg)
+            elif kind in ("arsh", "rsh", "lsh"):
+                op = {"arsh": BPF_ARSH, "rsh": BPF_RSH, "lsh": BPF_LSH}[kind]
+                width = 64 if cls == BPF_ALU64 else 32
+                insn = alu(cls, op, reg, imm=draw.choice(SHIFT_IMM[width][1:]))
+            else:
+                insn = alu(cls, BPF_ADD if kind == "add" else BPF_AND, reg, imm=self.imm32())
+            self.insns.append(insn)
+            if value is not None:
+                value = track_const_alu(insn, value, value)
+        cls = BPF_JMP if draw.boolean(0.7) else BPF_JMP32
+        body = self.case_body(reg)
+        near = None          # an immediate that reads as the value (jmp64 sign-extends it)
+        if value is not None:
+            signed = value - ((value >> 63) << 64)
+            if cls == BPF_JMP32:
+                near = isa.to_s32(value)
+            elif -(1 << 31) <= signed < 1 << 31:
+                near = signed
+        if near is not None and draw.boolean(0.7):
+            imm = near + draw.choice((0, 0, 1, -1))
+        else:
+            imm = draw.choice(BRANCH_IMM) if draw.boolean(0.7) else self.imm32()
+        self.insns.append(Insn(cls | draw.choice(COND_OPS) | BPF_K, reg, 0, len(body), isa.to_s32(imm)))
+        self.insns.extend(body)
+
+    def case_body(self, reg: int) -> list[Insn]:
+        """One or two writes to live registers (never ``reg``): what a branch skips."""
+        draw = self.draw
+        targets = sorted(self.scalars - {reg}) or [reg]
+        return [alu(BPF_ALU64, BPF_XOR, draw.choice(targets), imm=draw.choice((1, -1, 0x100, 0x7FFFFFFF)))
+                for _ in range(draw.integer(1, 2))]
+
+    def shape_dispatch(self) -> None:
+        """Protocol dispatch on one packet field: ``if (x == K1) A else if (x > M) B else if ...``.
+
+        An equality test jumps to its case placed after the rest of the chain
+        (``jeq x, K, case; <rest>; ja end; case: A; end:``): the rest runs
+        only where x != K.  A range test skips its case.  The verifier refines
+        x on each side of every test and decides later tests with it.
+        """
+        draw = self.draw
+        reg, nbytes = self.opaque_scalar(draw.choice((BPF_B, BPF_H)))
+        self.insns.extend(self.dispatch_chain(reg, (1 << (8 * nbytes)) - 1, draw.integer(2, 4)))
+
+    def dispatch_chain(self, reg: int, top: int, tests: int) -> list[Insn]:
+        if not tests:
+            return []
+        draw = self.draw
+        cls = draw.choice(JMP_CLASSES)
+        body = self.case_body(reg)
+        if draw.boolean(0.5):
+            rest = self.dispatch_chain(reg, top, tests - 1) + [Insn(BPF_JMP | BPF_JA, 0, 0, len(body), 0)]
+            return [Insn(cls | BPF_JEQ | BPF_K, reg, 0, len(rest), draw.integer(0, top))] + rest + body
+        op, imm = draw.choice((BPF_JNE, BPF_JGT, BPF_JGE, BPF_JLT, BPF_JLE)), draw.integer(1, top - 1)
+        return [Insn(cls | op | BPF_K, reg, 0, len(body), imm)] + body + self.dispatch_chain(reg, top, tests - 1)
+
     # -- stack ---------------------------------------------------------------
     def stack_slot(self) -> int:
         """Offset (negative) of a random 8-byte stack slot."""
@@ -816,6 +924,44 @@ class FunctionBuilder:
             self.insns.append(stx(BPF_DW, FP, self.scalar(), off))
             self.mark_written(off, 8)
         self.insns.append(self.atomic_insn(size, FP, off))
+        if draw.boolean(0.4):
+            # the updated slot read back (a counter bumped, then used): the stack is not compared,
+            # what the atomic left there reaches R0 through this register
+            dst = draw.choice(self.regs)
+            self.insns.append(ldx(size, dst, FP, off))
+            self.scalars.add(dst)
+
+    def shape_cas(self) -> None:
+        """One compare-and-swap attempt on a stack slot, the slot read back afterwards.
+
+        ``r0 = *(u64 *)slot; rN = r0 OP x; r0 = cmpxchg{32,64}(slot, r0, rN); rY = *slot``:
+        the expected value is what was just read (the exchange succeeds), or now and then a
+        stale one (it fails).  A 64-bit read with a 32-bit exchange compares the low halves
+        only while R0's high half is set.  Before v5.12 (no cmpxchg) an atomic add instead.
+        """
+        draw = self.draw
+        if not self.gen.profile.atomic_fetch:
+            self.block_atomic_stack()
+            return
+        off = self.stack_slot()
+        if not all(off + i in self.stack_bytes for i in range(8)):
+            self.insns.append(stx(BPF_DW, FP, self.scalar(), off))
+            self.mark_written(off, 8)
+        size = draw.choice((BPF_W, BPF_DW))
+        self.insns.append(ldx(BPF_DW if draw.boolean(0.6) else size, 0, FP, off))
+        self.scalars.add(0)
+        new = draw.choice([r for r in self.regs if r != 0])
+        self.insns.append(mov64_reg(new, 0))
+        self.insns.append(alu(draw.choice(ALU_CLASSES), draw.choice((BPF_ADD, BPF_XOR, BPF_OR, BPF_SUB)), new,
+                              imm=draw.choice((1, -1, 0x100, 0x7FFFFFFF))))
+        self.scalars.add(new)
+        if draw.boolean(0.25):
+            self.insns.append(alu(BPF_ALU64, BPF_XOR, 0, imm=draw.choice((1, -1, 0x10000))))  # a stale value
+        self.insns.append(Insn(BPF_STX | BPF_ATOMIC | size, FP, new, off, BPF_CMPXCHG))
+        self.fresh.add(0)
+        dst = draw.choice([r for r in self.regs if r not in (0, new)])
+        self.insns.append(ldx(BPF_DW, dst, FP, off))
+        self.scalars.add(dst)
 
     def atomic_insn(self, size: int, base: int, off: int) -> Insn:
         draw = self.draw
@@ -901,8 +1047,14 @@ class FunctionBuilder:
 
     # -- helpers and maps ----------------------------------------------------
     def put_key(self, mapdef: MapDef) -> int:
-        """Write a 4-byte key to the stack; return its offset."""
-        off = self.stack_slot()
+        """Write a 4-byte key to the stack; return its offset.
+
+        Now and then in the upper half of an 8-byte slot, where clang puts a
+        ``u32 key`` (``*(u32 *)(r10 - 4) = 0``): a function whose deepest stack
+        access is such a key has a stack depth that is not a multiple of 8 (the
+        x86 JIT rounds it up; see ff672c67ee76).
+        """
+        off = self.stack_slot() + (4 if self.draw.boolean(0.3) else 0)
         if self.draw.boolean(0.85):
             key = self.draw.integer(0, mapdef.max_entries)        # max_entries itself: a miss
         else:
@@ -922,7 +1074,20 @@ class FunctionBuilder:
         self.insns.append(mov64_reg(2, FP))
         self.insns.append(alu(BPF_ALU64, BPF_ADD, 2, imm=key_off))
 
+    def value_access(self, mapdef: MapDef, sizes: Sequence[int] = MEM_SIZES) -> tuple[int, int]:
+        """(size, offset) of an aligned access inside a value of ``mapdef`` (any value_size)."""
+        size = self.draw.choice([s for s in sizes if isa.SIZE_BYTES[s] <= mapdef.value_size])
+        nbytes = isa.SIZE_BYTES[size]
+        return size, nbytes * self.draw.integer(0, mapdef.value_size // nbytes - 1)
+
     def block_lookup(self) -> None:
+        """``v = lookup(key); if (v) { loads, stores, atomics, v->f OP= x }``, or ``x = v ? v->f : K``.
+
+        The read-modify-write goes through R1-R5 (free after the call: where
+        clang puts its temporaries), so byte stores from rdi/rsi reach the map
+        value.  The "lookup with a default" form leaves its register live on
+        both paths: what the lookup returned reaches R0, whether it was NULL too.
+        """
         draw = self.draw
         self.save_fresh()
         mapdef = draw.choice(self.gen.maps.data_maps)
@@ -933,10 +1098,8 @@ class FunctionBuilder:
         guarded: list[Insn] = []
         before = set(self.scalars)
         for _ in range(draw.integer(1, 3)):
-            size = draw.choice(MEM_SIZES if draw.boolean(0.6) else (BPF_DW, BPF_W))
-            nbytes = isa.SIZE_BYTES[size]
-            voff = nbytes * draw.integer(0, mapdef.value_size // nbytes - 1)
-            action = weighted(draw, (("load", 3), ("store", 3), ("atomic", 2)))
+            size, voff = self.value_access(mapdef, MEM_SIZES if draw.boolean(0.6) else (BPF_DW, BPF_W))
+            action = weighted(draw, (("load", 3), ("store", 3), ("atomic", 2), ("rmw", 2)))
             if action == "load" or not self.scalars:
                 dst = draw.choice([r for r in self.regs if r != 0])
                 guarded.append(ldx(size, dst, 0, voff))
@@ -945,9 +1108,19 @@ class FunctionBuilder:
                 sources = sorted(self.scalars - {0})
                 guarded.append(stx(size, 0, draw.choice(sources), voff) if sources
                                else st(size, 0, voff, self.imm32()))
+            elif action == "rmw":
+                tmp = draw.choice([r for r in self.regs if r in CALLER_SAVED and r != 0])
+                guarded.append(ldx(size, tmp, 0, voff))
+                sources = sorted(self.scalars - {0, tmp})
+                if sources and draw.boolean(0.5):
+                    guarded.append(alu(draw.choice(ALU_CLASSES), draw.choice((BPF_ADD, BPF_XOR, BPF_OR, BPF_SUB)),
+                                       tmp, draw.choice(sources), source=BPF_X))
+                else:
+                    guarded.append(alu(draw.choice(ALU_CLASSES), BPF_ADD, tmp, imm=draw.choice((1, -1, 0x101))))
+                guarded.append(stx(size, 0, tmp, voff))
+                self.scalars.add(tmp)
             else:
-                size = draw.choice((BPF_DW, BPF_W))
-                voff = isa.SIZE_BYTES[size] * draw.integer(0, mapdef.value_size // isa.SIZE_BYTES[size] - 1)
+                size, voff = self.value_access(mapdef, (BPF_DW, BPF_W))
                 src = draw.choice(sorted(self.scalars - {0})) if self.scalars - {0} else None
                 if src is None:
                     continue
@@ -957,6 +1130,18 @@ class FunctionBuilder:
                 guarded.append(Insn(BPF_STX | BPF_ATOMIC | size, 0, src, voff, imm))
                 if imm & BPF_FETCH:
                     self.fresh.add(src)
+        if draw.boolean(0.35):
+            # x = v ? v->f : K
+            dst = draw.choice([r for r in self.regs if r != 0])
+            size, voff = self.value_access(mapdef)
+            guarded.append(ldx(size, dst, 0, voff))
+            other = mov64_imm(dst, self.imm32())
+            self.insns.append(Insn(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded) + 1, 0))
+            self.insns.extend(guarded)
+            self.insns += [Insn(BPF_JMP | BPF_JA, 0, 0, 1, 0), other]
+            self.scalars = before - {0} | {dst}
+            self.fresh.add(dst)
+            return
         self.insns.append(Insn(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded), 0))
         self.insns.extend(guarded)
         # registers first written under the guard are not initialised on the NULL path
@@ -967,12 +1152,13 @@ class FunctionBuilder:
         self.save_fresh()
         mapdef = draw.choice(self.gen.maps.data_maps)
         key_off = self.put_key(mapdef)
-        value_off = -8 * draw.integer(mapdef.value_size // 8, self.stack_slots)
+        value_off = -8 * draw.integer((mapdef.value_size + 7) // 8, self.stack_slots)
         for i in range(0, mapdef.value_size, 8):
-            self.insns.append(stx(BPF_DW, FP, self.scalar(), value_off + i) if draw.boolean(0.5)
-                              else st(BPF_DW, FP, value_off + i, self.imm32()))
+            size = BPF_DW if i + 8 <= mapdef.value_size else BPF_W      # value sizes are multiples of 4
+            self.insns.append(stx(size, FP, self.scalar(), value_off + i) if draw.boolean(0.5)
+                              else st(size, FP, value_off + i, self.imm32()))
         # the value may overlap the key: write the key again last
-        if value_off <= key_off < value_off + mapdef.value_size:
+        if value_off < key_off + 4 and key_off < value_off + mapdef.value_size:
             key_off = self.put_key(mapdef)
         self.mark_written(value_off, mapdef.value_size)
         self.map_call_args(mapdef, key_off)
@@ -1041,8 +1227,9 @@ class FunctionBuilder:
         draw = self.draw
         pa = draw.choice(self.gen.site_maps(self.plan, self.is_subprog))
         if draw.boolean(0.7):
-            key = draw.integer(0, pa.max_entries - 1) if draw.boolean(0.85) else draw.choice(
-                (pa.max_entries, 0xFFFF, -1))
+            # out of range now and then: max_entries itself most (the bound's off-by-one)
+            key = draw.integer(0, pa.max_entries - 1) if draw.boolean(0.8) else draw.choice(
+                (pa.max_entries, pa.max_entries, 0xFFFF, -1))
         else:
             key = None
         self.tail_call_site(pa.name, key)
@@ -1089,7 +1276,8 @@ class FunctionBuilder:
     # extra shapes per function (0, 1 or 2), and which
     SHAPE_COUNT: tuple[tuple[int, int], ...] = ((0, 12), (1, 6), (2, 2))
     SHAPES: tuple[tuple[str, int], ...] = (
-        ("width_pair", 10), ("far_cond", 3), ("diamond", 2), ("long_loop", 3), ("early_exit", 2),
+        ("width_pair", 10), ("far_cond", 3), ("diamond", 2), ("long_loop", 3), ("early_exit", 2), ("cas", 2),
+        ("known_branch", 4), ("dispatch", 3),
     )
 
     def build(self) -> list[Insn]:
@@ -1232,7 +1420,9 @@ class ScenarioGenerator:
         prog_arrays = [MapDef(f"jmp{i}", "prog_array", 4, 4, draw.choice((4, 1, 2, 3, 8))) for i in range(count)]
         if self.motif == "chain_subprog" and prog_arrays[0].max_entries < 2:
             prog_arrays[0] = replace(prog_arrays[0], max_entries=2)     # room for the hop through `pre`
-        data_maps = [MapDef("arr", "array", 4, draw.choice((8, 16)), draw.integer(1, 4))]
+        # value sizes that are not multiples of 8 too (a u32, three u32s): the kernel rounds each
+        # array element up to 8 bytes (array_map_gen_lookup's elem_size)
+        data_maps = [MapDef("arr", "array", 4, draw.choice((8, 16, 12, 4, 20)), draw.integer(1, 4))]
         if draw.boolean(0.4):
             data_maps.append(MapDef("hash", "hash", 4, 8, draw.integer(1, 4)))
         return MapsPlan(prog_arrays, data_maps, draw.choice(self.options.mem_sizes))

@@ -16,7 +16,8 @@ Strategies (all composable with ordinary hypothesis combinators):
 ``alu_insns()``            one ALU/ALU64 instruction over initialised registers
 ``blocks(kind)``           one generator block (``alu``, ``loop``, ``lookup``, ``tail_call``, ...)
                            or shape (``far_cond``, ``diamond``, ``long_loop``, ``early_exit``,
-                           ``width_pair``) in a valid one-program, one-run scenario
+                           ``width_pair``, ``cas``, ``known_branch``, ``dispatch``) in a valid
+                           one-program, one-run scenario
 ``width_pairs(kind)``      operand pairs whose 32-bit and 64-bit readings differ
 ``programs(profile)``      one program with its subprograms
 ``maps(profile)``          the map definitions of a scenario

@@ -174,3 +174,77 @@ def test_wrong_helper_and_atomic_results_reach_the_oracle():
         reached["high"] += high["r0_32"]
     assert fired >= 30
     assert reached["low"] >= 0.5 * fired and reached["high"] >= 0.5 * fired, (fired, reached)
+
+
+# -- generator v5: the shapes the held-out mutations (bench/mutations.py) showed missing ---------------
+def _xlated(s, prog, profile):
+    from bpfdiff.jit.xlate import xlate
+    return xlate(prog, {m.name: m for m in s.maps}, get_profile(profile), JitOptions(), s.prog_type)
+
+
+def test_array_values_of_sizes_not_multiple_of_8_are_looked_up_past_element_0():
+    """The kernel rounds array elements up to 8 bytes: only sizes like 4, 12, 20 tell round_up apart."""
+    lookups = 0
+    for seed in range(150):
+        s = scenario_from_seed(seed, "linux-6.1")
+        odd = {m.name for m in s.maps if m.kind == "array" and m.value_size % 8}
+        for prog in s.programs:
+            insns = prog.insns
+            for pc, insn in enumerate(insns):
+                # lddw r1, map:arr ... call map_lookup_elem, with the key stored as a constant >= 1
+                if insn.is_lddw and insn.map in odd and any(
+                        i.opcode == isa.CALL_OPCODE and i.imm == isa.BPF_FUNC_map_lookup_elem
+                        for i in insns[pc + 2:pc + 6]):
+                    key_stores = [i for i in insns[max(0, pc - 3):pc]
+                                  if i.opcode == isa.BPF_ST | isa.BPF_MEM | isa.BPF_W and i.imm >= 1]
+                    lookups += bool(key_stores)
+    assert lookups >= 10, lookups
+
+
+def test_tail_call_reachable_callers_with_a_stack_depth_not_a_multiple_of_8():
+    """ff672c67ee76's shape: the counter reload before a bpf-to-bpf call sits below round_up(depth, 8).
+
+    The depth is the verifier model's (the deepest r10 access: a u32 key at fp-8k+4).
+    """
+    found = 0
+    for seed in range(200):
+        s = scenario_from_seed(seed, "linux-6.1")
+        for prog in s.programs:
+            x = _xlated(s, prog, "linux-6.1")
+            for sp in x.subprogs:
+                calls = any(i.is_pseudo_call for i in x.insns[sp.start:sp.end])
+                found += bool(sp.tail_call_reachable and calls and sp.stack_depth % 8)
+    assert found >= 5, found
+
+
+def test_some_branches_are_decided_by_the_verifier():
+    """Constant knobs and dispatch cascades: the verifier model removes the side that cannot run
+    (opt_hard_wire_dead_code_branches), in a good share of programs."""
+    programs = removed = 0
+    for seed in range(100):
+        s = scenario_from_seed(seed, "linux-6.1")
+        for prog in s.programs:
+            x = _xlated(s, prog, "linux-6.1")
+            second = {pc + 1 for pc, insn in enumerate(prog.insns) if insn.is_lddw}
+            programs += 1
+            removed += bool(set(range(len(prog.insns))) - set(x.orig_pc) - second)
+    assert removed >= 0.1 * programs, (removed, programs)
+
+
+def test_map_values_get_byte_stores_from_rdi_rsi_and_cas_with_a_64_bit_expected_value():
+    """A byte store from R1/R2 (dil/sil need a REX prefix) through a non-extended base (the
+    lookup's R0), and a 32-bit cmpxchg whose R0 was read as 64 bits from the same slot."""
+    stxb = cas = 0
+    for seed in range(200):
+        s = scenario_from_seed(seed, "linux-6.1")
+        for prog in s.programs:
+            insns = prog.insns
+            for pc, insn in enumerate(insns):
+                if insn.opcode == isa.BPF_STX | isa.BPF_MEM | isa.BPF_B and insn.src in (1, 2) and insn.dst == 0:
+                    stxb += 1
+                if insn.opcode == isa.BPF_STX | isa.BPF_ATOMIC | isa.BPF_W and insn.imm == isa.BPF_CMPXCHG:
+                    loads = [i for i in insns[max(0, pc - 5):pc]
+                             if i.opcode == isa.BPF_LDX | isa.BPF_MEM | isa.BPF_DW and i.dst == 0
+                             and i.src == isa.BPF_REG_FP and i.off == insn.off]
+                    cas += bool(loads)
+    assert stxb >= 3 and cas >= 5, (stxb, cas)
