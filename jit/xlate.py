@@ -63,6 +63,7 @@ the pc of the program as loaded (what faults and traces report).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -208,9 +209,10 @@ class FunctionFlow:
     def step(self, pc: int, regs: State) -> list[tuple[int, State]]:
         insn = self.insns[pc]
         r = list(regs)
-        cls = insn.cls
+        opcode = insn.opcode           # the opcode's views read directly: a property costs a call
+        cls = opcode & 0x07
         nxt = pc + 1
-        if insn.is_lddw:
+        if opcode == isa.LDDW_OPCODE:
             second = self.insns[pc + 1]
             if insn.src == isa.BPF_PSEUDO_MAP_FD:
                 r[insn.dst] = ("m", insn.map)
@@ -219,30 +221,30 @@ class FunctionFlow:
             else:
                 r[insn.dst] = None
             return [(pc + 2, tuple(r))]
-        if cls in (isa.BPF_ALU, isa.BPF_ALU64):
+        if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
             r[insn.dst] = self.alu(insn, r)
             return [(nxt, tuple(r))]
         if cls == isa.BPF_LDX:
             self.access(r[insn.src], insn.off)
             r[insn.dst] = None
             return [(nxt, tuple(r))]
-        if cls in (isa.BPF_ST, isa.BPF_STX):
+        if cls == isa.BPF_ST or cls == isa.BPF_STX:
             self.access(r[insn.dst], insn.off)
             if cls == isa.BPF_STX and r[insn.src] is not None and r[insn.src][0] == "f":
                 self.escaped = True          # a stack pointer stored to memory
-            if cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+            if cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
                 r[0 if insn.imm == isa.BPF_CMPXCHG else insn.src] = None
             return [(nxt, tuple(r))]
-        if insn.opcode == isa.CALL_OPCODE:
+        if opcode == isa.CALL_OPCODE:
             args = r[1:6]
-            if insn.is_pseudo_call:
+            if insn.src == isa.BPF_PSEUDO_CALL:
                 self.calls.add(pc)
                 if any(a is not None and a[0] == "f" for a in args):
                     self.escaped = True      # the callee may use the caller's stack
             else:
                 for a in args:
                     self.access(a, 0)
-                if insn.is_tail_call:
+                if insn.src == 0 and insn.imm == isa.BPF_FUNC_tail_call:
                     self.record_tail_call(pc, r[2], r[3])
                 elif insn.imm in (isa.BPF_FUNC_map_lookup_elem, isa.BPF_FUNC_map_update_elem,
                                   isa.BPF_FUNC_map_delete_elem):
@@ -253,28 +255,33 @@ class FunctionFlow:
                     self.lookups[pc] = map_name
             for reg in range(6):
                 r[reg] = None
-            if insn.is_helper_call and insn.imm == isa.BPF_FUNC_get_smp_processor_id:
+            if insn.src == 0 and insn.imm == isa.BPF_FUNC_get_smp_processor_id:
                 cpu = known_cpu_id(self.profile)
                 r[0] = None if cpu is None else ("c", cpu)
             return [(nxt, tuple(r))]
-        if insn.is_exit:
+        if opcode == isa.EXIT_OPCODE:
             return []
-        if cls in (isa.BPF_JMP, isa.BPF_JMP32):
-            target = isa.jump_target(pc, insn)
-            if insn.op == isa.BPF_JA:
+        if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
+            op = opcode & 0xF0
+            # isa.jump_target for a jump that is not a call (handled above)
+            if op == isa.BPF_CALL or op == isa.BPF_EXIT:
+                target = None
+            else:
+                target = nxt + (insn.imm if opcode == isa.BPF_JMP32 | isa.BPF_JA else insn.off)
+            if op == isa.BPF_JA:
                 return [(target, tuple(r))]
             dst = r[insn.dst]
-            src = r[insn.src] if insn.source == isa.BPF_X else None
+            src = r[insn.src] if opcode & 0x08 == isa.BPF_X else None
             outcome = branch_taken(insn, dst[1] if dst is not None and dst[0] == "c" else None,
                                    src[1] if src is not None and src[0] == "c" else None)
             if outcome is not None:           # is_branch_taken: only one side is explored
                 return [(target if outcome else nxt, tuple(r))]
             taken, fall = list(r), list(r)
-            if cls == isa.BPF_JMP and insn.source == isa.BPF_K:
+            if cls == isa.BPF_JMP and opcode & 0x08 == isa.BPF_K:
                 known = ("c", insn.imm & U64)
-                if insn.op == isa.BPF_JEQ:
+                if op == isa.BPF_JEQ:
                     taken[insn.dst] = known
-                elif insn.op == isa.BPF_JNE:
+                elif op == isa.BPF_JNE:
                     fall[insn.dst] = known
             return [(target, tuple(taken)), (nxt, tuple(fall))]
         return [(nxt, tuple(r))]
@@ -418,9 +425,18 @@ def rebuild(insns: list[Insn], orig: list[int], patches: Mapping[int, list[Insn]
             out.extend(patches[i])
             out_orig.extend([orig[i]] * len(patches[i]))
             continue
-        target = isa.jump_target(i, insn)
-        if target is not None:
-            insn = _with_offset(insn, new_start[target] - (new_start[i] + 1))
+        # isa.jump_target, the opcode's views read directly (a property costs a call); a jump
+        # whose offset does not change is kept as it is (the Insn _with_offset would make is equal)
+        opcode = insn.opcode
+        cls = opcode & 0x07
+        if (opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL) or opcode == isa.BPF_JMP32 | isa.BPF_JA:
+            rel = new_start[i + 1 + insn.imm] - (new_start[i] + 1)
+            if rel != insn.imm:
+                insn = _with_offset(insn, rel)
+        elif (cls == isa.BPF_JMP or cls == isa.BPF_JMP32) and opcode & 0xF0 not in (isa.BPF_CALL, isa.BPF_EXIT):
+            rel = new_start[i + 1 + insn.off] - (new_start[i] + 1)
+            if rel != insn.off or not -(1 << 15) <= rel < (1 << 15):
+                insn = _with_offset(insn, rel)
         out.append(insn)
         out_orig.append(orig[i])
     return out, out_orig, new_start
@@ -538,19 +554,28 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
     insns = prog.insns
     starts = subprog_starts(insns)
     ends = starts[1:] + [len(insns)]
-    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
+    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.opcode == isa.LDDW_OPCODE}
     for pc, insn in enumerate(insns):
         if pc in second_slots:
             continue
         if insn.map is not None and insn.map not in maps:
             raise VerifierError(prog.name, pc, f"unknown map {insn.map!r}")
-        if insn.opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
+        opcode = insn.opcode
+        if opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
             raise VerifierError(prog.name, pc, "kfunc calls are not supported")
-        target = isa.jump_target(pc, insn)
+        # isa.jump_target, the opcode's views read directly (a property costs a call)
+        cls = opcode & 0x07
+        pseudo_call = opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL
+        if pseudo_call:
+            target = pc + 1 + insn.imm
+        elif (cls == isa.BPF_JMP or cls == isa.BPF_JMP32) and opcode & 0xF0 not in (isa.BPF_CALL, isa.BPF_EXIT):
+            target = pc + 1 + (insn.imm if opcode == isa.BPF_JMP32 | isa.BPF_JA else insn.off)
+        else:
+            target = None
         if target in second_slots:
             raise VerifierError(prog.name, pc, f"jump into the middle of ldimm64 insn {target - 1}")
-        if target is not None and not insn.is_pseudo_call:
-            here = max(s for s in starts if s <= pc)
+        if target is not None and not pseudo_call:
+            here = starts[bisect.bisect_right(starts, pc) - 1]      # the function holding pc (starts[0] is 0)
             if not here <= target < ends[starts.index(here)]:
                 raise VerifierError(prog.name, pc, f"jump out of range from insn {pc} to {target}")
     for end in ends:
@@ -606,7 +631,9 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         if map_name is not None and maps[map_name].kind != "prog_array":
             raise VerifierError(prog.name, pc, "cannot pass map_type "
                                 f"{maps[map_name].kind} into func bpf_tail_call")
-    has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in zip(starts, ends, strict=True)]
+    has_tail_call = [any((insn := insns[pc]).opcode == isa.CALL_OPCODE and insn.src == 0           # is_tail_call
+                         and insn.imm == isa.BPF_FUNC_tail_call for pc in range(s, e))
+                     for s, e in zip(starts, ends, strict=True)]
     callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
     reachable = reach_tail_calls(has_tail_call, callees)
     depths = [isa.MAX_BPF_STACK if flow.escaped else flow.depth for flow in flows]
@@ -639,7 +666,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
 
     # opt_remove_nops
     ja0 = Insn(isa.BPF_JMP | isa.BPF_JA)
-    removed = {pc: [] for pc, insn in enumerate(insns) if insn == ja0}
+    removed = {pc: [] for pc, insn in enumerate(insns) if insn.opcode == ja0.opcode and insn == ja0}
     insns, orig, new_start = rebuild(insns, orig, removed)
     starts = [new_start[s] for s in starts]
     tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
@@ -657,26 +684,28 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     patches: dict[int, list[Insn]] = {}
     pokes: list[tuple[int, str, int]] = []
     for pc, insn in enumerate(insns):
-        if insn.is_alu and insn.op in (isa.BPF_DIV, isa.BPF_MOD):
-            is64 = insn.cls == isa.BPF_ALU64
-            if insn.source == isa.BPF_X:
+        opcode = insn.opcode          # the opcode's views read directly: a property costs a call
+        cls = opcode & 0x07
+        if (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and opcode & 0xF0 in (isa.BPF_DIV, isa.BPF_MOD):
+            is64 = cls == isa.BPF_ALU64
+            if opcode & 0x08 == isa.BPF_X:
                 patches[pc] = DIV_GUARDS[(insn.op, insn.off)](insn, is64)
             elif insn.off == 1 and insn.imm == -1:
                 patches[pc] = signed_by_minus_one(insn, is64)
-        elif insn.is_helper_call and insn.imm == isa.BPF_FUNC_map_lookup_elem and pc in lookups:
+        elif opcode != isa.CALL_OPCODE or insn.src != 0:
+            continue                  # neither a division nor a helper call (is_helper_call)
+        elif insn.imm == isa.BPF_FUNC_map_lookup_elem and pc in lookups:
             gen_lookup = MAP_GEN_LOOKUP.get(maps[lookups[pc]].kind)
             if gen_lookup is not None:
                 patches[pc] = gen_lookup(maps[lookups[pc]], profile)
-        elif insn.is_helper_call and (insn.imm, maps[lookups[pc]].kind if pc in lookups else None) \
-                in isa.MAP_OPS_FUNC:
+        elif (insn.imm, maps[lookups[pc]].kind if pc in lookups else None) in isa.MAP_OPS_FUNC:
             # patch_map_ops_generic: the map type's own function
             insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, isa.MAP_OPS_FUNC[(insn.imm, maps[lookups[pc]].kind)])
-        elif insn.is_helper_call and insn.imm == isa.BPF_FUNC_get_smp_processor_id \
-                and profile.inline_smp_processor_id is not None:
+        elif insn.imm == isa.BPF_FUNC_get_smp_processor_id and profile.inline_smp_processor_id is not None:
             patches[pc] = inline_smp_processor_id(profile.inline_smp_processor_id)
-        elif insn.is_helper_call and insn.imm in helper_func:
+        elif insn.imm in helper_func:
             insns[pc] = Insn(isa.CALL_OPCODE, 0, 0, 0, helper_func[insn.imm])     # patch_call_imm
-        elif insn.is_tail_call:
+        elif insn.imm == isa.BPF_FUNC_tail_call:          # is_tail_call
             map_name, key = tail_calls.get(pc, (None, None))
             imm = 0
             if key is not None and not options.force_indirect:
@@ -739,12 +768,13 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
             regs = list(states[pc])
             insn = insns[pc]
             succs = [pc + 1]
-            cls = insn.cls
-            if insn.is_lddw:
+            opcode = insn.opcode          # the opcode's views read directly: a property costs a call
+            cls = opcode & 0x07
+            if opcode == isa.LDDW_OPCODE:
                 regs[insn.dst] = CTX_NO
                 succs = [pc + 2]
-            elif cls in (isa.BPF_ALU, isa.BPF_ALU64):
-                moved = cls == isa.BPF_ALU64 and insn.op == isa.BPF_MOV and insn.source == isa.BPF_X and not insn.off
+            elif cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
+                moved = opcode == isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X and not insn.off
                 regs[insn.dst] = regs[insn.src] if moved else CTX_NO
             elif cls in (isa.BPF_LDX, isa.BPF_ST, isa.BPF_STX):
                 base = insn.src if cls == isa.BPF_LDX else insn.dst
@@ -752,10 +782,10 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
                     found[pc] = max(found.get(pc, CTX_NO), regs[base])
                 if cls == isa.BPF_LDX:
                     regs[insn.dst] = CTX_NO
-                elif cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+                elif cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
                     regs[0 if insn.imm == isa.BPF_CMPXCHG else insn.src] = CTX_NO
-            elif insn.opcode == isa.CALL_OPCODE:
-                if insn.is_pseudo_call:
+            elif opcode == isa.CALL_OPCODE:
+                if insn.src == isa.BPF_PSEUDO_CALL:
                     target = pc + 1 + insn.imm
                     callee = (CTX_NO,) + tuple(regs[1:6]) + (CTX_NO,) * 5
                     old = entry.get(target)
@@ -765,11 +795,11 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
                         pending.append(target)
                 for reg in range(6):
                     regs[reg] = CTX_NO
-            elif insn.is_exit:
+            elif opcode == isa.EXIT_OPCODE:
                 succs = []
-            elif cls in (isa.BPF_JMP, isa.BPF_JMP32):
+            elif cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
                 target = isa.jump_target(pc, insn)
-                succs = [target] if insn.op == isa.BPF_JA else [pc + 1, target]
+                succs = [target] if opcode & 0xF0 == isa.BPF_JA else [pc + 1, target]
             out = tuple(regs)
             for succ in succs:
                 if not start <= succ < end:
