@@ -225,14 +225,14 @@ class _R:
 
     # __update_reg_bounds
     def update32(self) -> None:
-        v, m = t_subreg(self.off)
+        v, m = self.value & U32, self.mask & U32          # t_subreg(self.off)
         self.s32min = max(self.s32min, s32(v | (m & 0x80000000)))
         self.s32max = min(self.s32max, s32(v | (m & 0x7FFFFFFF)))
         self.u32min = max(self.u32min, v)
         self.u32max = min(self.u32max, v | m)
 
     def update64(self) -> None:
-        v, m = self.off
+        v, m = self.value, self.mask
         self.smin = max(self.smin, s64(v | (m & (1 << 63))))
         self.smax = min(self.smax, s64(v | (m & S64_MAX)))
         self.umin = max(self.umin, v)
@@ -281,9 +281,10 @@ class _R:
 
     def bound_offset(self) -> None:
         """__reg_bound_offset."""
-        var64 = t_intersect(self.off, t_range(self.umin, self.umax))
-        var32 = t_intersect(t_subreg(self.off), t_range(self.u32min, self.u32max))
-        self.off = t_or(t_clear_subreg(var64), var32)
+        off = self.value, self.mask
+        var64 = t_intersect(off, t_range(self.umin, self.umax))
+        var32 = t_intersect(t_subreg(off), t_range(self.u32min, self.u32max))
+        self.value, self.mask = t_or(t_clear_subreg(var64), var32)
 
     def sync(self) -> None:
         """reg_bounds_sync."""

@@ -77,24 +77,28 @@ def insn_refusal(insn: Insn, profile: Profile) -> str | None:
 
     Only for encodings :func:`bpfdiff.isa.check_insn` accepts (today's ISA).
     """
-    cls = insn.cls
+    opcode = insn.opcode              # the opcode's views read directly: a property costs a call
+    cls = opcode & 0x07
     if not profile.isa_v4:
-        if insn.opcode == isa.BPF_ALU64 | isa.BPF_END:
-            return f"unknown opcode {insn.opcode:02x}"
-        if insn.opcode == isa.BPF_JMP32 | isa.BPF_JA and not profile.isa_ja32:
-            return f"unknown opcode {insn.opcode:02x}"
-        if cls == isa.BPF_LDX and insn.mode != isa.BPF_MEM:
+        if opcode == isa.BPF_ALU64 | isa.BPF_END:
+            return f"unknown opcode {opcode:02x}"
+        if opcode == isa.BPF_JMP32 | isa.BPF_JA and not profile.isa_ja32:
+            return f"unknown opcode {opcode:02x}"
+        if cls == isa.BPF_LDX and opcode & 0xE0 != isa.BPF_MEM:
             return "BPF_LDX uses reserved fields"
-        if insn.is_alu and insn.off and insn.op not in (isa.BPF_END, isa.BPF_NEG):
-            return "BPF_MOV uses reserved fields" if insn.op == isa.BPF_MOV else "BPF_ALU uses reserved fields"
-    if not profile.atomic_fetch and cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm != isa.BPF_ADD:
+        if (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.off and opcode & 0xF0 not in (isa.BPF_END,
+                                                                                              isa.BPF_NEG):
+            return "BPF_MOV uses reserved fields" if opcode & 0xF0 == isa.BPF_MOV else "BPF_ALU uses reserved fields"
+    if not profile.atomic_fetch and cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC and \
+            insn.imm != isa.BPF_ADD:
         return "BPF_XADD uses reserved fields"
     return None
 
 
 def alu_refusal(insn: Insn) -> str | None:
     """check_alu_op's refusals of a constant operand (every profile)."""
-    if not insn.is_alu or insn.source != isa.BPF_K:
+    cls = insn.opcode & 0x07
+    if (cls != isa.BPF_ALU and cls != isa.BPF_ALU64) or insn.opcode & 0x08 != isa.BPF_K:
         return None
     if insn.op in (isa.BPF_DIV, isa.BPF_MOD) and insn.imm == 0:
         return "div by zero"
@@ -123,7 +127,7 @@ def check_isa(prog: Program, profile: Profile) -> None:
         reason = reason or alu_refusal(insn)
         if reason is not None and first is None:
             first = (pc, reason)
-        pc += 2 if insn.is_lddw else 1
+        pc += 2 if insn.opcode == isa.LDDW_OPCODE else 1
     if first is not None:
         raise VerifierError(prog.name, *first)
 
@@ -176,13 +180,15 @@ def track_const_alu(insn: Insn, dst: int | None, src: int | None) -> int | None:
     ``src`` is ignored for an immediate operand.  The one rule for constant keys of direct
     tail-call sites, branch outcomes, and the checker's scalars.
     """
-    is64 = insn.cls == isa.BPF_ALU64
+    opcode = insn.opcode              # the opcode's views read directly: a property costs a call
+    is64 = opcode & 0x07 == isa.BPF_ALU64
     width = 64 if is64 else 32
     mask = U64 if is64 else U32
-    op = insn.op
-    operand = (insn.imm & mask) if insn.source == isa.BPF_K else src
+    op = opcode & 0xF0
+    by_imm = opcode & 0x08 == isa.BPF_K
+    operand = (insn.imm & mask) if by_imm else src
     if op == isa.BPF_MOV:
-        if operand is None or (insn.off and insn.source == isa.BPF_K):
+        if operand is None or (insn.off and by_imm):
             return None
         if insn.off in (8, 16, 32):
             # movsx (ISA v4): coerce_reg_to_size_sx keeps a constant, sign-extended from off bits
@@ -203,8 +209,18 @@ def track_const_alu(insn: Insn, dst: int | None, src: int | None) -> int | None:
             return a >> b
         signed = a - (1 << width) if a >> (width - 1) else a
         return (signed >> b) & mask
-    result = {isa.BPF_ADD: a + b, isa.BPF_SUB: a - b, isa.BPF_MUL: a * b, isa.BPF_AND: a & b,
-              isa.BPF_OR: a | b, isa.BPF_XOR: a ^ b}[op]
+    if op == isa.BPF_ADD:
+        result = a + b
+    elif op == isa.BPF_SUB:
+        result = a - b
+    elif op == isa.BPF_MUL:
+        result = a * b
+    elif op == isa.BPF_AND:
+        result = a & b
+    elif op == isa.BPF_OR:
+        result = a | b
+    else:                               # BPF_XOR, the last of TRACKED_ALU
+        result = a ^ b
     return result & mask
 
 
@@ -274,16 +290,31 @@ def check_load(prog: Program, maps: Mapping[str, MapLike], profile: Profile) -> 
     check_isa(prog, profile)
     insns = prog.insns
     name = prog.name
-    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
+    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.opcode == isa.LDDW_OPCODE}
     for pc, insn in enumerate(insns):
         if pc in second_slots:
             continue
-        target = isa.jump_target(pc, insn)
+        # isa.jump_target and written_registers, the opcode's views read directly (a property
+        # costs a call, and this runs for every instruction of every program)
+        opcode = insn.opcode
+        cls = opcode & 0x07
+        if opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL:
+            target = pc + 1 + insn.imm
+        elif (cls == isa.BPF_JMP or cls == isa.BPF_JMP32) and opcode & 0xF0 not in (isa.BPF_CALL, isa.BPF_EXIT):
+            target = pc + 1 + (insn.imm if opcode == isa.BPF_JMP32 | isa.BPF_JA else insn.off)
+        else:
+            target = None
         if target in second_slots:
             raise VerifierError(name, pc, f"jump into the middle of ldimm64 insn {target - 1}")
-        if isa.BPF_REG_FP in written_registers(insn):
+        if cls in (isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_LDX) or opcode == isa.LDDW_OPCODE:
+            writes_fp = insn.dst == isa.BPF_REG_FP
+        elif cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC:
+            writes_fp = isa.BPF_REG_FP in written_registers(insn)
+        else:
+            writes_fp = False
+        if writes_fp:
             raise VerifierError(name, pc, "frame pointer is read only")
-        if insn.is_lddw and insn.map is not None:
+        if opcode == isa.LDDW_OPCODE and insn.map is not None:
             bpf_map = maps.get(insn.map)
             if bpf_map is None:
                 raise VerifierError(name, pc, f"unknown map {insn.map!r}")
@@ -462,7 +493,8 @@ STACK_ARGS = {isa.BPF_FUNC_map_lookup_elem: ((2, "key_size"),),
 
 def subprog_starts(insns: Sequence[Insn]) -> list[int]:
     """The first pc of each function: 0 and every bpf-to-bpf call's target, in order."""
-    return sorted({0} | {pc + 1 + insn.imm for pc, insn in enumerate(insns) if insn.is_pseudo_call})
+    return sorted({0} | {pc + 1 + insn.imm for pc, insn in enumerate(insns)
+                         if insn.opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL})   # is_pseudo_call
 
 
 def reach_tail_calls(has_tail_call: Sequence[bool], callees: Sequence[set[int]]) -> list[bool]:
@@ -482,8 +514,11 @@ def _tail_call_reachable(insns: Sequence[Insn]) -> frozenset[int]:
     """Entry pcs of the functions that can reach ``bpf_tail_call``, from every call in their body."""
     starts = subprog_starts(insns)
     bounds = list(zip(starts, starts[1:] + [len(insns)], strict=True))
-    has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in bounds]
-    callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in range(s, e) if insns[pc].is_pseudo_call}
+    # is_tail_call and is_pseudo_call, the opcode's views read directly (a property costs a call)
+    has_tail_call = [any((insn := insns[pc]).opcode == isa.CALL_OPCODE and insn.src == 0
+                         and insn.imm == isa.BPF_FUNC_tail_call for pc in range(s, e)) for s, e in bounds]
+    callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in range(s, e)
+                if (insn := insns[pc]).opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL}
                for s, e in bounds]
     return frozenset(s for (s, _), reach in zip(bounds, reach_tail_calls(has_tail_call, callees), strict=True)
                      if reach)
@@ -547,13 +582,27 @@ class _Explorer:
         visited = {start}
         steps = 0
         n = len(self.insns)
-        step, seen = self.step, self.seen
+        step, seen, code, alu = self.step, self.seen, self.code, self.alu
         while todo:
             pc, state = todo.pop()
             steps += 1
             if steps > budget:
                 return None
             seen.add(pc)
+            c = code[pc]
+            if c[0] == _ALU:
+                # three instructions in four are ALU ones: their one successor is made here, not in
+                # step() (only the current frame's register changes)
+                regs, stack, ret = state[-1]
+                r = list(regs)
+                r[c[3]] = alu(c, r)
+                if pc + 1 < n:
+                    succ = (pc + 1, state[:-1] + ((tuple(r), stack, ret),))
+                    before = len(visited)
+                    visited.add(succ)
+                    if len(visited) != before:
+                        todo.append(succ)
+                continue
             for succ in step(pc, state):
                 nxt = succ[0]
                 if nxt is not None and 0 <= nxt < n:
@@ -626,13 +675,9 @@ class _Explorer:
 
     # -- one instruction -------------------------------------------------------------------------
     def step(self, pc: int, state: tuple) -> list[tuple[int, tuple]]:
+        """The successors of a state at any instruction but an ALU one (run() makes those)."""
         code = self.code[pc]
         kind = code[0]
-        if kind == _ALU:                      # the common case first: only the current frame changes
-            regs, stack, ret = state[-1]
-            r = list(regs)
-            r[code[3]] = self.alu(code, r)
-            return [(pc + 1, state[:-1] + ((tuple(r), stack, ret),))]
         insn = self.insns[pc]
         frames = list(state)
         regs, stack, ret = frames[-1]
