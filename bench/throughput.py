@@ -1,6 +1,6 @@
 """Fuzzing throughput, where the time goes, and what a JIT engine run costs next to bare unicorn.
 
-    .venv/bin/python bench/throughput.py [--seconds S] [--profile P] [--seed N] [--bare-scenarios K]
+    .venv/bin/python bench/throughput.py [--seconds S | --scenarios N] [--profile P] [--seed N] [--bare-scenarios K]
 
 Three passes over the same seeded scenarios (one core, one process): the
 interpreter alone, the JIT alone, and the differential pair through the
@@ -9,7 +9,10 @@ caches a new process has (none: the verifier model's answers and the JIT's
 remembered instruction code are forgotten), so no pass profits from the one
 before.  For each: scenarios/s and engine runs/s (run events x engines), per
 second of wall time and per second of this process's CPU time (the machine
-may be shared: the load average is printed first).  Targets: the
+may be shared: the load average is printed first).  ``--scenarios N`` runs the
+same N scenarios in every pass instead of S seconds of them: on a loaded
+machine a timed pass gets through fewer scenarios, a different mix, so two
+versions of the code are compared on the same work this way.  Targets: the
 differential pass >= 2,000 engine runs/s on one core; a JIT engine run <= 30
 bare ``emu_start`` of its images.
 
@@ -117,14 +120,20 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
+def more(clock: Clock, seconds: float, done: int, count: int | None) -> bool:
+    """Whether a pass goes on: ``count`` scenarios when given, else until ``seconds`` have passed."""
+    return done < count if count is not None else time.perf_counter() - clock.wall < seconds
+
+
 def single_engine(name: str, profile: str, seconds: float, seed: int,
-                  per_scenario: list[tuple[float, int]] | None = None) -> tuple[int, int, float, float]:
+                  per_scenario: list[tuple[float, int]] | None = None,
+                  count: int | None = None) -> tuple[int, int, float, float]:
     """Scenarios, runs, wall and CPU seconds; ``per_scenario`` gets (CPU seconds, runs) of each scenario."""
     engine = make_engine(name, profile=profile)
     fresh_caches()
     clock = Clock()
     scenarios = runs = 0
-    while time.perf_counter() - clock.wall < seconds:
+    while more(clock, seconds, scenarios, count):
         s = generate.scenario_from_seed(seed + scenarios, profile)
         start = time.process_time()
         engine.execute(s)
@@ -137,8 +146,8 @@ def single_engine(name: str, profile: str, seconds: float, seed: int,
     return scenarios, runs, wall, cpu
 
 
-def differential(profile: str, seconds: float, seed: int,
-                 jit_per_scenario: list[tuple[float, int]]) -> tuple[int, int, float, float, int]:
+def differential(profile: str, seconds: float, seed: int, jit_per_scenario: list[tuple[float, int]],
+                 count: int | None = None) -> tuple[int, int, float, float, int]:
     """``jit_per_scenario`` gets (CPU seconds, runs) of the JIT engine's own execution of each scenario
     (not the oracle's re-runs: probes, known kernel bugs)."""
     pool = oracle.EnginePool()
@@ -158,7 +167,7 @@ def differential(profile: str, seconds: float, seed: int,
     fresh_caches()
     clock = Clock()
     scenarios = runs = findings = 0
-    while time.perf_counter() - clock.wall < seconds:
+    while more(clock, seconds, scenarios, count):
         s = scenario_from_seed(seed + scenarios, profile)
         spent[0] = 0.0
         verdict = oracle.run_oracle(s, profile=profile, pool=pool)
@@ -245,25 +254,28 @@ def print_rate(name: str, scenarios: int, runs: int, wall: float, cpu: float, no
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per pass (default: %(default)s)")
+    parser.add_argument("--scenarios", type=int, default=None,
+                        help="run these many scenarios per pass instead of --seconds of them")
     parser.add_argument("--profile", default="linux-6.1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bare-scenarios", type=int, default=200,
                         help="scenarios measured against bare unicorn (default: %(default)s)")
     args = parser.parse_args()
 
-    print(f"profile {args.profile}, {args.seconds:.0f} s per pass, seeds from {args.seed}, one process; "
-          f"{load_average()}")
+    length = f"{args.scenarios} scenarios" if args.scenarios is not None else f"{args.seconds:.0f} s"
+    print(f"profile {args.profile}, {length} per pass, seeds from {args.seed}, one process; {load_average()}")
     print(f"{'':<14}{'per wall second':>27}{'per CPU second':>29}")
     print(f"{'pass':<14}{'scenarios':>12}{'engine runs':>15}{'scenarios':>14}{'engine runs':>15}")
-    scenarios, runs, wall, cpu = single_engine("interp", args.profile, args.seconds, args.seed)
+    scenarios, runs, wall, cpu = single_engine("interp", args.profile, args.seconds, args.seed, count=args.scenarios)
     print_rate("interp alone", scenarios, runs, wall, cpu)
     jit_scenarios: list[tuple[float, int]] = []
-    scenarios, runs, wall, cpu = single_engine("jit", args.profile, args.seconds, args.seed, jit_scenarios)
+    scenarios, runs, wall, cpu = single_engine("jit", args.profile, args.seconds, args.seed, jit_scenarios,
+                                               count=args.scenarios)
     print_rate("jit alone", scenarios, runs, wall, cpu)
     instrument()
     jit_in_differential: list[tuple[float, int]] = []
     scenarios, runs, elapsed, cpu, findings = differential(args.profile, args.seconds, args.seed,
-                                                           jit_in_differential)
+                                                           jit_in_differential, count=args.scenarios)
     print_rate("differential", scenarios, runs, elapsed, cpu, f"   ({findings} scenarios with findings)")
 
     jit_total = TIMES.pop("jit total", 0.0)
