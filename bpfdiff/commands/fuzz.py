@@ -16,9 +16,8 @@ from pathlib import Path
 
 from bpfdiff.bugs import BUGS_BY_NAME, validate_bugs
 from bpfdiff.cli import WARNING_PREFIX, error_line
-from bpfdiff.engine import engine_names
 from bpfdiff.profiles import DEFAULT_PROFILE, PROFILES
-from bpfdiff.settings import DEFAULT_ENGINES  # the kernel engines boot a VM: opt-in
+from bpfdiff.settings import DEFAULT_ENGINES, SettingsError, parse_engines  # the kernel engines boot a VM: opt-in
 
 NAME = "fuzz"
 HELP = "run a differential fuzzing campaign (interpreter vs JIT), saving findings as replayable scenarios"
@@ -50,11 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from bpfdiff.fuzz.campaign import CampaignConfig
 
-    engines = tuple(e for e in args.engines.split(",") if e)
-    unknown = [e for e in engines if e not in engine_names()]
-    if unknown or len(set(engines)) != len(engines) or len(engines) < 2:
-        known = ", ".join(engine_names())
-        raise OptionError(f"--engines: need two or more different engines of {known}, got {args.engines!r}")
+    # parse_engines asks the registry at call time: a name bound at import would keep whatever
+    # registry (or test double) was current when this module was first imported.
+    try:
+        engines = parse_engines(args.engines)
+    except SettingsError as exc:
+        raise OptionError(str(exc)) from None
+    if len(engines) < 2 or len(engines) != len([e for e in args.engines.split(",") if e.strip()]):
+        raise OptionError(f"--engines: need two or more different engines, got {args.engines!r}")
     names = [n.strip() for raw in args.inject for n in raw.split(",") if n.strip()]
     try:
         bugs = validate_bugs(frozenset(names))
