@@ -512,6 +512,25 @@ def test_readme_fuzzing_your_own_kernel_build(tmp_path):
     assert "interp, jit, kernel-jit, kernel-interp" in proc.stdout and "agree" in proc.stdout
 
 
+def panic_on_first_scenario(monkeypatch) -> list:
+    """Make the first scenario request really panic the guest kernel (the agent writes "c" to
+    /proc/sysrq-trigger: an oops, and oops=panic); returns the list that receives the guest."""
+    from bpfdiff.kernel import protocol
+    from bpfdiff.kernel.guest import Guest
+
+    real_submit = Guest.submit
+    panicked: list = []
+
+    def panic_instead(self, payload, timeout=30.0):
+        if not panicked and payload[:1] == bytes([protocol.CMD_SCENARIO]):
+            panicked.append(self)
+            payload = bytes([protocol.CMD_DEBUG]) + b"c"
+        return real_submit(self, payload, timeout)
+
+    monkeypatch.setattr(Guest, "submit", panic_instead)
+    return panicked
+
+
 def test_a_panicking_guest_is_a_finding_and_the_next_scenario_runs_on_a_new_guest(guest, monkeypatch):
     # The kernel really panics (the agent writes "c" to /proc/sysrq-trigger: an oops, and
     # oops=panic) while kernel-jit runs a scenario through the oracle: a crash finding naming
@@ -519,21 +538,11 @@ def test_a_panicking_guest_is_a_finding_and_the_next_scenario_runs_on_a_new_gues
     # the next scenario boots a fresh guest and agrees.
     from bpfdiff.fuzz.oracle import CRASH, EnginePool, run_oracle
 
-    from bpfdiff.kernel import protocol
     from bpfdiff.kernel.engine import _GUESTS
-    from bpfdiff.kernel.guest import Guest, GuestDied
+    from bpfdiff.kernel.guest import GuestDied
 
     scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "direct_tail_call.scn").read_text()))
-    real_submit = Guest.submit
-    crashes = []
-
-    def panic_instead(self, payload, timeout=30.0):
-        if not crashes and payload[:1] == bytes([protocol.CMD_SCENARIO]):
-            crashes.append(self)   # the scenario's request makes the kernel panic
-            payload = bytes([protocol.CMD_DEBUG]) + b"c"
-        return real_submit(self, payload, timeout)
-
-    monkeypatch.setattr(Guest, "submit", panic_instead)
+    crashes = panic_on_first_scenario(monkeypatch)   # the scenario's request makes the kernel panic
     pool = EnginePool()
     engines = ("interp", "jit", "kernel-jit")
     verdict = run_oracle(scenario, engines=engines, profile="linux-6.1", pool=pool)
@@ -560,19 +569,11 @@ def test_a_guest_dying_on_a_request_nobody_else_waits_for_is_still_a_crash_findi
     from bpfdiff.fuzz.oracle import CRASH, EnginePool, run_oracle
 
     from bpfdiff.engine import EngineError
-    from bpfdiff.kernel import protocol
     from bpfdiff.kernel.engine import _GUESTS
-    from bpfdiff.kernel.guest import Guest, GuestDied
+    from bpfdiff.kernel.guest import GuestDied
 
     scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "direct_tail_call.scn").read_text()))
-    real_submit = Guest.submit
-    panicked = []
-
-    def panic_instead(self, payload, timeout=30.0):
-        if not panicked and payload[:1] == bytes([protocol.CMD_SCENARIO]):
-            panicked.append(self)
-            payload = bytes([protocol.CMD_DEBUG]) + b"c"
-        return real_submit(self, payload, timeout)
+    panicked = panic_on_first_scenario(monkeypatch)
 
     pool = EnginePool()
     interp = pool.get("interp", "linux-6.1", frozenset())
@@ -580,7 +581,6 @@ def test_a_guest_dying_on_a_request_nobody_else_waits_for_is_still_a_crash_findi
     def bad_input(scn):
         raise EngineError("interp: bad input")
 
-    monkeypatch.setattr(Guest, "submit", panic_instead)
     monkeypatch.setattr(interp, "execute", bad_input)
     verdict = run_oracle(scenario, engines=("interp", "kernel-jit", "kernel-interp"), profile="linux-6.1",
                          pool=pool)
@@ -611,8 +611,7 @@ def test_a_guest_that_dies_between_requests_or_on_an_abandoned_one_is_reported_n
 
     from bpfdiff.fuzz.oracle import CRASH, EnginePool, run_oracle
 
-    from bpfdiff.kernel import protocol
-    from bpfdiff.kernel.guest import Guest, GuestDied
+    from bpfdiff.kernel.guest import GuestDied
 
     scenario = with_packets(parse_scenario((ROOT / "corpus" / "examples" / "direct_tail_call.scn").read_text()))
     engines = ("interp", "jit", "kernel-jit")
@@ -632,16 +631,8 @@ def test_a_guest_that_dies_between_requests_or_on_an_abandoned_one_is_reported_n
 
     # a scenario submitted, never executed, whose request panics the kernel: the engine's next
     # scenario abandons it, runs on a fresh guest, and reports the death it was not to blame for
-    real_submit = Guest.submit
-    panicked = []
+    panicked = panic_on_first_scenario(monkeypatch)
 
-    def panic_instead(self, payload, timeout=30.0):
-        if not panicked and payload[:1] == bytes([protocol.CMD_SCENARIO]):
-            panicked.append(self)
-            payload = bytes([protocol.CMD_DEBUG]) + b"c"
-        return real_submit(self, payload, timeout)
-
-    monkeypatch.setattr(Guest, "submit", panic_instead)
     pool.get("kernel-jit", "linux-6.1", frozenset()).submit(scenario)
     monkeypatch.undo()
     verdict = run_oracle(scenario, engines=engines, profile="linux-6.1", pool=pool)
