@@ -383,8 +383,8 @@ class Guest:
         self._io(b"", 4, deadline)
         (length,) = struct.unpack_from("<I", self._inbuf)
         self._io(b"", 4 + length, deadline)
-        frame = bytes(self._inbuf[4:4 + length])
-        del self._inbuf[:4 + length]
+        frame = self._take_frame()
+        assert frame is not None   # _io returned with the whole frame in the buffer
         return frame
 
     def submit(self, payload: bytes, timeout: float = REQUEST_TIMEOUT) -> int:
