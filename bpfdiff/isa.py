@@ -455,11 +455,15 @@ def check_program(insns: Sequence[Insn]) -> None:
 
 def jump_target(pc: int, insn: Insn) -> int | None:
     """Where a jump or a pseudo call goes, or None for other instructions."""
-    if insn.is_pseudo_call:
+    # The opcode's bits read directly (is_pseudo_call, is_jmp, op): a property costs a call, and
+    # the verifier model asks this of every instruction of every program it checks.
+    opcode = insn.opcode
+    if opcode == CALL_OPCODE and insn.src == BPF_PSEUDO_CALL:
         return pc + 1 + insn.imm
-    if not insn.is_jmp or insn.op in (BPF_CALL, BPF_EXIT):
+    cls = opcode & 0x07
+    if (cls != BPF_JMP and cls != BPF_JMP32) or opcode & 0xF0 in (BPF_CALL, BPF_EXIT):
         return None
-    if insn.opcode == BPF_JMP32 | BPF_JA:
+    if opcode == BPF_JMP32 | BPF_JA:
         return pc + 1 + insn.imm
     return pc + 1 + insn.off
 

@@ -274,10 +274,11 @@ def key_in_range(profile: Profile, key: int, max_entries: int) -> bool:
 # -- the loader's checks ---------------------------------------------------------------------------
 def written_registers(insn: Insn) -> tuple[int, ...]:
     """Registers an instruction writes (other than through calls), for the verifier's R10 rule."""
-    cls = insn.cls
-    if cls in (isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_LDX) or insn.is_lddw:
+    opcode = insn.opcode              # the opcode's views read directly: a property costs a call
+    cls = opcode & 0x07
+    if cls in (isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_LDX) or opcode == isa.LDDW_OPCODE:
         return (insn.dst,)
-    if cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC:
+    if cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC:
         if insn.imm == isa.BPF_CMPXCHG:
             return (0,)
         if insn.imm & isa.BPF_FETCH:
@@ -294,27 +295,12 @@ def check_load(prog: Program, maps: Mapping[str, MapLike], profile: Profile) -> 
     for pc, insn in enumerate(insns):
         if pc in second_slots:
             continue
-        # isa.jump_target and written_registers, the opcode's views read directly (a property
-        # costs a call, and this runs for every instruction of every program)
-        opcode = insn.opcode
-        cls = opcode & 0x07
-        if opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL:
-            target = pc + 1 + insn.imm
-        elif (cls == isa.BPF_JMP or cls == isa.BPF_JMP32) and opcode & 0xF0 not in (isa.BPF_CALL, isa.BPF_EXIT):
-            target = pc + 1 + (insn.imm if opcode == isa.BPF_JMP32 | isa.BPF_JA else insn.off)
-        else:
-            target = None
+        target = isa.jump_target(pc, insn)
         if target in second_slots:
             raise VerifierError(name, pc, f"jump into the middle of ldimm64 insn {target - 1}")
-        if cls in (isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_LDX) or opcode == isa.LDDW_OPCODE:
-            writes_fp = insn.dst == isa.BPF_REG_FP
-        elif cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC:
-            writes_fp = isa.BPF_REG_FP in written_registers(insn)
-        else:
-            writes_fp = False
-        if writes_fp:
+        if isa.BPF_REG_FP in written_registers(insn):
             raise VerifierError(name, pc, "frame pointer is read only")
-        if opcode == isa.LDDW_OPCODE and insn.map is not None:
+        if insn.opcode == isa.LDDW_OPCODE and insn.map is not None:
             bpf_map = maps.get(insn.map)
             if bpf_map is None:
                 raise VerifierError(name, pc, f"unknown map {insn.map!r}")
