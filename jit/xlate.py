@@ -263,11 +263,7 @@ class FunctionFlow:
             return []
         if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
             op = opcode & 0xF0
-            # isa.jump_target for a jump that is not a call (handled above)
-            if op == isa.BPF_CALL or op == isa.BPF_EXIT:
-                target = None
-            else:
-                target = nxt + (insn.imm if opcode == isa.BPF_JMP32 | isa.BPF_JA else insn.off)
+            target = isa.jump_target(pc, insn)
             if op == isa.BPF_JA:
                 return [(target, tuple(r))]
             dst = r[insn.dst]
@@ -425,17 +421,10 @@ def rebuild(insns: list[Insn], orig: list[int], patches: Mapping[int, list[Insn]
             out.extend(patches[i])
             out_orig.extend([orig[i]] * len(patches[i]))
             continue
-        # isa.jump_target, the opcode's views read directly (a property costs a call); a jump
-        # whose offset does not change is kept as it is (the Insn _with_offset would make is equal)
-        opcode = insn.opcode
-        cls = opcode & 0x07
-        if (opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL) or opcode == isa.BPF_JMP32 | isa.BPF_JA:
-            rel = new_start[i + 1 + insn.imm] - (new_start[i] + 1)
-            if rel != insn.imm:
-                insn = _with_offset(insn, rel)
-        elif (cls == isa.BPF_JMP or cls == isa.BPF_JMP32) and opcode & 0xF0 not in (isa.BPF_CALL, isa.BPF_EXIT):
-            rel = new_start[i + 1 + insn.off] - (new_start[i] + 1)
-            if rel != insn.off or not -(1 << 15) <= rel < (1 << 15):
+        target = isa.jump_target(i, insn)
+        if target is not None:
+            rel = new_start[target] - (new_start[i] + 1)
+            if rel != target - (i + 1):   # a jump whose offset does not change is kept as it is
                 insn = _with_offset(insn, rel)
         out.append(insn)
         out_orig.append(orig[i])
@@ -563,15 +552,8 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
         opcode = insn.opcode
         if opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
             raise VerifierError(prog.name, pc, "kfunc calls are not supported")
-        # isa.jump_target, the opcode's views read directly (a property costs a call)
-        cls = opcode & 0x07
         pseudo_call = opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL
-        if pseudo_call:
-            target = pc + 1 + insn.imm
-        elif (cls == isa.BPF_JMP or cls == isa.BPF_JMP32) and opcode & 0xF0 not in (isa.BPF_CALL, isa.BPF_EXIT):
-            target = pc + 1 + (insn.imm if opcode == isa.BPF_JMP32 | isa.BPF_JA else insn.off)
-        else:
-            target = None
+        target = isa.jump_target(pc, insn)
         if target in second_slots:
             raise VerifierError(prog.name, pc, f"jump into the middle of ldimm64 insn {target - 1}")
         if target is not None and not pseudo_call:
