@@ -245,6 +245,18 @@ def test_conformance_bad_directory(tmp_path: Path, capsys: pytest.CaptureFixture
     assert_one_line_error(err, re.escape(str(tmp_path / "nowhere")) + ": not a directory")
 
 
+def test_conformance_runs_our_two_engines_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the kernel engines are opt-in (they boot a VM, and run XDP programs, not the suite's raw ones);
+    # on linux-5.5, which has no real kernel, the default must work too
+    (tmp_path / "good.data").write_text("-- asm\nmov %r0, 2\nexit\n-- result\n0x2\n")
+    for profile in ("linux-6.1", "linux-5.5"):
+        code, out, _ = run_cli(capsys, "conformance", str(tmp_path), "--profile", profile)
+        lines = out.strip().splitlines()
+        assert lines[0] == f"conformance: 1 files in {tmp_path}; engines interp, jit; profile {profile}"
+        assert lines[-1] == "1 passed, 0 failed, 0 skipped, 0 refused by the verifier"
+        assert code == 0
+
+
 def test_conformance_failure_and_skip_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "good.data").write_text("-- asm\nmov %r0, 2\nexit\n-- result\n0x2\n")
     (tmp_path / "wrong.data").write_text("-- asm\nmov %r0, 1\nexit\n-- result\n0x2\n")
