@@ -8,7 +8,8 @@ images captured from Debian's 6.1 kernel (linux-6.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import functools
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,3 +435,14 @@ def get_profile(name: str | Profile) -> Profile:
 def with_kernel_bug_fixed(profile: str, commit: str) -> str:
     """The name of ``profile`` with one more known kernel bug fixed."""
     return f"{profile}+{commit}"
+
+
+def profile_key(profile: Profile, ignored: frozenset[str]) -> tuple:
+    """The profile's values of every field but ``ignored``, in field order: all that a part of
+    bpfdiff which never reads ``ignored`` can tell of the profile (a cache key)."""
+    return tuple(getattr(profile, name) for name in _fields_but(ignored))
+
+
+@functools.cache
+def _fields_but(ignored: frozenset[str]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(Profile) if f.name not in ignored)

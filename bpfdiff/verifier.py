@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from bpfdiff import isa, scalar
 from bpfdiff.helpers import known_cpu_id
 from bpfdiff.isa import Insn, InvalidInstruction, Program
-from bpfdiff.profiles import Profile
+from bpfdiff.profiles import Profile, profile_key
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, Scenario
 
 if TYPE_CHECKING:
@@ -325,12 +325,45 @@ def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
     force_indirect = bool(options is not None and options.force_indirect)
     used = tuple((m.name, m.kind, m.key_size, m.value_size, m.max_entries)
                  for m in (maps.get(name) for name in prog.map_names) if m is not None)
-    result = _verified(prog, used, profile, force_indirect, prog_type)
+    result = _verified(prog, used, VerifierView(profile), force_indirect, prog_type)
     if isinstance(result, VerifierError):
         raise VerifierError(result.prog, result.pc, result.reason)
     # a copy: callers own what they get (the cache keeps the original)
     return replace(result, insns=list(result.insns), orig_pc=list(result.orig_pc), pokes=list(result.pokes),
                    subprogs=[replace(sub) for sub in result.subprogs])
+
+
+# Profile fields the verifier model never reads (check_load, xlate, explore and what they call):
+# the JIT's code generation, the interpreter's tail-call counter, the profile's name and its
+# list of known kernel bugs.  Two profiles that differ only in these get the same answers, so
+# the cache keys on every other field (VerifierView): the oracle's known-bug probes -- a fix of
+# the JIT or of the interpreter's counter -- reuse the answers of the profile as it is.  A new
+# field counts until it is listed here, so forgetting one costs cache misses, never a wrong
+# answer; tests/test_verifier_cache.py checks that the model reads none of these.
+NOT_READ_BY_VERIFIER = frozenset({
+    "name", "description", "kernel_bugs",
+    "max_tail_call_cnt", "interp_limit_test", "subprog_counter", "tail_call_counts_empty_slot",
+    "jit_prologue", "jit_tail_call_jcc", "x86_tail_call_offset", "jit_sls", "retpoline",
+    "off_array_max_entries", "off_prog_bpf_func", "jit_imm8_jmp_max", "jit_tail_call_cnt", "jit_ibt",
+    "jit_nop5", "map_ops_return_bits", "jit_imm64_simm32",
+})
+
+
+class VerifierView:
+    """A profile as the verifier model sees it: equal and hashed by its fields but
+    :data:`NOT_READ_BY_VERIFIER` (the cache key), holding the profile the model runs with."""
+
+    __slots__ = ("profile", "key")
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.key = profile_key(profile, NOT_READ_BY_VERIFIER)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VerifierView) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
 
 def clear_cache() -> None:
@@ -340,7 +373,7 @@ def clear_cache() -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _verified(prog: Program, used: tuple[tuple[str, str, int, int, int], ...], profile: Profile,
+def _verified(prog: Program, used: tuple[tuple[str, str, int, int, int], ...], view: VerifierView,
               force_indirect: bool, prog_type: str) -> Xlated | VerifierError:
     """verify() for the maps the program names, cached: every engine, the oracle's what-if
     re-runs and the corpus tools ask about the same programs again and again."""
@@ -351,8 +384,8 @@ def _verified(prog: Program, used: tuple[tuple[str, str, int, int, int], ...], p
     maps = {name: MapDef(name, kind, key_size, value_size, max_entries)
             for name, kind, key_size, value_size, max_entries in used}
     try:
-        check_load(prog, maps, profile)
-        return xlate(prog, maps, profile, JitOptions(force_indirect=force_indirect), prog_type)
+        check_load(prog, maps, view.profile)
+        return xlate(prog, maps, view.profile, JitOptions(force_indirect=force_indirect), prog_type)
     except VerifierError as exc:
         return exc
 
