@@ -212,6 +212,11 @@ class Engine(ABC):
     # our models, not it.  ``mirrors`` names the model engine it must then behave like (the
     # profile's model of that kernel, bugs included); None for the models themselves.
     mirrors: str | None = None
+    # Profile fields whose values never change this engine's outcomes: the oracle's known-bug
+    # probes reuse its outcomes under a fixed profile that differs only in these instead of
+    # running it again (a fix of the JIT alone leaves the interpreter as it ran).  Empty, the
+    # default: every field may matter.
+    ignores_profile_fields: frozenset[str] = frozenset()
 
     @abstractmethod
     def execute(self, scenario: Scenario) -> list[EventOutcome]:

@@ -93,7 +93,7 @@ from bpfdiff.engine import (
     ProgramRefused,
     make_engine,
 )
-from bpfdiff.profiles import KernelBug, Profile, get_profile, with_kernel_bug_fixed
+from bpfdiff.profiles import KernelBug, Profile, get_profile, profile_key, with_kernel_bug_fixed
 from bpfdiff.scenario import Delete, Run, Scenario, Update, key_u32
 
 DIVERGENCE, CRASH, VIOLATION, KNOWN, REFUSED = "divergence", "crash", "violation", "known", "refused"
@@ -565,12 +565,26 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     # that d7ba4cc900bf truncates), which no single fix explains
     candidates = [together for size in range(1, len(profile.kernel_bugs) + 1)
                   for together in itertools.combinations(profile.kernel_bugs, size)]
+    # An engine runs once per distinct view of the profile it can tell apart: a fix of fields it
+    # ignores (Engine.ignores_profile_fields) leaves its outcomes as they were
+    ran: dict[tuple, list[EventOutcome]] = {}
+
+    def outcomes_under(name: str, fixed: str) -> list[EventOutcome]:
+        engine = pool.get(name, fixed, bugs)
+        key = (name, profile_key(get_profile(fixed), engine.ignores_profile_fields))
+        if key not in ran:
+            ran[key] = engine.execute(scenario)
+        return ran[key]
+
+    for name in models:
+        ran[name, profile_key(profile, pool.get(name, profile.name, bugs).ignores_profile_fields)] = \
+            verdict.outcomes[name]
     for together in candidates:
         fixed = profile.name
         for bug in together:
             fixed = with_kernel_bug_fixed(fixed, bug.commit)
         try:
-            outcomes = {name: pool.get(name, fixed, bugs).execute(scenario) for name in models}
+            outcomes = {name: outcomes_under(name, fixed) for name in models}
         except Exception:  # noqa: BLE001 - the check only classifies a divergence
             continue
         if len(together) == len(profile.kernel_bugs) and fixed_runs is not None and len(models) == len(mirrors):

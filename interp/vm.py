@@ -200,7 +200,8 @@ class Machine:
     def _tail_call_target(self, r: list) -> str | None:
         """The program a tail call enters, or None to fall through (kernel order of checks)."""
         if self.frames and not self.profile.tail_calls_in_subprogs:
-            raise HelperFault(FAULT_UNSUPPORTED, f"tail call from a subprogram ({self.profile.name} refuses it)")
+            raise HelperFault(FAULT_UNSUPPORTED, "tail call from a subprogram (the profile's verifier refuses "
+                              "tail calls in programs with bpf-to-bpf calls)")
         prog_array = self.mem.map_at(r[2])
         if prog_array is None:
             # Both kernel engines read max_entries through R2 first: a bad pointer faults there.

@@ -1,0 +1,81 @@
+"""The oracle's known-bug probes run an engine again only under a fix it can tell apart.
+
+``known_kernel_bug`` re-runs the models on the profile with each combination of its known
+kernel bugs fixed; an engine whose :attr:`~bpfdiff.engine.Engine.ignores_profile_fields` cover
+everything a fix changes keeps the outcomes it had (the interpreter under a fix of the JIT alone).
+That is right only if the engine really never reads those fields (recorded here, through the
+verifier model it loads with), and the verdicts must be the ones that running everything gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bpfdiff.fuzz.generate import RandomDraw, mutate_scenario, scenario_from_seed
+from bpfdiff.fuzz.oracle import EnginePool, run_oracle
+from bpfdiff.interp.engine import InterpEngine
+from profile_reads import RecordingProfile, every_fixed_variant
+
+from bpfdiff import verifier
+from bpfdiff.engine import _REGISTRY as engine_registry
+from bpfdiff.engine import EngineError
+from bpfdiff.scenario_text import parse_scenario
+
+EXAMPLES = ("direct_tail_call", "retarget", "tail_call_limit", "tailcall_hierarchy")
+
+
+def test_the_interpreter_reads_no_field_it_ignores() -> None:
+    examples = [parse_scenario(Path(f"corpus/examples/{name}.scn").read_text(), name) for name in EXAMPLES]
+    reads: set[str] = set()
+    for profile in every_fixed_variant():
+        base = profile.name.split("+")[0]
+        generated = [scenario_from_seed(seed, base) for seed in range(12)]
+        mutated = [mutate_scenario(s, RandomDraw(seed)) for seed, s in enumerate(generated[:4])]
+        engine = InterpEngine(profile)
+        engine.profile = RecordingProfile(profile, reads)
+        for scenario in examples + generated + mutated:
+            verifier.clear_cache()
+            try:
+                engine.execute(scenario)
+            except EngineError:
+                pass           # refused: what the model read to refuse it is recorded too
+    assert not reads & InterpEngine.ignores_profile_fields
+    # the recording sees the interpreter's counter at work
+    assert {"max_tail_call_cnt", "interp_limit_test", "tail_call_counts_empty_slot", "subprog_counter"} <= reads
+
+
+class CountingInterp(InterpEngine):
+    runs = 0
+
+    def execute(self, scenario):
+        CountingInterp.runs += 1
+        return super().execute(scenario)
+
+
+# (profile, seed, planted bugs): known kernel bugs of each profile found first by one fix, by
+# the second, by a pair, and divergences that no fix explains (every combination is probed)
+CASES = [("linux-6.1", 10, ""), ("linux-6.1", 9, ""), ("linux-6.1", 50, ""), ("linux-5.10", 11, ""),
+         ("linux-6.12", 15, ""), ("linux-5.5", 8, ""), ("linux-6.1", 1, "interp-tail-call-limit"),
+         ("linux-6.1", 1, "tail-call-limit-ja"), ("linux-6.1", 37, "alu32-no-zext")]
+
+
+@pytest.mark.parametrize("profile, seed, bugs", CASES)
+def test_probes_give_the_verdict_running_every_engine_gives(profile, seed, bugs, monkeypatch) -> None:
+    scenario = scenario_from_seed(seed, profile)
+    planted = frozenset(bugs.split(",")) - {""}
+    monkeypatch.setitem(engine_registry, "interp", (__name__, "CountingInterp"))
+
+    def verdict() -> tuple[list, int]:
+        CountingInterp.runs = 0
+        v = run_oracle(scenario, profile=profile, bugs=planted, pool=EnginePool())
+        assert not v.ok
+        return [(f.kind, f.signature, f.event_index, f.field, f.values, f.detail, f.alternatives)
+                for f in v.findings], CountingInterp.runs
+
+    reusing, runs_reusing = verdict()
+    monkeypatch.setattr(CountingInterp, "ignores_profile_fields", frozenset())
+    running_all, runs_all = verdict()
+    assert reusing == running_all
+    if reusing[0][1] == f"known:{profile}:d7ba4cc900bf":
+        assert runs_reusing < runs_all       # the fix of the JIT's map-ops calls alone: not rerun
