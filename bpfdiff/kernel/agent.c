@@ -54,9 +54,9 @@ static char *logbuf;
 static unsigned char outdata[OUT_SIZE];
 static int jit_state = -1;
 
-/* ---- growable output buffer ---- */
+/* ---- growable output buffer: the frame being built, after room for its u32 length ---- */
 static unsigned char *rbuf;
-static size_t rlen, rcap;
+static size_t rlen = 4, rcap;
 
 static void rput(const void *p, size_t n)
 {
@@ -74,17 +74,38 @@ static void rput8(uint8_t v) { rput(&v, 1); }
 static void rput32(uint32_t v) { rput(&v, 4); }
 
 /* ---- channel ---- */
+/* What the host sent, read in pieces as large as the channel gives (a frame's length and its
+ * payload, often the next request too, come in one piece): one read(2) per piece, not two per
+ * frame.  Under TCG every syscall and every virtqueue refill costs tens of microseconds. */
+static unsigned char inbuf[1 << 16];
+static size_t in_len, in_pos;
+
 static int read_full(void *p, size_t n)
 {
 	unsigned char *c = p;
 	while (n) {
-		ssize_t r = read(chan, c, n);
+		if (in_pos < in_len) {
+			size_t k = in_len - in_pos < n ? in_len - in_pos : n;
+			memcpy(c, inbuf + in_pos, k);
+			in_pos += k;
+			c += k;
+			n -= k;
+			continue;
+		}
+		/* a large remainder goes straight to its place */
+		int direct = n >= sizeof(inbuf);
+		ssize_t r = read(chan, direct ? c : inbuf, direct ? n : sizeof(inbuf));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
 			return -1;
-		c += r;
-		n -= r;
+		if (direct) {
+			c += r;
+			n -= r;
+		} else {
+			in_pos = 0;
+			in_len = r;
+		}
 	}
 	return 0;
 }
@@ -103,12 +124,14 @@ static void write_full(const void *p, size_t n)
 	}
 }
 
+/* The frame in one write(2): its length goes in the room left for it at the start of rbuf
+ * (every reply has at least its command byte, so rbuf exists) */
 static void send_reply(void)
 {
-	uint32_t n = rlen;
-	write_full(&n, 4);
+	uint32_t n = rlen - 4;
+	memcpy(rbuf, &n, 4);
 	write_full(rbuf, rlen);
-	rlen = 0;
+	rlen = 4;
 }
 
 /* ---- request parsing ---- */
