@@ -197,6 +197,27 @@ def test_tail_call_in_subprogram_loads_with_btf_on_the_jit(guest):
     assert outcomes[1].retval == 0
 
 
+def test_programs_with_the_same_btf_share_one_btf_object(guest):
+    """The agent loads each distinct BTF blob once and keeps it (as libbpf shares an object's BTF
+    among its programs): the same two-function program, loaded again in later scenarios, needs
+    no BTF_LOAD, and a new blob (three functions) is loaded once."""
+    scenario = _mixed_scenario()
+    three = Program("three", (Insn(0x85, 0, isa.BPF_PSEUDO_CALL, 0, 1), Insn(0x95),           # call pc 2
+                              Insn(0x85, 0, isa.BPF_PSEUDO_CALL, 0, 1), Insn(0x95),           # call pc 4
+                              Insn(0xB7, 0, 0, 0, 7), Insn(0x95)))
+    other = dataclasses.replace(scenario, programs=(three,), events=(Run("three", bytes(ETH_HLEN)),))
+    engine = make_engine("kernel-jit")
+    engine.execute(scenario)                       # the two-function blob is in the cache from here on
+    g = guest_for(DEFAULT_KERNEL)
+    g.stats()
+    for _ in range(3):
+        assert [o.run.r0 for o in engine.execute(scenario) if o.run] == [105, 142]
+    assert "BPF_BTF_LOAD" not in g.stats()
+    for _ in range(2):
+        assert [o.run.r0 for o in engine.execute(other)] == [7]
+    assert g.stats()["BPF_BTF_LOAD"][0] == 1
+
+
 def test_interpreter_cannot_run_mixed_programs(guest):
     with pytest.raises(EngineUnsupported, match="tail_calls are not allowed in non-JITed programs"):
         make_engine("kernel-interp").execute(_mixed_scenario())

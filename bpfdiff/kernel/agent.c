@@ -327,13 +327,42 @@ static uint32_t prog_id(int fd)
 	return get_prog_info(fd, &info) ? 0 : info.id;
 }
 
-static int load_btf(struct prog *p)
+/* BTF objects by content, kept for the agent's life: programs whose BTF is the same blob (ours
+ * depends only on the number of functions) share one BTF object, as the programs of one
+ * object file share its BTF under libbpf.  A program holds a reference to its BTF; what the
+ * verifier checks and what the JIT emits depend on the types, not on which object holds them.
+ * Saves a BTF_LOAD (and the BTF's later free) per program with subprograms. */
+#define BTF_CACHE 32
+static struct {
+	void *blob;
+	uint32_t len;
+	int fd;
+} btf_cache[BTF_CACHE];
+static uint32_t nbtf_cache;
+
+/* A BTF fd for the program's blob (-1 and errno on failure); *owned: the caller closes it */
+static int load_btf(struct prog *p, int *owned)
 {
+	*owned = 0;
+	for (uint32_t i = 0; i < nbtf_cache; i++)
+		if (btf_cache[i].len == p->btf_len && memcmp(btf_cache[i].blob, p->btf, p->btf_len) == 0)
+			return btf_cache[i].fd;
 	union bpf_attr attr;
 	memset(&attr, 0, sizeof(attr));
 	attr.btf = (uint64_t)(unsigned long)p->btf;
 	attr.btf_size = p->btf_len;
-	return sys_bpf(BPF_BTF_LOAD, &attr);
+	int fd = sys_bpf(BPF_BTF_LOAD, &attr);
+	void *blob = fd >= 0 && nbtf_cache < BTF_CACHE ? malloc(p->btf_len) : NULL;
+	if (blob) {
+		memcpy(blob, p->btf, p->btf_len);
+		btf_cache[nbtf_cache].blob = blob;
+		btf_cache[nbtf_cache].len = p->btf_len;
+		btf_cache[nbtf_cache].fd = fd;
+		nbtf_cache++;
+	} else {
+		*owned = fd >= 0;
+	}
+	return fd;
 }
 
 /* Returns 0 or -errno; on failure the verifier's log tail goes to the reply. */
@@ -342,7 +371,7 @@ static int load_prog(uint32_t idx, int images)
 	struct prog *p = &progs[idx];
 	char name[16];
 	union bpf_attr attr;
-	int btf_fd = -1, fd = -1, err = 0, attempt;
+	int btf_fd = -1, btf_owned = 0, fd = -1, err = 0, attempt;
 
 	if (p->fd >= 0) {
 		rput32(0);
@@ -357,7 +386,7 @@ static int load_prog(uint32_t idx, int images)
 	}
 	struct bpf_func_info *fi = NULL;
 	if (p->btf_len) {
-		btf_fd = load_btf(p);
+		btf_fd = load_btf(p, &btf_owned);
 		if (btf_fd < 0) {
 			err = -errno;
 			rput32((uint32_t)err);
@@ -398,7 +427,7 @@ static int load_prog(uint32_t idx, int images)
 			break;
 		err = -errno;
 	}
-	if (btf_fd >= 0)
+	if (btf_owned)
 		close(btf_fd);
 	free(fi);
 	if (fd < 0) {
