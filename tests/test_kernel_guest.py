@@ -218,6 +218,20 @@ def test_programs_with_the_same_btf_share_one_btf_object(guest):
     assert g.stats()["BPF_BTF_LOAD"][0] == 1
 
 
+def test_frames_larger_than_the_agents_buffers_cross_whole(guest):
+    """A request over the agent's 64 KiB input buffer (a 9,000-instruction program: 72 KB) and a
+    reply over virtio-serial's 32 KiB per write (that program's images) go through whole, and
+    the frames after them are still in step."""
+    prog = Program("big", (*(Insn(0xB7, 0, 0, 0, i & 0x7FFF) for i in range(9000)), Insn(0x95)))
+    scenario = Scenario(prog_type=PROG_XDP, maps=(), programs=(prog,), events=(Run("big", bytes(ETH_HLEN)),))
+    (loaded,) = guest.load_programs(scenario)
+    assert loaded.error is None
+    assert loaded.xlated == isa.encode(prog.insns, map_fd=lambda _name: 0)   # movs pass the verifier unchanged
+    assert len(loaded.jited) > 32 * 1024
+    assert [o.run.r0 for o in make_engine("kernel-jit").execute(scenario)] == [8999 & 0x7FFF]
+    guest.ping()
+
+
 def test_interpreter_cannot_run_mixed_programs(guest):
     with pytest.raises(EngineUnsupported, match="tail_calls are not allowed in non-JITed programs"):
         make_engine("kernel-interp").execute(_mixed_scenario())
