@@ -166,14 +166,44 @@ class Profile:
     # is_branch_taken decides JEQ/JNE against a constant outside the register's bounds,
     # not only against a constant register: 13fbcee55706 (v6.2).
     verifier_jeq_range: bool = False
+    # is_branch_taken compares two scalars by their ranges, neither needing to be a constant, and
+    # a 64-bit JEQ/JNE also by the 32-bit ranges (Andrii Nakryiko's range-vs-range series, v6.8).
+    # Measured on 6.12.117: r8 = -1 (a constant) and r4 a u16 load xor'd with small constants:
+    # `if r8 != r4` is decided taken and its fall-through removed.  Before, a register comparison
+    # is decided only when the source register is a constant.
+    verifier_branch_ranges: bool = False
+    # With verifier_branch_ranges: JEQ/JNE also decided when the two tnums disagree on a bit
+    # both know (tnum_overlap; upstream in v6.18, in the 6.12.y stable builds).  Measured on
+    # 6.12.117: `r0 = bpf_get_prandom_u32(); r0 &= -2; if r0 != 0x3f` is decided taken, 32-bit
+    # and 64-bit alike (the ranges overlap, the low bit cannot); 6.1.192 keeps the branch.
+    verifier_jeq_tnum: bool = False
     # A BPF_ST of a non-zero immediate into an 8-aligned stack slot is remembered as a
     # spilled constant, the immediate sign-extended (ecdf985d7615, v6.3, and in the stable
     # builds: measured on 6.1.192 and 5.10.223 -- `*(u64 *)(r10 -8) = -9` then a fill and
     # `if r5 == 0xfffffff7` is hard-wired not taken); before, the slot is only "misc" data.
+    # The same change makes a BPF_ST of 0 write zero bytes (STACK_ZERO), read back as the
+    # constant 0 (measured on 6.1.192: `stw [fp-476], 0` then `ldxb [fp-473]` as a tail-call
+    # key gives a direct site).
     verifier_st_imm_spill: bool = True
     # Registers spilled with a store narrower than 8 bytes (to an 8-aligned slot) keep their
     # value for a fill of the same size (354e8f1970f8, v5.16; 5.10.223 has it too, measured).
     verifier_narrow_spill: bool = True
+    # A fill narrower than the spilled scalar, at the spill's first byte (little-endian:
+    # bpf_stack_narrow_access_ok), keeps the scalar cut to the fill's size (v6.8, "preserve
+    # boundaries and track scalars on narrowing fill").  Before, only a fill of the spill's own
+    # size keeps it.  Measured on 6.12.117: after `*(u64 *)(r10 -32) = r5` with r5 = 0x100000000,
+    # an atomic fetch of the u32 at fp-32 returns the constant 0, and the branches on it are
+    # decided (and their dead code removed) -- on 6.1.192 they stay.  The same release keeps
+    # zero bytes beside a narrow spill: a read of only those is the constant 0 ("preserve
+    # STACK_ZERO slots on partial reg spills"; measured on 6.12.117: two `stw` of K and 0 at
+    # fp-480/-476, then `ldxb [fp-473]` as a tail-call key gives a direct site).
+    verifier_narrow_fill: bool = False
+    # adjust_scalar_min_max_vals asks is_safe_to_compute_dst_reg_range first (v6.10): XOR, OR and
+    # MUL compute bounds with a non-constant source too, and a shift by the width or more, a div
+    # or a mod leave the whole register unknown, not zero-extended after a 32-bit op.  Measured on
+    # 6.12.117: `r5 *= r5` with r5's low 21 bits known zero, then `r5 ^= r5`, leaves w5 = 0 and
+    # decides `if w5 <= K`; 6.1.192 keeps the branch (MUL by a non-constant: unknown).
+    verifier_safe_dst_range: bool = False
     # A helper that only reads stack memory (a map key or value) still turns the spilled
     # registers and zero bytes it covers into misc data (check_stack_boundary /
     # check_stack_range_initialized): measured on 5.10.223, 6.1.192 and 6.12.117 -- a 4-byte spill of 1
@@ -381,6 +411,10 @@ LINUX_6_12 = Profile(
     inline_smp_processor_id=PerCpuInline(cpu_number=0x351CC, this_cpu_off=0x19A18),
     verifier_cpu_id_range=True,
     verifier_tail_call_forgets_pkt=True,
+    verifier_narrow_fill=True,       # v6.8
+    verifier_branch_ranges=True,     # v6.8
+    verifier_jeq_tnum=True,          # v6.18, backported
+    verifier_safe_dst_range=True,    # v6.10
     jit_imm64_simm32=True,
 )
 

@@ -178,7 +178,8 @@ _remembered = functools.lru_cache(maxsize=1 << 15)
 
 def clear_cache() -> None:
     """Forget the remembered answers (a measurement that must start as a new process does)."""
-    for fn in (coerce, zext, alu, branch_taken, set_min_max, combine_equal):
+    for fn in (coerce, zext, alu, branch_taken, branch_taken_ranges, set_min_max, set_min_max_ranges,
+               combine_equal):
         fn.cache_clear()
 
 
@@ -293,6 +294,75 @@ class _R:
         self.bound_offset()
         self.update()
 
+    # -- reg_bounds_sync since v6.8 (Andrii Nakryiko's range series): the 64-bit and 32-bit
+    # ranges also inform each other, where the older code only relates signed and unsigned
+    # bounds of one width.
+    def deduce32_v6_8(self) -> None:
+        """__reg32_deduce_bounds (v6.8)."""
+        umin, umax, smin, smax = self.umin, self.umax, self.smin, self.smax
+        if umin >> 32 == umax >> 32:        # the low halves of a range with one upper half
+            self.u32min = max(self.u32min, umin & U32)
+            self.u32max = min(self.u32max, umax & U32)
+            if s32(umin & U32) <= s32(umax & U32):
+                self.s32min = max(self.s32min, s32(umin & U32))
+                self.s32max = min(self.s32max, s32(umax & U32))
+        if smin >> 32 == smax >> 32:
+            if smin & U32 <= smax & U32:
+                self.u32min = max(self.u32min, smin & U32)
+                self.u32max = min(self.u32max, smax & U32)
+            if s32(smin & U32) <= s32(smax & U32):
+                self.s32min = max(self.s32min, s32(smin & U32))
+                self.s32max = min(self.s32max, s32(smax & U32))
+        # upper halves two consecutive numbers, the low halves crossing from negative to positive
+        for lo, hi in ((umin, umax), (smin & U64, smax & U64)):
+            if ((lo >> 32) + 1) & U32 == (hi >> 32) & U32 and s32(lo & U32) < 0 <= s32(hi & U32):
+                self.s32min = max(self.s32min, s32(lo & U32))
+                self.s32max = min(self.s32max, s32(hi & U32))
+        if s32(self.u32min) <= s32(self.u32max):
+            self.s32min = max(self.s32min, s32(self.u32min))
+            self.s32max = min(self.s32max, s32(self.u32max))
+        if self.s32min & U32 <= self.s32max & U32:
+            self.u32min = max(self.s32min & U32, self.u32min)
+            self.u32max = min(self.s32max & U32, self.u32max)
+
+    def deduce64_v6_8(self) -> None:
+        """__reg64_deduce_bounds (v6.8)."""
+        if s64(self.umin) <= s64(self.umax):
+            self.smin = max(self.smin, s64(self.umin))
+            self.smax = min(self.smax, s64(self.umax))
+        if self.smin & U64 <= self.smax & U64:
+            self.umin = max(self.smin & U64, self.umin)
+            self.umax = min(self.smax & U64, self.umax)
+
+    def deduce_mixed(self) -> None:
+        """__reg_deduce_mixed_bounds: the 64-bit bounds tightened by the 32-bit ones."""
+        hi_mask = U64 & ~U32
+        self.umin = max(self.umin, (self.umin & hi_mask) | self.u32min)
+        self.umax = min(self.umax, (self.umax & hi_mask) | self.u32max)
+        self.smin = max(self.smin, s64((self.smin & hi_mask) | self.u32min))
+        self.smax = min(self.smax, s64((self.smax & hi_mask) | self.u32max))
+        lo, hi = self.s32min & U32, self.s32max & U32
+        if lo <= hi:
+            self.umin = max(self.umin, (self.umin & hi_mask) | lo)
+            self.umax = min(self.umax, (self.umax & hi_mask) | hi)
+            self.smin = max(self.smin, s64((self.smin & hi_mask) | lo))
+            self.smax = min(self.smax, s64((self.smax & hi_mask) | hi))
+        # a sign-extended 32-bit value whose low half is non-negative: the upper half is zero
+        if self.s32min >= 0 and self.smin >= S32_MIN and self.smax <= S32_MAX:
+            self.smin = self.umin = self.s32min
+            self.smax = self.umax = self.s32max
+            self.off = t_intersect(self.off, t_range(self.smin, self.smax))
+
+    def sync_v6_8(self) -> None:
+        """reg_bounds_sync (v6.8)."""
+        self.update()
+        for _ in range(2):
+            self.deduce32_v6_8()
+            self.deduce64_v6_8()
+            self.deduce_mixed()
+        self.bound_offset()
+        self.update()
+
     def assign_32_into_64(self) -> None:
         self.umin, self.umax = self.u32min, self.u32max
         if 0 <= self.s32min <= S32_MAX and 0 <= self.s32max <= S32_MAX:
@@ -362,8 +432,15 @@ def zext(s: Scalar) -> Scalar:
 
 # -- adjust_scalar_min_max_vals -------------------------------------------------------------------
 @_remembered
-def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
-    """The scalar result of ``dst op= src`` (op an ALU opcode other than MOV/NEG/END)."""
+def alu(op: int, alu32: bool, dst: Scalar, src: Scalar, safe_range: bool = False,
+        bounds_v6_8: bool = False) -> Scalar:
+    """The scalar result of ``dst op= src`` (op an ALU opcode other than MOV/NEG/END).
+
+    ``safe_range``: the kernel asks is_safe_to_compute_dst_reg_range first (profile field
+    ``verifier_safe_dst_range``, v6.10): XOR, OR and MUL compute bounds whatever the source, and
+    what it calls unsafe (a shift by the width or more, div, mod) leaves the whole register
+    unknown -- not zero-extended after a 32-bit op, as the older code does.  ``bounds_v6_8``:
+    the result's bounds synced as since v6.8 (:meth:`_R.sync_v6_8`)."""
     if dst.mask == 0 and src.mask == 0:
         exact = _const_alu(op, alu32, dst.value, src.value)
         if exact is not None:
@@ -379,7 +456,7 @@ def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
         if (src_known and (src.smin != src.smax or src.umin != src.umax)) or \
                 src.smin > src.smax or src.umin > src.umax:
             return UNKNOWN
-    if not src_known and op not in (ADD, SUB, AND):
+    if not src_known and op not in ((ADD, SUB, AND, XOR, OR, MUL) if safe_range else (ADD, SUB, AND)):
         return UNKNOWN
     bits = 32 if alu32 else 64
     if op == ADD:
@@ -410,6 +487,8 @@ def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
         if src.umax >= bits:
             # the 64-bit umax of the source, for 32-bit shifts too: `w2 >>= w2` with
             # r2 = 0xffffffff00000000 leaves w2 unknown on 6.1 (measured)
+            if safe_range:
+                return UNKNOWN
             d.mark_unknown()            # then zero-extended like any 32-bit result
         elif op == LSH:
             (_lsh32 if alu32 else _lsh64)(d, src)
@@ -418,10 +497,15 @@ def alu(op: int, alu32: bool, dst: Scalar, src: Scalar) -> Scalar:
         else:
             (_arsh32 if alu32 else _arsh64)(d, src)
     else:
+        if safe_range:
+            return UNKNOWN
         d.mark_unknown()                # div, mod by a constant: unknown, still zero-extended
     if alu32:
         d.zext_32_to_64()
-    d.sync()
+    if bounds_v6_8:
+        d.sync_v6_8()
+    else:
+        d.sync()
     return d.freeze()
 
 
@@ -736,6 +820,58 @@ def branch_taken(s: Scalar, val: int, op: int, jmp32: bool, jeq_range: bool = Fa
     return None
 
 
+@_remembered
+def branch_taken_ranges(a: Scalar, b: Scalar, op: int, jmp32: bool, jeq_tnum: bool = False) -> bool | None:
+    """is_scalar_branch_taken as generalised in v6.8 (profile field ``verifier_branch_ranges``):
+    ``a op b`` for two scalars, constants or not, decided when their ranges cannot overlap in
+    the way ``op`` needs; a 64-bit JEQ/JNE also by the 32-bit ranges.  JSET still needs one
+    side constant.  Against a constant it answers as :func:`branch_taken` with ``jeq_range``
+    does, plus the 32-bit ranges of a 64-bit JEQ/JNE.  ``jeq_tnum``: JEQ/JNE also decided when
+    the tnums disagree on a bit both know (profile field ``verifier_jeq_tnum``)."""
+    if jmp32:
+        t1, t2 = t_subreg((a.value, a.mask)), t_subreg((b.value, b.mask))
+        umin1, umax1, smin1, smax1 = a.u32min, a.u32max, a.s32min, a.s32max
+        umin2, umax2, smin2, smax2 = b.u32min, b.u32max, b.s32min, b.s32max
+    else:
+        t1, t2 = (a.value, a.mask), (b.value, b.mask)
+        umin1, umax1, smin1, smax1 = a.umin, a.umax, a.smin, a.smax
+        umin2, umax2, smin2, smax2 = b.umin, b.umax, b.smin, b.smax
+    if op in (JEQ, JNE):
+        if t1[1] == 0 and t2[1] == 0:
+            return (t1[0] == t2[0]) == (op == JEQ)
+        apart = umin1 > umax2 or umax1 < umin2 or smin1 > smax2 or smax1 < smin2
+        if not apart and not jmp32:
+            apart = a.u32min > b.u32max or a.u32max < b.u32min or a.s32min > b.s32max or a.s32max < b.s32min
+        if not apart and jeq_tnum:
+            known = ~t1[1] & ~t2[1]
+            apart = t1[0] & known != t2[0] & known
+        return op == JNE if apart else None
+    if op == JSET:
+        if t2[1] != 0:
+            t1, t2 = t2, t1
+        if t2[1] != 0:
+            return None
+        if t1[0] & t2[0]:
+            return True
+        if not (t1[0] | t1[1]) & t2[0]:
+            return False
+        return None
+    tests = {
+        JGT: (umin1 > umax2, umax1 <= umin2), JSGT: (smin1 > smax2, smax1 <= smin2),
+        JLT: (umax1 < umin2, umin1 >= umax2), JSLT: (smax1 < smin2, smin1 >= smax2),
+        JGE: (umin1 >= umax2, umax1 < umin2), JSGE: (smin1 >= smax2, smax1 < smin2),
+        JLE: (umax1 <= umin2, umin1 > umax2), JSLE: (smax1 <= smin2, smin1 > smax2),
+    }
+    if op not in tests:
+        return None
+    yes, no = tests[op]
+    if yes:
+        return True
+    if no:
+        return False
+    return None
+
+
 FLIP = {JGT: JLT, JLT: JGT, JGE: JLE, JLE: JGE, JSGT: JSLT, JSLT: JSGT, JSGE: JSLE, JSLE: JSGE,
         JEQ: JEQ, JNE: JNE, JSET: JSET}
 
@@ -810,6 +946,106 @@ def set_min_max(s: Scalar, val: int, op: int, jmp32: bool) -> tuple[Scalar, Scal
             r.off = o64
             r.combine_64_into_32()
     return true_r.freeze(), false_r.freeze()
+
+
+# rev_opcode: the condition of the fall-through.  JSET has no opcode for "no bit of val set":
+# the kernel marks it BPF_JSET | BPF_X, and so does this table.
+JSET_NONE = JSET | 0x08
+REVERSE = {JEQ: JNE, JNE: JEQ, JSET: JSET_NONE, JSET_NONE: JSET, JGE: JLT, JGT: JLE, JLE: JGT, JLT: JGE,
+           JSGE: JSLT, JSGT: JSLE, JSLE: JSGT, JSLT: JSGE}
+
+
+def _const_of(r: _R, jmp32: bool) -> int | None:
+    """is_reg_const / reg_const_value."""
+    if jmp32:
+        return r.value & U32 if r.mask & U32 == 0 else None
+    return r.value if r.mask == 0 else None
+
+
+def _with_subreg(t: tuple[int, int], sub: tuple[int, int]) -> tuple[int, int]:
+    """tnum_with_subreg."""
+    return t_or(t_clear_subreg(t), t_subreg(sub))
+
+
+def _refine(r1: _R, r2: _R, op: int, jmp32: bool) -> None:
+    """regs_refine_cond_op (v6.8): what ``r1 op r2`` holding tells of both registers."""
+    if op in (JGE, JGT, JSGE, JSGT):        # as LE/LT/SLE/SLT with the registers swapped
+        op, r1, r2 = FLIP[op], r2, r1
+    if op == JEQ:
+        if jmp32:
+            r1.u32min = r2.u32min = max(r1.u32min, r2.u32min)
+            r1.u32max = r2.u32max = min(r1.u32max, r2.u32max)
+            r1.s32min = r2.s32min = max(r1.s32min, r2.s32min)
+            r1.s32max = r2.s32max = min(r1.s32max, r2.s32max)
+            t = t_intersect(t_subreg(r1.off), t_subreg(r2.off))
+            r1.off, r2.off = _with_subreg(r1.off, t), _with_subreg(r2.off, t)
+        else:
+            r1.umin = r2.umin = max(r1.umin, r2.umin)
+            r1.umax = r2.umax = min(r1.umax, r2.umax)
+            r1.smin = r2.smin = max(r1.smin, r2.smin)
+            r1.smax = r2.smax = min(r1.smax, r2.smax)
+            r1.off = r2.off = t_intersect(r1.off, r2.off)
+        return
+    if op in (JNE, JSET, JSET_NONE):        # these need a constant, in r2
+        if _const_of(r2, jmp32) is None:
+            r1, r2 = r2, r1
+        val = _const_of(r2, jmp32)
+        if val is None:
+            return
+        if op == JNE:                       # a constant at the edge of r1's range moves the edge
+            if jmp32:
+                sval = s32(val)
+                r1.u32min += r1.u32min == val
+                r1.u32max -= r1.u32max == val
+                r1.s32min += r1.s32min == sval
+                r1.s32max -= r1.s32max == sval
+            else:
+                sval = s64(val)
+                r1.umin += r1.umin == val
+                r1.umax -= r1.umax == val
+                r1.smin += r1.smin == sval
+                r1.smax -= r1.smax == sval
+        elif op == JSET:                    # a set bit is learnt only when val has one bit
+            if val and val & (val - 1) == 0:
+                r1.off = _with_subreg(r1.off, t_or(t_subreg(r1.off), (val, 0))) if jmp32 else t_or(r1.off, (val, 0))
+        else:
+            t = t_and(t_subreg(r1.off) if jmp32 else r1.off, (~val & U64, 0))
+            r1.off = _with_subreg(r1.off, t) if jmp32 else t
+        return
+    strict = op in (JLT, JSLT)              # r1 < r2: r1 below r2's max, r2 above r1's min
+    if op in (JLE, JLT):
+        if jmp32:
+            r1.u32max = min(r1.u32max, (r2.u32max - strict) & U32)
+            r2.u32min = max((r1.u32min + strict) & U32, r2.u32min)
+        else:
+            r1.umax = min(r1.umax, (r2.umax - strict) & U64)
+            r2.umin = max((r1.umin + strict) & U64, r2.umin)
+    elif op in (JSLE, JSLT):
+        if jmp32:
+            r1.s32max = min(r1.s32max, s32((r2.s32max - strict) & U32))
+            r2.s32min = max(s32((r1.s32min + strict) & U32), r2.s32min)
+        else:
+            r1.smax = min(r1.smax, s64((r2.smax - strict) & U64))
+            r2.smin = max(s64((r1.smin + strict) & U64), r2.smin)
+
+
+@_remembered
+def set_min_max_ranges(a: Scalar, b: Scalar, op: int, jmp32: bool,
+                       same: bool = False) -> tuple[Scalar, Scalar, Scalar, Scalar]:
+    """reg_set_min_max as generalised in v6.8 (profile field ``verifier_branch_ranges``): both
+    registers of ``a op b`` (``b`` a constant for an immediate) refined from each other, where
+    the jump is taken and where it falls through, each then reg_bounds_sync'ed.  Returns
+    (a taken, b taken, a fall-through, b fall-through).  ``same``: one register on both sides
+    (`if r1 < r1`), refined in place twice as the kernel's two pointers to it do."""
+    out = []
+    for cond in (op, REVERSE[op]):
+        r1 = _R(a)
+        r2 = r1 if same else _R(b)
+        _refine(r1, r2, cond, jmp32)
+        r1.sync_v6_8()
+        r2.sync_v6_8()
+        out += [r1.freeze(), r2.freeze()]
+    return out[0], out[1], out[2], out[3]
 
 
 @_remembered

@@ -685,8 +685,11 @@ class _Explorer:
                 i -= 1
             if size == 8 and spill_size == 8:
                 return spilled
-            if spilled is not None and spilled[0] == "s" and off % 8 == 0 and size == spill_size:
+            narrow_ok = size == spill_size or (size < spill_size and self.profile.verifier_narrow_fill)
+            if spilled is not None and spilled[0] == "s" and off % 8 == 0 and narrow_ok:
                 return ("s", scalar.coerce(spilled[1], size))
+            if self.profile.verifier_narrow_fill and all(types[(slot - i) % 8] == "Z" for i in range(size)):
+                return ("s", ZERO_SCALAR)     # zero bytes beside a narrow spill stay zero (v6.8)
             return ("s", scalar.unknown_of_size(size))
         if all(types[(slot - i) % 8] == "Z" for i in range(size)):
             return ("s", ZERO_SCALAR)
@@ -752,8 +755,9 @@ class _Explorer:
                     value = None
                 elif cls == isa.BPF_ST:
                     value = None
-                    if self.profile.verifier_st_imm_spill and insn.imm:
-                        value = ("s", scalar.known(_sext_imm(insn.imm)))
+                    if self.profile.verifier_st_imm_spill:
+                        # the same change makes a BPF_ST of 0 write STACK_ZERO bytes
+                        value = ("s", scalar.known(_sext_imm(insn.imm)) if insn.imm else ZERO_SCALAR)
                 else:
                     value = regs[insn.src]
                 fi = base[1]
@@ -834,7 +838,8 @@ class _Explorer:
             return ("s", scalar.UNKNOWN)
         if src[0] != "s":
             return ("p",) if op == isa.BPF_ADD and not alu32 else ("s", scalar.UNKNOWN)
-        return ("s", scalar.alu(op, alu32, dst[1], src[1]))
+        return ("s", scalar.alu(op, alu32, dst[1], src[1], self.profile.verifier_safe_dst_range,
+                                self.profile.verifier_branch_ranges))
 
     def clobber(self, frames: list, r: list, reg: int, size: int) -> None:
         """A helper's stack access (verifier_helper_stack_clobber): the bytes [ptr, ptr + size)
@@ -916,6 +921,10 @@ class _Explorer:
         if dst is not None and dst[0] != "s":
             if dst[0] == "v" and insn.source == isa.BPF_K and imm == 0 and op in (scalar.JEQ, scalar.JNE):
                 pred = op == scalar.JNE
+        elif dst is not None and self.profile.verifier_branch_ranges:
+            other = ("s", scalar.known(imm & U64)) if insn.source == isa.BPF_K else src
+            if other is not None and other[0] == "s":
+                pred = scalar.branch_taken_ranges(dst[1], other[1], op, jmp32, self.profile.verifier_jeq_tnum)
         elif dst is not None:
             if insn.source == isa.BPF_K:
                 pred = scalar.branch_taken(dst[1], imm, op, jmp32, self.profile.verifier_jeq_range)
@@ -925,7 +934,15 @@ class _Explorer:
             return [out(target if pred else pc + 1, r)]
         taken, fall = list(r), list(r)
         taken_frames = fall_frames = None
-        if dst is not None and dst[0] == "s":
+        if dst is not None and dst[0] == "s" and self.profile.verifier_branch_ranges:
+            other = scalar.known(imm & U64) if insn.source == isa.BPF_K else src[1] if src and src[0] == "s" else None
+            if other is not None:
+                same = insn.source == isa.BPF_X and insn.src == insn.dst
+                td, ts, fd, fs = scalar.set_min_max_ranges(dst[1], other, op, jmp32, same)
+                taken[insn.dst], fall[insn.dst] = ("s", td), ("s", fd)
+                if insn.source == isa.BPF_X:
+                    taken[insn.src], fall[insn.src] = ("s", ts), ("s", fs)
+        elif dst is not None and dst[0] == "s":
             if insn.source == isa.BPF_K:
                 t, f = scalar.set_min_max(dst[1], imm, op, jmp32)
                 taken[insn.dst], fall[insn.dst] = ("s", t), ("s", f)
