@@ -128,6 +128,7 @@ SENTINEL = HELPER_BASE + 0x10_0000
 # kernel text the JIT jumps to besides helpers: __x86_indirect_thunk_<reg>, one slot per register
 THUNK_BASE = HELPER_BASE + 0x2000
 THUNK_SLOT = 32
+SENTINEL_BYTES = SENTINEL.to_bytes(8, "little")
 
 IMAGE_BASE = 0x6000_0000
 DATA_BASE = 0x7888_8000_0000
@@ -154,6 +155,7 @@ XDP_CTX_BASE = MEM_END + 0x10_0000      # one page: xdp_buff, its rxq info and n
 VALUES_BASE = 0x7999_0000_0000
 PERCPU_BASE = 0x7A00_0000_0000
 MAX_MEM = 0x8_0000              # 512 KiB of context/packet
+VALUE_BUFFERS_KEPT = 8          # host buffers of unmapped value blocks kept per size, for reuse
 
 # x86 instructions allowed per BPF instruction of the budget: the JIT's worst
 # cases (div with its pushes and pops, atomics' cmpxchg loops, the tail-call
@@ -164,9 +166,8 @@ X86_INSNS_PER_BPF_INSN = 20
 HELPER_ARG_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX,
                    x86.UC_X86_REG_RCX, x86.UC_X86_REG_R8)
 
-# (x86 register, value) written after every helper call: R1..R5's poison
-HELPER_CLOBBERS = tuple((x86_reg, CLOBBER_VALUES[bpf_reg])
-                        for bpf_reg, x86_reg in zip(range(1, 6), HELPER_ARG_REGS, strict=True))
+# the values written to HELPER_ARG_REGS after every helper call: R1..R5's poison
+HELPER_POISON = tuple(CLOBBER_VALUES[bpf_reg] & 0xFFFF_FFFF_FFFF_FFFF for bpf_reg in range(1, 6))
 
 GPRS = (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX,
         x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI, x86.UC_X86_REG_R8, x86.UC_X86_REG_R9,
@@ -204,22 +205,30 @@ class _Registers:
     ``Uc.reg_read``/``reg_write`` of the Python binding cost about 4 us each
     (x86 special-register dispatch); the hooks touch a dozen registers per
     program entry and helper call, so they go through ``uc_reg_read`` /
-    ``uc_reg_write`` with one reused buffer instead (4x faster).  These are
-    the binding's internals (pinned: unicorn >=2.1,<2.2); without them the
-    public methods are used.
+    ``uc_reg_write`` with one reused buffer instead, and a helper call reads
+    its arguments and writes its results with one ``uc_reg_read_batch`` /
+    ``uc_reg_write_batch`` each (:meth:`batch`).  The functions are called
+    without ctypes argument conversion (every argument is already a ctypes
+    object or a small int), which halves the cost of a call.  These are the
+    binding's internals (pinned: unicorn >=2.1,<2.2); without them the public
+    methods are used.
     """
 
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
         self._value = ctypes.c_uint64()
         self._ref = ctypes.byref(self._value)
+        self._lib = None
         try:
             from unicorn.unicorn_py3.unicorn import uclib
 
-            self._handle = uc._uch
-            self._read = uclib.uc_reg_read
-            self._write = uclib.uc_reg_write
-        except (ImportError, AttributeError):  # pragma: no cover - other binding layouts
+            # our own function objects (no argtypes), not the binding's
+            lib = ctypes.CDLL(uclib._name)
+            self._handle = ctypes.c_void_p(uc._uch.value)
+            self._read = lib.uc_reg_read
+            self._write = lib.uc_reg_write
+            self._lib = lib
+        except (ImportError, AttributeError, OSError):  # pragma: no cover - other binding layouts
             self.read = uc.reg_read            # type: ignore[method-assign]
             self.write = uc.reg_write          # type: ignore[method-assign]
 
@@ -230,6 +239,44 @@ class _Registers:
     def write(self, reg: int, value: int) -> None:
         self._value.value = value & 0xFFFF_FFFF_FFFF_FFFF
         self._write(self._handle, reg, self._ref)
+
+    def batch(self, regs: tuple[int, ...]) -> _RegisterBatch:
+        """Reads and writes of ``regs`` together, one call each."""
+        return _RegisterBatch(self, regs)
+
+
+class _RegisterBatch:
+    """A fixed list of registers read or written together (``uc_reg_read_batch`` / ``uc_reg_write_batch``)."""
+
+    def __init__(self, regs: _Registers, ids: tuple[int, ...]) -> None:
+        self.ids = ids
+        self._regs = regs
+        lib = regs._lib
+        if lib is None:  # pragma: no cover - other binding layouts
+            return
+        n = len(ids)
+        self._n = n
+        self._handle = regs._handle
+        self._ids = (ctypes.c_int * n)(*ids)
+        self._values = (ctypes.c_uint64 * n)()
+        self._pointers = (ctypes.c_void_p * n)(*[ctypes.addressof(self._values) + 8 * k for k in range(n)])
+        self._read_batch = lib.uc_reg_read_batch
+        self._write_batch = lib.uc_reg_write_batch
+
+    def read(self) -> list[int]:
+        if self._regs._lib is None:  # pragma: no cover - other binding layouts
+            return [self._regs.read(reg) for reg in self.ids]
+        self._read_batch(self._handle, self._ids, self._pointers, self._n)
+        return self._values[:]
+
+    def write(self, values: Iterable[int]) -> None:
+        """``values`` in the order of the registers, as unsigned 64-bit numbers."""
+        if self._regs._lib is None:  # pragma: no cover - other binding layouts
+            for reg, value in zip(self.ids, values, strict=True):
+                self._regs.write(reg, value)
+            return
+        self._values[:] = values
+        self._write_batch(self._handle, self._ids, self._pointers, self._n)
 
 
 READ_BUFFER = 4096              # bytes of the reused buffer small reads go through
@@ -407,54 +454,136 @@ class RawRun:
     violations: list[str] = field(default_factory=list)
 
 
+class _HostMemory:
+    """Guest memory held in host buffers mapped into the machine (``mem_map_ptr``).
+
+    The machine reads and writes these bytes as its own memory, with the
+    permissions they were mapped with; the host reads and writes them as
+    slices of a memoryview, without a call into unicorn (``mem_read`` /
+    ``mem_write`` cost 1-4 us a call, and the hooks, the maps and the engine
+    make dozens per run; on read-only text ``mem_write`` also makes the
+    region writable and read-only again around the copy, 20-30 us).  Like
+    ``mem_write``, a write here ignores permissions and keeps translations:
+    whoever writes code drops its translations (:meth:`Emulator.write_text`).
+    A fresh mapping is zeroed, as unicorn's own memory is.
+    """
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self._starts: list[int] = []
+        self._blocks: list[tuple[int, int, memoryview, ctypes.Array]] = []   # (start, end, view, buffer)
+        # the machine's memory must live as long as the machine, whoever holds it
+        uc.__dict__["bpfdiff_host_memory"] = self
+
+    def map(self, start: int, size: int, perms: int, buffer: ctypes.Array | None = None) -> ctypes.Array:
+        """Map [start, start + size) onto ``buffer`` (a new zeroed one by default), which it returns."""
+        if buffer is None:
+            buffer = (ctypes.c_ubyte * size)()
+        self.uc.mem_map_ptr(start, size, perms, ctypes.addressof(buffer))
+        index = bisect.bisect(self._starts, start)
+        self._starts.insert(index, start)
+        self._blocks.insert(index, (start, start + size, memoryview(buffer).cast("B"), buffer))
+        return buffer
+
+    def unmap(self, start: int) -> ctypes.Array:
+        """Unmap the block mapped at ``start``; its buffer."""
+        index = bisect.bisect_left(self._starts, start)
+        _start, end, _view, buffer = self._blocks.pop(index)
+        del self._starts[index]
+        self.uc.mem_unmap(start, end - start)
+        return buffer
+
+    def _spans(self, addr: int, n: int) -> list[tuple[memoryview, int, int]] | None:
+        """(view, offset, length) pieces of [addr, addr + n) in consecutive blocks; None if not all host memory."""
+        index = bisect.bisect(self._starts, addr) - 1
+        pieces = []
+        while n > 0:
+            if index < 0 or index >= len(self._blocks):
+                return None
+            start, end, view, _buffer = self._blocks[index]
+            if not start <= addr < end:
+                return None
+            length = min(n, end - addr)
+            pieces.append((view, addr - start, length))
+            addr += length
+            n -= length
+            index += 1
+        return pieces
+
+    def read(self, addr: int, n: int) -> bytes | None:
+        """The bytes at [addr, addr + n), or None when they are not all host memory."""
+        index = bisect.bisect(self._starts, addr) - 1
+        if index >= 0:
+            start, end, view, _buffer = self._blocks[index]
+            if addr + n <= end:
+                offset = addr - start
+                return bytes(view[offset:offset + n])
+        pieces = self._spans(addr, n)
+        if pieces is None:
+            return None
+        return b"".join(bytes(view[offset:offset + length]) for view, offset, length in pieces)
+
+    def write(self, addr: int, data: bytes) -> bool:
+        """Copy ``data`` to ``addr``; False (nothing written) when the range is not all host memory."""
+        n = len(data)
+        index = bisect.bisect(self._starts, addr) - 1
+        if index >= 0:
+            start, end, view, _buffer = self._blocks[index]
+            if start <= addr and addr + n <= end:
+                offset = addr - start
+                view[offset:offset + n] = data
+                return True
+        pieces = self._spans(addr, n)
+        if pieces is None:
+            return False
+        done = 0
+        for view, offset, length in pieces:
+            view[offset:offset + length] = data[done:done + length]
+            done += length
+        return True
+
+    def fill(self, addr: int, n: int, byte: int) -> bool:
+        """Set [addr, addr + n) to ``byte``; False (nothing written) when it is not all host memory."""
+        pieces = self._spans(addr, n)
+        if pieces is None:
+            return False
+        for view, offset, length in pieces:
+            ctypes.memset(ctypes.addressof(view.obj) + offset, byte, length)   # view.obj: its ctypes buffer
+        return True
+
+
 class _BumpRegion:
     """A growable region of unicorn memory with a bump allocator, rewound per scenario.
 
-    ``host_backed``: the region's memory is host buffers mapped into the machine
-    (``mem_map_ptr``), which :meth:`host_write` fills directly.  For read-only
-    text this matters: unicorn's ``mem_write`` there makes the region writable
-    and read-only again around the copy (two memory-map updates, 20-30 us a
-    write; every image, poke and rewind is one).  What the machine sees is the
-    same memory with the same permissions.
+    ``host``: the region's memory is host buffers mapped into the machine
+    (:class:`_HostMemory`), else unicorn's own memory.
     """
 
-    def __init__(self, uc: Uc, base: int, align: int, perms: int, host_backed: bool = False) -> None:
+    def __init__(self, uc: Uc, base: int, align: int, perms: int, host: _HostMemory | None = None) -> None:
         self.uc = uc
         self.base = base
         self.align = align
         self.perms = perms
         self.top = base
         self.mapped_end = base
-        self.host_backed = host_backed
-        self._chunks: list[tuple[int, int, object]] = []     # (start, size, host buffer), ascending
+        self.host = host
+
+    @property
+    def host_backed(self) -> bool:
+        return self.host is not None
 
     def alloc(self, size: int) -> int:
         addr = round_up(self.top, self.align)
         end = addr + max(size, 1)
         if end > self.mapped_end:
             grow = round_up(end - self.mapped_end, REGION_CHUNK)
-            if self.host_backed:
-                buffer = ctypes.create_string_buffer(grow)
-                self.uc.mem_map_ptr(self.mapped_end, grow, self.perms, ctypes.addressof(buffer))
-                self._chunks.append((self.mapped_end, grow, buffer))
-                # the machine's memory must live as long as the machine, whoever holds it
-                self.uc.__dict__.setdefault("bpfdiff_host_buffers", []).append(buffer)
+            if self.host is not None:
+                self.host.map(self.mapped_end, grow, self.perms)
             else:
                 self.uc.mem_map(self.mapped_end, grow, self.perms)
             self.mapped_end += grow
         self.top = end
         return addr
-
-    def host_write(self, addr: int, data: bytes) -> bool:
-        """Copy ``data`` to ``addr`` in the host buffers; False when they do not hold all of it."""
-        if not self.host_backed or addr < self.base or addr + len(data) > self.mapped_end:
-            return False
-        for start, size, buffer in self._chunks:
-            if addr < start + size and addr + len(data) > start:
-                lo = max(addr, start)
-                hi = min(addr + len(data), start + size)
-                ctypes.memmove(ctypes.addressof(buffer) + lo - start, data[lo - addr:hi - addr], hi - lo)
-        return True
 
     def contains(self, addr: int, n: int) -> bool:
         return self.base <= addr and addr + n <= self.top
@@ -462,10 +591,8 @@ class _BumpRegion:
     def rewind(self, fill: int) -> None:
         """Forget every allocation; overwrite what was used with ``fill`` bytes."""
         used = self.top - self.base
-        if used:
-            data = bytes([fill]) * used
-            if not self.host_write(self.base, data):
-                self.uc.mem_write(self.base, data)
+        if used and (self.host is None or not self.host.fill(self.base, used, fill)):
+            self.uc.mem_write(self.base, bytes([fill]) * used)
         self.top = self.base
 
 
@@ -489,8 +616,10 @@ class Emulator:
         uc.mem_write(THUNK_BASE, b"\xcc" * PAGE)
         uc.mem_map(SENTINEL, PAGE, text)
         uc.mem_write(SENTINEL, b"\xcc" * PAGE)
-        uc.mem_map(STACK_BASE, STACK_SIZE, data)
-        uc.mem_map(XDP_CTX_BASE, PAGE, data)
+        # the data a run touches lives in host buffers (see _HostMemory), unless the reference is asked for
+        self.host = _HostMemory(uc) if NATIVE_CALLS else None
+        self._map(STACK_BASE, STACK_SIZE, data)
+        self._map(XDP_CTX_BASE, PAGE, data)
         if percpu is not None:
             # this_cpu_off holds the CPU's per-CPU base (gs:this_cpu_off == GS base), so that
             # `add %gs:this_cpu_off,%rax` turns a per-CPU offset into the CPU's address
@@ -500,9 +629,11 @@ class Emulator:
             uc.mem_write(PERCPU_BASE + cpu_number, cpu.to_bytes(4, "little"))
             uc.reg_write(x86.UC_X86_REG_GS_BASE, PERCPU_BASE)
         self._zero_stack = bytes(STACK_SIZE)
-        self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text, host_backed=NATIVE_CALLS)
-        self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data)
+        self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text, self.host)
+        self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data, self.host)
         self.regs = _Registers(uc)
+        self._helper_args = self.regs.batch((*HELPER_ARG_REGS, x86.UC_X86_REG_RSP))
+        self._helper_results = self.regs.batch((x86.UC_X86_REG_RAX, *HELPER_ARG_REGS))
         self.native = _Native(uc)
         # The register state every run starts from (all zero, a made-up caller
         # frame); restoring a saved context is one call instead of twenty.
@@ -522,13 +653,16 @@ class Emulator:
         # the same place is reused (mapping and unmapping cost more than zeroing); the others are
         # unmapped before the first run (_release_spare_values).
         self._spare_values: dict[int, tuple[int, int, int, int | None]] = {}
+        # host buffers of unmapped value blocks, by size, for the next blocks of that size
+        self._value_buffers: dict[int, list[ctypes.Array]] = {}
         self._entry_hooks: list[int] = []
         self._entries: dict[str, EntryPoint] = {}     # loaded program name -> its entry point
         self._text: list[TextRange] = []
         self._text_bases: list[int] = []
 
-        # the context region of the current run
+        # the context region of the current run (host memory: the end of _mem_buffer, grown as needed)
         self._mem_pages = 0
+        self._mem_buffer: ctypes.Array | None = None
         self._mem_slack_hook: int | None = None
         self._mem_slack: tuple[int, int] | None = None
         self.mem_start = MEM_END
@@ -543,20 +677,29 @@ class Emulator:
         self._fault: tuple[str, int | None, str] | None = None   # kind, rip, reason
 
     # -- memory ------------------------------------------------------------------
+    def _map(self, start: int, size: int, perms: int) -> None:
+        """Map a region that stays: host memory when there is some, else unicorn's own."""
+        if self.host is not None:
+            self.host.map(start, size, perms)
+        else:
+            self.uc.mem_map(start, size, perms)
+
     def read(self, addr: int, n: int) -> bytes:
+        if self.host is not None:
+            data = self.host.read(addr, n)
+            if data is not None:
+                return data
         return self.native.read(addr, n)
 
     def write(self, addr: int, data: bytes) -> None:
         """Write memory, as the host does: permissions do not apply, translations are kept."""
         data = bytes(data)
-        if not self.images.host_write(addr, data):
+        if self.host is None or not self.host.write(addr, data):
             self.uc.mem_write(addr, data)
 
     def write_text(self, addr: int, data: bytes) -> None:
         """Write code, and drop every translated block that covers it (else the old code keeps running)."""
-        data = bytes(data)
-        if not self.images.host_write(addr, data):
-            self.uc.mem_write(addr, data)
+        self.write(addr, data)
         self.native.remove_cache(addr, addr + len(data))
 
     def alloc_image(self, size: int) -> int:
@@ -578,7 +721,8 @@ class Emulator:
         spare = self._spare_values.pop(start, None)
         if spare is not None and spare[1] == pages * PAGE:
             # the previous scenario's block of the same size here: zeroed, it is a new one
-            self.uc.mem_write(start, bytes(pages * PAGE))
+            if self.host is None or not self.host.fill(start, pages * PAGE, 0):
+                self.uc.mem_write(start, bytes(pages * PAGE))
             hook = spare[3]
             if spare[2] != base:         # the watched slack below the values is another
                 if hook is not None:
@@ -592,7 +736,7 @@ class Emulator:
                 self._unmap_values(spare)
             for other in [b for b in self._spare_values.values() if b[0] < self._values_top and start < b[0] + b[1]]:
                 self._unmap_values(self._spare_values.pop(other[0]))      # in the way of this block or its guard
-            self.uc.mem_map(start, pages * PAGE, UC_PROT_READ | UC_PROT_WRITE)
+            self._map_values(start, pages * PAGE)
             hook = None
             if base > start:
                 hook = self.native.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_value_slack,
@@ -600,11 +744,28 @@ class Emulator:
         self._value_blocks.append((start, pages * PAGE, base, hook))
         return base
 
+    def _map_values(self, start: int, length: int) -> None:
+        """Map a zeroed value block; in host memory, on a buffer of an unmapped block of that size if any."""
+        if self.host is None:
+            self.uc.mem_map(start, length, UC_PROT_READ | UC_PROT_WRITE)
+            return
+        spare = self._value_buffers.get(length)
+        buffer = spare.pop() if spare else None
+        if buffer is not None:
+            ctypes.memset(ctypes.addressof(buffer), 0, length)
+        self.host.map(start, length, UC_PROT_READ | UC_PROT_WRITE, buffer)
+
     def _unmap_values(self, block: tuple[int, int, int, int | None]) -> None:
         start, length, _base, hook = block
         if hook is not None:
             self.native.hook_del(hook)
-        self.uc.mem_unmap(start, length)
+        if self.host is None:
+            self.uc.mem_unmap(start, length)
+            return
+        spare = self._value_buffers.setdefault(length, [])
+        buffer = self.host.unmap(start)
+        if len(spare) < VALUE_BUFFERS_KEPT:
+            spare.append(buffer)
 
     def _release_spare_values(self) -> None:
         """Unmap the previous scenario's blocks this one did not reuse (a wild access there must fault)."""
@@ -678,6 +839,8 @@ class Emulator:
         self._entry_hooks.clear()
         self._mem_slack_hook = None
         self.images.uc = self.data.uc = None  # type: ignore[assignment]
+        if self.host is not None:
+            self.host.uc = None  # type: ignore[assignment]   # the buffers stay with the machine
         self.regs = None  # type: ignore[assignment]
         self.native = None  # type: ignore[assignment]
 
@@ -727,14 +890,17 @@ class Emulator:
         uc = self.uc
         if pages != self._mem_pages:
             if self._mem_pages:
-                uc.mem_unmap(MEM_END - self._mem_pages * PAGE, self._mem_pages * PAGE)
+                if self.host is not None:
+                    self.host.unmap(MEM_END - self._mem_pages * PAGE)
+                else:
+                    uc.mem_unmap(MEM_END - self._mem_pages * PAGE, self._mem_pages * PAGE)
             if pages:
-                uc.mem_map(MEM_END - pages * PAGE, pages * PAGE, UC_PROT_READ | UC_PROT_WRITE)
+                self._map_mem(pages * PAGE)
             self._mem_pages = pages
         self.mem_start = MEM_END - n
         self.mem_len = n
         if n:
-            uc.mem_write(self.mem_start, bytes(mem))
+            self.write(self.mem_start, mem)
         lowest = MEM_END - pages * PAGE
         slack = (lowest, self.mem_start) if lowest < self.mem_start else None
         if slack != self._mem_slack:
@@ -745,6 +911,18 @@ class Emulator:
                 self._mem_slack_hook = self.native.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_mem_slack,
                                                             None, slack[0], slack[1] - 1)
             self._mem_slack = slack
+
+    def _map_mem(self, size: int) -> None:
+        """Map [MEM_END - size, MEM_END), zeroed; in host memory, the end of one buffer reused by every run."""
+        if self.host is None:
+            self.uc.mem_map(MEM_END - size, size, UC_PROT_READ | UC_PROT_WRITE)
+            return
+        if self._mem_buffer is None or len(self._mem_buffer) < size:
+            self._mem_buffer = (ctypes.c_ubyte * max(size, 4 * PAGE))()
+        capacity = len(self._mem_buffer)
+        tail = (ctypes.c_ubyte * size).from_buffer(self._mem_buffer, capacity - size)
+        ctypes.memset(ctypes.addressof(tail), 0, size)
+        self.host.map(MEM_END - size, size, UC_PROT_READ | UC_PROT_WRITE, tail)
 
     @staticmethod
     def packet_start(n: int) -> int:
@@ -764,7 +942,8 @@ class Emulator:
         if self._spare_values:
             self._release_spare_values()
         self._set_mem(mem, headroom)
-        uc.mem_write(STACK_BASE, self._zero_stack)
+        if self.host is None or not self.host.fill(STACK_BASE, STACK_SIZE, 0):
+            uc.mem_write(STACK_BASE, self._zero_stack)
         uc.context_restore(self._initial_context)
         regs = self.regs
         if context is None:
@@ -773,7 +952,7 @@ class Emulator:
         else:
             # bpf_prog_run_xdp passes the xdp_buff; rsi (R2) is not the program's to read
             regs.write(x86.UC_X86_REG_RDI, context)
-        uc.mem_write(INITIAL_RSP, SENTINEL.to_bytes(8, "little"))
+        self.write(INITIAL_RSP, SENTINEL_BYTES)
 
         self._trace = []
         self._in_prologue = None
@@ -828,28 +1007,24 @@ class Emulator:
         if self._fault is not None:
             return
         helper_id = (address - HELPER_BASE) // HELPER_SLOT
+        r1, r2, r3, r4, r5, rsp = self._helper_args.read()
         # The `call` pushed its return address; the fault belongs to the call site.
-        regs = self.regs
         try:
-            call_site: int | None = int.from_bytes(self.native.read(regs.read(x86.UC_X86_REG_RSP), 8), "little") - 1
+            call_site: int | None = int.from_bytes(self.read(rsp, 8), "little") - 1
         except UcError:      # reached without a call (a wild jump) and with a bad stack
             call_site = None
         handler = self.helper_handler
         try:
             if handler is None:
                 raise HelperFault(FAULT_INVALID, "no helper handler installed")
-            read = regs.read
-            r0 = handler(helper_id, read(x86.UC_X86_REG_RDI), read(x86.UC_X86_REG_RSI), read(x86.UC_X86_REG_RDX),
-                         read(x86.UC_X86_REG_RCX), read(x86.UC_X86_REG_R8))
+            r0 = handler(helper_id, r1, r2, r3, r4, r5)
         except HelperFault as fault:
             self._stop_with_fault(fault.kind, call_site, fault.reason)
             return
         except Exception as exc:  # noqa: BLE001
             self._stop_with_fault(FAULT_INVALID, call_site, f"helper {helper_id} failed: {exc!r}")
             return
-        regs.write(x86.UC_X86_REG_RAX, r0)
-        for x86_reg, poison in HELPER_CLOBBERS:
-            regs.write(x86_reg, poison)
+        self._helper_results.write((r0 & 0xFFFF_FFFF_FFFF_FFFF, *HELPER_POISON))
 
     def _stop_with_fault(self, kind: str, rip: int | None, reason: str) -> None:
         self._fault = (kind, rip, reason)
@@ -872,7 +1047,7 @@ class Emulator:
 
     def _on_direct_site(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         # Runs before the site's instruction: a jmp rel32 there is a tail call (a nop5, an empty slot).
-        code = self.native.read(address, 5)
+        code = self.read(address, 5)
         if code[0] == JMP_REL32:
             self._enter_by_tail_call(address, address + 5 + int.from_bytes(code[1:5], "little", signed=True))
 
@@ -926,8 +1101,8 @@ class Emulator:
         slot = rbp + entry.tail_call_cnt_off
         try:
             if entry.tail_call_cnt_ptr:
-                slot = int.from_bytes(self.native.read(slot, 8), "little")
-            counter = int.from_bytes(self.native.read(slot, 4), "little")
+                slot = int.from_bytes(self.read(slot, 8), "little")
+            counter = int.from_bytes(self.read(slot, 4), "little")
         except UcError:
             # rbp is not a frame (a tail call landed past `mov rbp,rsp`): the
             # program will most likely fault; say why here.
