@@ -1224,9 +1224,9 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
 # Instruction classes whose code depends on the instruction and the function alone (registers,
 # offsets, immediates, the map addresses of a ``lddw``, the profile and planted bugs), never on
 # the pass: not on addrs[], the image address, the labels or the exit seen.  Jumps, calls, tail
-# calls and exits are emitted in every pass, as the kernel does; the others are emitted in the
-# function's first pass and their bytes reused by the later passes (:class:`PassPlan`), which
-# leaves every pass's output as it was and saves most of the time of the convergence passes.
+# calls and exits are emitted in every pass, as the kernel does; the others are emitted once,
+# before the function's first pass, and their bytes used by every pass (:class:`PassPlan`), which
+# leaves every pass's output as it was and saves most of the time of the passes.
 PASS_INVARIANT_CLASSES = frozenset({isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_ST, isa.BPF_STX, isa.BPF_LDX})
 REUSE_INVARIANT_CODE = True       # False: emit every slot in every pass (the equivalence test's reference)
 # The same instruction has the same pass-invariant code in every program of a profile (with the
@@ -1270,21 +1270,25 @@ class CondJump:
 
 @dataclass
 class PassPlan:
-    """A function's slots after its first pass: runs of invariant code and the slots emitted every pass."""
+    """A function's slots for its passes: runs of invariant code and the slots emitted every pass."""
 
     prologue: bytes
     # an int: a slot index i (1-based) emitted by do_jit_insn every pass
     items: list[InvariantRun | CondJump | int] = field(default_factory=list)
 
 
-def _plan_invariant(plan: PassPlan, i: int, code: bytes, used: int, size_before: int) -> None:
-    last = plan.items[-1] if plan.items else None
-    if not isinstance(last, InvariantRun):
-        last = InvariantRun(i, b"", [])
-        plan.items.append(last)
-    start = size_before - len(last.code)      # where the run starts in this (first) pass
-    last.code += code
-    last.ends += [size_before + len(code) - start] * used
+def invariant_key(fn: FuncJit, insns: list[Insn], i: int) -> tuple | None:
+    """The key of slot i's pass-invariant code in the shared cache; None if the slot's code is not invariant.
+
+    The instruction's fields (what makes two instructions equal) as a plain tuple: hashing and
+    comparing it takes no Python call; a ``lddw`` by its register and the value it loads.
+    """
+    insn = insns[i - 1]
+    if insn.opcode == isa.LDDW_OPCODE:
+        return ("lddw", insn.dst, resolve_lddw(fn, insn, insns[i]))
+    if insn.opcode & 0x07 in PASS_INVARIANT_CLASSES:
+        return (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, insn.map)
+    return None
 
 
 def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
@@ -1293,55 +1297,95 @@ def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
     fn.final_pass = state.image is not None
     if fn.final_pass:
         fn.indirect_jumps.clear()
-    if REUSE_INVARIANT_CODE and fn.plan is not None:
-        return _do_jit_planned(fn, state, fn.plan)
+    if REUSE_INVARIANT_CODE:
+        if fn.plan is None:
+            fn.plan = plan_function(fn, state)
+        if fn.plan is not None:
+            return _do_jit_planned(fn, state, fn.plan)
+    return _do_jit_every_slot(fn, state)
+
+
+def _do_jit_every_slot(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
+    """The kernel's loop: every slot emitted in this pass."""
     out = bytearray(fn.flavour.prologue(fn))
-    plan = PassPlan(bytes(out)) if REUSE_INVARIANT_CODE else None
     addrs = list(state.addrs)
     addrs[0] = len(out)
     insns = fn.insns
     n = len(insns)
     i = 1
-    shared = fn.invariant_cache if plan is not None else None
     while i <= n:
-        insn = insns[i - 1]
-        invariant = insn.cls in PASS_INVARIANT_CLASSES or insn.is_lddw
-        if invariant and shared is not None:
-            key = ("lddw", insn.dst, resolve_lddw(fn, insn, insns[i])) if insn.is_lddw else insn
-            known = shared.get(key)
-            if known is None:
-                known = shared[key] = do_jit_insn(fn, state, i, insn, len(out))
-            code, used = known
-        else:
-            code, used = do_jit_insn(fn, state, i, insn, len(out))
+        code, used = do_jit_insn(fn, state, i, insns[i - 1], len(out))
         if len(code) > BPF_MAX_INSN_SIZE:
             raise JitError("fatal insn size error")
         end = len(out) + len(code)
         if state.image is not None and end != state.addrs[i + used - 1]:
             raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
-        if plan is not None:
-            if invariant:
-                _plan_invariant(plan, i, code, used, len(out))
-            elif insn.cls in (isa.BPF_JMP, isa.BPF_JMP32) and insn.op in JMP_COND:
-                plan.items.append(CondJump(i, emit_cond_compare(insn), JMP_COND[insn.op], insn.off))
-            else:
-                plan.items.append(i)
         out += code
         # lddw's second slot: the kernel leaves its addrs[] entry stale; we give it the pair's
         # end, so that addrs[] stays monotonic and the second slot owns no code
         for k in range(used):
             addrs[i + k] = end
         i += used
-    fn.plan = plan
     return bytes(out), addrs
 
 
-def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[bytes, list[int]]:
-    """do_jit after the first pass: the invariant runs' bytes and sizes as they were, the rest emitted.
+def plan_function(fn: FuncJit, state: PassState) -> PassPlan | None:
+    """The function's :class:`PassPlan`, made before its first pass: the prologue, the invariant slots'
+    code (from the shared cache, else emitted and remembered) in runs, and the slots every pass emits.
 
-    The checks of the full loop hold for the runs by construction (their code was checked in the
-    first pass; in the final pass a run starts where the previous pass put it when the slot
-    before it, checked here, ends there), so only the emitted slots are checked.
+    None when an invariant slot's code cannot be had (the emitter refuses, or the code is too long):
+    the passes then emit every slot, and meet the refusal where the kernel's loop does, after the
+    slots before it.
+    """
+    shared = fn.invariant_cache
+    plan = PassPlan(fn.flavour.prologue(fn))
+    insns = fn.insns
+    n = len(insns)
+    i = 1
+    run: InvariantRun | None = None       # the run of invariant slots being built
+    run_code: list[bytes] = []
+    run_size = 0
+    try:
+        while i <= n:
+            insn = insns[i - 1]
+            key = invariant_key(fn, insns, i)
+            if key is None:
+                if run is not None:
+                    run.code, run = b"".join(run_code), None
+                if insn.cls in (isa.BPF_JMP, isa.BPF_JMP32) and insn.op in JMP_COND:
+                    plan.items.append(CondJump(i, emit_cond_compare(insn), JMP_COND[insn.op], insn.off))
+                else:
+                    plan.items.append(i)
+                i += 1
+                continue
+            known = shared.get(key) if shared is not None else None
+            if known is None:
+                known = do_jit_insn(fn, state, i, insn, 0)     # invariant: neither the pass nor the position matter
+                if shared is not None:
+                    shared[key] = known
+            code, used = known
+            if len(code) > BPF_MAX_INSN_SIZE:
+                return None
+            if run is None:
+                run, run_code, run_size = InvariantRun(i, b"", []), [], 0
+                plan.items.append(run)
+            run_code.append(code)
+            run_size += len(code)
+            run.ends += [run_size] * used
+            i += used
+    except Exception:  # noqa: BLE001 - the passes meet it again, in the kernel's order
+        return None
+    if run is not None:
+        run.code = b"".join(run_code)
+    return plan
+
+
+def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[bytes, list[int]]:
+    """do_jit with a plan: the invariant runs' bytes and sizes as planned, the rest emitted.
+
+    The checks of the full loop hold for the runs by construction (their code was checked when
+    the plan was made; in the final pass a run starts where the previous pass put it when the
+    slot before it, checked here, ends there), so only the emitted slots are checked.
     """
     parts = [plan.prologue]
     size = len(plan.prologue)
