@@ -53,9 +53,11 @@ Program trace: tail calls are recorded where they happen, at the tail-call
 (``bpf_func + x86_tail_call_offset``) can also be the code of BPF pc 0, which a
 loop jumping back to its first instruction reaches with no tail call at all
 (always on 5.5, whose pc 0 starts at PROLOGUE_SIZE; on 6.1 when the prologue
-has nothing after ``mov rbp,rsp``).  One-address code hooks:
+has nothing after ``mov rbp,rsp``).  The first program of a run is entered
+where ``emu_start`` begins, at its ``bpf_func`` (recorded before the start:
+nothing else can enter a program there that the trace would record, so no
+hook watches it).  One-address code hooks:
 
-* per program, ``bpf_func``: the normal entry, the first program of a run;
 * per direct tail-call site (the 5-byte poke site): when it runs holding a
   ``jmp rel32``, the program whose image holds the destination is entered by
   a tail call (as a ``nop5`` it does nothing: the slot was empty);
@@ -424,8 +426,9 @@ class EntryPoint:
     tail_call_cnt_ptr: bool = False  # the slot holds tail_call_cnt_ptr (6.10+), the count is behind it
 
     def points(self) -> list[int]:
-        """The distinct addresses the entry hooks watch (the tail-call entry is not one: see the module doc)."""
-        return sorted({self.bpf_func, self.body})
+        """The addresses the entry hooks watch: the end of the prologue (neither the normal entry, where
+        a run starts, nor the tail-call entry: see the module doc)."""
+        return [self.body]
 
 
 @dataclass(frozen=True)
@@ -858,7 +861,7 @@ class Emulator:
         for address in entry.points():
             self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_prologue_point, entry, address, address))
         # A block translated before the hooks existed would not call them.
-        native.remove_cache(entry.bpf_func, max(entry.points()) + 1)
+        native.remove_cache(entry.body, entry.body + 1)
 
     def add_tail_calls(self, direct_sites: Iterable[int], indirect_jumps: Iterable[tuple[int, int]]) -> None:
         """Hook an image's tail-call jumps: its direct poke sites and its indirect jumps.
@@ -954,8 +957,9 @@ class Emulator:
             regs.write(x86.UC_X86_REG_RDI, context)
         self.write(INITIAL_RSP, SENTINEL_BYTES)
 
-        self._trace = []
-        self._in_prologue = None
+        # the run's program is entered at its first instruction (its prologue point, below, follows)
+        self._trace = [entry.name]
+        self._in_prologue = entry
         self._frame_rbp = None
         self._subprog_tail_call = False
         self._violations = []
@@ -1077,12 +1081,8 @@ class Emulator:
         self._in_prologue = entry
 
     def _on_prologue_point(self, uc: Uc, address: int, size: int, entry: EntryPoint) -> None:
-        # The two points are distinct (the prologue is never empty), but the
-        # body may also be reached by a loop back to pc 0, which enters nothing.
-        if address == entry.bpf_func and not self._trace:
-            self._trace.append(entry.name)       # a run's normal entry
-            self._in_prologue = entry
-        if address == entry.body and self._in_prologue is entry:
+        # The body may also be reached by a loop back to pc 0, which enters nothing.
+        if self._in_prologue is entry:
             # Prologue done (a jump back to pc 0 of a loop is not an entry).
             self._in_prologue = None
             rbp = self.regs.read(x86.UC_X86_REG_RBP)
