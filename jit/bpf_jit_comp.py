@@ -73,6 +73,7 @@ it.  On other targets the jump lands inside an instruction and usually faults
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -435,10 +436,12 @@ PUSH_CALLEE = {6: b"\x53", 7: b"\x41\x55", 8: b"\x41\x56", 9: b"\x41\x57"}
 POP_CALLEE = {6: b"\x5b", 7: b"\x41\x5d", 8: b"\x41\x5e", 9: b"\x41\x5f"}
 
 
+@functools.cache          # 16 possible answers, asked at every exit and tail call of every pass
 def push_callee_regs(used: tuple[bool, bool, bool, bool]) -> bytes:
     return b"".join(PUSH_CALLEE[r] for r, u in zip(CALLEE_REGS, used, strict=True) if u)
 
 
+@functools.cache
 def pop_callee_regs(used: tuple[bool, bool, bool, bool]) -> bytes:
     return b"".join(POP_CALLEE[r] for r, u in reversed(list(zip(CALLEE_REGS, used, strict=True))) if u)
 
@@ -1148,7 +1151,33 @@ FLAVOURS: dict[str, JitFlavour] = {
 
 def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int) -> tuple[bytes, int]:
     """JIT local slot i-1 (the kernel's loop index i); returns its bytes and how many slots it used."""
-    cls, op = insn.cls, insn.op
+    opcode = insn.opcode
+    # the slots every pass emits first: the passes after the plan see only these and the conditional jumps
+    if opcode == isa.CALL_OPCODE:
+        return emit_call_insn(fn, state, i, insn), 1
+    if opcode == isa.TAIL_CALL_OPCODE:
+        ip = ip_of(state, i)
+        if insn.imm:
+            return fn.flavour.tail_call_direct(fn, fn.pokes[insn.imm - 1], ip, state.ctx), 1
+        return fn.flavour.tail_call_indirect(fn, ip, state.ctx), 1
+    if opcode in (isa.BPF_JMP | isa.BPF_JA, isa.BPF_JMP32 | isa.BPF_JA):
+        rel = insn.off if opcode & 0x07 == isa.BPF_JMP else insn.imm
+        jmp_offset = -2 if rel == -1 else state.addrs[i + rel] - state.addrs[i]
+        if jmp_offset == 0:
+            if state.jmp_padding:
+                nops = insn_size_diff(state, i, 0)
+                if nops not in (0, 2, 5):
+                    raise JitError(f"unexpected nop jump padding: {nops} bytes")
+                return emit_nops(nops), 1
+            return b"", 1
+        return emit_jmp(state, i, jmp_offset), 1
+    if opcode == isa.EXIT_OPCODE:
+        if state.seen_exit:
+            return emit_jmp(state, i, state.ctx.cleanup_addr - state.addrs[i]), 1
+        state.seen_exit = True
+        state.ctx.cleanup_addr = proglen
+        return fn.flavour.epilogue(fn), 1
+    cls, op = opcode & 0x07, opcode & 0xF0
     if cls in (isa.BPF_ALU, isa.BPF_ALU64):
         is64 = cls == isa.BPF_ALU64
         if op in (isa.BPF_ADD, isa.BPF_SUB, isa.BPF_AND, isa.BPF_OR, isa.BPF_XOR):
@@ -1190,30 +1219,6 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
     if cls == isa.BPF_LDX:
         emit = emit_ldsx if insn.mode == isa.BPF_MEMSX else emit_ldx
         return emit(insn.size, insn.dst, insn.src, insn.off), 1
-    if insn.opcode == isa.CALL_OPCODE:
-        return emit_call_insn(fn, state, i, insn), 1
-    if insn.opcode == isa.TAIL_CALL_OPCODE:
-        ip = ip_of(state, i)
-        if insn.imm:
-            return fn.flavour.tail_call_direct(fn, fn.pokes[insn.imm - 1], ip, state.ctx), 1
-        return fn.flavour.tail_call_indirect(fn, ip, state.ctx), 1
-    if insn.opcode in (isa.BPF_JMP | isa.BPF_JA, isa.BPF_JMP32 | isa.BPF_JA):
-        rel = insn.off if cls == isa.BPF_JMP else insn.imm
-        jmp_offset = -2 if rel == -1 else state.addrs[i + rel] - state.addrs[i]
-        if jmp_offset == 0:
-            if state.jmp_padding:
-                nops = insn_size_diff(state, i, 0)
-                if nops not in (0, 2, 5):
-                    raise JitError(f"unexpected nop jump padding: {nops} bytes")
-                return emit_nops(nops), 1
-            return b"", 1
-        return emit_jmp(state, i, jmp_offset), 1
-    if insn.is_exit:
-        if state.seen_exit:
-            return emit_jmp(state, i, state.ctx.cleanup_addr - state.addrs[i]), 1
-        state.seen_exit = True
-        state.ctx.cleanup_addr = proglen
-        return fn.flavour.epilogue(fn), 1
     if cls in (isa.BPF_JMP, isa.BPF_JMP32) and op in JMP_COND:
         compare = emit_cond_compare(insn)
         jmp_offset = state.addrs[i + insn.off] - state.addrs[i]
