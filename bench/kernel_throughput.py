@@ -13,8 +13,11 @@ does in a campaign (``Engine.submit``: the kernel engines' requests go out
 before our engines run).  Then where the guest's time goes (the agent's own
 clock per syscall kind) and the load average, since under TCG every number
 here scales with the CPU the guest gets: each scenario line also says how much CPU
-qemu used per run event (user + system time of its process), which moves far less
-with the machine's load than runs/s do.  Target: >= 300 scenario runs/s.
+qemu used per run event (user + system time of its process).  That moves with the
+machine's load too (the host's cores are shared), but less than runs/s do: the same
+code measured 1.73 and 2.29 ms/run at load averages ~3 and ~5 while its runs/s went
+404 -> 237.  Compare changes run back to back, and best interleaved on guests
+booted side by side.  Target: >= 300 scenario runs/s.
 """
 
 from __future__ import annotations
