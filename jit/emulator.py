@@ -199,6 +199,7 @@ UC_ERROR_FAULT_KINDS: dict[int, str] = {
 }
 
 HelperHandler = Callable[[int, int, int, int, int, int], int]
+_UNSEEN = object()
 
 
 class _Registers:
@@ -662,6 +663,9 @@ class Emulator:
         self._entries: dict[str, EntryPoint] = {}     # loaded program name -> its entry point
         self._text: list[TextRange] = []
         self._text_bases: list[int] = []
+        # tail-call destination -> the program entered there (None: no program), as text_at and the
+        # entries say; forgotten whenever either changes
+        self._entered: dict[int, EntryPoint | None] = {}
 
         # the context region of the current run (host memory: the end of _mem_buffer, grown as needed)
         self._mem_pages = 0
@@ -814,6 +818,7 @@ class Emulator:
         self._entries.clear()
         self._text.clear()
         self._text_bases.clear()
+        self._entered.clear()
         self._release_spare_values()
         self._spare_values = {block[0]: block for block in self._value_blocks}
         self._value_blocks.clear()
@@ -853,11 +858,13 @@ class Emulator:
         index = bisect.bisect(self._text_bases, base)
         self._text_bases.insert(index, base)
         self._text.insert(index, TextRange(base, base + len(code), prog, insn_at))
+        self._entered.clear()
 
     def add_entry_point(self, entry: EntryPoint) -> None:
         """Hook a program's normal entry and prologue end; tail calls into it are seen by :meth:`add_tail_calls`."""
         native = self.native
         self._entries[entry.name] = entry
+        self._entered.clear()
         for address in entry.points():
             self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_prologue_point, entry, address, address))
         # A block translated before the hooks existed would not call them.
@@ -1060,8 +1067,10 @@ class Emulator:
 
     def _enter_by_tail_call(self, jump: int, dest: int) -> None:
         """The tail-call jump at ``jump`` is about to go to ``dest``: the program whose image holds it is entered."""
-        text = self.text_at(dest)
-        entry = self._entries.get(text.prog) if text is not None else None
+        entry = self._entered.get(dest, _UNSEEN)
+        if entry is _UNSEEN:
+            text = self.text_at(dest)
+            entry = self._entered[dest] = self._entries.get(text.prog) if text is not None else None
         if entry is None:
             return        # a jump out of every image: fetching there faults, which the run reports
         self._trace.append(entry.name)
