@@ -497,6 +497,8 @@ class PathFacts(NamedTuple):
     seen: frozenset[int]
     tail_calls: dict[int, tuple[str | None, int | None]]
     lookups: dict[int, str | None]
+    # each conditional jump's outcomes some path followed (True: the jump, False: the fall-through)
+    outcomes: dict[int, frozenset[bool]] = {}
 
 
 def _sext_imm(imm: int) -> int:
@@ -589,6 +591,7 @@ class _Explorer:
         self.seen: set[int] = set()
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
         self.map_ptr: dict[int, str | None] = {}
+        self.outcomes: dict[int, set[bool]] = {}
         self.tail_call_reachable = _tail_call_reachable(insns)
         # what step() does with each instruction, decoded once (a state reaches an instruction
         # ~1.5 times on average, and every step used to re-read the opcode's views)
@@ -631,7 +634,8 @@ class _Explorer:
                         todo.append(succ)
         tail_calls = dict(self.tail_calls)
         lookups = {pc: name for pc, name in self.map_ptr.items() if not self.insns[pc].is_tail_call}
-        return PathFacts(frozenset(self.seen), tail_calls, lookups)
+        outcomes = {pc: frozenset(taken) for pc, taken in self.outcomes.items()}
+        return PathFacts(frozenset(self.seen), tail_calls, lookups, outcomes)
 
     # -- the stack ---------------------------------------------------------------------------
     def stack_write(self, stack: tuple, off: int, size: int, value: object) -> tuple:
@@ -931,7 +935,9 @@ class _Explorer:
             elif src is not None and src[0] == "s" and (src[1].subreg_is_const if jmp32 else src[1].is_const):
                 pred = scalar.branch_taken(dst[1], src[1].value, op, jmp32, self.profile.verifier_jeq_range)
         if pred is not None:
+            self.outcomes.setdefault(pc, set()).add(pred)
             return [out(target if pred else pc + 1, r)]
+        self.outcomes[pc] = {True, False}
         taken, fall = list(r), list(r)
         taken_frames = fall_frames = None
         if dst is not None and dst[0] == "s" and self.profile.verifier_branch_ranges:

@@ -20,7 +20,7 @@ from bpfdiff import isa
 from bpfdiff.asm import assemble_program
 from bpfdiff.engine import ProgramRefused
 from bpfdiff.isa import Program
-from bpfdiff.profiles import LINUX_5_5, LINUX_6_1, PROFILES
+from bpfdiff.profiles import LINUX_5_5, LINUX_6_1, LINUX_6_12, PROFILES
 from bpfdiff.scenario import PROG_RAW, MapDef, Run, Scenario
 from bpfdiff.scenario_text import parse_scenario
 from bpfdiff.verifier import VerifierError, check_load, verify
@@ -142,6 +142,16 @@ def test_a_32_bit_cmpxchg_whose_r0_is_read_gets_w0_eq_w0() -> None:
     # a 32-bit read alone (jmp32) does not need it, a later 64-bit one on some path does
     branchy = prog(CMPXCHG_PROGRAM.format(after="jeq32 %r0, 7, L\nmov %r0, 0\nexit\nL:\nadd %r0, 1\n"))
     assert xlated_hex(branchy)[4] == "bc00000001000000"
+
+
+def test_a_read_behind_a_jump_the_verifier_never_takes_needs_no_zext() -> None:
+    # mark_insn_zext marks only reads on the paths do_check walks: `jeq %r3, 1` with r3 = 1 is
+    # always taken, so the `add %r0, 1` behind it is never walked.  The real 6.1.192 and 6.12.117
+    # print exactly this (no `w0 = w0`; kernel-jit xlated dump)
+    hidden = prog(CMPXCHG_PROGRAM.format(after="mov %r3, 1\njeq %r3, 1, L\nadd %r0, 1\nL:\nmov32 %r0, 0\n"))
+    for profile in (LINUX_6_1, LINUX_6_12):
+        assert xlated_hex(hidden, profile) == CMPXCHG_XLATED_HEAD + [
+            "b703000001000000", "b400000000000000", "9500000000000000"]
 
 
 def test_the_jit_image_has_mov_eax_eax_after_lock_cmpxchg() -> None:
