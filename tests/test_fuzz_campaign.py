@@ -33,6 +33,20 @@ def test_clean_campaign_exits_0_and_writes_no_findings(tmp_path):
     assert not crashes.exists() or not any(crashes.iterdir())
 
 
+def test_the_loop_runs_with_the_fuzz_collector_thresholds_and_restores_them(tmp_path, monkeypatch):
+    import gc
+
+    from bpfdiff.fuzz import campaign
+
+    seen = []
+    step = campaign.Worker.step
+    monkeypatch.setattr(campaign.Worker, "step", lambda self: seen.append(gc.get_threshold()) or step(self))
+    before = gc.get_threshold()
+    Campaign(CampaignConfig(runs=3, crashes=tmp_path / "c"), status=None).run()
+    assert seen == [campaign.FUZZ_GC_THRESHOLDS] * 3 and campaign.FUZZ_GC_THRESHOLDS != before
+    assert gc.get_threshold() == before
+
+
 def test_clean_linux_6_12_campaign_finds_only_its_known_kernel_bug(tmp_path, capsys):
     crashes = tmp_path / "crashes"
     assert cli_main(["fuzz", "--runs", "25", "--seed", "3", "--profile", "linux-6.12", "--crashes", str(crashes),
