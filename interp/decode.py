@@ -68,6 +68,7 @@ from bpfdiff.isa import (
     BPF_X,
     BPF_XCHG,
     BPF_XOR,
+    LDDW_OPCODE,
     SIZE_BYTES,
     Insn,
     Program,
@@ -415,12 +416,16 @@ def _jmp_closure(insn: Insn, pc: int) -> Closure:
 
 
 def _alu_closure(insn: Insn, pc: int) -> Closure:
-    if insn.op == BPF_END:
+    # the opcode's bits read directly (cls, op, source): a property costs a call, and three
+    # instructions in four are ALU ones
+    opcode = insn.opcode
+    cls, op = opcode & 0x07, opcode & 0xF0
+    if op == BPF_END:
         return _end_closure(insn, pc + 1)
-    bits = WIDTHS[insn.cls]
+    bits = WIDTHS[cls]
     imm = insn.imm & ((1 << bits) - 1)
-    off = insn.off if insn.op in (BPF_DIV, BPF_MOD, BPF_MOV) else 0
-    factory = ALU_FACTORIES[(insn.cls, insn.op, insn.source, off)]
+    off = insn.off if op == BPF_DIV or op == BPF_MOD or op == BPF_MOV else 0
+    factory = ALU_FACTORIES[(cls, op, opcode & 0x08, off)]
     return factory(insn.dst, insn.src, imm, pc + 1)
 
 
@@ -431,27 +436,30 @@ def decode_program(program: Program) -> list[Closure]:
     """
     insns = program.insns
     code: list[Closure] = []
+    append = code.append
     pc = 0
-    while pc < len(insns):
+    n = len(insns)
+    while pc < n:
         insn = insns[pc]
-        cls = insn.cls
-        if insn.is_lddw:
-            code.append(_lddw_closure(insn, insns[pc + 1], pc))
-            code.append(_invalid(f"jump into the second slot of the lddw at {pc}"))
+        opcode = insn.opcode          # the opcode's views read directly: a property costs a call
+        cls = opcode & 0x07
+        if cls == BPF_ALU or cls == BPF_ALU64:
+            append(_alu_closure(insn, pc))
+        elif opcode == LDDW_OPCODE:
+            append(_lddw_closure(insn, insns[pc + 1], pc))
+            append(_invalid(f"jump into the second slot of the lddw at {pc}"))
             pc += 2
             continue
-        if cls in (BPF_ALU, BPF_ALU64):
-            code.append(_alu_closure(insn, pc))
-        elif cls in (BPF_JMP, BPF_JMP32):
-            code.append(_jmp_closure(insn, pc))
+        elif cls == BPF_JMP or cls == BPF_JMP32:
+            append(_jmp_closure(insn, pc))
         elif cls == BPF_LDX:
-            code.append(_ldx_closure(insn, pc + 1))
+            append(_ldx_closure(insn, pc + 1))
         elif cls == BPF_ST:
-            code.append(_st_closure(insn, pc + 1))
+            append(_st_closure(insn, pc + 1))
         elif cls == BPF_STX:
-            code.append(_atomic_closure(insn, pc + 1) if insn.mode == BPF_ATOMIC else _stx_closure(insn, pc + 1))
+            append(_atomic_closure(insn, pc + 1) if opcode & 0xE0 == BPF_ATOMIC else _stx_closure(insn, pc + 1))
         else:
-            code.append(_invalid(f"opcode 0x{insn.opcode:02x}"))
+            append(_invalid(f"opcode 0x{opcode:02x}"))
         pc += 1
     code.append(_invalid("fell off the end of the program"))
     return code
