@@ -1082,7 +1082,8 @@ class Emulator:
             self._violations.append(
                 f"{source.prog if source else '?'}: tail call at 0x{jump:x} jumps into {entry.name} "
                 f"at +0x{dest - entry.bpf_func:x}, not at its tail-call entry +0x{entry.tail_entry - entry.bpf_func:x}")
-        if self._frame_rbp is not None and self.regs.read(x86.UC_X86_REG_RBP) != self._frame_rbp:
+        if (not self._subprog_tail_call and self._frame_rbp is not None
+                and self.regs.read(x86.UC_X86_REG_RBP) != self._frame_rbp):
             # A subprogram tail-called (the jump keeps the caller's rbp): 6.1
             # gives subprograms a *copy* of the counter, which no longer counts
             # the whole run.
@@ -1094,11 +1095,13 @@ class Emulator:
         if self._in_prologue is entry:
             # Prologue done (a jump back to pc 0 of a loop is not an entry).
             self._in_prologue = None
-            rbp = self.regs.read(x86.UC_X86_REG_RBP)
-            if self._frame_rbp is None:
-                self._frame_rbp = rbp
-            if entry.tail_call_cnt_off is not None and not self._subprog_tail_call:
-                self._check_counter(uc, entry, rbp)
+            check = entry.tail_call_cnt_off is not None and not self._subprog_tail_call
+            if self._frame_rbp is None or check:          # else rbp is not needed: no register read
+                rbp = self.regs.read(x86.UC_X86_REG_RBP)
+                if self._frame_rbp is None:
+                    self._frame_rbp = rbp
+                if check:
+                    self._check_counter(uc, entry, rbp)
 
     def _check_counter(self, uc: Uc, entry: EntryPoint, rbp: int) -> None:
         """After the prologue, the frame's counter must cover the tail calls taken so far.
