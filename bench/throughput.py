@@ -4,7 +4,8 @@
 
 Three passes over the same seeded scenarios (one core, one process): the
 interpreter alone, the JIT alone, and the differential pair through the
-oracle (what ``bpfdiff fuzz`` does per scenario).  Each pass starts with the
+oracle (what ``bpfdiff fuzz`` does per scenario), each under the collector
+thresholds the fuzz loop runs with (``fuzz_gc``).  Each pass starts with the
 caches a new process has (none: the verifier model's answers and the JIT's
 remembered instruction code are forgotten), so no pass profits from the one
 before.  For each: scenarios/s and engine runs/s (run events x engines), per
@@ -57,6 +58,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from bpfdiff.fuzz import generate, oracle
+from bpfdiff.fuzz.campaign import fuzz_gc
 from bpfdiff.interp import engine as interp_engine
 from bpfdiff.jit import bpf_jit_comp
 from bpfdiff.jit import emulator as jit_emulator
@@ -266,16 +268,18 @@ def main() -> None:
     print(f"profile {args.profile}, {length} per pass, seeds from {args.seed}, one process; {load_average()}")
     print(f"{'':<14}{'per wall second':>27}{'per CPU second':>29}")
     print(f"{'pass':<14}{'scenarios':>12}{'engine runs':>15}{'scenarios':>14}{'engine runs':>15}")
-    scenarios, runs, wall, cpu = single_engine("interp", args.profile, args.seconds, args.seed, count=args.scenarios)
-    print_rate("interp alone", scenarios, runs, wall, cpu)
-    jit_scenarios: list[tuple[float, int]] = []
-    scenarios, runs, wall, cpu = single_engine("jit", args.profile, args.seconds, args.seed, jit_scenarios,
-                                               count=args.scenarios)
-    print_rate("jit alone", scenarios, runs, wall, cpu)
-    instrument()
-    jit_in_differential: list[tuple[float, int]] = []
-    scenarios, runs, elapsed, cpu, findings = differential(args.profile, args.seconds, args.seed,
-                                                           jit_in_differential, count=args.scenarios)
+    with fuzz_gc():          # as `bpfdiff fuzz` runs its loop
+        scenarios, runs, wall, cpu = single_engine("interp", args.profile, args.seconds, args.seed,
+                                                   count=args.scenarios)
+        print_rate("interp alone", scenarios, runs, wall, cpu)
+        jit_scenarios: list[tuple[float, int]] = []
+        scenarios, runs, wall, cpu = single_engine("jit", args.profile, args.seconds, args.seed, jit_scenarios,
+                                                   count=args.scenarios)
+        print_rate("jit alone", scenarios, runs, wall, cpu)
+        instrument()
+        jit_in_differential: list[tuple[float, int]] = []
+        scenarios, runs, elapsed, cpu, findings = differential(args.profile, args.seconds, args.seed,
+                                                               jit_in_differential, count=args.scenarios)
     print_rate("differential", scenarios, runs, elapsed, cpu, f"   ({findings} scenarios with findings)")
 
     jit_total = TIMES.pop("jit total", 0.0)
