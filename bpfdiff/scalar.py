@@ -804,11 +804,18 @@ def branch_taken(s: Scalar, val: int, op: int, jmp32: bool, jeq_range: bool = Fa
         if not (v | m) & val:
             return False
         return None
+    return _ordered(op, (umin, umax, smin, smax), (val, val, sval, sval))
+
+
+def _ordered(op: int, a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool | None:
+    """An ordering jump (JGT ... JSLE) decided by the bounds (umin, umax, smin, smax) of each side."""
+    umin1, umax1, smin1, smax1 = a
+    umin2, umax2, smin2, smax2 = b
     tests = {
-        JGT: (umin > val, umax <= val), JSGT: (smin > sval, smax <= sval),
-        JLT: (umax < val, umin >= val), JSLT: (smax < sval, smin >= sval),
-        JGE: (umin >= val, umax < val), JSGE: (smin >= sval, smax < sval),
-        JLE: (umax <= val, umin > val), JSLE: (smax <= sval, smin > sval),
+        JGT: (umin1 > umax2, umax1 <= umin2), JSGT: (smin1 > smax2, smax1 <= smin2),
+        JLT: (umax1 < umin2, umin1 >= umax2), JSLT: (smax1 < smin2, smin1 >= smax2),
+        JGE: (umin1 >= umax2, umax1 < umin2), JSGE: (smin1 >= smax2, smax1 < smin2),
+        JLE: (umax1 <= umin2, umin1 > umax2), JSLE: (smax1 <= smin2, smin1 > smax2),
     }
     if op not in tests:
         return None
@@ -856,20 +863,7 @@ def branch_taken_ranges(a: Scalar, b: Scalar, op: int, jmp32: bool, jeq_tnum: bo
         if not (t1[0] | t1[1]) & t2[0]:
             return False
         return None
-    tests = {
-        JGT: (umin1 > umax2, umax1 <= umin2), JSGT: (smin1 > smax2, smax1 <= smin2),
-        JLT: (umax1 < umin2, umin1 >= umax2), JSLT: (smax1 < smin2, smin1 >= smax2),
-        JGE: (umin1 >= umax2, umax1 < umin2), JSGE: (smin1 >= smax2, smax1 < smin2),
-        JLE: (umax1 <= umin2, umin1 > umax2), JSLE: (smax1 <= smin2, smin1 > smax2),
-    }
-    if op not in tests:
-        return None
-    yes, no = tests[op]
-    if yes:
-        return True
-    if no:
-        return False
-    return None
+    return _ordered(op, (umin1, umax1, smin1, smax1), (umin2, umax2, smin2, smax2))
 
 
 FLIP = {JGT: JLT, JLT: JGT, JGE: JLE, JLE: JGE, JSGT: JSLT, JSLT: JSGT, JSGE: JSLE, JSLE: JSGE,
