@@ -167,7 +167,9 @@ class Profile:
     # not only against a constant register: 13fbcee55706 (v6.2).
     verifier_jeq_range: bool = False
     # is_branch_taken compares two scalars by their ranges, neither needing to be a constant, and
-    # a 64-bit JEQ/JNE also by the 32-bit ranges (Andrii Nakryiko's range-vs-range series, v6.8).
+    # a 64-bit JEQ/JNE also by the 32-bit ranges (Andrii Nakryiko's range-vs-range series, v6.8);
+    # the same series makes reg_set_min_max refine both registers (regs_refine_cond_op) and
+    # reg_bounds_sync relate the 32-bit and 64-bit bounds (scalar._R.sync_v6_8, also after ALU ops).
     # Measured on 6.12.117: r8 = -1 (a constant) and r4 a u16 load xor'd with small constants:
     # `if r8 != r4` is decided taken and its fall-through removed.  Before, a register comparison
     # is decided only when the source register is a constant.

@@ -501,6 +501,11 @@ class PathFacts(NamedTuple):
     outcomes: dict[int, frozenset[bool]] = {}
 
 
+def _all_zero(types: str, slot: int, size: int) -> bool:
+    """Are the ``size`` bytes read from ``slot`` down all STACK_ZERO ("Z")?"""
+    return all(types[(slot - i) % 8] == "Z" for i in range(size))
+
+
 def _sext_imm(imm: int) -> int:
     return imm & U64
 
@@ -692,10 +697,10 @@ class _Explorer:
             narrow_ok = size == spill_size or (size < spill_size and self.profile.verifier_narrow_fill)
             if spilled is not None and spilled[0] == "s" and off % 8 == 0 and narrow_ok:
                 return ("s", scalar.coerce(spilled[1], size))
-            if self.profile.verifier_narrow_fill and all(types[(slot - i) % 8] == "Z" for i in range(size)):
+            if self.profile.verifier_narrow_fill and _all_zero(types, slot, size):
                 return ("s", ZERO_SCALAR)     # zero bytes beside a narrow spill stay zero (v6.8)
             return ("s", scalar.unknown_of_size(size))
-        if all(types[(slot - i) % 8] == "Z" for i in range(size)):
+        if _all_zero(types, slot, size):
             return ("s", ZERO_SCALAR)
         return ("s", scalar.unknown_of_size(size))
 
@@ -921,14 +926,18 @@ class _Explorer:
             fr[-1] = (tuple(regs), stack, ret)
             return (nxt, tuple(fr))
 
+        ranges = self.profile.verifier_branch_ranges
+        # v6.8 compares two scalars: the source register's, or the immediate's (the kernel's fake_reg)
+        other = None
+        if ranges:
+            other = scalar.known(imm) if insn.source == isa.BPF_K else src[1] if src and src[0] == "s" else None
         pred: bool | None = None
         if dst is not None and dst[0] != "s":
             if dst[0] == "v" and insn.source == isa.BPF_K and imm == 0 and op in (scalar.JEQ, scalar.JNE):
                 pred = op == scalar.JNE
-        elif dst is not None and self.profile.verifier_branch_ranges:
-            other = ("s", scalar.known(imm & U64)) if insn.source == isa.BPF_K else src
-            if other is not None and other[0] == "s":
-                pred = scalar.branch_taken_ranges(dst[1], other[1], op, jmp32, self.profile.verifier_jeq_tnum)
+        elif dst is not None and ranges:
+            if other is not None:
+                pred = scalar.branch_taken_ranges(dst[1], other, op, jmp32, self.profile.verifier_jeq_tnum)
         elif dst is not None:
             if insn.source == isa.BPF_K:
                 pred = scalar.branch_taken(dst[1], imm, op, jmp32, self.profile.verifier_jeq_range)
@@ -940,8 +949,7 @@ class _Explorer:
         self.outcomes[pc] = {True, False}
         taken, fall = list(r), list(r)
         taken_frames = fall_frames = None
-        if dst is not None and dst[0] == "s" and self.profile.verifier_branch_ranges:
-            other = scalar.known(imm & U64) if insn.source == isa.BPF_K else src[1] if src and src[0] == "s" else None
+        if dst is not None and dst[0] == "s" and ranges:
             if other is not None:
                 same = insn.source == isa.BPF_X and insn.src == insn.dst
                 td, ts, fd, fs = scalar.set_min_max_ranges(dst[1], other, op, jmp32, same)
