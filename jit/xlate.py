@@ -321,6 +321,9 @@ def _reads_r0_64(insn: Insn) -> bool:
     """Does ``insn`` read R0 as a 64-bit value (the verifier's is_reg64 for a source)?"""
     cls = insn.cls
     if cls == isa.BPF_ALU64:
+        if insn.op == isa.BPF_END:
+            # bswap16/32 (ISA v4) read only the low half (is_reg64); bswap64 all of it
+            return insn.dst == 0 and insn.imm == 64
         return (insn.dst == 0 and insn.op != isa.BPF_MOV) or (insn.source == isa.BPF_X and insn.src == 0)
     if cls == isa.BPF_ALU:
         return insn.op == isa.BPF_END and insn.imm == 64 and insn.dst == 0

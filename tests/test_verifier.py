@@ -154,6 +154,15 @@ def test_a_read_behind_a_jump_the_verifier_never_takes_needs_no_zext() -> None:
             "b703000001000000", "b400000000000000", "9500000000000000"]
 
 
+def test_bswap16_and_32_read_the_low_half_only() -> None:
+    # is_reg64: an ALU64 bswap16/32 (ISA v4) reads only the low half of R0, bswap64 all of it.
+    # The real 6.12.117 prints no `w0 = w0` before `bswap32 r0`, one before `bswap64 r0`
+    # (kernel-jit xlated dump)
+    for width, zext in ((16, False), (32, False), (64, True)):
+        swapped = prog(CMPXCHG_PROGRAM.format(after=f"bswap{width} %r0\n"))
+        assert ("bc00000001000000" in xlated_hex(swapped, LINUX_6_12)) == zext
+
+
 def test_the_jit_image_has_mov_eax_eax_after_lock_cmpxchg() -> None:
     env = JitEnv(alloc_image=lambda n: 0x10000, helper_addr=lambda i: 0, map_addr=lambda m: 0,
                  map_value_addr=lambda m: 0)
