@@ -227,26 +227,25 @@ class Insn:
     map: str | None = field(default=None, compare=True)
 
     # -- decoded views of the opcode ----------------------------------------
-    @property
-    def cls(self) -> int:
-        return self.opcode & 0x07
+    # Plain slots, computed once here: every engine and the verifier model read
+    # them for every instruction they visit, and a property would cost a call
+    # each time (BPF_CLASS(code), BPF_OP(code), BPF_SRC(code), ... in the kernel).
+    cls: int = field(init=False, repr=False, compare=False)
+    op: int = field(init=False, repr=False, compare=False)      # ALU/JMP operation bits
+    source: int = field(init=False, repr=False, compare=False)
+    size: int = field(init=False, repr=False, compare=False)
+    mode: int = field(init=False, repr=False, compare=False)
+    is_lddw: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def op(self) -> int:
-        """ALU/JMP operation bits (``opcode & 0xf0``)."""
-        return self.opcode & 0xF0
-
-    @property
-    def source(self) -> int:
-        return self.opcode & 0x08
-
-    @property
-    def size(self) -> int:
-        return self.opcode & 0x18
-
-    @property
-    def mode(self) -> int:
-        return self.opcode & 0xE0
+    def __post_init__(self) -> None:
+        opcode = self.opcode
+        setattr_ = object.__setattr__          # frozen
+        setattr_(self, "cls", opcode & 0x07)
+        setattr_(self, "op", opcode & 0xF0)
+        setattr_(self, "source", opcode & 0x08)
+        setattr_(self, "size", opcode & 0x18)
+        setattr_(self, "mode", opcode & 0xE0)
+        setattr_(self, "is_lddw", opcode == LDDW_OPCODE)
 
     @property
     def is_alu(self) -> bool:
@@ -255,10 +254,6 @@ class Insn:
     @property
     def is_jmp(self) -> bool:
         return self.cls in (BPF_JMP, BPF_JMP32)
-
-    @property
-    def is_lddw(self) -> bool:
-        return self.opcode == LDDW_OPCODE
 
     @property
     def is_helper_call(self) -> bool:
@@ -455,13 +450,11 @@ def check_program(insns: Sequence[Insn]) -> None:
 
 def jump_target(pc: int, insn: Insn) -> int | None:
     """Where a jump or a pseudo call goes, or None for other instructions."""
-    # The opcode's bits read directly (is_pseudo_call, is_jmp, op): a property costs a call, and
-    # the verifier model asks this of every instruction of every program it checks.
     opcode = insn.opcode
     if opcode == CALL_OPCODE and insn.src == BPF_PSEUDO_CALL:
         return pc + 1 + insn.imm
-    cls = opcode & 0x07
-    if (cls != BPF_JMP and cls != BPF_JMP32) or opcode & 0xF0 in (BPF_CALL, BPF_EXIT):
+    cls = insn.cls
+    if (cls != BPF_JMP and cls != BPF_JMP32) or insn.op in (BPF_CALL, BPF_EXIT):
         return None
     if opcode == BPF_JMP32 | BPF_JA:
         return pc + 1 + insn.imm

@@ -77,19 +77,17 @@ def insn_refusal(insn: Insn, profile: Profile) -> str | None:
 
     Only for encodings :func:`bpfdiff.isa.check_insn` accepts (today's ISA).
     """
-    opcode = insn.opcode              # the opcode's views read directly: a property costs a call
-    cls = opcode & 0x07
+    opcode, cls = insn.opcode, insn.cls
     if not profile.isa_v4:
         if opcode == isa.BPF_ALU64 | isa.BPF_END:
             return f"unknown opcode {opcode:02x}"
         if opcode == isa.BPF_JMP32 | isa.BPF_JA and not profile.isa_ja32:
             return f"unknown opcode {opcode:02x}"
-        if cls == isa.BPF_LDX and opcode & 0xE0 != isa.BPF_MEM:
+        if cls == isa.BPF_LDX and insn.mode != isa.BPF_MEM:
             return "BPF_LDX uses reserved fields"
-        if (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.off and opcode & 0xF0 not in (isa.BPF_END,
-                                                                                              isa.BPF_NEG):
-            return "BPF_MOV uses reserved fields" if opcode & 0xF0 == isa.BPF_MOV else "BPF_ALU uses reserved fields"
-    if not profile.atomic_fetch and cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC and \
+        if (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.off and insn.op not in (isa.BPF_END, isa.BPF_NEG):
+            return "BPF_MOV uses reserved fields" if insn.op == isa.BPF_MOV else "BPF_ALU uses reserved fields"
+    if not profile.atomic_fetch and cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and \
             insn.imm != isa.BPF_ADD:
         return "BPF_XADD uses reserved fields"
     return None
@@ -97,8 +95,8 @@ def insn_refusal(insn: Insn, profile: Profile) -> str | None:
 
 def alu_refusal(insn: Insn) -> str | None:
     """check_alu_op's refusals of a constant operand (every profile)."""
-    cls = insn.opcode & 0x07
-    if (cls != isa.BPF_ALU and cls != isa.BPF_ALU64) or insn.opcode & 0x08 != isa.BPF_K:
+    cls = insn.cls
+    if (cls != isa.BPF_ALU and cls != isa.BPF_ALU64) or insn.source != isa.BPF_K:
         return None
     if insn.op in (isa.BPF_DIV, isa.BPF_MOD) and insn.imm == 0:
         return "div by zero"
@@ -180,12 +178,11 @@ def track_const_alu(insn: Insn, dst: int | None, src: int | None) -> int | None:
     ``src`` is ignored for an immediate operand.  The one rule for constant keys of direct
     tail-call sites, branch outcomes, and the checker's scalars.
     """
-    opcode = insn.opcode              # the opcode's views read directly: a property costs a call
-    is64 = opcode & 0x07 == isa.BPF_ALU64
+    is64 = insn.cls == isa.BPF_ALU64
     width = 64 if is64 else 32
     mask = U64 if is64 else U32
-    op = opcode & 0xF0
-    by_imm = opcode & 0x08 == isa.BPF_K
+    op = insn.op
+    by_imm = insn.source == isa.BPF_K
     operand = (insn.imm & mask) if by_imm else src
     if op == isa.BPF_MOV:
         if operand is None or (insn.off and by_imm):
@@ -274,11 +271,10 @@ def key_in_range(profile: Profile, key: int, max_entries: int) -> bool:
 # -- the loader's checks ---------------------------------------------------------------------------
 def written_registers(insn: Insn) -> tuple[int, ...]:
     """Registers an instruction writes (other than through calls), for the verifier's R10 rule."""
-    opcode = insn.opcode              # the opcode's views read directly: a property costs a call
-    cls = opcode & 0x07
-    if cls in (isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_LDX) or opcode == isa.LDDW_OPCODE:
+    cls = insn.cls
+    if cls in (isa.BPF_ALU, isa.BPF_ALU64, isa.BPF_LDX) or insn.is_lddw:
         return (insn.dst,)
-    if cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC:
+    if cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC:
         if insn.imm == isa.BPF_CMPXCHG:
             return (0,)
         if insn.imm & isa.BPF_FETCH:
@@ -540,11 +536,8 @@ def _tail_call_reachable(insns: Sequence[Insn]) -> frozenset[int]:
     """Entry pcs of the functions that can reach ``bpf_tail_call``, from every call in their body."""
     starts = subprog_starts(insns)
     bounds = list(zip(starts, starts[1:] + [len(insns)], strict=True))
-    # is_tail_call and is_pseudo_call, the opcode's views read directly (a property costs a call)
-    has_tail_call = [any((insn := insns[pc]).opcode == isa.CALL_OPCODE and insn.src == 0
-                         and insn.imm == isa.BPF_FUNC_tail_call for pc in range(s, e)) for s, e in bounds]
-    callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in range(s, e)
-                if (insn := insns[pc]).opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL}
+    has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in bounds]
+    callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in range(s, e) if insns[pc].is_pseudo_call}
                for s, e in bounds]
     return frozenset(s for (s, _), reach in zip(bounds, reach_tail_calls(has_tail_call, callees), strict=True)
                      if reach)
@@ -559,27 +552,25 @@ def _decode(pc: int, insn: Insn) -> tuple:
 
     An ALU instruction: (_ALU, class, alu32, dst, op, source is X, src, off, imm, the
     immediate as a known scalar, target); loads and stores: (kind, class, size in bytes, target).
-    (The opcode's bits are read here directly: Insn's properties cost a call each.)
     """
-    opcode = insn.opcode
-    cls = opcode & 0x07
+    opcode, cls = insn.opcode, insn.cls
     if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
         imm = insn.imm
-        return (_ALU, cls, cls == isa.BPF_ALU, insn.dst, opcode & 0xF0, opcode & 0x08 == isa.BPF_X, insn.src,
+        return (_ALU, cls, cls == isa.BPF_ALU, insn.dst, insn.op, insn.source == isa.BPF_X, insn.src,
                 insn.off, imm, ("s", scalar.known(_sext_imm(imm))), None)
     target = isa.jump_target(pc, insn) if cls == isa.BPF_JMP or cls == isa.BPF_JMP32 else None
-    if opcode == isa.LDDW_OPCODE:
+    if insn.is_lddw:
         return (_LDDW, cls, target)
     if cls == isa.BPF_LDX:
-        return (_LDX, cls, isa.SIZE_BYTES[opcode & 0x18], target)
+        return (_LDX, cls, isa.SIZE_BYTES[insn.size], target)
     if cls == isa.BPF_ST or cls == isa.BPF_STX:
-        return (_STORE, cls, isa.SIZE_BYTES[opcode & 0x18], target)
+        return (_STORE, cls, isa.SIZE_BYTES[insn.size], target)
     if opcode == isa.CALL_OPCODE:
         return (_CALL, cls, target)
     if opcode == isa.EXIT_OPCODE:
         return (_EXIT, cls, target)
     if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
-        return (_JA if opcode & 0xF0 == isa.BPF_JA else _COND, cls, target)
+        return (_JA if insn.op == isa.BPF_JA else _COND, cls, target)
     return (_NEXT, cls, target)
 
 

@@ -68,7 +68,6 @@ from bpfdiff.isa import (
     BPF_X,
     BPF_XCHG,
     BPF_XOR,
-    LDDW_OPCODE,
     SIZE_BYTES,
     Insn,
     Program,
@@ -416,16 +415,13 @@ def _jmp_closure(insn: Insn, pc: int) -> Closure:
 
 
 def _alu_closure(insn: Insn, pc: int) -> Closure:
-    # the opcode's bits read directly (cls, op, source): a property costs a call, and three
-    # instructions in four are ALU ones
-    opcode = insn.opcode
-    cls, op = opcode & 0x07, opcode & 0xF0
+    cls, op = insn.cls, insn.op
     if op == BPF_END:
         return _end_closure(insn, pc + 1)
     bits = WIDTHS[cls]
     imm = insn.imm & ((1 << bits) - 1)
     off = insn.off if op == BPF_DIV or op == BPF_MOD or op == BPF_MOV else 0
-    factory = ALU_FACTORIES[(cls, op, opcode & 0x08, off)]
+    factory = ALU_FACTORIES[(cls, op, insn.source, off)]
     return factory(insn.dst, insn.src, imm, pc + 1)
 
 
@@ -441,11 +437,10 @@ def decode_program(program: Program) -> list[Closure]:
     n = len(insns)
     while pc < n:
         insn = insns[pc]
-        opcode = insn.opcode          # the opcode's views read directly: a property costs a call
-        cls = opcode & 0x07
+        cls = insn.cls
         if cls == BPF_ALU or cls == BPF_ALU64:
             append(_alu_closure(insn, pc))
-        elif opcode == LDDW_OPCODE:
+        elif insn.is_lddw:
             append(_lddw_closure(insn, insns[pc + 1], pc))
             append(_invalid(f"jump into the second slot of the lddw at {pc}"))
             pc += 2
@@ -457,9 +452,9 @@ def decode_program(program: Program) -> list[Closure]:
         elif cls == BPF_ST:
             append(_st_closure(insn, pc + 1))
         elif cls == BPF_STX:
-            append(_atomic_closure(insn, pc + 1) if opcode & 0xE0 == BPF_ATOMIC else _stx_closure(insn, pc + 1))
+            append(_atomic_closure(insn, pc + 1) if insn.mode == BPF_ATOMIC else _stx_closure(insn, pc + 1))
         else:
-            append(_invalid(f"opcode 0x{opcode:02x}"))
+            append(_invalid(f"opcode 0x{insn.opcode:02x}"))
         pc += 1
     code.append(_invalid("fell off the end of the program"))
     return code

@@ -1161,7 +1161,7 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
             return fn.flavour.tail_call_direct(fn, fn.pokes[insn.imm - 1], ip, state.ctx), 1
         return fn.flavour.tail_call_indirect(fn, ip, state.ctx), 1
     if opcode in (isa.BPF_JMP | isa.BPF_JA, isa.BPF_JMP32 | isa.BPF_JA):
-        rel = insn.off if opcode & 0x07 == isa.BPF_JMP else insn.imm
+        rel = insn.off if insn.cls == isa.BPF_JMP else insn.imm
         jmp_offset = -2 if rel == -1 else state.addrs[i + rel] - state.addrs[i]
         if jmp_offset == 0:
             if state.jmp_padding:
@@ -1177,7 +1177,7 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
         state.seen_exit = True
         state.ctx.cleanup_addr = proglen
         return fn.flavour.epilogue(fn), 1
-    cls, op = opcode & 0x07, opcode & 0xF0
+    cls, op = insn.cls, insn.op
     if cls in (isa.BPF_ALU, isa.BPF_ALU64):
         is64 = cls == isa.BPF_ALU64
         if op in (isa.BPF_ADD, isa.BPF_SUB, isa.BPF_AND, isa.BPF_OR, isa.BPF_XOR):
@@ -1289,9 +1289,9 @@ def invariant_key(fn: FuncJit, insns: list[Insn], i: int) -> tuple | None:
     comparing it takes no Python call; a ``lddw`` by its register and the value it loads.
     """
     insn = insns[i - 1]
-    if insn.opcode == isa.LDDW_OPCODE:
+    if insn.is_lddw:
         return ("lddw", insn.dst, resolve_lddw(fn, insn, insns[i]))
-    if insn.opcode & 0x07 in PASS_INVARIANT_CLASSES:
+    if insn.cls in PASS_INVARIANT_CLASSES:
         return (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, insn.map)
     return None
 

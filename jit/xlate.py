@@ -209,8 +209,7 @@ class FunctionFlow:
     def step(self, pc: int, regs: State) -> list[tuple[int, State]]:
         insn = self.insns[pc]
         r = list(regs)
-        opcode = insn.opcode           # the opcode's views read directly: a property costs a call
-        cls = opcode & 0x07
+        opcode, cls = insn.opcode, insn.cls
         nxt = pc + 1
         if opcode == isa.LDDW_OPCODE:
             second = self.insns[pc + 1]
@@ -232,7 +231,7 @@ class FunctionFlow:
             self.access(r[insn.dst], insn.off)
             if cls == isa.BPF_STX and r[insn.src] is not None and r[insn.src][0] == "f":
                 self.escaped = True          # a stack pointer stored to memory
-            if cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+            if cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
                 r[0 if insn.imm == isa.BPF_CMPXCHG else insn.src] = None
             return [(nxt, tuple(r))]
         if opcode == isa.CALL_OPCODE:
@@ -262,18 +261,18 @@ class FunctionFlow:
         if opcode == isa.EXIT_OPCODE:
             return []
         if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
-            op = opcode & 0xF0
+            op = insn.op
             target = isa.jump_target(pc, insn)
             if op == isa.BPF_JA:
                 return [(target, tuple(r))]
             dst = r[insn.dst]
-            src = r[insn.src] if opcode & 0x08 == isa.BPF_X else None
+            src = r[insn.src] if insn.source == isa.BPF_X else None
             outcome = branch_taken(insn, dst[1] if dst is not None and dst[0] == "c" else None,
                                    src[1] if src is not None and src[0] == "c" else None)
             if outcome is not None:           # is_branch_taken: only one side is explored
                 return [(target if outcome else nxt, tuple(r))]
             taken, fall = list(r), list(r)
-            if cls == isa.BPF_JMP and opcode & 0x08 == isa.BPF_K:
+            if cls == isa.BPF_JMP and insn.source == isa.BPF_K:
                 known = ("c", insn.imm & U64)
                 if op == isa.BPF_JEQ:
                     taken[insn.dst] = known
@@ -553,7 +552,7 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
     insns = prog.insns
     starts = subprog_starts(insns)
     ends = starts[1:] + [len(insns)]
-    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.opcode == isa.LDDW_OPCODE}
+    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
     for pc, insn in enumerate(insns):
         if pc in second_slots:
             continue
@@ -623,9 +622,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         if map_name is not None and maps[map_name].kind != "prog_array":
             raise VerifierError(prog.name, pc, "cannot pass map_type "
                                 f"{maps[map_name].kind} into func bpf_tail_call")
-    has_tail_call = [any((insn := insns[pc]).opcode == isa.CALL_OPCODE and insn.src == 0           # is_tail_call
-                         and insn.imm == isa.BPF_FUNC_tail_call for pc in range(s, e))
-                     for s, e in zip(starts, ends, strict=True)]
+    has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in zip(starts, ends, strict=True)]
     callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
     reachable = reach_tail_calls(has_tail_call, callees)
     depths = [isa.MAX_BPF_STACK if flow.escaped else flow.depth for flow in flows]
@@ -678,16 +675,15 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     patches: dict[int, list[Insn]] = {}
     pokes: list[tuple[int, str, int]] = []
     for pc, insn in enumerate(insns):
-        opcode = insn.opcode          # the opcode's views read directly: a property costs a call
-        cls = opcode & 0x07
-        if (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and opcode & 0xF0 in (isa.BPF_DIV, isa.BPF_MOD):
+        cls = insn.cls
+        if (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.op in (isa.BPF_DIV, isa.BPF_MOD):
             is64 = cls == isa.BPF_ALU64
-            if opcode & 0x08 == isa.BPF_X:
+            if insn.source == isa.BPF_X:
                 patches[pc] = DIV_GUARDS[(insn.op, insn.off)](insn, is64)
             elif insn.off == 1 and insn.imm == -1:
                 patches[pc] = signed_by_minus_one(insn, is64)
-        elif opcode != isa.CALL_OPCODE or insn.src != 0:
-            continue                  # neither a division nor a helper call (is_helper_call)
+        elif not insn.is_helper_call:
+            continue                  # neither a division nor a helper call
         elif insn.imm == isa.BPF_FUNC_map_lookup_elem and pc in lookups:
             gen_lookup = MAP_GEN_LOOKUP.get(maps[lookups[pc]].kind)
             if gen_lookup is not None:
@@ -762,9 +758,8 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
             regs = list(states[pc])
             insn = insns[pc]
             succs = [pc + 1]
-            opcode = insn.opcode          # the opcode's views read directly: a property costs a call
-            cls = opcode & 0x07
-            if opcode == isa.LDDW_OPCODE:
+            opcode, cls = insn.opcode, insn.cls
+            if insn.is_lddw:
                 regs[insn.dst] = CTX_NO
                 succs = [pc + 2]
             elif cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
@@ -776,7 +771,7 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
                     found[pc] = max(found.get(pc, CTX_NO), regs[base])
                 if cls == isa.BPF_LDX:
                     regs[insn.dst] = CTX_NO
-                elif cls == isa.BPF_STX and opcode & 0xE0 == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+                elif cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
                     regs[0 if insn.imm == isa.BPF_CMPXCHG else insn.src] = CTX_NO
             elif opcode == isa.CALL_OPCODE:
                 if insn.src == isa.BPF_PSEUDO_CALL:
@@ -793,7 +788,7 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
                 succs = []
             elif cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
                 target = isa.jump_target(pc, insn)
-                succs = [target] if opcode & 0xF0 == isa.BPF_JA else [pc + 1, target]
+                succs = [target] if insn.op == isa.BPF_JA else [pc + 1, target]
             out = tuple(regs)
             for succ in succs:
                 if not start <= succ < end:

@@ -225,14 +225,14 @@ def random_folded(prog: Program, pc: int) -> bool:
     if pc + 1 >= len(prog.insns):
         return False
     fold = prog.insns[pc + 1]
-    if fold.dst != 0 or fold.opcode & 0x0F not in (isa.BPF_ALU64 | isa.BPF_K, isa.BPF_ALU | isa.BPF_K):
+    if fold.dst != 0 or fold.cls not in (isa.BPF_ALU64, isa.BPF_ALU) or fold.source != isa.BPF_K:
         return False
-    op = fold.opcode & 0xF0
+    op = fold.op
     if op == isa.BPF_MOV:
         return fold.off == 0   # a plain move of the constant (off 8/16/32 would be ISA v4 movsx)
     if op in (isa.BPF_AND, isa.BPF_MUL):
         return fold.imm == 0
-    return fold.opcode & 0x0F == isa.BPF_ALU64 | isa.BPF_K and op in (isa.BPF_RSH, isa.BPF_ARSH) and \
+    return fold.cls == isa.BPF_ALU64 and op in (isa.BPF_RSH, isa.BPF_ARSH) and \
         32 <= fold.imm <= 63
 
 
