@@ -222,6 +222,13 @@ class Engine(ABC):
     def execute(self, scenario: Scenario) -> list[EventOutcome]:
         """Load the scenario's maps and programs, apply every event, one outcome per event."""
 
+    def unaffected_profile_fields(self) -> frozenset[str]:
+        """Profile fields the outcomes of the last completed ``execute`` did not depend on: those
+        it ignores, and those the engine reads only at points that scenario never reached with a
+        value that matters (the oracle's known-bug probes then reuse the outcomes under a fix of
+        them).  The default: :attr:`ignores_profile_fields`."""
+        return self.ignores_profile_fields
+
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing
         """Release what the engine holds (an emulator, a VM); idempotent."""
 

@@ -543,6 +543,15 @@ def _tail_call_reachable(insns: Sequence[Insn]) -> frozenset[int]:
                      if reach)
 
 
+def reads_subprog_r0_trust(insns: Sequence[Insn]) -> bool:
+    """Whether the model's answers for ``insns`` can depend on ``verifier_trusts_subprog_r0``: it
+    is read only at the exit of a function entered by a bpf-to-bpf call that can reach
+    ``bpf_tail_call`` (_Explorer.step), so a program without such a call gets the same answers
+    under both values (the oracle's known-bug probes skip that fix's re-run for it)."""
+    reachable = _tail_call_reachable(insns)
+    return any(insn.is_pseudo_call and isa.jump_target(pc, insn) in reachable for pc, insn in enumerate(insns))
+
+
 # what _Explorer.step does with an instruction (kinds, in the order step tests them)
 _LDDW, _ALU, _LDX, _STORE, _CALL, _EXIT, _JA, _COND, _NEXT = range(9)
 

@@ -78,7 +78,7 @@ import re
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bpfdiff.fuzz.checker import tail_call_sites
@@ -93,7 +93,7 @@ from bpfdiff.engine import (
     ProgramRefused,
     make_engine,
 )
-from bpfdiff.profiles import KernelBug, Profile, get_profile, profile_key, with_kernel_bug_fixed
+from bpfdiff.profiles import KernelBug, Profile, get_profile, with_kernel_bug_fixed
 from bpfdiff.scenario import Delete, Run, Scenario, Update, key_u32
 
 DIVERGENCE, CRASH, VIOLATION, KNOWN, REFUSED = "divergence", "crash", "violation", "known", "refused"
@@ -108,6 +108,7 @@ REFUSAL_WORDS = 8
 CONTROL_FIELDS = ("events", "kind", "run", "retval", "exit", "fault_kind", "trace", "tail_calls", "fault_pc")
 DATA_FIELDS = ("r0", "maps", "mem")
 PROBE_OPTIONS = {"force_indirect": True}
+_PROFILE_FIELDS = tuple(f.name for f in fields(Profile))
 # What-if variants of the reference interpreter a divergence is held against
 # (name -> profile changes as a function of the profile): the tail-call limit
 # off by one either way, and the counter lost across bpf-to-bpf calls.
@@ -565,20 +566,26 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     # that d7ba4cc900bf truncates), which no single fix explains
     candidates = [together for size in range(1, len(profile.kernel_bugs) + 1)
                   for together in itertools.combinations(profile.kernel_bugs, size)]
-    # An engine runs once per distinct view of the profile it can tell apart: a fix of fields it
-    # ignores (Engine.ignores_profile_fields) leaves its outcomes as they were
-    ran: dict[tuple, list[EventOutcome]] = {}
+    # An engine runs again only under a profile it can tell apart from every profile it ran this
+    # scenario under: one that differs from such a run only in fields the run's outcomes did not
+    # depend on (Engine.unaffected_profile_fields: the fields it ignores, and those it reads only
+    # where the scenario never went with a value that matters) gives that run's outcomes.
+    ran: dict[str, list[tuple[Profile, frozenset[str], list[EventOutcome]]]] = {}
 
     def outcomes_under(name: str, fixed: str) -> list[EventOutcome]:
+        fixed_profile = get_profile(fixed)
+        for run_profile, unaffected, outcomes in ran[name]:
+            if all(getattr(run_profile, f) == getattr(fixed_profile, f) for f in _PROFILE_FIELDS
+                   if f not in unaffected):
+                return outcomes
         engine = pool.get(name, fixed, bugs)
-        key = (name, profile_key(get_profile(fixed), engine.ignores_profile_fields))
-        if key not in ran:
-            ran[key] = engine.execute(scenario)
-        return ran[key]
+        outcomes = engine.execute(scenario)
+        ran[name].append((fixed_profile, engine.unaffected_profile_fields(), outcomes))
+        return outcomes
 
     for name in models:
-        ran[name, profile_key(profile, pool.get(name, profile.name, bugs).ignores_profile_fields)] = \
-            verdict.outcomes[name]
+        ran[name] = [(profile, pool.get(name, profile.name, bugs).unaffected_profile_fields(),
+                      verdict.outcomes[name])]
     for together in candidates:
         fixed = profile.name
         for bug in together:

@@ -111,6 +111,9 @@ class Machine:
     map_value: dict[str, int] = field(default_factory=dict)     # lddw map_value:NAME (value 0)
     tail_call_limit_bug: bool = False            # planted bug "interp-tail-call-limit"
     prog_type: str = DEFAULT_PROG_TYPE           # what R1 is (bpfdiff.scenario.PROG_TYPES)
+    # A tail call found an empty slot under the limit in some run: the one place where the
+    # profile's tail_call_counts_empty_slot makes a difference (InterpEngine.unaffected_profile_fields)
+    empty_slot_reached: bool = False
     # per-run state
     frames: list[Frame] = field(default_factory=list)
     prog: str = ""
@@ -219,8 +222,12 @@ class Machine:
         # Counted before the slot is read where the kernel did so: a call through
         # an empty slot then uses up one of the 33 too (core.c JMP_TAIL_CALL and
         # the x86 JIT sequences up to 6.9).
-        if target is not None or self.profile.tail_call_counts_empty_slot:
+        if target is not None:
             self.tail_call_count += 1
+        else:
+            self.empty_slot_reached = True
+            if self.profile.tail_call_counts_empty_slot:
+                self.tail_call_count += 1
         return target
 
     def _fault(self, r: list, fault: HelperFault, pc: int, taken: int, trace: list[str]) -> RunOutcome:

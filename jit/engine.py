@@ -78,7 +78,7 @@ from bpfdiff.maps import (
 )
 from bpfdiff.profiles import Profile, get_profile
 from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Event, Load, MapDef, Run, Scenario, Update
-from bpfdiff.verifier import VerifierError
+from bpfdiff.verifier import VerifierError, reads_subprog_r0_trust
 
 NOP5 = bytes.fromhex("0f1f440000")
 # x86 register numbers 0-15, as the kernel names its retpoline thunks
@@ -108,6 +108,8 @@ class JitEngine(Engine):
     """The kernel's x86-64 JIT (ported) under unicorn, one long-lived machine."""
 
     name = "jit"
+    # The profile's labels: the JIT names the profile only in the error of an unknown flavour.
+    ignores_profile_fields = frozenset({"name", "description", "kernel_bugs"})
 
     def __init__(self, profile: str | Profile = "linux-6.1", bugs: frozenset[str] = frozenset(),
                  budget: int = DEFAULT_BUDGET, seed: int = 0, retpoline: bool | None = None,
@@ -142,6 +144,8 @@ class JitEngine(Engine):
         self.map_by_addr: dict[int, BpfMap] = {}
         self.loaded: dict[str, LoadedProgram] = {}
         self._event_violations: list[str] = []
+        self._wide_map_op_result = False     # a map op returned a value that 32 bits do not hold
+        self._completed = False              # the scenario's events have all been applied
 
     # -- what dump and tests look at ---------------------------------------------------
     @property
@@ -228,6 +232,8 @@ class JitEngine(Engine):
         # the functions the verifier's rewrites call (array_map_update_elem...): their helper's semantics
         if helper_id in isa.KERNEL_FUNC_HELPER:
             value = call_helper(self, isa.KERNEL_FUNC_HELPER[helper_id], r1, r2, r3, r4, r5)
+            # the only value for which the two widths differ (unaffected_profile_fields)
+            self._wide_map_op_result = self._wide_map_op_result or value >> 32 != 0
             # an `int` map op leaves its result in eax: the upper half of rax is zero
             return value & ((1 << self.profile.map_ops_return_bits) - 1)
         return call_helper(self, helper_id, r1, r2, r3, r4, r5)
@@ -249,7 +255,19 @@ class JitEngine(Engine):
     # -- scenario -----------------------------------------------------------------------
     def execute(self, scenario: Scenario) -> list[EventOutcome]:
         self.start(scenario)
-        return [self.apply(index, event) for index, event in enumerate(scenario.events)]
+        outcomes = [self.apply(index, event) for index, event in enumerate(scenario.events)]
+        self._completed = True
+        return outcomes
+
+    def unaffected_profile_fields(self) -> frozenset[str]:
+        if not self._completed:
+            return self.ignores_profile_fields
+        unaffected = set(self.ignores_profile_fields)
+        if not self._wide_map_op_result:
+            unaffected.add("map_ops_return_bits")
+        if not any(reads_subprog_r0_trust(lp.program.insns) for lp in self.loaded.values()):
+            unaffected.add("verifier_trusts_subprog_r0")    # the same xlated code, compiled alike
+        return frozenset(unaffected)
 
     def start(self, scenario: Scenario) -> None:
         """Forget the previous scenario, create the maps, load the programs without a Load event."""

@@ -15,11 +15,13 @@ import pytest
 from bpfdiff.fuzz.generate import RandomDraw, mutate_scenario, scenario_from_seed
 from bpfdiff.fuzz.oracle import EnginePool, run_oracle
 from bpfdiff.interp.engine import InterpEngine
+from bpfdiff.jit.engine import JitEngine
 from profile_reads import RecordingProfile, every_fixed_variant
 
 from bpfdiff import verifier
 from bpfdiff.engine import _REGISTRY as engine_registry
 from bpfdiff.engine import EngineError
+from bpfdiff.profiles import get_profile
 from bpfdiff.scenario_text import parse_scenario
 
 EXAMPLES = ("direct_tail_call", "retarget", "tail_call_limit", "tailcall_hierarchy")
@@ -79,3 +81,86 @@ def test_probes_give_the_verdict_running_every_engine_gives(profile, seed, bugs,
     assert reusing == running_all
     if reusing[0][1] == f"known:{profile}:d7ba4cc900bf":
         assert runs_reusing < runs_all       # the fix of the JIT's map-ops calls alone: not rerun
+
+
+# What each engine reads only at some points of a scenario: the field and its two values.
+FLIPS = {"interp": (("tail_call_counts_empty_slot", (True, False)), ("verifier_trusts_subprog_r0", (True, False))),
+         "jit": (("map_ops_return_bits", (32, 64)), ("verifier_trusts_subprog_r0", (True, False)))}
+
+
+@pytest.mark.parametrize("engine_name", sorted(FLIPS))
+@pytest.mark.parametrize("profile_name", ["linux-6.1", "linux-5.10"])
+def test_a_field_the_scenario_did_not_depend_on_changes_nothing(engine_name, profile_name) -> None:
+    """Engine.unaffected_profile_fields after a scenario: running it again with such a field's other
+    value gives the same outcomes (and the fields the engine reads only somewhere are told apart
+    per scenario: both answers occur)."""
+    from bpfdiff.engine import make_engine
+
+    base = get_profile(profile_name)
+    said: dict[str, set[bool]] = {field: set() for field, _ in FLIPS[engine_name]}
+    engines = {(field, value): make_engine(engine_name, profile=base.with_options(**{field: value}))
+               for field, values in FLIPS[engine_name] for value in values}
+    for seed in range(30):
+        scenario = scenario_from_seed(seed, profile_name)
+        for field, values in FLIPS[engine_name]:
+            for value in values:
+                engine = engines[field, value]
+                try:
+                    outcomes = engine.execute(scenario)
+                except EngineError:
+                    continue
+                unaffected = field in engine.unaffected_profile_fields()
+                said[field].add(unaffected)
+                if unaffected:
+                    other = engines[field, next(v for v in values if v != value)]
+                    assert other.execute(scenario) == outcomes, (seed, field, value)
+    for engine in engines.values():
+        engine.close()
+    assert all(answers == {True, False} for answers in said.values()), said
+
+
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.10", "linux-6.12", "linux-5.5"])
+def test_probes_reusing_what_a_scenario_did_not_depend_on_give_the_same_verdicts(profile, monkeypatch) -> None:
+    """The known-bug probes with each engine's per-scenario unaffected fields, and with only the
+    fields it ignores: the same findings, in fewer runs."""
+    from bpfdiff.engine import Engine
+
+    scenarios = [scenario_from_seed(seed, profile) for seed in range(60)]
+
+    def verdicts() -> tuple[list, int]:
+        pool = EnginePool()
+        runs = 0
+        real_get = pool.get
+
+        def counting_get(name, profile_name, bugs, **options):
+            nonlocal runs
+            engine = real_get(name, profile_name, bugs, **options)
+            if "+" in profile_name and not hasattr(engine, "counted"):
+                execute = engine.execute
+
+                def counted(scenario):
+                    nonlocal runs
+                    runs += 1
+                    return execute(scenario)
+                engine.execute = engine.counted = counted
+            return engine
+
+        pool.get = counting_get
+        out = []
+        for scenario in scenarios:
+            try:
+                v = run_oracle(scenario, profile=profile, pool=pool)
+            except EngineError:
+                continue
+            out.append([(f.kind, f.signature, f.event_index, f.field, f.values, f.detail, f.alternatives)
+                        for f in v.findings])
+        pool.close()
+        return out, runs
+
+    reusing, runs_reusing = verdicts()
+    monkeypatch.setattr(InterpEngine, "unaffected_profile_fields", Engine.unaffected_profile_fields)
+    monkeypatch.setattr(JitEngine, "unaffected_profile_fields", Engine.unaffected_profile_fields)
+    running, runs_running = verdicts()
+    assert reusing == running
+    assert any(findings and findings[0][0] == "known" for findings in reusing)
+    assert runs_reusing < runs_running if profile in ("linux-6.1", "linux-5.10") else runs_reusing <= runs_running
