@@ -164,19 +164,48 @@ class Draw(Protocol):
 
 
 class RandomDraw:
-    """Decisions from a seeded ``random.Random``."""
+    """Decisions from a seeded ``random.Random``.
+
+    ``integer`` and ``choice`` draw as ``Random.randint`` and ``Random.randrange`` do -- ``lo``
+    plus ``_randbelow(n)``, which for ``random.Random`` itself is CPython's
+    ``_randbelow_with_getrandbits``: ``getrandbits(n.bit_length())`` until below ``n`` -- written
+    out here because the generator makes ~350 draws a scenario and the library's argument checks
+    cost more than the draw.  The same seed gives the same stream, so the same scenarios.  A
+    subclass of ``Random`` may draw differently: its own ``randint``/``randrange`` are used.
+    """
 
     def __init__(self, seed: int | random.Random) -> None:
         self.rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        self._getrandbits = self.rng.getrandbits
+        self._random = self.rng.random
+        if type(self.rng) is not random.Random:
+            self.integer = self.rng.randint                                      # type: ignore[method-assign]
+            self.choice = lambda seq: seq[self.rng.randrange(len(seq))]        # type: ignore[method-assign]
 
     def integer(self, lo: int, hi: int) -> int:
-        return self.rng.randint(lo, hi)
+        n = hi - lo + 1
+        if n <= 0:
+            raise ValueError(f"empty range for randint({lo}, {hi})")
+        getrandbits = self._getrandbits
+        k = n.bit_length()
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        return lo + r
 
     def choice(self, seq: Sequence[T]) -> T:
-        return seq[self.rng.randrange(len(seq))]
+        n = len(seq)
+        if not n:
+            raise ValueError("empty range for randrange()")
+        getrandbits = self._getrandbits
+        k = n.bit_length()
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        return seq[r]
 
     def boolean(self, p: float = 0.5) -> bool:
-        return self.rng.random() < p
+        return self._random() < p
 
 
 class ByteDraw:
@@ -219,7 +248,7 @@ class ByteDraw:
 
 def weighted(draw: Draw, table: Sequence[tuple[T, int]]) -> T:
     """Pick from ``(item, weight)`` pairs; the first item is the minimal choice."""
-    total = sum(w for _, w in table)
+    total = sum([w for _, w in table])
     pick = draw.integer(0, total - 1)
     for item, w in table:
         if pick < w:

@@ -32,6 +32,30 @@ def test_same_seed_same_scenario_and_different_seeds_differ():
     assert len({scenario_from_seed(seed) for seed in range(50)}) == 50
 
 
+def test_random_draw_draws_what_random_random_draws():
+    """RandomDraw writes out randint/randrange for speed: the stream must stay the library's."""
+    ours, theirs = RandomDraw(42), random.Random(42)
+    spans = [(0, 0), (0, 1), (3, 3), (-5, 5), (0, 6), (0, 7), (0, 8), (1, 1000), (0, 2**32 - 1), (0, 2**64),
+             (-(2**63), 2**63 - 1)]
+    for k in range(3000):
+        lo, hi = spans[k % len(spans)]
+        assert ours.integer(lo, hi) == theirs.randint(lo, hi)
+        seq = tuple(range(k % 37 + 1))
+        assert ours.choice(seq) == theirs.choice(seq)
+        assert ours.boolean(0.3) == (theirs.random() < 0.3)
+    for draw in (RandomDraw(1), RandomDraw(random.Random(1))):
+        with pytest.raises(ValueError):
+            draw.integer(2, 1)
+        with pytest.raises(ValueError):
+            draw.choice(())
+
+    class Other(random.Random):
+        def random(self):
+            return 0.5
+
+    assert RandomDraw(Other(3)).integer(0, 9) == Other(3).randint(0, 9)
+
+
 def test_same_bytes_same_scenario():
     data = random.Random(5).randbytes(200)
     assert scenario_from_bytes(data, "linux-6.1") == scenario_from_bytes(data, "linux-6.1")
