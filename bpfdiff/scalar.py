@@ -288,11 +288,110 @@ class _R:
         self.value, self.mask = t_or(t_clear_subreg(var64), var32)
 
     def sync(self) -> None:
-        """reg_bounds_sync."""
-        self.update()
-        self.deduce()
-        self.bound_offset()
-        self.update()
+        """reg_bounds_sync: update(), deduce(), bound_offset(), update() -- written out in one
+        body on local variables, the same arithmetic step by step (the model runs it after
+        nearly every ALU result it computes, and the calls cost more than the arithmetic;
+        tests/test_verifier_paths.py holds it against the four methods)."""
+        value, mask = self.value, self.mask
+        umin, umax, smin, smax = self.umin, self.umax, self.smin, self.smax
+        u32min, u32max, s32min, s32max = self.u32min, self.u32max, self.s32min, self.s32max
+        for second in (False, True):
+            # update32 (s32(x): x & U32, minus 2**32 when bit 31 is set)
+            v, m = value & U32, mask & U32
+            x = v | (m & 0x80000000)
+            x = x - 0x100000000 if x & 0x80000000 else x
+            if x > s32min:
+                s32min = x
+            x = v | (m & 0x7FFFFFFF)
+            x = x - 0x100000000 if x & 0x80000000 else x
+            if x < s32max:
+                s32max = x
+            if v > u32min:
+                u32min = v
+            if v | m < u32max:
+                u32max = v | m
+            # update64
+            x = (value | (mask & (1 << 63))) & U64
+            x = x - (1 << 64) if x >> 63 else x
+            if x > smin:
+                smin = x
+            x = (value | (mask & S64_MAX)) & U64
+            x = x - (1 << 64) if x >> 63 else x
+            if x < smax:
+                smax = x
+            if value > umin:
+                umin = value
+            if value | mask < umax:
+                umax = value | mask
+            if second:
+                break
+            # deduce32
+            if s32min >= 0 or s32max < 0:
+                lo, hi = s32min & U32, s32max & U32
+                if u32min > lo:
+                    lo = u32min
+                if u32max < hi:
+                    hi = u32max
+                u32min, u32max = lo, hi
+                lo &= U32
+                hi &= U32
+                s32min = lo - 0x100000000 if lo & 0x80000000 else lo
+                s32max = hi - 0x100000000 if hi & 0x80000000 else hi
+            elif u32max & U32 < 0x80000000:                 # s32(u32max) >= 0
+                x = u32min & U32
+                s32min = x - 0x100000000 if x & 0x80000000 else x
+                hi = s32max & U32
+                if u32max < hi:
+                    hi = u32max
+                u32max = hi
+                hi &= U32
+                s32max = hi - 0x100000000 if hi & 0x80000000 else hi
+            elif u32min & U32 >= 0x80000000:                # s32(u32min) < 0
+                lo = s32min & U32
+                if u32min > lo:
+                    lo = u32min
+                u32min = lo
+                lo &= U32
+                s32min = lo - 0x100000000 if lo & 0x80000000 else lo
+                x = u32max & U32
+                s32max = x - 0x100000000 if x & 0x80000000 else x
+            # deduce64
+            if smin >= 0 or smax < 0:
+                lo, hi = smin & U64, smax & U64
+                if umin > lo:
+                    lo = umin
+                if umax < hi:
+                    hi = umax
+                umin, umax = lo, hi
+                lo &= U64
+                hi &= U64
+                smin = lo - (1 << 64) if lo >> 63 else lo
+                smax = hi - (1 << 64) if hi >> 63 else hi
+            elif umax & U64 <= S64_MAX:                     # s64(umax) >= 0
+                x = umin & U64
+                smin = x - (1 << 64) if x >> 63 else x
+                hi = smax & U64
+                if umax < hi:
+                    hi = umax
+                umax = hi
+                hi &= U64
+                smax = hi - (1 << 64) if hi >> 63 else hi
+            elif umin & U64 > S64_MAX:                      # s64(umin) < 0
+                lo = smin & U64
+                if umin > lo:
+                    lo = umin
+                umin = lo
+                lo &= U64
+                smin = lo - (1 << 64) if lo >> 63 else lo
+                x = umax & U64
+                smax = x - (1 << 64) if x >> 63 else x
+            # bound_offset
+            v64, m64 = t_intersect((value, mask), t_range(umin, umax))
+            v32, m32 = t_intersect((value & U32, mask & U32), t_range(u32min, u32max))
+            value, mask = t_or(t_clear_subreg((v64, m64)), (v32, m32))
+        self.value, self.mask = value, mask
+        self.umin, self.umax, self.smin, self.smax = umin, umax, smin, smax
+        self.u32min, self.u32max, self.s32min, self.s32max = u32min, u32max, s32min, s32max
 
     # -- reg_bounds_sync since v6.8 (Andrii Nakryiko's range series): the 64-bit and 32-bit
     # ranges also inform each other, where the older code only relates signed and unsigned

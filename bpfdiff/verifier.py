@@ -34,7 +34,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -109,25 +108,67 @@ def alu_refusal(insn: Insn) -> str | None:
 
 def check_isa(prog: Program, profile: Profile) -> None:
     """Encodings, then the profile's instruction set, in the kernel's order (raises VerifierError)."""
+    _check_insns(prog, {}, profile, structure=False)
+
+
+def _check_insns(prog: Program, maps: Mapping[str, MapLike], profile: Profile, structure: bool) -> None:
+    """check_isa and, with ``structure``, check_load's checks of each instruction: one pass over the
+    program, each refusal reported in the kernel's order -- encodings (isa.check_program), the
+    instruction set (resolve_pseudo_ldimm64's "unknown opcode" and LDX refusals first, do_check's
+    then), then the first instruction check_load refuses (a jump into an lddw, a write to R10, a map)."""
     insns = prog.insns
+    name = prog.name
     try:
         isa.check_program(insns)
     except InvalidInstruction as exc:
-        raise VerifierError(prog.name, exc.pc, exc.reason) from None
+        raise VerifierError(name, exc.pc, exc.reason) from None
+    # (encodings checked: the second slots are the ones the walk below skips)
+    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw} if structure else ()
     first: tuple[int, str] | None = None        # the first refusal do_check would report
+    loading: tuple[int, str] | None = None      # the first check_load reports, after those
     pc = 0
-    while pc < len(insns):
+    n = len(insns)
+    while pc < n:
         insn = insns[pc]
         reason = insn_refusal(insn, profile)
         if reason is not None and (reason.startswith("unknown opcode") or reason.startswith("BPF_LDX")):
             # resolve_pseudo_ldimm64's pass over the whole program comes before do_check
-            raise VerifierError(prog.name, pc, reason)
-        reason = reason or alu_refusal(insn)
+            raise VerifierError(name, pc, reason)
+        cls = insn.cls
+        if reason is None and (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.source == isa.BPF_K:
+            reason = alu_refusal(insn)
         if reason is not None and first is None:
             first = (pc, reason)
-        pc += 2 if insn.opcode == isa.LDDW_OPCODE else 1
+        if structure and loading is None:
+            loading = _load_refusal(pc, insn, insns, second_slots, maps)
+        pc += 2 if insn.is_lddw else 1
     if first is not None:
-        raise VerifierError(prog.name, *first)
+        raise VerifierError(name, *first)
+    if loading is not None:
+        raise VerifierError(name, *loading)
+
+
+def _load_refusal(pc: int, insn: Insn, insns: Sequence[Insn], second_slots: set[int] | tuple,
+                  maps: Mapping[str, MapLike]) -> tuple[int, str] | None:
+    """What check_load refuses of one instruction (the program's encodings are valid)."""
+    cls = insn.cls
+    if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
+        target = isa.jump_target(pc, insn)
+        if target in second_slots:
+            return (pc, f"jump into the middle of ldimm64 insn {target - 1}")
+    if (insn.dst == isa.BPF_REG_FP or insn.src == isa.BPF_REG_FP) and isa.BPF_REG_FP in written_registers(insn):
+        return (pc, "frame pointer is read only")
+    if insn.is_lddw and insn.map is not None:
+        bpf_map = maps.get(insn.map)
+        if bpf_map is None:
+            return (pc, f"unknown map {insn.map!r}")
+        if insn.src == isa.BPF_PSEUDO_MAP_VALUE:
+            off = isa.lddw_value(insn, insns[pc + 1]) >> 32
+            if bpf_map.kind != "array" or bpf_map.max_entries != 1:
+                return (pc, "map_value needs a one-element array")
+            if off >= bpf_map.value_size:
+                return (pc, f"map_value offset {off} beyond value_size {bpf_map.value_size}")
+    return None
 
 
 # -- constants the verifier knows ----------------------------------------------------------------
@@ -284,31 +325,11 @@ def written_registers(insn: Insn) -> tuple[int, ...]:
 
 def check_load(prog: Program, maps: Mapping[str, MapLike], profile: Profile) -> None:
     """Raise :class:`VerifierError` for what the profile's kernel refuses before running anything."""
-    check_isa(prog, profile)
-    insns = prog.insns
-    name = prog.name
-    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.opcode == isa.LDDW_OPCODE}
-    for pc, insn in enumerate(insns):
-        if pc in second_slots:
-            continue
-        target = isa.jump_target(pc, insn)
-        if target in second_slots:
-            raise VerifierError(name, pc, f"jump into the middle of ldimm64 insn {target - 1}")
-        if isa.BPF_REG_FP in written_registers(insn):
-            raise VerifierError(name, pc, "frame pointer is read only")
-        if insn.opcode == isa.LDDW_OPCODE and insn.map is not None:
-            bpf_map = maps.get(insn.map)
-            if bpf_map is None:
-                raise VerifierError(name, pc, f"unknown map {insn.map!r}")
-            if insn.src == isa.BPF_PSEUDO_MAP_VALUE:
-                off = isa.lddw_value(insn, insns[pc + 1]) >> 32
-                if bpf_map.kind != "array" or bpf_map.max_entries != 1:
-                    raise VerifierError(name, pc, "map_value needs a one-element array")
-                if off >= bpf_map.value_size:
-                    raise VerifierError(name, pc, f"map_value offset {off} beyond value_size {bpf_map.value_size}")
+    _check_insns(prog, maps, profile, structure=True)
     if not profile.tail_calls_in_subprogs:
+        insns = prog.insns
         if any(insn.is_pseudo_call for insn in insns) and any(insn.is_tail_call for insn in insns):
-            raise VerifierError(name, None, "tail_calls are not allowed in programs with bpf-to-bpf calls")
+            raise VerifierError(prog.name, None, "tail_calls are not allowed in programs with bpf-to-bpf calls")
 
 
 def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
@@ -319,14 +340,27 @@ def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
     ``prog_type`` the scenario's (the context the program gets, see :mod:`bpfdiff.xdp`).
     """
     force_indirect = bool(options is not None and options.force_indirect)
+    known = _programs.get(id(prog))
+    if known is None or known.prog is not prog:
+        known = _ProgramKey(prog)
+        if len(_programs) >= CACHE_SIZE:
+            _programs.clear()
+        _programs[id(prog)] = known
     used = tuple((m.name, m.kind, m.key_size, m.value_size, m.max_entries)
-                 for m in (maps.get(name) for name in prog.map_names) if m is not None)
-    result = _verified(prog, used, VerifierView(profile), force_indirect, prog_type)
+                 for m in (maps.get(name) for name in known.map_names) if m is not None)
+    # the engines ask again with the very objects they asked with: answered before hashing anything
+    asked = (id(prog), id(profile), used, force_indirect, prog_type)
+    answer = _answers.get(asked)
+    if answer is not None and answer[0] is prog and answer[1] is profile:
+        result = answer[2]
+    else:
+        result = _verified(known, used, _view(profile), force_indirect, prog_type)
+        if len(_answers) >= CACHE_SIZE:
+            _answers.clear()
+        _answers[asked] = (prog, profile, result)     # holding them keeps their ids unique
     if isinstance(result, VerifierError):
         raise VerifierError(result.prog, result.pc, result.reason)
-    # a copy: callers own what they get (the cache keeps the original)
-    return replace(result, insns=list(result.insns), orig_pc=list(result.orig_pc), pokes=list(result.pokes),
-                   subprogs=[replace(sub) for sub in result.subprogs])
+    return result.copy()            # callers own what they get (the cache keeps the original)
 
 
 # Profile fields the verifier model never reads (check_load, xlate, explore and what they call):
@@ -362,14 +396,53 @@ class VerifierView:
         return hash(self.key)
 
 
+CACHE_SIZE = 4096
+
+
+class _ProgramKey:
+    """A program as the cache key: its hash (of every instruction) and map names computed once."""
+
+    __slots__ = ("prog", "hash", "map_names")
+
+    def __init__(self, prog: Program) -> None:
+        self.prog = prog
+        self.hash = hash(prog)
+        self.map_names = prog.map_names
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ProgramKey) and (self.prog is other.prog or self.prog == other.prog)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+
+# identity memos in front of the cache, each holding the objects whose ids it is keyed on
+_programs: dict[int, _ProgramKey] = {}
+_views: dict[int, VerifierView] = {}
+_answers: dict[tuple, tuple[Program, Profile, Xlated | VerifierError]] = {}
+
+
+def _view(profile: Profile) -> VerifierView:
+    view = _views.get(id(profile))
+    if view is None or view.profile is not profile:
+        view = VerifierView(profile)
+        if len(_views) >= CACHE_SIZE:
+            _views.clear()
+        _views[id(profile)] = view
+    return view
+
+
 def clear_cache() -> None:
     """Forget the cached answers (for measurements that must see the model run: line coverage)."""
     _verified.cache_clear()
+    _programs.clear()
+    _views.clear()
+    _answers.clear()
     scalar.clear_cache()
 
 
-@functools.lru_cache(maxsize=4096)
-def _verified(prog: Program, used: tuple[tuple[str, str, int, int, int], ...], view: VerifierView,
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _verified(key: _ProgramKey, used: tuple[tuple[str, str, int, int, int], ...], view: VerifierView,
               force_indirect: bool, prog_type: str) -> Xlated | VerifierError:
     """verify() for the maps the program names, cached: every engine, the oracle's what-if
     re-runs and the corpus tools ask about the same programs again and again."""
@@ -377,6 +450,7 @@ def _verified(prog: Program, used: tuple[tuple[str, str, int, int, int], ...], v
     from bpfdiff.jit.xlate import xlate
     from bpfdiff.scenario import MapDef
 
+    prog = key.prog
     maps = {name: MapDef(name, kind, key_size, value_size, max_entries)
             for name, kind, key_size, value_size, max_entries in used}
     try:
@@ -560,13 +634,20 @@ def _decode(pc: int, insn: Insn) -> tuple:
     """(kind, class, ...kind's fields..., jump target or None), read once per program.
 
     An ALU instruction: (_ALU, class, alu32, dst, op, source is X, src, off, imm, the
-    immediate as a known scalar, target); loads and stores: (kind, class, size in bytes, target).
+    immediate as a known scalar, the result of a plain move of the immediate (else None),
+    target); loads and stores: (kind, class, size in bytes, target).
     """
     opcode, cls = insn.opcode, insn.cls
     if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
         imm = insn.imm
-        return (_ALU, cls, cls == isa.BPF_ALU, insn.dst, insn.op, insn.source == isa.BPF_X, insn.src,
-                insn.off, imm, ("s", scalar.known(_sext_imm(imm))), None)
+        alu32 = cls == isa.BPF_ALU
+        if insn.source == isa.BPF_X:
+            return (_ALU, cls, alu32, insn.dst, insn.op, True, insn.src, insn.off, imm, None, None, None)
+        known_imm = ("s", scalar.known(_sext_imm(imm)))
+        moved = None
+        if insn.op == isa.BPF_MOV and not insn.off:
+            moved = ("s", scalar.known(imm & U32)) if alu32 else known_imm
+        return (_ALU, cls, alu32, insn.dst, insn.op, False, insn.src, insn.off, imm, known_imm, moved, None)
     target = isa.jump_target(pc, insn) if cls == isa.BPF_JMP or cls == isa.BPF_JMP32 else None
     if insn.is_lddw:
         return (_LDDW, cls, target)
@@ -597,12 +678,67 @@ class _Explorer:
         self.tail_calls: dict[int, tuple[str | None, int | None]] = {}
         self.map_ptr: dict[int, str | None] = {}
         self.outcomes: dict[int, set[bool]] = {}
-        self.tail_call_reachable = _tail_call_reachable(insns)
+        self._tail_call_reachable: frozenset[int] | None = None     # made when a callee first returns
+        # the profile's answers alu() needs at every step
+        self.safe_dst_range = profile.verifier_safe_dst_range
+        self.branch_ranges = profile.verifier_branch_ranges
         # what step() does with each instruction, decoded once (a state reaches an instruction
         # ~1.5 times on average, and every step used to re-read the opcode's views)
         self.code = [_decode(pc, insn) for pc, insn in enumerate(insns)]
 
     def run(self, budget: int = EXPLORE_BUDGET) -> PathFacts | None:
+        # The facts are a union over the (pc, state) pairs reachable from the entry (each step is a
+        # function of its pair alone, and what it records is the same however often it runs), and
+        # the answer is None when there are more than ``budget`` of them.  The walk compares states
+        # only where two paths can meet (_join_points): between two such places a state has one
+        # successor, so an already-explored state there only walks ground explored before (same
+        # pairs, same order of first visits).  It then takes as many steps as there are pairs or
+        # more; when that is more than the budget, the walk that counts each pair once decides.
+        if self._walk(self._join_points(), budget):
+            return self._facts()
+        self.seen, self.tail_calls, self.map_ptr, self.outcomes = set(), {}, {}, {}
+        return self._facts() if self._walk(None, budget) else None
+
+    def _facts(self) -> PathFacts:
+        tail_calls = dict(self.tail_calls)
+        lookups = {pc: name for pc, name in self.map_ptr.items() if not self.insns[pc].is_tail_call}
+        outcomes = {pc: frozenset(taken) for pc, taken in self.outcomes.items()}
+        return PathFacts(frozenset(self.seen), tail_calls, lookups, outcomes)
+
+    def tail_call_reachable(self) -> frozenset[int]:
+        """Entry pcs of the functions that can reach ``bpf_tail_call`` (:func:`_tail_call_reachable`)."""
+        if self._tail_call_reachable is None:
+            self._tail_call_reachable = _tail_call_reachable(self.insns)
+        return self._tail_call_reachable
+
+    def _join_points(self) -> list[bool]:
+        """Per pc: can a state reach it other than from the instruction before it, which has no
+        other successor?  (Jump and call targets, return sites, the instructions after jumps,
+        calls, exits and the two slots of an lddw, and anything unusual: too many is only slower.)"""
+        code = self.code
+        n = len(code)
+        join = [True] * n
+        for pc in range(1, n):
+            kind = code[pc - 1][0]
+            # (a call's target is its jump target: only a bpf-to-bpf call has one)
+            join[pc] = not (kind == _ALU or kind == _LDX or kind == _STORE or
+                            (kind == _CALL and code[pc - 1][-1] is None))
+        for pc, c in enumerate(code):
+            target = c[-1]
+            if target is not None:
+                if 0 <= target < n:
+                    join[target] = True             # a jump's or a pseudo call's target
+                if c[0] == _CALL and pc + 1 < n:
+                    join[pc + 1] = True             # a return site
+            if c[0] == _LDDW:
+                for after in (pc + 1, pc + 2):      # an lddw's second slot and the one after
+                    if after < n:
+                        join[after] = True
+        return join
+
+    def _walk(self, join: list[bool] | None, budget: int) -> bool:
+        """Explore from the entry, comparing states at the pcs ``join`` marks (None: at every pc):
+        False when it takes more than ``budget`` steps."""
         entry_regs = (None, ("c",)) + (None,) * 8 + (("f", 0, 0),)
         start = (0, ((entry_regs, (), -1),))
         todo = [start]
@@ -610,37 +746,52 @@ class _Explorer:
         steps = 0
         n = len(self.insns)
         step, seen, code, alu = self.step, self.seen, self.code, self.alu
+        if join is None:
+            join = [True] * n
         while todo:
             pc, state = todo.pop()
-            steps += 1
-            if steps > budget:
-                return None
-            seen.add(pc)
-            c = code[pc]
-            if c[0] == _ALU:
-                # three instructions in four are ALU ones: their one successor is made here, not in
-                # step() (only the current frame's register changes)
-                regs, stack, ret = state[-1]
-                r = list(regs)
-                r[c[3]] = alu(c, r)
-                if pc + 1 < n:
-                    succ = (pc + 1, state[:-1] + ((tuple(r), stack, ret),))
+            while True:                       # one state's single successors, followed in place
+                steps += 1
+                if steps > budget:
+                    return False
+                seen.add(pc)
+                c = code[pc]
+                if c[0] == _ALU:
+                    # three instructions in four are ALU ones: their one successor is made here, not
+                    # in step() (only the current frame's register changes), and a run of them
+                    # writes one list of registers
+                    regs, stack, ret = state[-1]
+                    r = list(regs)
+                    r[c[3]] = alu(c, r)
+                    pc += 1
+                    while pc < n and not join[pc] and code[pc][0] == _ALU:
+                        steps += 1
+                        if steps > budget:
+                            return False
+                        seen.add(pc)
+                        c = code[pc]
+                        r[c[3]] = alu(c, r)
+                        pc += 1
+                    if pc >= n:
+                        break
+                    state = state[:-1] + ((tuple(r), stack, ret),)
+                    if join[pc]:
+                        before = len(visited)
+                        visited.add((pc, state))       # one hash of the state: added means not seen before
+                        if len(visited) == before:
+                            break
+                    continue
+                succs = [succ for succ in step(pc, state) if succ[0] is not None and 0 <= succ[0] < n]
+                if len(succs) == 1 and not join[succs[0][0]]:
+                    pc, state = succs[0]
+                    continue
+                for succ in succs:
                     before = len(visited)
                     visited.add(succ)
                     if len(visited) != before:
                         todo.append(succ)
-                continue
-            for succ in step(pc, state):
-                nxt = succ[0]
-                if nxt is not None and 0 <= nxt < n:
-                    before = len(visited)
-                    visited.add(succ)           # one hash of the state: added means not seen before
-                    if len(visited) != before:
-                        todo.append(succ)
-        tail_calls = dict(self.tail_calls)
-        lookups = {pc: name for pc, name in self.map_ptr.items() if not self.insns[pc].is_tail_call}
-        outcomes = {pc: frozenset(taken) for pc, taken in self.outcomes.items()}
-        return PathFacts(frozenset(self.seen), tail_calls, lookups, outcomes)
+                break
+        return True
 
     # -- the stack ---------------------------------------------------------------------------
     def stack_write(self, stack: tuple, off: int, size: int, value: object) -> tuple:
@@ -710,15 +861,11 @@ class _Explorer:
         code = self.code[pc]
         kind = code[0]
         insn = self.insns[pc]
-        frames = list(state)
-        regs, stack, ret = frames[-1]
+        frames = state              # a list only where a frame other than the current one changes
+        regs, stack, ret = state[-1]
         r = list(regs)
         cls = code[1]
-        cur = len(frames) - 1
-
-        def done(nxt: int) -> list[tuple[int, tuple]]:
-            frames[-1] = (tuple(r), stack, ret)
-            return [(nxt, tuple(frames))]
+        cur = len(state) - 1
 
         if kind == _LDDW:
             if insn.src == isa.BPF_PSEUDO_MAP_FD:
@@ -729,7 +876,7 @@ class _Explorer:
                 r[insn.dst] = ("s", scalar.known(isa.lddw_value(insn, self.insns[pc + 1])))
             else:
                 r[insn.dst] = ("p",)
-            return done(pc + 2)
+            return self._done(frames, r, stack, ret, pc + 2)
         if kind == _LDX:
             base = r[insn.src]
             size = code[2]
@@ -743,7 +890,7 @@ class _Explorer:
             if value is not None and value[0] == "s" and size < 8:
                 value = ("s", scalar.coerce(value[1], size))
             r[insn.dst] = value
-            return done(pc + 1)
+            return self._done(frames, r, stack, ret, pc + 1)
         if kind == _STORE:
             base = r[insn.dst]
             size = code[2]
@@ -773,13 +920,15 @@ class _Explorer:
                 if fi == cur:
                     stack = self.stack_write(stack, base[2] + insn.off, size, value)
                 else:
+                    frames = list(frames)
                     fregs, fstack, fret = frames[fi]
                     frames[fi] = (fregs, self.stack_write(fstack, base[2] + insn.off, size, value), fret)
-            return done(pc + 1)
+            return self._done(frames, r, stack, ret, pc + 1)
         if kind == _CALL:
             if insn.is_pseudo_call:
                 if len(frames) >= MAX_FRAMES:
                     return []
+                frames = list(frames)
                 frames[-1] = (tuple(r), stack, ret)
                 callee = (None,) + tuple(r[1:6]) + (None,) * 4 + (("f", cur + 1, 0),)
                 frames.append((callee, (), pc))
@@ -787,21 +936,23 @@ class _Explorer:
             if self.profile.verifier_helper_stack_clobber and insn.imm in STACK_ARGS:
                 bpf_map = r[1][1] if r[1] is not None and r[1][0] == "m" else None
                 if bpf_map in self.maps:
+                    frames = list(frames)
                     self._stack = stack
                     for reg, field in STACK_ARGS[insn.imm]:
                         self.clobber(frames, r, reg, getattr(self.maps[bpf_map], field))
                     stack = self._stack
             self.helper(pc, insn, r)
-            return done(pc + 1)
+            return self._done(frames, r, stack, ret, pc + 1)
         if kind == _EXIT:
             if ret < 0:
                 return []
             r0 = r[0]
             if not self.profile.verifier_trusts_subprog_r0 and \
-                    self.code[ret][-1] in self.tail_call_reachable:
+                    self.code[ret][-1] in self.tail_call_reachable():
                 # The fix of SUBPROG_R0_ACROSS_TAIL_CALL: a tail call taken inside the callee
                 # returns the target's R0, which the callee's own exit says nothing about.
                 r0 = ("s", scalar.unknown_of_size(8))
+            frames = list(frames)
             frames.pop()
             cregs, cstack, cret = frames[-1]
             c = list(cregs)
@@ -811,13 +962,20 @@ class _Explorer:
             frames[-1] = (tuple(c), cstack, cret)
             return [(ret + 1, tuple(frames))]
         if kind == _JA:
-            return done(code[-1])
+            return self._done(frames, r, stack, ret, code[-1])
         if kind == _COND:
-            return self.cond(pc, insn, frames, r, stack, ret, code[-1])
-        return done(pc + 1)
+            return self.cond(pc, insn, list(frames), r, stack, ret, code[-1])
+        return self._done(frames, r, stack, ret, pc + 1)
+
+    @staticmethod
+    def _done(frames: tuple | list, r: list, stack: tuple, ret: int, nxt: int) -> list[tuple[int, tuple]]:
+        """The one successor: at ``nxt``, the current frame's registers ``r`` and ``stack``."""
+        return [(nxt, tuple(frames[:-1]) + ((tuple(r), stack, ret),))]
 
     def alu(self, code: tuple, r: list) -> object:
-        _kind, _cls, alu32, dst_reg, op, is_x, src_reg, off, imm, known_imm, _target = code
+        _kind, _cls, alu32, dst_reg, op, is_x, src_reg, off, _imm, known_imm, moved, _target = code
+        if moved is not None:
+            return moved
         dst = r[dst_reg]
         src = r[src_reg] if is_x else known_imm
         if op == isa.BPF_MOV:
@@ -825,8 +983,6 @@ class _Explorer:
                 if src is None or src[0] != "s":
                     return ("s", scalar.UNKNOWN)
                 return ("s", coerce_to_size_sx(src[1], off // 8, alu32))
-            if not is_x:
-                return ("s", scalar.known(imm & (U32 if alu32 else U64)))
             if not alu32:
                 return src
             if src is not None and src[0] == "s":
@@ -847,8 +1003,7 @@ class _Explorer:
             return ("s", scalar.UNKNOWN)
         if src[0] != "s":
             return ("p",) if op == isa.BPF_ADD and not alu32 else ("s", scalar.UNKNOWN)
-        return ("s", scalar.alu(op, alu32, dst[1], src[1], self.profile.verifier_safe_dst_range,
-                                self.profile.verifier_branch_ranges))
+        return ("s", scalar.alu(op, alu32, dst[1], src[1], self.safe_dst_range, self.branch_ranges))
 
     def clobber(self, frames: list, r: list, reg: int, size: int) -> None:
         """A helper's stack access (verifier_helper_stack_clobber): the bytes [ptr, ptr + size)

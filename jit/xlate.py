@@ -116,6 +116,13 @@ class Xlated:
     pokes: list[PokeSpec]
     subprogs: list[SubprogInfo]
 
+    def copy(self) -> Xlated:
+        """A copy whose lists and subprogram records the caller may change (the verifier's cache
+        keeps the original)."""
+        return Xlated(list(self.insns), list(self.orig_pc), list(self.pokes),
+                      [SubprogInfo(sub.start, sub.end, sub.stack_depth, sub.has_tail_call, sub.tail_call_reachable)
+                       for sub in self.subprogs])
+
     def dump_insns(self) -> list[Insn]:
         """The instructions as ``BPF_OBJ_GET_INFO_BY_FD`` hands them out (``bpf_insn_prepare_dump``).
 

@@ -9,9 +9,12 @@ check.  No qemu is needed here.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bpfdiff.profiles import LINUX_5_5, LINUX_5_10, LINUX_6_1
+from bpfdiff.scalar import _R, S32_MAX, S32_MIN, S64_MAX, S64_MIN, U32, U64, Scalar
 from bpfdiff.scenario_text import parse_scenario
 from bpfdiff.verifier import explore, verify
 
@@ -408,3 +411,55 @@ def test_an_exploration_past_its_budget_gives_no_answer() -> None:
     facts = explore(insns, maps, LINUX_6_1)
     assert facts is not None and facts.tail_calls == {8: ("jt", 5)}   # the call, after the two-slot lddw
     assert 11 not in facts.seen and 12 not in facts.seen     # `mov %r0, 1; exit`: never reached
+
+
+def test_the_budget_counts_each_state_of_an_instruction_once() -> None:
+    """Two paths that differ at the join (r3 = 1 or 2, r0's range after the branch) become one state
+    at `add %r0, 1`: the 20 adds and the exit are each one state, so the exploration holds
+    1 + 1 + 1 + 1 + 1 + 2 + 2 + 20 + 1 = 30 (pc, state) pairs, whatever order it walks them in."""
+    adds = "add %r0, 1\n" * 20
+    program = f"ldxw %r0, [%r1+0]\njgt %r0, 5, L1\nmov %r3, 1\nja L2\nL1:\nmov %r3, 2\nL2:\nmov %r0, 0\n" \
+              f"mov %r3, 0\n{adds}exit\n"
+    scenario = parse_scenario(f"{MAPS}-- prog converge\n{program}-- events\n", "converge.scn")
+    insns = scenario.programs[0].insns
+    facts = explore(insns, {}, LINUX_6_1)
+    assert facts is not None and facts.seen == frozenset(range(len(insns))) and facts.outcomes == {1: {True, False}}
+    assert explore(insns, {}, LINUX_6_1, budget=30) == facts
+    assert explore(insns, {}, LINUX_6_1, budget=29) is None
+
+
+def _bounds_sync_step_by_step(s: Scalar) -> Scalar:
+    r = _R(s)
+    r.update()
+    r.deduce()
+    r.bound_offset()
+    r.update()
+    return r.freeze()
+
+
+def test_reg_bounds_sync_written_out_is_the_four_steps() -> None:
+    """_R.sync is update, deduce, bound_offset, update on local variables: the same results on
+    bounds at and around every sign and width edge, consistent or not, and on random ones."""
+    rng = random.Random(7)
+    u64_edges = [0, 1, 5, 0x7F, 0xFF, (1 << 31) - 1, 1 << 31, U32 - 1, U32, U32 + 1, S64_MAX, 1 << 63, U64 - 1, U64]
+    s64_edges = [S64_MIN, S64_MIN + 1, -(1 << 32), S32_MIN - 1, S32_MIN, -1, 0, 1, S32_MAX, S32_MAX + 1, S64_MAX]
+    u32_edges = [0, 1, 5, (1 << 31) - 1, 1 << 31, U32 - 1, U32]
+    s32_edges = [S32_MIN, S32_MIN + 1, -1, 0, 1, S32_MAX - 1, S32_MAX]
+
+    def pair(edges: list[int], bits: int, signed: bool) -> list[int]:
+        def one() -> int:
+            if rng.random() < 0.5:
+                return rng.choice(edges)
+            value = rng.getrandbits(rng.choice([3, bits // 2, bits - 1, bits]))
+            return value - (1 << (bits - 1)) if signed and rng.random() < 0.5 else value
+        a, b = one(), one()
+        return sorted([a, b]) if rng.random() < 0.8 else [a, b]
+
+    for _ in range(20_000):
+        mask = rng.choice([0, U64, U32, U64 ^ U32, 0xFF, rng.getrandbits(64)])
+        value = rng.getrandbits(64) & ~mask
+        s = Scalar(value, mask, *pair(u64_edges, 64, False), *pair(s64_edges, 64, True),
+                   *pair(u32_edges, 32, False), *pair(s32_edges, 32, True))
+        synced = _R(s)
+        synced.sync()
+        assert synced.freeze() == _bounds_sync_step_by_step(s), s
