@@ -423,14 +423,35 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        v, m = s.value, s.mask",
         "is_branch_taken decides jeq32/jne32/jset32 on the 64-bit tnum: dead-code removal drops a live branch",
         "is_branch_taken for jmp32 (several verifier fixes)",
+        # 6.12 (verifier_branch_ranges) decides branches in branch_taken_ranges instead: see below
+        profiles=("linux-6.1", "linux-5.10"),
         note="needs a jmp32 eq/ne/set on a known value whose upper half changes the outcome"),
+    Mutation(
+        "verifier-ranges-jmp32-on-64", "verifier", "bpfdiff/scalar.py",
+        "        t1, t2 = t_subreg((a.value, a.mask)), t_subreg((b.value, b.mask))",
+        "        t1, t2 = (a.value, a.mask), (b.value, b.mask)",
+        "v6.8's is_scalar_branch_taken decides jeq32/jne32/jset32 on the 64-bit tnums: dead-code removal "
+        "drops a live branch",
+        "is_branch_taken for jmp32 (several verifier fixes), in the v6.8 form",
+        profiles=("linux-6.12",),
+        note="needs a jmp32 eq/ne/set on values whose upper halves change the outcome"),
     Mutation(
         "verifier-jeq-refines-wrong-branch", "verifier", "bpfdiff/scalar.py",
         "            true_r.mark_known(val64)\n            t64 = true_r.off",
         "            false_r.mark_known(val64)\n            f64 = false_r.off",
         "`jeq r, K` (64-bit) makes r == K on the fall-through path instead of the taken one",
         "reg_set_min_max refining the wrong branch",
+        profiles=("linux-6.1", "linux-5.10"),       # 6.12 refines in set_min_max_ranges: see below
         note="needs a jeq against a constant whose register later decides a branch or a tail-call key"),
+    Mutation(
+        "verifier-ranges-refine-swapped", "verifier", "bpfdiff/scalar.py",
+        "    for cond in (op, REVERSE[op]):",
+        "    for cond in (REVERSE[op], op):",
+        "v6.8's reg_set_min_max refines the taken path by the reversed condition and the fall-through "
+        "by the jump's own",
+        "reg_set_min_max refining the wrong branch, in the v6.8 form",
+        profiles=("linux-6.12",),
+        note="needs a compare whose refined register later decides a branch or a tail-call key"),
     Mutation(
         "xlate-stack-depth-short", "xlate", "jit/xlate.py",
         "                self.depth = max(self.depth, -slot)",
