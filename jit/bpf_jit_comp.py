@@ -1342,46 +1342,47 @@ def plan_function(fn: FuncJit, state: PassState) -> PassPlan | None:
     the passes then emit every slot, and meet the refusal where the kernel's loop does, after the
     slots before it.
     """
-    shared = fn.invariant_cache
+    shared = fn.invariant_cache if fn.invariant_cache is not None else {}
     plan = PassPlan(fn.flavour.prologue(fn))
+    items = plan.items
     insns = fn.insns
     n = len(insns)
     i = 1
-    run: InvariantRun | None = None       # the run of invariant slots being built
-    run_code: list[bytes] = []
+    run_code: list[bytes] = []           # the run of invariant slots being built (empty: none)
+    ends: list[int] = []
     run_size = 0
     try:
         while i <= n:
-            insn = insns[i - 1]
             key = invariant_key(fn, insns, i)
             if key is None:
-                if run is not None:
-                    run.code, run = b"".join(run_code), None
+                if run_code:
+                    items.append(InvariantRun(i - len(ends), b"".join(run_code), ends))
+                    run_code, ends, run_size = [], [], 0
+                insn = insns[i - 1]
                 if insn.cls in (isa.BPF_JMP, isa.BPF_JMP32) and insn.op in JMP_COND:
-                    plan.items.append(CondJump(i, emit_cond_compare(insn), JMP_COND[insn.op], insn.off))
+                    items.append(CondJump(i, emit_cond_compare(insn), JMP_COND[insn.op], insn.off))
                 else:
-                    plan.items.append(i)
+                    items.append(i)
                 i += 1
                 continue
-            known = shared.get(key) if shared is not None else None
+            known = shared.get(key)
             if known is None:
-                known = do_jit_insn(fn, state, i, insn, 0)     # invariant: neither the pass nor the position matter
-                if shared is not None:
-                    shared[key] = known
+                # invariant: neither the pass nor the position matter; only code that fits is kept
+                known = do_jit_insn(fn, state, i, insns[i - 1], 0)
+                if len(known[0]) > BPF_MAX_INSN_SIZE:
+                    return None
+                shared[key] = known
             code, used = known
-            if len(code) > BPF_MAX_INSN_SIZE:
-                return None
-            if run is None:
-                run, run_code, run_size = InvariantRun(i, b"", []), [], 0
-                plan.items.append(run)
             run_code.append(code)
             run_size += len(code)
-            run.ends += [run_size] * used
+            ends.append(run_size)
+            if used == 2:
+                ends.append(run_size)     # lddw: its second slot ends where the pair does
             i += used
     except Exception:  # noqa: BLE001 - the passes meet it again, in the kernel's order
         return None
-    if run is not None:
-        run.code = b"".join(run_code)
+    if run_code:
+        items.append(InvariantRun(i - len(ends), b"".join(run_code), ends))
     return plan
 
 
@@ -1394,39 +1395,40 @@ def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[byte
     """
     parts = [plan.prologue]
     size = len(plan.prologue)
-    addrs = list(state.addrs)
+    last = state.addrs            # the previous pass's addrs[]
+    addrs = list(last)
     addrs[0] = size
     insns = fn.insns
     final = state.image is not None
     for item in plan.items:
-        if isinstance(item, InvariantRun):
+        kind = type(item)
+        if kind is InvariantRun:
             first = item.first
             addrs[first:first + len(item.ends)] = [size + end for end in item.ends]
             parts.append(item.code)
             size += len(item.code)
-            continue
-        if isinstance(item, CondJump):
+        elif kind is CondJump:
             # do_jit_insn's conditional jump, without finding out again what the slot is
             i = item.i
             compare = item.compare
-            jmp_offset = state.addrs[i + item.off] - state.addrs[i]
-            code = compare + emit_jcc(state, i, len(compare), item.cond, jmp_offset)
+            code = compare + emit_jcc(state, i, len(compare), item.cond, last[i + item.off] - last[i])
             end = size + len(code)
-            if final and end != state.addrs[i]:
+            if final and end != last[i]:
                 raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
             parts.append(code)
             addrs[i] = size = end
-            continue
-        code, used = do_jit_insn(fn, state, item, insns[item - 1], size)
-        if len(code) > BPF_MAX_INSN_SIZE:
-            raise JitError("fatal insn size error")
-        end = size + len(code)
-        if final and end != state.addrs[item + used - 1]:
-            raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
-        parts.append(code)
-        for k in range(used):
-            addrs[item + k] = end
-        size = end
+        else:
+            code, used = do_jit_insn(fn, state, item, insns[item - 1], size)
+            if len(code) > BPF_MAX_INSN_SIZE:
+                raise JitError("fatal insn size error")
+            end = size + len(code)
+            if final and end != last[item + used - 1]:
+                raise JitError(f"{fn.name}: fatal error: image size changed in the final pass")
+            parts.append(code)
+            addrs[item] = end
+            if used == 2:
+                addrs[item + 1] = end
+            size = end
     return b"".join(parts), addrs
 
 

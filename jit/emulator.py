@@ -102,6 +102,7 @@ import ctypes
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from bpfdiff.jit.poke import X86_PATCH_SIZE
 from unicorn import (
     UC_ARCH_X86,
     UC_HOOK_CODE,
@@ -497,6 +498,19 @@ class _HostMemory:
         self.uc.mem_unmap(start, end - start)
         return buffer
 
+    def view_at(self, addr: int, n: int) -> tuple[memoryview, int] | None:
+        """(view, offset) of [addr, addr + n) when it lies in one block, else None.
+
+        The view stays valid while the block is mapped: the hooks keep one for the bytes they
+        read at every call (a poke site, the stack) instead of finding the block each time.
+        """
+        index = bisect.bisect(self._starts, addr) - 1
+        if index >= 0:
+            start, end, view, _buffer = self._blocks[index]
+            if addr + n <= end:
+                return view, addr - start
+        return None
+
     def _spans(self, addr: int, n: int) -> list[tuple[memoryview, int, int]] | None:
         """(view, offset, length) pieces of [addr, addr + n) in consecutive blocks; None if not all host memory."""
         index = bisect.bisect(self._starts, addr) - 1
@@ -633,6 +647,9 @@ class Emulator:
             uc.mem_write(PERCPU_BASE + cpu_number, cpu.to_bytes(4, "little"))
             uc.reg_write(x86.UC_X86_REG_GS_BASE, PERCPU_BASE)
         self._zero_stack = bytes(STACK_SIZE)
+        # The stack's host buffer, read and written in place by the run loop and the hooks (None: the
+        # stack is unicorn's own memory, see NATIVE_CALLS)
+        self._stack = self.host.view_at(STACK_BASE, STACK_SIZE)[0] if self.host is not None else None
         self.images = _BumpRegion(uc, IMAGE_BASE, IMAGE_ALIGN, text, self.host)
         self.data = _BumpRegion(uc, DATA_BASE, DATA_ALIGN, data, self.host)
         self.regs = _Registers(uc)
@@ -663,6 +680,8 @@ class Emulator:
         self._entries: dict[str, EntryPoint] = {}     # loaded program name -> its entry point
         self._text: list[TextRange] = []
         self._text_bases: list[int] = []
+        # No block of the image region is translated (see _untranslated): true until a run starts
+        self._images_untranslated = True
         # tail-call destination -> the program entered there (None: no program), as text_at and the
         # entries say; forgotten whenever either changes
         self._entered: dict[int, EntryPoint | None] = {}
@@ -704,10 +723,27 @@ class Emulator:
         if self.host is None or not self.host.write(addr, data):
             self.uc.mem_write(addr, data)
 
+    def _read_int(self, addr: int, n: int) -> int:
+        """The unsigned little-endian number in [addr, addr + n): from the stack's buffer when it is
+        there (what the hooks read: a return address, a tail-call counter), else :meth:`read`
+        (UcError when it is not mapped)."""
+        stack = self._stack
+        if stack is not None and STACK_BASE <= addr and addr + n <= STACK_TOP:
+            return int.from_bytes(stack[addr - STACK_BASE:addr - STACK_BASE + n], "little")
+        return int.from_bytes(self.read(addr, n), "little")
+
     def write_text(self, addr: int, data: bytes) -> None:
         """Write code, and drop every translated block that covers it (else the old code keeps running)."""
         self.write(addr, data)
-        self.native.remove_cache(addr, addr + len(data))
+        if not self._untranslated(addr):
+            self.native.remove_cache(addr, addr + len(data))
+
+    def _untranslated(self, addr: int) -> bool:
+        """Whether no translated block can cover ``addr``: image text while no run started since
+        :meth:`reset` dropped the translations of the whole image region (blocks are translated
+        only by a run).  Loading a scenario writes and hooks its images then, without a cache drop
+        for each write and hook (each costs microseconds in libunicorn)."""
+        return self._images_untranslated and addr >= IMAGE_BASE
 
     def alloc_image(self, size: int) -> int:
         return self.images.alloc(size)
@@ -823,13 +859,14 @@ class Emulator:
         self._spare_values = {block[0]: block for block in self._value_blocks}
         self._value_blocks.clear()
         self._values_top = VALUES_BASE
-        used_text = self.images.top
         self.images.rewind(0xCC)   # stale jumps into freed text trap instead of running old code
         self.data.rewind(0)
-        # The translations of the images are stale now; the rest of the text (helpers, thunks,
-        # sentinel) never changes and keeps its translations.
-        if used_text > IMAGE_BASE:
-            self.native.remove_cache(IMAGE_BASE, used_text)
+        # The translations in the image region are stale now (the images', and those of whatever a
+        # wild jump translated in its free part); the rest of the text (helpers, thunks, sentinel)
+        # never changes and keeps its translations.
+        if not self._images_untranslated:
+            self.native.remove_cache(IMAGE_BASE, self.images.mapped_end)
+            self._images_untranslated = True
 
     def close(self) -> None:
         """Free the unicorn instance now (idempotent); the emulator is unusable afterwards.
@@ -868,7 +905,8 @@ class Emulator:
         for address in entry.points():
             self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_prologue_point, entry, address, address))
         # A block translated before the hooks existed would not call them.
-        native.remove_cache(entry.body, entry.body + 1)
+        if not self._untranslated(entry.body):
+            native.remove_cache(entry.body, entry.body + 1)
 
     def add_tail_calls(self, direct_sites: Iterable[int], indirect_jumps: Iterable[tuple[int, int]]) -> None:
         """Hook an image's tail-call jumps: its direct poke sites and its indirect jumps.
@@ -876,14 +914,17 @@ class Emulator:
         ``indirect_jumps``: (address of the instruction that performs the
         jump, x86 register number 0-7 holding the target address there).
         """
-        native = self.native
+        native, host = self.native, self.host
         for site in direct_sites:
-            self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_direct_site, None, site, site))
-            native.remove_cache(site, site + 1)
+            where = host.view_at(site, X86_PATCH_SIZE) if host is not None else None
+            self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_direct_site, where, site, site))
+            if not self._untranslated(site):
+                native.remove_cache(site, site + 1)
         for address, reg in indirect_jumps:
             self._entry_hooks.append(native.hook_add(UC_HOOK_CODE, self._on_indirect_jump, X86_REG_BY_NUMBER[reg],
                                                      address, address))
-            native.remove_cache(address, address + 1)
+            if not self._untranslated(address):
+                native.remove_cache(address, address + 1)
 
     def text_at(self, addr: int) -> TextRange | None:
         index = bisect.bisect(self._text_bases, addr) - 1
@@ -952,8 +993,11 @@ class Emulator:
         if self._spare_values:
             self._release_spare_values()
         self._set_mem(mem, headroom)
-        if self.host is None or not self.host.fill(STACK_BASE, STACK_SIZE, 0):
+        stack = self._stack
+        if stack is None:
             uc.mem_write(STACK_BASE, self._zero_stack)
+        else:
+            ctypes.memset(ctypes.addressof(stack.obj), 0, STACK_SIZE)     # stack.obj: its ctypes buffer
         uc.context_restore(self._initial_context)
         regs = self.regs
         if context is None:
@@ -962,7 +1006,10 @@ class Emulator:
         else:
             # bpf_prog_run_xdp passes the xdp_buff; rsi (R2) is not the program's to read
             regs.write(x86.UC_X86_REG_RDI, context)
-        self.write(INITIAL_RSP, SENTINEL_BYTES)
+        if stack is None:
+            self.write(INITIAL_RSP, SENTINEL_BYTES)
+        else:
+            stack[INITIAL_RSP - STACK_BASE:INITIAL_RSP - STACK_BASE + 8] = SENTINEL_BYTES
 
         # the run's program is entered at its first instruction (its prologue point, below, follows)
         self._trace = [entry.name]
@@ -975,6 +1022,7 @@ class Emulator:
         error: UcError | None = None
         native = self.native
         native.error = None
+        self._images_untranslated = False
         try:
             uc.emu_start(entry.bpf_func, SENTINEL, count=budget * X86_INSNS_PER_BPF_INSN)
         except UcError as exc:
@@ -1021,7 +1069,7 @@ class Emulator:
         r1, r2, r3, r4, r5, rsp = self._helper_args.read()
         # The `call` pushed its return address; the fault belongs to the call site.
         try:
-            call_site: int | None = int.from_bytes(self.read(rsp, 8), "little") - 1
+            call_site: int | None = self._read_int(rsp, 8) - 1
         except UcError:      # reached without a call (a wild jump) and with a bad stack
             call_site = None
         handler = self.helper_handler
@@ -1056,9 +1104,14 @@ class Emulator:
                                   f"{what} of {size} bytes at 0x{address:x}, before map values "
                                   f"(0x{block[0]:x}, {block[1]} bytes)")
 
-    def _on_direct_site(self, uc: Uc, address: int, size: int, user_data: object) -> None:
+    def _on_direct_site(self, uc: Uc, address: int, size: int, where: tuple[memoryview, int] | None) -> None:
         # Runs before the site's instruction: a jmp rel32 there is a tail call (a nop5, an empty slot).
-        code = self.read(address, 5)
+        # ``where``: the site's bytes in host memory (the text pokes write there), None: read them.
+        if where is None:
+            code = self.read(address, X86_PATCH_SIZE)
+        else:
+            view, offset = where
+            code = view[offset:offset + X86_PATCH_SIZE]
         if code[0] == JMP_REL32:
             self._enter_by_tail_call(address, address + 5 + int.from_bytes(code[1:5], "little", signed=True))
 
@@ -1113,8 +1166,8 @@ class Emulator:
         slot = rbp + entry.tail_call_cnt_off
         try:
             if entry.tail_call_cnt_ptr:
-                slot = int.from_bytes(self.read(slot, 8), "little")
-            counter = int.from_bytes(self.read(slot, 4), "little")
+                slot = self._read_int(slot, 8)
+            counter = self._read_int(slot, 4)
         except UcError:
             # rbp is not a frame (a tail call landed past `mov rbp,rsp`): the
             # program will most likely fault; say why here.

@@ -462,14 +462,12 @@ class JitEngine(Engine):
         return expected
 
     def _check_poke(self, prog: str, poke: PokeDescriptor) -> list[str]:
-        target = self._slot_target(poke)
-        slot = f"{poke.map}[{poke.key}] = {target or 'empty'}"
-        expected = [("site" if addr == poke.tailcall_target else "bypass", addr, want)
-                    for addr, want in self._expected_poke_bytes(poke)]
         problems = []
-        for what, addr, want in expected:
+        for addr, want in self._expected_poke_bytes(poke):
             have = self.emu.read(addr, len(want))
-            if have != want:
+            if have != want:       # the words only for a breach: this runs after every event
+                what = "site" if addr == poke.tailcall_target else "bypass"
+                slot = f"{poke.map}[{poke.key}] = {self._slot_target(poke) or 'empty'}"
                 problems.append(f"{prog}: tail-call {what} at 0x{addr:x} ({slot}) holds {have.hex()}, "
                                 f"expected {want.hex()}{self._jump_mismatch(addr, have, want)}")
         return problems
