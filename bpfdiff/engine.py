@@ -222,11 +222,14 @@ class Engine(ABC):
     def execute(self, scenario: Scenario) -> list[EventOutcome]:
         """Load the scenario's maps and programs, apply every event, one outcome per event."""
 
-    def unaffected_profile_fields(self) -> frozenset[str]:
+    def unaffected_profile_fields(self, against: Profile | None = None) -> frozenset[str]:
         """Profile fields the outcomes of the last completed ``execute`` did not depend on: those
         it ignores, and those the engine reads only at points that scenario never reached with a
         value that matters (the oracle's known-bug probes then reuse the outcomes under a fix of
-        them).  The default: :attr:`ignores_profile_fields`."""
+        them).  ``against``, a profile to run under instead: also the fields whose values it
+        reads only where it can tell that they make no difference between its own profile and
+        that one (the verifier model's answers are the same: a costlier question).  The
+        default: :attr:`ignores_profile_fields`."""
         return self.ignores_profile_fields
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing

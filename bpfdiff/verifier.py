@@ -626,6 +626,36 @@ def reads_subprog_r0_trust(insns: Sequence[Insn]) -> bool:
     return any(insn.is_pseudo_call and isa.jump_target(pc, insn) in reachable for pc, insn in enumerate(insns))
 
 
+def subprog_r0_trust_matters(programs: Sequence[Program], maps: Mapping[str, MapLike], profile: Profile,
+                             other: Profile | None = None, options: JitOptions | None = None,
+                             prog_type: str = DEFAULT_PROG_TYPE) -> bool:
+    """Whether the model's answers for ``programs`` under ``profile`` can depend on
+    ``verifier_trusts_subprog_r0``: never for a program that :func:`reads_subprog_r0_trust` says
+    cannot.  With ``other``, a profile the model tells apart from ``profile`` by that field at
+    most: whether the answers (the xlated code, or the refusal) for such a program differ under
+    it -- an engine that reads the field only through the model runs alike under both when they
+    do not (the oracle's known-bug probes)."""
+    view = VerifierView(profile)
+    if other is not None and VerifierView(other) == view:
+        return False                  # the model cannot tell the two apart
+    reading = [prog for prog in programs if reads_subprog_r0_trust(prog.insns)]
+    if not reading:
+        return False
+    if other is None or VerifierView(
+            other.with_options(verifier_trusts_subprog_r0=profile.verifier_trusts_subprog_r0)) != view:
+        return True
+    return any(_answer(prog, maps, profile, options, prog_type) != _answer(prog, maps, other, options, prog_type)
+               for prog in reading)
+
+
+def _answer(prog: Program, maps: Mapping[str, MapLike], profile: Profile, options: JitOptions | None,
+            prog_type: str) -> Xlated | str:
+    try:
+        return verify(prog, maps, profile, options, prog_type)
+    except VerifierError as exc:
+        return str(exc)
+
+
 # what _Explorer.step does with an instruction (kinds, in the order step tests them)
 _LDDW, _ALU, _LDX, _STORE, _CALL, _EXIT, _JA, _COND, _NEXT = range(9)
 

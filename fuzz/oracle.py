@@ -570,22 +570,25 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     # scenario under: one that differs from such a run only in fields the run's outcomes did not
     # depend on (Engine.unaffected_profile_fields: the fields it ignores, and those it reads only
     # where the scenario never went with a value that matters) gives that run's outcomes.
-    ran: dict[str, list[tuple[Profile, frozenset[str], list[EventOutcome]]]] = {}
+    # The costlier question (against the profile to run under: do the verifier model's answers
+    # change?) is asked only of a run that the plain answer leaves one field short of reusing;
+    # every engine asked has run nothing else since (each profile has its own engine).
+    ran: dict[str, list[tuple[Profile, Engine, frozenset[str], list[EventOutcome]]]] = {}
 
     def outcomes_under(name: str, fixed: str) -> list[EventOutcome]:
         fixed_profile = get_profile(fixed)
-        for run_profile, unaffected, outcomes in ran[name]:
-            if all(getattr(run_profile, f) == getattr(fixed_profile, f) for f in _PROFILE_FIELDS
-                   if f not in unaffected):
+        for run_profile, run_engine, unaffected, outcomes in ran[name]:
+            rest = _differing_fields(run_profile, fixed_profile) - unaffected
+            if not rest or rest <= run_engine.unaffected_profile_fields(against=fixed_profile):
                 return outcomes
         engine = pool.get(name, fixed, bugs)
         outcomes = engine.execute(scenario)
-        ran[name].append((fixed_profile, engine.unaffected_profile_fields(), outcomes))
+        ran[name].append((fixed_profile, engine, engine.unaffected_profile_fields(), outcomes))
         return outcomes
 
     for name in models:
-        ran[name] = [(profile, pool.get(name, profile.name, bugs).unaffected_profile_fields(),
-                      verdict.outcomes[name])]
+        engine = pool.get(name, profile.name, bugs)
+        ran[name] = [(profile, engine, engine.unaffected_profile_fields(), verdict.outcomes[name])]
     for together in candidates:
         fixed = profile.name
         for bug in together:
@@ -602,6 +605,10 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
                if mirror is not None):
             return known_finding(together, profile, verdict)
     return None
+
+
+def _differing_fields(a: Profile, b: Profile) -> frozenset[str]:
+    return frozenset(f for f in _PROFILE_FIELDS if getattr(a, f) != getattr(b, f))
 
 
 def _agrees_with_its_model(verdict: Verdict, name: str, mirror: str, models: list[str]) -> bool:

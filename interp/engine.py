@@ -21,7 +21,7 @@ from bpfdiff.isa import Program
 from bpfdiff.maps import BpfMap, MapDefinitionError, create_map, value_region_size
 from bpfdiff.profiles import Profile, get_profile
 from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Load, Run, Scenario, Update
-from bpfdiff.verifier import NOT_READ_BY_VERIFIER, VerifierError, reads_subprog_r0_trust, verify
+from bpfdiff.verifier import NOT_READ_BY_VERIFIER, VerifierError, subprog_r0_trust_matters, verify
 
 from .decode import decoded
 from .memory import FIRST_MAP_REGION, Memory, map_pointer, map_region_base
@@ -44,21 +44,23 @@ class InterpEngine(Engine):
         self.bugs = bugs_for("interp", validate_bugs(frozenset(bugs)))
         self.budget = budget
         self.seed = seed
-        self._machine: Machine | None = None       # the last completed execute's
+        self._machine: Machine | None = None       # the last completed execute's, and its scenario
+        self._scenario: Scenario | None = None
 
-    def unaffected_profile_fields(self) -> frozenset[str]:
-        machine = self._machine
-        if machine is None:
+    def unaffected_profile_fields(self, against: Profile | None = None) -> frozenset[str]:
+        machine, scenario = self._machine, self._scenario
+        if machine is None or scenario is None:
             return self.ignores_profile_fields
         unaffected = set(self.ignores_profile_fields)
         if not machine.empty_slot_reached:
             unaffected.add("tail_call_counts_empty_slot")
-        if not any(reads_subprog_r0_trust(prog.insns) for prog in machine.programs.values()):
-            unaffected.add("verifier_trusts_subprog_r0")    # loading refused nothing, run as it was
+        if not subprog_r0_trust_matters(list(machine.programs.values()), {m.name: m for m in scenario.maps},
+                                        self.profile, against, prog_type=scenario.prog_type):
+            unaffected.add("verifier_trusts_subprog_r0")    # the same refusals, and the runs as they were
         return frozenset(unaffected)
 
     def execute(self, scenario: Scenario) -> list[EventOutcome]:
-        self._machine = None
+        self._machine, self._scenario = None, None
         mem = Memory()
         loaded: set[str] = set()
         maps = self._create_maps(scenario, mem, loaded.__contains__)
@@ -103,7 +105,7 @@ class InterpEngine(Engine):
                 outcomes.append(EventOutcome(index, "load", retval=0))
             else:
                 raise EngineError(f"event {index}: unknown event {event!r}")
-        self._machine = machine
+        self._machine, self._scenario = machine, scenario
         return outcomes
 
     # -- setup ----------------------------------------------------------------------

@@ -78,7 +78,7 @@ from bpfdiff.maps import (
 )
 from bpfdiff.profiles import Profile, get_profile
 from bpfdiff.scenario import PROG_TYPES, PROG_XDP, Delete, Event, Load, MapDef, Run, Scenario, Update
-from bpfdiff.verifier import VerifierError, reads_subprog_r0_trust
+from bpfdiff.verifier import VerifierError, subprog_r0_trust_matters
 
 NOP5 = bytes.fromhex("0f1f440000")
 # x86 register numbers 0-15, as the kernel names its retpoline thunks
@@ -259,13 +259,14 @@ class JitEngine(Engine):
         self._completed = True
         return outcomes
 
-    def unaffected_profile_fields(self) -> frozenset[str]:
-        if not self._completed:
+    def unaffected_profile_fields(self, against: Profile | None = None) -> frozenset[str]:
+        if not self._completed or self._scenario is None:
             return self.ignores_profile_fields
         unaffected = set(self.ignores_profile_fields)
         if not self._wide_map_op_result:
             unaffected.add("map_ops_return_bits")
-        if not any(reads_subprog_r0_trust(lp.program.insns) for lp in self.loaded.values()):
+        if not subprog_r0_trust_matters([lp.program for lp in self.loaded.values()], self.mapdefs, self.profile,
+                                        against, self.options, self._scenario.prog_type):
             unaffected.add("verifier_trusts_subprog_r0")    # the same xlated code, compiled alike
         return frozenset(unaffected)
 

@@ -17,6 +17,7 @@ from bpfdiff.fuzz.oracle import EnginePool, run_oracle
 from bpfdiff.interp.engine import InterpEngine
 from bpfdiff.jit.engine import JitEngine
 from profile_reads import RecordingProfile, every_fixed_variant
+from test_subprog_r0_tail_call import REPRO as SUBPROG_R0_REPRO
 
 from bpfdiff import verifier
 from bpfdiff.engine import _REGISTRY as engine_registry
@@ -92,16 +93,19 @@ FLIPS = {"interp": (("tail_call_counts_empty_slot", (True, False)), ("verifier_t
 @pytest.mark.parametrize("profile_name", ["linux-6.1", "linux-5.10"])
 def test_a_field_the_scenario_did_not_depend_on_changes_nothing(engine_name, profile_name) -> None:
     """Engine.unaffected_profile_fields after a scenario: running it again with such a field's other
-    value gives the same outcomes (and the fields the engine reads only somewhere are told apart
-    per scenario: both answers occur)."""
+    value gives the same outcomes -- also for what only the costlier question against that other
+    profile finds (the verifier model's answers unchanged) -- and the fields the engine reads only
+    somewhere are told apart per scenario (both answers occur)."""
     from bpfdiff.engine import make_engine
 
     base = get_profile(profile_name)
     said: dict[str, set[bool]] = {field: set() for field, _ in FLIPS[engine_name]}
+    only_against: set[str] = set()       # fields only the costlier question (against) found unaffected
     engines = {(field, value): make_engine(engine_name, profile=base.with_options(**{field: value}))
                for field, values in FLIPS[engine_name] for value in values}
-    for seed in range(30):
-        scenario = scenario_from_seed(seed, profile_name)
+    # the known bug's own reproducer: the JIT returns another R0 under the fix
+    for seed, scenario in [(None, parse_scenario(SUBPROG_R0_REPRO))] + \
+            [(seed, scenario_from_seed(seed, profile_name)) for seed in range(30)]:
         for field, values in FLIPS[engine_name]:
             for value in values:
                 engine = engines[field, value]
@@ -109,14 +113,19 @@ def test_a_field_the_scenario_did_not_depend_on_changes_nothing(engine_name, pro
                     outcomes = engine.execute(scenario)
                 except EngineError:
                     continue
-                unaffected = field in engine.unaffected_profile_fields()
-                said[field].add(unaffected)
+                other = engines[field, next(v for v in values if v != value)]
+                plain = field in engine.unaffected_profile_fields()
+                unaffected = field in engine.unaffected_profile_fields(against=other.profile)
+                assert unaffected or not plain
+                said[field].add(plain)
+                if unaffected and not plain:
+                    only_against.add(field)
                 if unaffected:
-                    other = engines[field, next(v for v in values if v != value)]
                     assert other.execute(scenario) == outcomes, (seed, field, value)
     for engine in engines.values():
         engine.close()
     assert all(answers == {True, False} for answers in said.values()), said
+    assert "verifier_trusts_subprog_r0" in only_against
 
 
 @pytest.mark.parametrize("profile", ["linux-6.1", "linux-5.10", "linux-6.12", "linux-5.5"])
