@@ -508,7 +508,7 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
         fixed_runs: dict[str, Any] = {}
         known = known_kernel_bug(scenario, verdict, prof, bugs, pool, fixed_runs)
         verdict.findings.append(known or divergence_finding(scenario, verdict, prof, bugs, pool, probe,
-                                                            fixed_runs.get("all")))
+                                                            fixed_runs.get("fixed", ())))
     if refusals and verdict.outcomes:
         verdict.findings.append(refused_finding(refusals, list(verdict.outcomes), profile))
     elif refusals:
@@ -552,10 +552,10 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     model) stays as built, so it must instead agree with the model it mirrors
     as that model ran unfixed -- the kernel has the bug our model of it has.
 
-    ``fixed_runs`` receives, under ``"all"``, the profile with every known bug fixed and
-    the models' outcomes on it (when only models ran): what remains of the
-    divergence without the kernel's own bugs, which :func:`divergence_finding`
-    names first.
+    ``fixed_runs`` receives, under ``"fixed"`` (when only models ran), each profile with some
+    of the known bugs fixed and the models' outcomes on it, every bug fixed first, then from
+    the most fixes to the fewest: what remains of the divergence without the kernel's own
+    bugs, which :func:`divergence_finding` names first.
     """
     mirrors = {name: pool.get(name, profile.name, bugs).mirrors for name in verdict.outcomes}
     models = [name for name in verdict.outcomes if mirrors[name] is None]
@@ -597,13 +597,15 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
             outcomes = {name: outcomes_under(name, fixed) for name in models}
         except Exception:  # noqa: BLE001 - the check only classifies a divergence
             continue
-        if len(together) == len(profile.kernel_bugs) and fixed_runs is not None and len(models) == len(mirrors):
-            fixed_runs["all"] = (get_profile(fixed), outcomes)
+        if fixed_runs is not None and len(models) == len(mirrors):
+            fixed_runs.setdefault("fixed", []).append((get_profile(fixed), outcomes))
         if verdict.compare(outcomes):
             continue
         if all(_agrees_with_its_model(verdict, name, mirror, models) for name, mirror in mirrors.items()
                if mirror is not None):
             return known_finding(together, profile, verdict)
+    if fixed_runs is not None and "fixed" in fixed_runs:
+        fixed_runs["fixed"].reverse()       # every bug fixed first, then the most fixes to the fewest
     return None
 
 
@@ -635,31 +637,48 @@ def known_finding(bugs: KernelBug | tuple[KernelBug, ...], profile: Profile, ver
 
 
 def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
-                       pool: EnginePool, probe: bool, fixed: tuple[Profile, dict[str, list[EventOutcome]]] | None = None
-                       ) -> Finding:
+                       pool: EnginePool, probe: bool,
+                       fixed: Sequence[tuple[Profile, dict[str, list[EventOutcome]]]] = ()) -> Finding:
     """A divergence finding: the values and detail of the divergence as it happened, the signature
     from :func:`name_divergence`.
 
-    ``fixed`` (the profile with all its known kernel bugs fixed, and the models' outcomes there)
-    is what remains of the divergence without the kernel's own bugs: it is named first -- a
-    planted off-by-one in a tail-call hierarchy that 116e04ba1459 inflates is still ``limit+1``
-    -- and the divergence as it happened only when the probes explain nothing there (a planted
-    bug that the fix changes, such as a counter reset where the fix passes a pointer).
+    ``fixed`` (profiles with some of the known kernel bugs fixed, every one first, and the
+    models' outcomes there) is what remains of the divergence without the kernel's own bugs:
+    with every bug fixed it is named first -- a planted off-by-one in a tail-call hierarchy
+    that 116e04ba1459 inflates is still ``limit+1`` -- and the divergence as it happened
+    last, when the probes explain nothing before.  In between, what remains as a control
+    divergence is named with fewer fixes, the most first: a fix can change what a planted bug
+    does (with 116e04ba1459's counter pointer a count one over the limit reads as a pointer
+    and faults, a counter reset is not emitted at all) while another known bug still blurs
+    the divergence as it happened (d7ba4cc900bf's truncated R0 beside a count off by one).
+    Only divergences of the class that remains with the most fixes are named: when only data
+    differ there, a control divergence with fewer fixes is a known bug's (116e04ba1459's
+    doubled count looks like the counter-reset model), not what is new.
     """
     diffs = first_event_differences(verdict.differences)
     index = diffs[0].event_index
     odd = odd_one_out(diffs) if len(verdict.outcomes) >= 3 else None
     variants: list[tuple[Profile, Verdict]] = []
-    if probe and fixed is not None:
-        fixed_verdict = Verdict(outcomes=fixed[1], observations=verdict.observations)
-        fixed_verdict.differences = fixed_verdict.compare(fixed[1])
-        if fixed_verdict.differences:
-            variants.append((fixed[0], fixed_verdict))
-    variants.append((profile, verdict))
-    named = [name_divergence(scenario, v, p, bugs, pool, probe) for p, v in variants[:1]]
-    if not named[0].explained and len(variants) > 1:
-        named.append(name_divergence(scenario, verdict, profile, bugs, pool, probe))
-    name = next((n for n in named if n.explained), named[0])
+    first_what = None          # the class of what remains with the most fixes
+    for fixed_profile, outcomes in fixed if probe else ():
+        fixed_verdict = Verdict(outcomes=outcomes, observations=verdict.observations)
+        fixed_verdict.differences = fixed_verdict.compare(outcomes)
+        remains = first_event_differences(fixed_verdict.differences)
+        if not remains:
+            continue
+        what = divergence_what(remains)
+        if first_what is None or what == first_what == "control":
+            first_what = first_what or what
+            variants.append((fixed_profile, fixed_verdict))
+    if first_what is None or divergence_what(diffs) == first_what:
+        variants.append((profile, verdict))
+    named: list[DivergenceName] = []
+    for variant_profile, variant in variants:
+        named.append(name_divergence(scenario, variant, variant_profile, bugs, pool, probe))
+        if named[-1].explained:
+            break
+    at = len(named) - 1 if named[-1].explained else 0
+    name, chosen = named[at], variants[at]
     primary = next((d for d in diffs if d.field in CONTROL_FIELDS), diffs[0])
     values = {engine: format_value(primary.field, value) for engine, value in primary.values.items()}
     event = scenario.events[index] if index < len(scenario.events) else None
@@ -670,8 +689,8 @@ def divergence_finding(scenario: Scenario, verdict: Verdict, profile: Profile, b
     for d in diffs:
         shown = "  ".join(f"{e}={format_value(d.field, v)}" for e, v in d.values.items())
         lines.append(f"  {d.field}: {shown}"[:600])
-    if len(variants) > 1 and name is named[0] and first_event_differences(variants[0][1].differences) != diffs:
-        lines.append(f"  named with the profile's known kernel bugs fixed ({variants[0][0].name}), "
+    if chosen[0] is not profile and first_event_differences(chosen[1].differences) != diffs:
+        lines.append(f"  named with the profile's known kernel bugs fixed ({chosen[0].name}), "
                      "where the divergence remains")
     base = f"{DIVERGENCE}:{profile.name}:{name.what}"
     alternatives = tuple(f"{base}:{other}:{name.sites}" for other in name.models[1:])
@@ -808,6 +827,22 @@ def what_if_models(scenario: Scenario, verdict: Verdict, profile: Profile, pool:
     except Exception:  # noqa: BLE001 - the probe only refines a signature
         return found
     return found
+
+
+def divergence_mechanism(signature: str) -> tuple[str, str, str] | None:
+    """What a divergence signature says caused it, its field class left out: (profile, relation,
+    sites) when the relation names a mechanism -- a poke trigger, a self-check tag, a what-if
+    model (``jit@delete``, ``jit@landing``, ``jit@limit+1``) -- else None (``ENGINE@ref``,
+    ``ENGINE@odd``, no engine: then the field class is much of what the signature says).  One
+    mechanism shows in control fields on one input and only in data on another (a stale site
+    that jumps to a program which takes the same path)."""
+    parts = signature.split(":")
+    if len(parts) < 5 or parts[0] != DIVERGENCE:
+        return None
+    _engine, at, how = parts[3].partition("@")
+    if not at or how in ("ref", "odd"):
+        return None
+    return parts[1], parts[3], parts[4]
 
 
 def blamed_engine(signature: str) -> str | None:

@@ -236,7 +236,10 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
     the divergence whose replays show it most often (e.g. a divergence through a
     stale direct jump and the self-check of that very poke site): symptoms one
     scenario exhibits together are one bug -- but two divergences are never
-    merged through a self-check both show, a symptom two bugs can share.  A signature whose findings are all
+    merged through a self-check both show, a symptom two bugs can share.  Divergences that name the
+    same mechanism (:func:`~bpfdiff.fuzz.oracle.divergence_mechanism`: a poke trigger, a self-check
+    tag, a what-if model) are one bucket whether they showed in control or data fields.  A signature
+    whose findings are all
     ambiguous (another what-if model explains each of them as well) joins the
     bucket of such an alternative that some finding shows unambiguously: the
     input could not tell the two apart, the other findings can.  The bucket is
@@ -270,6 +273,16 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
         # wrong program after a skipped delete and after a skipped retarget alike).
         def divergence(sig: str) -> bool:
             return sig.startswith("divergence:")
+
+        from bpfdiff.fuzz.oracle import divergence_mechanism
+
+        same_mechanism: dict[tuple[str, str, str], str] = {}
+        for sig, flaky in groups:
+            mechanism = None if flaky else divergence_mechanism(sig)
+            if mechanism is not None:
+                first = same_mechanism.setdefault(mechanism, sig)
+                if root(sig) != root(first):
+                    parent[root(sig)] = root(first)
 
         for record in records:
             if record.reproduces:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bpfdiff.fuzz.oracle import KNOWN, EnginePool, blamed_engine
+from bpfdiff.fuzz.oracle import KNOWN, EnginePool, blamed_engine, divergence_mechanism
 from bpfdiff.fuzz.triage import triage
 
 from bpfdiff.bugs import BUGS, BUGS_BY_NAME
@@ -50,6 +50,22 @@ def test_blamed_engine_reads_every_kind_of_signature() -> None:
     assert blamed_engine("divergence:linux-6.1:data:-:any") is None
     assert blamed_engine("violation:linux-6.1:jit:tail call lands at the wrong offset into its target") == "jit"
     assert blamed_engine("known:linux-6.1:116e04ba1459") is None
+
+
+def test_one_mechanism_is_one_bug_whichever_fields_show_it() -> None:
+    """A stale site after a delete diverges in control fields on one input and only in data on
+    another: the relation names the mechanism.  An unexplained divergence (``@ref``, ``@odd``)
+    keeps its field class apart."""
+    control = divergence_mechanism("divergence:linux-6.1:control:jit@delete:direct")
+    assert control == divergence_mechanism("divergence:linux-6.1:data:jit@delete:direct") == \
+        ("linux-6.1", "jit@delete", "direct")
+    assert divergence_mechanism("divergence:linux-6.1:control:jit@retarget:direct") != control
+    assert divergence_mechanism("divergence:linux-6.1:data:jit@landing:any") is not None
+    assert divergence_mechanism("divergence:linux-6.1:control:jit@limit+1:any") is not None
+    assert divergence_mechanism("divergence:linux-6.1:data:jit@ref:any") is None
+    assert divergence_mechanism("divergence:linux-6.1:data:kernel-jit@odd:any") is None
+    assert divergence_mechanism("divergence:linux-6.1:data:-:any") is None
+    assert divergence_mechanism("violation:linux-6.1:jit:tail call lands at the wrong offset into its target") is None
 
 
 def test_without_the_planted_bug_only_known_kernel_bugs_remain() -> None:
