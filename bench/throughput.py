@@ -45,7 +45,15 @@ a run may take another path after a helper call; the image, the memory and
 the entry are the same.  The multiples printed are (the engine's seconds
 over those scenarios, everything included: JIT compile, maps, pokes, runs,
 results; alone also its verifier model, which the differential pass shares
-with the interpreter) / (the sum of their runs' bare costs).
+with the interpreter) / (the sum of their runs' bare costs).  The differential
+pass's figure is also split, in CPU seconds of the same engine over the same
+scenarios: its JIT compiles (``bpf_int_jit_compile``, the verifier model's
+cached answer included), its runs (``Emulator.run``: ``emu_start``, which
+translates code not run before in the scenario and calls the hooks, and the
+run's set-up), and the rest (maps, images, hook set-up, pokes and their
+checks, results).  The bare first start (translating everything) beside the
+warm one says what translation costs; the count that bounds a run makes unicorn
+instrument every instruction, so it costs in translation too, on both machines.
 """
 
 from __future__ import annotations
@@ -71,6 +79,10 @@ from bpfdiff.engine import make_engine
 from bpfdiff.scenario import Run
 
 TIMES: dict[str, float] = defaultdict(float)
+# The differential pass's own JIT engine (its env and emulator, to tell its compiles and runs from the
+# oracle's re-runs) and the CPU seconds of its parts so far: "JIT compile", "emulation"
+MAIN_JIT: dict[str, object] = {}
+MAIN_PARTS: dict[str, float] = defaultdict(float)
 BARE_REPEATS = 5          # starts per run on the bare machine; the first fills the translation cache
 # what the JIT engine sets before a run (emulator.GPRS plus what it starts from)
 BARE_REGS = (*jit_emulator.GPRS, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RFLAGS)
@@ -83,13 +95,18 @@ def fresh_caches() -> None:
     bpf_jit_comp.clear_invariant_cache()
 
 
-def timed(name: str, fn: Callable) -> Callable:
+def timed(name: str, fn: Callable, mine: Callable[[tuple], bool] | None = None) -> Callable:
+    """``fn`` adding its wall seconds to TIMES[name]; for a call where ``mine(args)`` (the main JIT
+    engine's), its CPU seconds to MAIN_PARTS[name] too."""
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
+        cpu = time.process_time() if mine is not None and mine(args) else None
         try:
             return fn(*args, **kwargs)
         finally:
             TIMES[name] += time.perf_counter() - start
+            if cpu is not None:
+                MAIN_PARTS[name] += time.process_time() - cpu
     return wrapper
 
 
@@ -99,8 +116,11 @@ def instrument() -> None:
     globals()["scenario_from_seed"] = timed("generation", generate_fn)
     interp_engine.InterpEngine.execute = timed("interpretation", interp_engine.InterpEngine.execute)
     jit_engine.JitEngine.execute = timed("jit total", jit_engine.JitEngine.execute)
-    jit_engine.bpf_int_jit_compile = timed("JIT compile", jit_engine.bpf_int_jit_compile)
-    jit_emulator.Emulator.run = timed("emulation", jit_emulator.Emulator.run)
+    # bpf_int_jit_compile(prog, maps, profile, env, ...) and Emulator.run(self, ...) of the main engine
+    jit_engine.bpf_int_jit_compile = timed("JIT compile", jit_engine.bpf_int_jit_compile,
+                                           lambda args: args[3] is MAIN_JIT.get("env"))
+    jit_emulator.Emulator.run = timed("emulation", jit_emulator.Emulator.run,
+                                      lambda args: args[0] is MAIN_JIT.get("emu"))
     oracle.compare_outcomes = timed("comparison", oracle.compare_outcomes)
 
 
@@ -149,11 +169,14 @@ def single_engine(name: str, profile: str, seconds: float, seed: int,
 
 
 def differential(profile: str, seconds: float, seed: int, jit_per_scenario: list[tuple[float, int]],
-                 count: int | None = None) -> tuple[int, int, float, float, int]:
+                 count: int | None = None,
+                 jit_parts: list[tuple[float, float]] | None = None) -> tuple[int, int, float, float, int]:
     """``jit_per_scenario`` gets (CPU seconds, runs) of the JIT engine's own execution of each scenario
-    (not the oracle's re-runs: probes, known kernel bugs)."""
+    (not the oracle's re-runs: probes, known kernel bugs); ``jit_parts`` (CPU seconds of its JIT
+    compiles, of its runs in Emulator.run) of each, when the functions are instrumented."""
     pool = oracle.EnginePool()
     main_jit = pool.get("jit", profile, frozenset())
+    MAIN_JIT.update(env=main_jit.env, emu=main_jit.emu)
     real_execute = main_jit.execute
     spent = [0.0]
 
@@ -172,13 +195,17 @@ def differential(profile: str, seconds: float, seed: int, jit_per_scenario: list
     while more(clock, seconds, scenarios, count):
         s = scenario_from_seed(seed + scenarios, profile)
         spent[0] = 0.0
+        MAIN_PARTS.clear()
         verdict = oracle.run_oracle(s, profile=profile, pool=pool)
         jit_per_scenario.append((spent[0], run_events(s)))
+        if jit_parts is not None:
+            jit_parts.append((MAIN_PARTS["JIT compile"], MAIN_PARTS["emulation"]))
         findings += not verdict.ok
         scenarios += 1
         runs += run_events(s) * len(verdict.outcomes)
     wall, cpu = clock.elapsed()
     pool.close()
+    MAIN_JIT.clear()
     return scenarios, runs, wall, cpu, findings
 
 
@@ -278,8 +305,10 @@ def main() -> None:
         print_rate("jit alone", scenarios, runs, wall, cpu)
         instrument()
         jit_in_differential: list[tuple[float, int]] = []
+        jit_parts: list[tuple[float, float]] = []
         scenarios, runs, elapsed, cpu, findings = differential(args.profile, args.seconds, args.seed,
-                                                               jit_in_differential, count=args.scenarios)
+                                                               jit_in_differential, count=args.scenarios,
+                                                               jit_parts=jit_parts)
     print_rate("differential", scenarios, runs, elapsed, cpu, f"   ({findings} scenarios with findings)")
 
     jit_total = TIMES.pop("jit total", 0.0)
@@ -310,6 +339,21 @@ def main() -> None:
         engine_per_run = engine_seconds / engine_runs
         print(f"  JIT engine {label}: {1e6 * engine_per_run:.1f} us CPU per run, everything else included: "
               f"{engine_per_run / bare_per_run:.1f} x a bare emu_start (target <= 30)")
+        if per_scenario is jit_in_differential:
+            compile_seconds = sum(part for part, _emulation in jit_parts[:sample])
+            emulation_seconds = sum(emulation for _compile, emulation in jit_parts[:sample])
+            print_parts(engine_seconds, compile_seconds, emulation_seconds, engine_runs, bare_per_run)
+
+
+def print_parts(total: float, compile_seconds: float, emulation_seconds: float, runs: int, bare: float) -> None:
+    """The JIT engine's cost per run in its parts, each also in bare emu_starts."""
+    parts = (("JIT compile (bpf_int_jit_compile at load, its verifier lookup included)", compile_seconds),
+             ("runs (Emulator.run: emu_start, translating new code and running the hooks, and its set-up)",
+              emulation_seconds),
+             ("the rest (maps, images, hooks, pokes and their checks, results)",
+              total - compile_seconds - emulation_seconds))
+    for name, seconds in parts:
+        print(f"    {1e6 * seconds / runs:7.1f} us {seconds / runs / bare:5.1f} x  {name}")
 
 
 if __name__ == "__main__":

@@ -741,8 +741,9 @@ class Emulator:
     def _untranslated(self, addr: int) -> bool:
         """Whether no translated block can cover ``addr``: image text while no run started since
         :meth:`reset` dropped the translations of the whole image region (blocks are translated
-        only by a run).  Loading a scenario writes and hooks its images then, without a cache drop
-        for each write and hook (each costs microseconds in libunicorn)."""
+        only by a run: whoever starts the machine without :meth:`run` must not rewrite its image
+        text afterwards).  Loading a scenario writes and hooks its images then, without a cache
+        drop for each write and hook (each costs microseconds in libunicorn)."""
         return self._images_untranslated and addr >= IMAGE_BASE
 
     def alloc_image(self, size: int) -> int:

@@ -144,6 +144,8 @@ class JitEngine(Engine):
         self.map_by_addr: dict[int, BpfMap] = {}
         self.loaded: dict[str, LoadedProgram] = {}
         self._event_violations: list[str] = []
+        # a prog array's contents, kept from one slot change (_on_slot_change) to the next
+        self._slot_contents: dict[str, MapContents] = {}
         self._wide_map_op_result = False     # a map op returned a value that 32 bits do not hold
         self._completed = False              # the scenario's events have all been applied
 
@@ -419,10 +421,21 @@ class JitEngine(Engine):
                 (XDP_NET_DEVICE + layout.off_netdev_ifindex, xdp.LOOPBACK_IFINDEX.to_bytes(4, "little")))
 
     def _contents(self) -> tuple[tuple[str, MapContents], ...]:
-        return tuple((name, bpf_map.contents()) for name, bpf_map in self.maps.items())
+        return tuple([(name, self._map_contents(name, bpf_map)) for name, bpf_map in self.maps.items()])
+
+    def _map_contents(self, name: str, bpf_map: BpfMap) -> MapContents:
+        # Asked after every run; a prog array changes only by a slot exchange (no program writes
+        # one), which _on_slot_change sees, so its answer is kept until then.
+        if not isinstance(bpf_map, ProgArrayMap):
+            return bpf_map.contents()
+        contents = self._slot_contents.get(name)
+        if contents is None:
+            contents = self._slot_contents[name] = bpf_map.contents()
+        return contents
 
     # -- prog-array slots and text poking -------------------------------------------------
     def _on_slot_change(self, bpf_map: ProgArrayMap, index: int, old: str | None, new: str | None) -> None:
+        self._slot_contents.pop(bpf_map.name, None)
         slot = self.map_struct[bpf_map.name] + self.profile.off_array_ptrs + 8 * index
         new_struct = self.loaded[new].prog_struct if new is not None else 0
         self.emu.write(slot, new_struct.to_bytes(8, "little"))
