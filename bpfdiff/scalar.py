@@ -161,7 +161,7 @@ class Scalar(NamedTuple):
         return self.mask & U32 == 0
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 16)     # every immediate of every program asks
 def known(v: int) -> Scalar:
     """__mark_reg_known."""
     v &= U64

@@ -77,15 +77,17 @@ def insn_refusal(insn: Insn, profile: Profile) -> str | None:
     Only for encodings :func:`bpfdiff.isa.check_insn` accepts (today's ISA).
     """
     opcode, cls = insn.opcode, insn.cls
-    if not profile.isa_v4:
-        if opcode == isa.BPF_ALU64 | isa.BPF_END:
-            return f"unknown opcode {opcode:02x}"
-        if opcode == isa.BPF_JMP32 | isa.BPF_JA and not profile.isa_ja32:
-            return f"unknown opcode {opcode:02x}"
-        if cls == isa.BPF_LDX and insn.mode != isa.BPF_MEM:
+    if not profile.isa_v4:              # (each test below concerns one class: tested by class)
+        if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
+            if opcode == isa.BPF_ALU64 | isa.BPF_END:
+                return f"unknown opcode {opcode:02x}"
+            if insn.off and insn.op not in (isa.BPF_END, isa.BPF_NEG):
+                return "BPF_MOV uses reserved fields" if insn.op == isa.BPF_MOV else "BPF_ALU uses reserved fields"
+        elif cls == isa.BPF_JMP32:
+            if opcode == isa.BPF_JMP32 | isa.BPF_JA and not profile.isa_ja32:
+                return f"unknown opcode {opcode:02x}"
+        elif cls == isa.BPF_LDX and insn.mode != isa.BPF_MEM:
             return "BPF_LDX uses reserved fields"
-        if (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.off and insn.op not in (isa.BPF_END, isa.BPF_NEG):
-            return "BPF_MOV uses reserved fields" if insn.op == isa.BPF_MOV else "BPF_ALU uses reserved fields"
     if not profile.atomic_fetch and cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and \
             insn.imm != isa.BPF_ADD:
         return "BPF_XADD uses reserved fields"
@@ -139,8 +141,9 @@ def _check_insns(prog: Program, maps: Mapping[str, MapLike], profile: Profile, s
             reason = alu_refusal(insn)
         if reason is not None and first is None:
             first = (pc, reason)
-        if structure and loading is None:
-            loading = _load_refusal(pc, insn, insns, second_slots, maps)
+        if structure and loading is None and (cls == isa.BPF_JMP or cls == isa.BPF_JMP32 or insn.is_lddw or
+                                              insn.dst == isa.BPF_REG_FP or insn.src == isa.BPF_REG_FP):
+            loading = _load_refusal(pc, insn, insns, second_slots, maps)     # (None for any other)
         pc += 2 if insn.is_lddw else 1
     if first is not None:
         raise VerifierError(name, *first)
@@ -747,12 +750,10 @@ class _Explorer:
         calls, exits and the two slots of an lddw, and anything unusual: too many is only slower.)"""
         code = self.code
         n = len(code)
-        join = [True] * n
-        for pc in range(1, n):
-            kind = code[pc - 1][0]
-            # (a call's target is its jump target: only a bpf-to-bpf call has one)
-            join[pc] = not (kind == _ALU or kind == _LDX or kind == _STORE or
-                            (kind == _CALL and code[pc - 1][-1] is None))
+        # after an instruction whose one successor is the next one (a call's target is its jump
+        # target: only a bpf-to-bpf call has one)
+        join = [True] * min(n, 1) + [not (c[0] == _ALU or c[0] == _LDX or c[0] == _STORE or
+                                          (c[0] == _CALL and c[-1] is None)) for c in code[:-1]]
         for pc, c in enumerate(code):
             target = c[-1]
             if target is not None:
@@ -778,6 +779,8 @@ class _Explorer:
         step, seen, code, alu = self.step, self.seen, self.code, self.alu
         if join is None:
             join = [True] * n
+        # at pc: an ALU instruction the run of ALU instructions before it goes on into (index n: no)
+        run_on = [not join[pc] and code[pc][0] == _ALU for pc in range(n)] + [False]
         while todo:
             pc, state = todo.pop()
             while True:                       # one state's single successors, followed in place
@@ -794,7 +797,7 @@ class _Explorer:
                     r = list(regs)
                     r[c[3]] = alu(c, r)
                     pc += 1
-                    while pc < n and not join[pc] and code[pc][0] == _ALU:
+                    while run_on[pc]:
                         steps += 1
                         if steps > budget:
                             return False
@@ -811,11 +814,16 @@ class _Explorer:
                         if len(visited) == before:
                             break
                     continue
-                succs = [succ for succ in step(pc, state) if succ[0] is not None and 0 <= succ[0] < n]
-                if len(succs) == 1 and not join[succs[0][0]]:
-                    pc, state = succs[0]
-                    continue
+                succs = step(pc, state)
+                if len(succs) == 1:
+                    nxt = succs[0][0]
+                    if nxt is not None and 0 <= nxt < n and not join[nxt]:
+                        pc, state = succs[0]
+                        continue
                 for succ in succs:
+                    nxt = succ[0]
+                    if nxt is None or not 0 <= nxt < n:
+                        continue
                     before = len(visited)
                     visited.add(succ)
                     if len(visited) != before:

@@ -193,24 +193,44 @@ class FunctionFlow:
         states: dict[int, State] = {self.start: entry}
         self.states = states          # its keys: the instructions the verifier sees ("aux->seen")
         work = [self.start]
+        start, end, insns = self.start, self.end, self.insns
+        step, alu, join = self.step, self.alu, self.join
         while work:
             pc = work.pop()
-            for succ, out in self.step(pc, states[pc]):
-                if not self.start <= succ < self.end:
+            insn = insns[pc]
+            cls = insn.cls
+            if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
+                # most instructions: one successor, one register changed (step() does the same)
+                r = list(states[pc])
+                r[insn.dst] = alu(insn, r)
+                succs: Sequence[tuple[int, State]] = ((pc + 1, tuple(r)),)
+            else:
+                succs = step(pc, states[pc])
+            for succ, out in succs:
+                if not start <= succ < end:
                     continue     # a jump out of the function: check_subprogs reports it
                 old = states.get(succ)
-                new = out if old is None else self.join(old, out)
+                if old is None:
+                    states[succ] = out
+                    work.append(succ)
+                    continue
+                new = join(old, out)
                 if new != old:
                     states[succ] = new
                     work.append(succ)
 
     def join(self, a: State, b: State) -> State:
         """Merge two paths; a frame pointer known on one path only can no longer be followed."""
+        if a == b:
+            return a
         merged = []
         for x, y in zip(a, b, strict=True):
-            if x != y and (_is_fp(x) or _is_fp(y)):
+            if x == y:
+                merged.append(x)
+                continue
+            if (x is not None and x[0] == "f") or (y is not None and y[0] == "f"):      # _is_fp
                 self.escaped = True
-            merged.append(x if x == y else None)
+            merged.append(None)
         return tuple(merged)
 
     def step(self, pc: int, regs: State) -> list[tuple[int, State]]:
@@ -301,6 +321,8 @@ class FunctionFlow:
                 return ("f", dst[1] + delta if op == isa.BPF_ADD else dst[1] - delta)
             self.escaped = True              # pointer arithmetic the dataflow cannot follow
             return None
+        if op != isa.BPF_MOV and (dst is None or dst[0] != "c"):
+            return None                      # track_const_alu: an unknown operand, an unknown result
         known = track_const_alu(insn, dst[1] if dst is not None and dst[0] == "c" else None,
                                 operand[1] if operand is not None and operand[0] == "c" else None)
         return None if known is None else ("c", known)
@@ -424,26 +446,32 @@ def rebuild(insns: list[Insn], orig: list[int], patches: Mapping[int, list[Insn]
         # nothing moves: every jump keeps its offset (the program passed check_load, so every
         # target is a slot of it), the same answer without rebuilding each jump
         return list(insns), list(orig), list(range(n + 1))
-    new_start = [0] * (n + 1)
-    pos = 0
-    for i in range(n):
-        new_start[i] = pos
-        pos += len(patches[i]) if i in patches else 1
-    new_start[n] = pos
+    # new_start[i] = i + what the patches before i add; the slots between two patched ones are
+    # copied as they are, then each jump among them gets its new offset
+    new_start: list[int] = []
     out: list[Insn] = []
     out_orig: list[int] = []
+    shift = prev = 0
+    for p in sorted(patches):
+        new_start.extend(range(prev + shift, p + shift + 1))
+        out.extend(insns[prev:p])
+        out_orig.extend(orig[prev:p])
+        out.extend(patches[p])
+        out_orig.extend([orig[p]] * len(patches[p]))
+        shift += len(patches[p]) - 1
+        prev = p + 1
+    new_start.extend(range(prev + shift, n + 1 + shift))
+    out.extend(insns[prev:])
+    out_orig.extend(orig[prev:])
     for i, insn in enumerate(insns):
-        if i in patches:
-            out.extend(patches[i])
-            out_orig.extend([orig[i]] * len(patches[i]))
+        cls = insn.cls
+        if (cls != isa.BPF_JMP and cls != isa.BPF_JMP32) or i in patches:
             continue
         target = isa.jump_target(i, insn)
         if target is not None:
             rel = new_start[target] - (new_start[i] + 1)
             if rel != target - (i + 1):   # a jump whose offset does not change is kept as it is
-                insn = _with_offset(insn, rel)
-        out.append(insn)
-        out_orig.append(orig[i])
+                out[new_start[i]] = _with_offset(insn, rel)
     return out, out_orig, new_start
 
 
@@ -568,6 +596,9 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[
         opcode = insn.opcode
         if opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
             raise VerifierError(prog.name, pc, "kfunc calls are not supported")
+        cls = insn.cls
+        if cls != isa.BPF_JMP and cls != isa.BPF_JMP32:
+            continue                    # no jump, no call (jump_target would say None)
         pseudo_call = opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL
         target = isa.jump_target(pc, insn)
         if target in second_slots:
@@ -597,12 +628,17 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     # in R1-R5 (constants, map pointers; not the caller's frame) is known at its entry: joined
     # over the call sites, until no entry changes (the call graph has no cycles: check_cfg).
     entries: list[State] = [(None,) * 5 for _ in starts]
+    flows: list[FunctionFlow] = []
     for _ in range(len(starts)):
-        flows = []
-        for start, end, args in zip(starts, ends, entries, strict=True):
+        again = []
+        for k, (start, end, args) in enumerate(zip(starts, ends, entries, strict=True)):
+            if flows and flows[k].args == args:
+                again.append(flows[k])      # its entry did not change: the dataflow is a function of it
+                continue
             flow = FunctionFlow(insns, start, end, maps, profile, args)
             flow.run()
-            flows.append(flow)
+            again.append(flow)
+        flows = again
         passed: dict[int, State] = {}
         for flow in flows:
             for pc in flow.calls:
@@ -629,7 +665,8 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         if map_name is not None and maps[map_name].kind != "prog_array":
             raise VerifierError(prog.name, pc, "cannot pass map_type "
                                 f"{maps[map_name].kind} into func bpf_tail_call")
-    has_tail_call = [any(insns[pc].is_tail_call for pc in range(s, e)) for s, e in zip(starts, ends, strict=True)]
+    tail_call_pcs = [pc for pc, insn in enumerate(insns) if insn.opcode == isa.CALL_OPCODE and insn.is_tail_call]
+    has_tail_call = [any(s <= pc < e for pc in tail_call_pcs) for s, e in zip(starts, ends, strict=True)]
     callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
     reachable = reach_tail_calls(has_tail_call, callees)
     depths = [isa.MAX_BPF_STACK if flow.escaped else flow.depth for flow in flows]
@@ -665,10 +702,11 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     # opt_remove_nops
     ja0 = Insn(isa.BPF_JMP | isa.BPF_JA)
     removed = {pc: [] for pc, insn in enumerate(insns) if insn.opcode == ja0.opcode and insn == ja0}
-    insns, orig, new_start = rebuild(insns, orig, removed)
-    starts = [new_start[s] for s in starts]
-    tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
-    lookups = {new_start[pc]: name for pc, name in lookups.items()}
+    if removed:
+        insns, orig, new_start = rebuild(insns, orig, removed)
+        starts = [new_start[s] for s in starts]
+        tail_calls = {new_start[pc]: mk for pc, mk in tail_calls.items()}
+        lookups = {new_start[pc]: name for pc, name in lookups.items()}
 
     ctx_patches = convert_ctx_accesses(insns, starts, profile, prog_type, prog.name)
     if ctx_patches:
@@ -736,10 +774,22 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
 # over its call sites).  A value is CTX_NO, CTX_YES or CTX_MIXED (ctx on one
 # path only: the verifier refuses an access through it).
 CTX_NO, CTX_YES, CTX_MIXED = 0, 1, 2
+# A state is one int, two bits per register (R0 lowest): "may be the context" (1) and "may be
+# something else" (2), so CTX_YES is 1, CTX_NO 2, CTX_MIXED 3, and joining two paths is their OR
+# (equal values stay, different ones become CTX_MIXED).
+_CTX_BITS = {1: CTX_YES, 2: CTX_NO, 3: CTX_MIXED}
+_NO_BITS = 2
 
 
-def _ctx_join(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(x if x == y else CTX_MIXED for x, y in zip(a, b, strict=True))
+def _ctx_no(regs: range) -> int:
+    """The bits of CTX_NO in every register of ``regs``."""
+    return sum(_NO_BITS << 2 * reg for reg in regs)
+
+
+_ALL_NO = _ctx_no(range(isa.MAX_BPF_REG))
+_CALL_CLOBBERED = _ctx_no(range(6))                 # R0-R5 after any call
+_CALL_CLOBBERED_MASK = sum(3 << 2 * reg for reg in range(6))
+_ARGS_MASK = sum(3 << 2 * reg for reg in range(1, 6))
 
 
 def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int]:
@@ -752,7 +802,7 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
     never spills one: the checker refuses pointers stored to memory).
     """
     ends = list(starts[1:]) + [len(insns)]
-    entry: dict[int, tuple[int, ...]] = {starts[0]: (CTX_NO, CTX_YES) + (CTX_NO,) * 9}
+    entry: dict[int, int] = {starts[0]: (_ALL_NO & ~(3 << 2)) | (1 << 2)}     # R1: the context
     found: dict[int, int] = {}
     pending = [starts[0]]
     while pending:
@@ -762,46 +812,53 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
         work = [start]
         while work:
             pc = work.pop()
-            regs = list(states[pc])
+            regs = states[pc]
             insn = insns[pc]
-            succs = [pc + 1]
+            nxt = pc + 1
+            other = None                    # a conditional jump's target
             opcode, cls = insn.opcode, insn.cls
             if insn.is_lddw:
-                regs[insn.dst] = CTX_NO
-                succs = [pc + 2]
+                regs = (regs & ~(3 << 2 * insn.dst)) | (_NO_BITS << 2 * insn.dst)
+                nxt = pc + 2
             elif cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
-                moved = opcode == isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X and not insn.off
-                regs[insn.dst] = regs[insn.src] if moved else CTX_NO
-            elif cls in (isa.BPF_LDX, isa.BPF_ST, isa.BPF_STX):
-                base = insn.src if cls == isa.BPF_LDX else insn.dst
-                if regs[base] != CTX_NO:
-                    found[pc] = max(found.get(pc, CTX_NO), regs[base])
+                dst = 2 * insn.dst
+                if opcode == isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X and not insn.off:
+                    regs = (regs & ~(3 << dst)) | (((regs >> 2 * insn.src) & 3) << dst)
+                else:
+                    regs = (regs & ~(3 << dst)) | (_NO_BITS << dst)
+            elif cls == isa.BPF_LDX or cls == isa.BPF_ST or cls == isa.BPF_STX:
+                base = (regs >> 2 * (insn.src if cls == isa.BPF_LDX else insn.dst)) & 3
+                if base != _NO_BITS:
+                    found[pc] = max(found.get(pc, CTX_NO), _CTX_BITS[base])
                 if cls == isa.BPF_LDX:
-                    regs[insn.dst] = CTX_NO
+                    regs = (regs & ~(3 << 2 * insn.dst)) | (_NO_BITS << 2 * insn.dst)
                 elif cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
-                    regs[0 if insn.imm == isa.BPF_CMPXCHG else insn.src] = CTX_NO
+                    reg = 2 * (0 if insn.imm == isa.BPF_CMPXCHG else insn.src)
+                    regs = (regs & ~(3 << reg)) | (_NO_BITS << reg)
             elif opcode == isa.CALL_OPCODE:
                 if insn.src == isa.BPF_PSEUDO_CALL:
                     target = pc + 1 + insn.imm
-                    callee = (CTX_NO,) + tuple(regs[1:6]) + (CTX_NO,) * 5
+                    callee = (_ALL_NO & ~_ARGS_MASK) | (regs & _ARGS_MASK)
                     old = entry.get(target)
-                    new = callee if old is None else _ctx_join(old, callee)
+                    new = callee if old is None else old | callee
                     if new != old:
                         entry[target] = new
                         pending.append(target)
-                for reg in range(6):
-                    regs[reg] = CTX_NO
+                regs = (regs & ~_CALL_CLOBBERED_MASK) | _CALL_CLOBBERED
             elif opcode == isa.EXIT_OPCODE:
-                succs = []
+                continue
             elif cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
                 target = isa.jump_target(pc, insn)
-                succs = [target] if insn.op == isa.BPF_JA else [pc + 1, target]
-            out = tuple(regs)
-            for succ in succs:
+                if insn.op == isa.BPF_JA:
+                    nxt = target
+                else:
+                    other = target
+            # successors in the order [pc + 1, target] of a conditional jump
+            for succ in (nxt,) if other is None else (nxt, other):
                 if not start <= succ < end:
                     continue
                 old = states.get(succ)
-                new = out if old is None else _ctx_join(old, out)
+                new = regs if old is None else old | regs
                 if new != old:
                     states[succ] = new
                     work.append(succ)
