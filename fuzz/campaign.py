@@ -153,14 +153,23 @@ def coarse_class(insn: Insn) -> str:
     return "stx.atomic" if name.startswith("stx.atomic") else name.split(".")[0]
 
 
+# coarse_class by opcode: it reads nothing else (class, op, source, mode and size are the opcode's
+# bits; a tail call and a helper call are both "jmp"), and every run's features ask it of every slot
+_COARSE_CLASSES: dict[int, str] = {}
+
+
 def program_classes(insns: Sequence[Insn]) -> set[str]:
     out, skip = set(), False
+    known = _COARSE_CLASSES
     for insn in insns:
         if skip:
             skip = False
             continue
         skip = insn.is_lddw
-        out.add(coarse_class(insn))
+        name = known.get(insn.opcode)
+        if name is None:
+            name = known[insn.opcode] = coarse_class(insn)
+        out.add(name)
     return out
 
 
