@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 from bpfdiff import isa, scalar
 from bpfdiff.helpers import known_cpu_id
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
+_T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 class MapLike(Protocol):
@@ -343,12 +345,7 @@ def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
     ``prog_type`` the scenario's (the context the program gets, see :mod:`bpfdiff.xdp`).
     """
     force_indirect = bool(options is not None and options.force_indirect)
-    known = _programs.get(id(prog))
-    if known is None or known.prog is not prog:
-        known = _ProgramKey(prog)
-        if len(_programs) >= CACHE_SIZE:
-            _programs.clear()
-        _programs[id(prog)] = known
+    known = _by_identity(_programs, prog, _ProgramKey)
     used = tuple((m.name, m.kind, m.key_size, m.value_size, m.max_entries)
                  for m in (maps.get(name) for name in known.map_names) if m is not None)
     # the engines ask again with the very objects they asked with: answered before hashing anything
@@ -420,19 +417,26 @@ class _ProgramKey:
 
 
 # identity memos in front of the cache, each holding the objects whose ids it is keyed on
-_programs: dict[int, _ProgramKey] = {}
-_views: dict[int, VerifierView] = {}
+_programs: dict[int, tuple[Program, _ProgramKey]] = {}
+_views: dict[int, tuple[Profile, VerifierView]] = {}
 _answers: dict[tuple, tuple[Program, Profile, Xlated | VerifierError]] = {}
 
 
+def _by_identity(memo: dict[int, tuple[_T, _V]], obj: _T, make: Callable[[_T], _V]) -> _V:
+    """``make(obj)``, remembered by the object's id (and the object, so that a reused id of a
+    freed one is never taken for it)."""
+    hit = memo.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    made = make(obj)
+    if len(memo) >= CACHE_SIZE:
+        memo.clear()
+    memo[id(obj)] = (obj, made)
+    return made
+
+
 def _view(profile: Profile) -> VerifierView:
-    view = _views.get(id(profile))
-    if view is None or view.profile is not profile:
-        view = VerifierView(profile)
-        if len(_views) >= CACHE_SIZE:
-            _views.clear()
-        _views[id(profile)] = view
-    return view
+    return _by_identity(_views, profile, VerifierView)
 
 
 def clear_cache() -> None:
