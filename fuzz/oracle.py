@@ -505,10 +505,10 @@ def run_oracle(scenario: Scenario, engines: Sequence[str] = ("interp", "jit"), p
     differences = verdict.compare(verdict.outcomes)
     verdict.differences = differences
     if differences:
-        fixed_runs: dict[str, Any] = {}
+        fixed_runs: list[tuple[Profile, dict[str, list[EventOutcome]]]] = []
         known = known_kernel_bug(scenario, verdict, prof, bugs, pool, fixed_runs)
         verdict.findings.append(known or divergence_finding(scenario, verdict, prof, bugs, pool, probe,
-                                                            fixed_runs.get("fixed", ())))
+                                                            fixed_runs))
     if refusals and verdict.outcomes:
         verdict.findings.append(refused_finding(refusals, list(verdict.outcomes), profile))
     elif refusals:
@@ -543,7 +543,8 @@ def refused_finding(refusals: dict[str, ProgramRefused], loaded: list[str], prof
 
 
 def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bugs: frozenset[str],
-                     pool: EnginePool, fixed_runs: dict[str, Any] | None = None) -> Finding | None:
+                     pool: EnginePool, fixed_runs: list[tuple[Profile, dict[str, list[EventOutcome]]]] | None = None
+                     ) -> Finding | None:
     """A KNOWN finding when fixing one of the profile's known kernel bugs makes the engines agree.
 
     The profile models its kernel faithfully, bugs included; a divergence that
@@ -552,7 +553,7 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     model) stays as built, so it must instead agree with the model it mirrors
     as that model ran unfixed -- the kernel has the bug our model of it has.
 
-    ``fixed_runs`` receives, under ``"fixed"`` (when only models ran), each profile with some
+    ``fixed_runs`` receives (when only models ran) each profile with some
     of the known bugs fixed and the models' outcomes on it, every bug fixed first, then from
     the most fixes to the fewest: what remains of the divergence without the kernel's own
     bugs, which :func:`divergence_finding` names first.
@@ -575,8 +576,7 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
     # every engine asked has run nothing else since (each profile has its own engine).
     ran: dict[str, list[tuple[Profile, Engine, frozenset[str], list[EventOutcome]]]] = {}
 
-    def outcomes_under(name: str, fixed: str) -> list[EventOutcome]:
-        fixed_profile = get_profile(fixed)
+    def outcomes_under(name: str, fixed: str, fixed_profile: Profile) -> list[EventOutcome]:
         for run_profile, run_engine, unaffected, outcomes in ran[name]:
             rest = _differing_fields(run_profile, fixed_profile) - unaffected
             if not rest or rest <= run_engine.unaffected_profile_fields(against=fixed_profile):
@@ -593,19 +593,20 @@ def known_kernel_bug(scenario: Scenario, verdict: Verdict, profile: Profile, bug
         fixed = profile.name
         for bug in together:
             fixed = with_kernel_bug_fixed(fixed, bug.commit)
+        fixed_profile = get_profile(fixed)
         try:
-            outcomes = {name: outcomes_under(name, fixed) for name in models}
+            outcomes = {name: outcomes_under(name, fixed, fixed_profile) for name in models}
         except Exception:  # noqa: BLE001 - the check only classifies a divergence
             continue
         if fixed_runs is not None and len(models) == len(mirrors):
-            fixed_runs.setdefault("fixed", []).append((get_profile(fixed), outcomes))
+            fixed_runs.append((fixed_profile, outcomes))
         if verdict.compare(outcomes):
             continue
         if all(_agrees_with_its_model(verdict, name, mirror, models) for name, mirror in mirrors.items()
                if mirror is not None):
             return known_finding(together, profile, verdict)
-    if fixed_runs is not None and "fixed" in fixed_runs:
-        fixed_runs["fixed"].reverse()       # every bug fixed first, then the most fixes to the fewest
+    if fixed_runs is not None:
+        fixed_runs.reverse()       # every bug fixed first, then the most fixes to the fewest
     return None
 
 
