@@ -20,6 +20,11 @@ class KernelBug:
     is working.  The oracle re-runs a diverging scenario on the profile with
     the fix applied (``get_profile("linux-5.5+a657182a5c51")``): a divergence
     the fix removes is reported as this known bug, not as a new one.
+
+    ``reference_as_bug`` makes the reference interpreter run as the buggy kernel
+    does (profile field -> value), when it can: a new bug that shows only
+    together with this one (a tail-call limit off by one in a hierarchy whose
+    counter this bug copies) is named by its own what-if model on top of it.
     """
 
     commit: str                           # the fixing commit (12 hex digits)
@@ -27,6 +32,8 @@ class KernelBug:
     introduced: str                       # commit and release that brought it in
     fixed_in: str
     fix: tuple[tuple[str, object], ...]   # Profile field -> value after the fix
+    reference_as_bug: tuple[tuple[str, object], ...] = ()
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +351,9 @@ TAILCALL_HIERARCHY = KernelBug(
     fixed_in="v6.10",
     fix=(("jit_tail_call_cnt", "pointer"), ("x86_tail_call_offset", 12),
          ("tail_call_counts_empty_slot", False)),
+    # the count passed by value: each subprogram starts from its caller's count and its
+    # increments are lost on return (interp/vm.py's "copy" counter)
+    reference_as_bug=(("subprog_counter", "copy"),),
 )
 
 LINUX_6_1 = Profile(
@@ -466,6 +476,13 @@ def get_profile(name: str | Profile) -> Profile:
                              f"(known: {', '.join(bugs) or 'none'})")
         profile = profile.with_options(**dict(bugs[commit].fix))
     return profile.with_options(name=name) if fixes else profile
+
+
+def unfixed_kernel_bugs(profile: Profile) -> tuple[KernelBug, ...]:
+    """The profile's known kernel bugs whose fix it does not carry (all of them but those a
+    ``BASE+COMMIT`` name fixed)."""
+    return tuple(bug for bug in profile.kernel_bugs
+                 if any(getattr(profile, field) != value for field, value in bug.fix))
 
 
 def with_kernel_bug_fixed(profile: str, commit: str) -> str:

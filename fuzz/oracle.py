@@ -50,7 +50,10 @@ signature is ``divergence:PROFILE:WHAT:RELATION:SITES``:
   what-if probes (:data:`WHAT_IF_MODELS`), ``ENGINE@MODEL`` when that engine
   runs exactly like the clean interpreter under a changed counter rule --
   MAX_TAIL_CALL_CNT one higher or lower, or a counter that restarts at zero in
-  every subprogram -- and not like it under the profile's own rule; else
+  every subprogram -- and not like it under the profile's own rule (when no
+  model alone does: under a model together with a known kernel bug the profile
+  still has, as the interpreter can run it, ``KernelBug.reference_as_bug`` --
+  a limit off by one in a hierarchy whose counter 116e04ba1459 copies); else
   ``other`` (``-`` for ``data`` divergences; without probes, from the counts:
   ``limit+1``/``limit-1``/``count``/``-``).  With three or more engines,
   when one engine stands alone against all the others
@@ -93,7 +96,7 @@ from bpfdiff.engine import (
     ProgramRefused,
     make_engine,
 )
-from bpfdiff.profiles import KernelBug, Profile, get_profile, with_kernel_bug_fixed
+from bpfdiff.profiles import KernelBug, Profile, get_profile, unfixed_kernel_bugs, with_kernel_bug_fixed
 from bpfdiff.scenario import Delete, Run, Scenario, Update, key_u32
 
 DIVERGENCE, CRASH, VIOLATION, KNOWN, REFUSED = "divergence", "crash", "violation", "known", "refused"
@@ -195,16 +198,20 @@ class EnginePool:
             self._engines[key] = engine
         return engine
 
-    def what_if_interp(self, profile: str, model: str) -> Engine | None:
+    def what_if_interp(self, profile: str, model: str, with_bug: KernelBug | None = None) -> Engine | None:
         """The clean interpreter under a what-if counter rule (a signature probe), or None
-        when the model does not apply to the profile."""
-        key = ("interp", profile, frozenset(), (("what_if", model),))
+        when the model does not apply to the profile; ``with_bug``: also running as that
+        known kernel bug of the profile does (its ``reference_as_bug``)."""
+        key = ("interp", profile, frozenset(), (("what_if", model),
+                                                ("with", with_bug.commit if with_bug else None)))
         engine = self._engines.get(key)
         if engine is None:
             base = get_profile(profile)
             changes = dict(WHAT_IF_MODELS)[model](base)
             if changes is None:
                 return None
+            if with_bug is not None:
+                changes = {**dict(with_bug.reference_as_bug), **changes}
             engine = make_engine("interp", profile=base.with_options(**changes))
             self._engines[key] = engine
         return engine
@@ -803,7 +810,11 @@ def what_if_models(scenario: Scenario, verdict: Verdict, profile: Profile, pool:
     reaches the limit -- how many calls that is in total depends on how many
     calls went through empty slots and subprograms, so the counts alone do
     not say it.  Each engine is held against the interpreters on the fields
-    it observes.
+    it observes.  When no model alone explains it, each model is tried again
+    together with each known kernel bug the profile still has and the
+    interpreter can run (``KernelBug.reference_as_bug``): a limit one higher
+    in a hierarchy whose counter the kernel copies (116e04ba1459) gives
+    neither count alone.
     """
     def agrees(a: list[EventOutcome], b: list[EventOutcome], name: str) -> bool:
         observations = {"b": verdict.observations[name]} if name in verdict.observations else {}
@@ -811,20 +822,26 @@ def what_if_models(scenario: Scenario, verdict: Verdict, profile: Profile, pool:
 
     suspects = {name: seq for name, seq in verdict.outcomes.items() if only is None or name == only}
     found: list[str] = []
+    # each model alone first; only when none explains it, each model on top of one known bug the
+    # profile still has (the simpler explanation wins; the name is the model's, the bug is known)
+    variants = [None] + [bug for bug in unfixed_kernel_bugs(profile) if bug.reference_as_bug]
     try:
         clean = pool.get("interp", profile.name, frozenset()).execute(scenario)
-        for model, _ in WHAT_IF_MODELS:
-            engine = pool.what_if_interp(profile.name, model)
-            if engine is None:
-                continue
-            what_if = engine.execute(scenario)
-            for name, seq in suspects.items():
-                # once an engine is named, only other models of that engine are alternatives
-                if found and not found[0].startswith(f"{name}@"):
+        for with_bug in variants:
+            for model, _ in WHAT_IF_MODELS:
+                engine = pool.what_if_interp(profile.name, model, with_bug)
+                if engine is None:
                     continue
-                if agrees(what_if, seq, name) and not agrees(clean, seq, name):
-                    found.append(f"{name}@{model}")
-                    break
+                what_if = engine.execute(scenario)
+                for name, seq in suspects.items():
+                    # once an engine is named, only other models of that engine are alternatives
+                    if found and not found[0].startswith(f"{name}@"):
+                        continue
+                    if agrees(what_if, seq, name) and not agrees(clean, seq, name):
+                        found.append(f"{name}@{model}")
+                        break
+            if found:
+                break
     except Exception:  # noqa: BLE001 - the probe only refines a signature
         return found
     return found
