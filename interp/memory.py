@@ -88,7 +88,9 @@ class Memory:
         self.regions[STACK_REGION] = self.stack
         self.maps_by_pointer: dict[int, BpfMap] = {}
         self.prandom = Prandom(0)
-        self.deepest = RUNTIME_FRAMES - 1   # zero the whole stack at the first reset
+        # a fresh stack is all zero: the first reset zeroes the main frame only (as after a run that
+        # stayed in it) instead of all RUNTIME_FRAMES frames again
+        self.deepest = 0
         # xdp: the struct xdp_md fields (offset -> value); None in a raw scenario
         self.xdp_md: dict[int, int] | None = None
         self.out_region = CTX_REGION         # the region a run returns as its ``mem``
