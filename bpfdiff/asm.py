@@ -155,7 +155,7 @@ class _Line:
 
     def register(self, operand: Operand) -> int:
         text = operand.text
-        match = re.fullmatch(r"%?r(\d{1,2})", text)
+        match = _REGISTER_RE.fullmatch(text)
         if match is None or not 0 <= int(match.group(1)) <= isa.BPF_REG_FP:
             raise self.error(f"bad register '{quote(text)}' (expected %r0..%r10)", operand.col)
         return int(match.group(1))
@@ -166,7 +166,7 @@ class _Line:
         if not _INT_RE.match(text):
             raise self.error(f"bad {what} '{quote(text)}' (expected a decimal or 0x-hex integer)", col)
         try:
-            value = int_literal(text, 0) if not re.match(r"[+-]?0\d", text) else int_literal(text, 10)
+            value = int_literal(text, 0) if not _LEADING_ZERO_RE.match(text) else int_literal(text, 10)
         except ValueError as exc:
             raise self.error(f"bad {what}: {exc}", col) from None
         low, high = limits
@@ -196,6 +196,15 @@ class _Line:
 def _split_operands(text: str, col: int) -> list[Operand]:
     """Split at top-level commas; ``col`` is the column of ``text[0]``."""
     operands: list[Operand] = []
+    if "[" not in text:
+        # no bracket, so every comma is at the top level: the pieces of str.split, without the
+        # character loop below (a campaign re-assembles every program it saves, to check its text)
+        start = 0
+        for piece in text.split(","):
+            stripped = piece.strip()
+            operands.append(Operand(stripped, col + start + len(piece) - len(piece.lstrip())))
+            start += len(piece) + 1
+        return [] if len(operands) == 1 and not operands[0].text else operands
     depth, start = 0, 0
     for i, ch in enumerate(text + ","):
         if ch == "[":
@@ -474,9 +483,13 @@ class _Assembler:
 
 
 def _looks_like_register(text: str) -> bool:
-    return text.startswith("%") or re.fullmatch(r"r\d+", text) is not None
+    return text.startswith("%") or _REGISTER_NAME_RE.fullmatch(text) is not None
 
 
+# compiled once: every operand of every line asks them (re's own cache costs a lookup a call)
+_REGISTER_RE = re.compile(r"%?r(\d{1,2})")
+_LEADING_ZERO_RE = re.compile(r"[+-]?0\d")           # a decimal with leading zeros, not octal
+_REGISTER_NAME_RE = re.compile(r"r\d+")
 _ALU_RE = re.compile(r"(" + "|".join(ALU_BINARY) + r")(32|64)?")
 _SWAP_RE = re.compile(r"(" + "|".join(BYTE_SWAP) + r")(16|32|64)")
 _JMP_RE = re.compile(r"(" + "|".join(CONDITIONAL_JUMPS) + r")(32)?")

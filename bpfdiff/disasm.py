@@ -163,13 +163,31 @@ def _exact_text(pc: int, insns: Sequence[Insn], labels: dict[int, str]) -> tuple
         text, count = described
         # Verify with numeric offsets (labels need the whole program to resolve).
         numeric_text, _ = _insn_text(pc, insns, {}) or (text, count)
-        try:
-            again = assemble(numeric_text)
-        except AsmError:
-            again = []
-        if again == _without_map_fd(insns[pc:pc + count]):
+        if _assembled(numeric_text) == _without_map_fd(insns[pc:pc + count]):
             return text, count
     return _raw_text(insns[pc]), 1
+
+
+# What one instruction's text assembles to, by the text: the same few hundred lines come back
+# in every program a campaign saves (``mov %r6, %r1``, ``exit``, the epilogue's folds), and the
+# assembler takes ~50 us a line.  The text is the whole key: assemble() of a text with the default
+# source and first line reads nothing else (both only name the place of an error).
+_ASSEMBLED: dict[str, list[Insn]] = {}
+_ASSEMBLED_LIMIT = 8192
+
+
+def _assembled(text: str) -> list[Insn]:
+    """``assemble(text)``, or [] when it refuses the text."""
+    again = _ASSEMBLED.get(text)
+    if again is None:
+        try:
+            again = assemble(text)
+        except AsmError:
+            again = []
+        if len(_ASSEMBLED) >= _ASSEMBLED_LIMIT:
+            _ASSEMBLED.clear()
+        _ASSEMBLED[text] = again
+    return again
 
 
 def instruction_starts(insns: Sequence[Insn]) -> list[int]:

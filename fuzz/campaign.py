@@ -126,10 +126,11 @@ class FeatureModel:
     def features(self, scenario: Scenario, outcomes: list[EventOutcome]) -> frozenset[str]:
         from bpfdiff.fuzz.corpus import event_kinds, scenario_features, tail_call_sites
 
-        found = set(scenario_features(scenario))
+        sites = tail_call_sites(scenario)
+        found = set(scenario_features(scenario, sites))
         kinds = event_kinds(scenario)
         tc_kinds: dict[str, set[str]] = {}
-        for prog, _pc, kind in tail_call_sites(scenario):
+        for prog, _pc, kind in sites:
             tc_kinds.setdefault(prog, set()).add(kind)
         classes = {prog.name: program_classes(prog.insns) for prog in scenario.programs}
         last_map_event = "none"

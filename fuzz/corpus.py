@@ -140,9 +140,16 @@ def _program_maps(scenario: Scenario, name: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------
 # Features.
 # --------------------------------------------------------------------------
-def scenario_features(scenario: Scenario) -> frozenset[str]:
-    """Every feature the scenario covers (see the module docstring)."""
+# "op:" + opcode_class_name by opcode: it reads nothing but the opcode's bits, and a campaign asks
+# it of every slot of every scenario it runs
+_OP_FEATURES: dict[int, str] = {}
+
+
+def scenario_features(scenario: Scenario, sites: list[tuple[str, int, str]] | None = None) -> frozenset[str]:
+    """Every feature the scenario covers (see the module docstring); ``sites``: its
+    :func:`tail_call_sites`, when the caller has them."""
     features: set[str] = set()
+    known = _OP_FEATURES
     for prog in scenario.programs:
         skip_next = False
         for insn in prog.insns:
@@ -150,8 +157,11 @@ def scenario_features(scenario: Scenario) -> frozenset[str]:
                 skip_next = False
                 continue
             skip_next = insn.is_lddw
-            features.add("op:" + opcode_class_name(insn))
-    tc_kinds = {kind for _, _, kind in tail_call_sites(scenario)}
+            name = known.get(insn.opcode)
+            if name is None:
+                name = known[insn.opcode] = "op:" + opcode_class_name(insn)
+            features.add(name)
+    tc_kinds = {kind for _, _, kind in (tail_call_sites(scenario) if sites is None else sites)}
     ev_kinds = set(event_kinds(scenario))
     features |= {"tc:" + k for k in tc_kinds}
     features |= {"ev:" + k for k in ev_kinds}
