@@ -365,40 +365,72 @@ HELPERS_NO_ARGS = (isa.BPF_FUNC_get_prandom_u32, isa.BPF_FUNC_get_smp_processor_
 STACK_SLOTS = 64                    # 8-byte slots in a 512-byte frame
 
 
+# The generator's instructions, one object per distinct slot.  Generated programs repeat their
+# instructions (seeds 0-299 on linux-6.1 build 42,293 slots, 13,439 of them distinct), and an Insn
+# is an immutable value whose construction -- a frozen dataclass: twelve object.__setattr__ calls --
+# cost about a third of the generator's time.  Nothing tells two equal Insns apart by identity.
+# The fields are the whole key (the generator's slots name no map but through lddw_slots).
+_SLOTS: dict[tuple[int, int, int, int, int], Insn] = {}
+_LDDW_SLOTS: dict[tuple[int, int, int, str | None], tuple[Insn, Insn]] = {}
+_SLOTS_LIMIT = 1 << 16
+
+
+def slot(opcode: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> Insn:
+    """``Insn(opcode, dst, src, off, imm)``, the same object for the same fields."""
+    key = (opcode, dst, src, off, imm)
+    insn = _SLOTS.get(key)
+    if insn is None:
+        if len(_SLOTS) >= _SLOTS_LIMIT:
+            _SLOTS.clear()
+        insn = _SLOTS[key] = Insn(opcode, dst, src, off, imm)
+    return insn
+
+
+def lddw_slots(dst: int, value: int, src: int = 0, map: str | None = None) -> tuple[Insn, Insn]:
+    """``isa.lddw_pair(dst, value, src, map)``, the same objects for the same arguments."""
+    key = (dst, value, src, map)
+    pair = _LDDW_SLOTS.get(key)
+    if pair is None:
+        if len(_LDDW_SLOTS) >= _SLOTS_LIMIT:
+            _LDDW_SLOTS.clear()
+        pair = _LDDW_SLOTS[key] = isa.lddw_pair(dst, value, src, map)
+    return pair
+
+
 def jump_over(jump: Insn, skip: int) -> Insn:
     """``jump`` with its offset set to skip ``skip`` slots."""
-    return Insn(jump.opcode, jump.dst, jump.src, skip, jump.imm)
+    return slot(jump.opcode, jump.dst, jump.src, skip, jump.imm)
 
 
 def alu(cls: int, op: int, dst: int, src: int = 0, imm: int = 0, source: int = BPF_K, off: int = 0) -> Insn:
-    return Insn(cls | op | source, dst, src, off, imm)
+    return slot(cls | op | source, dst, src, off, imm)
 
 
 def mov64_imm(dst: int, imm: int) -> Insn:
-    return Insn(BPF_ALU64 | BPF_MOV | BPF_K, dst, 0, 0, imm)
+    return slot(BPF_ALU64 | BPF_MOV | BPF_K, dst, 0, 0, imm)
 
 
 def mov64_reg(dst: int, src: int) -> Insn:
-    return Insn(BPF_ALU64 | BPF_MOV | BPF_X, dst, src, 0, 0)
+    return slot(BPF_ALU64 | BPF_MOV | BPF_X, dst, src, 0, 0)
 
 
 def ldx(size: int, dst: int, src: int, off: int) -> Insn:
-    return Insn(BPF_LDX | BPF_MEM | size, dst, src, off, 0)
+    return slot(BPF_LDX | BPF_MEM | size, dst, src, off, 0)
 
 
 def stx(size: int, dst: int, src: int, off: int) -> Insn:
-    return Insn(BPF_STX | BPF_MEM | size, dst, src, off, 0)
+    return slot(BPF_STX | BPF_MEM | size, dst, src, off, 0)
 
 
 def st(size: int, dst: int, off: int, imm: int) -> Insn:
-    return Insn(BPF_ST | BPF_MEM | size, dst, 0, off, imm)
+    return slot(BPF_ST | BPF_MEM | size, dst, 0, off, imm)
 
 
 def call_helper(helper_id: int) -> Insn:
-    return Insn(CALL_OPCODE, 0, 0, 0, helper_id)
+    return slot(CALL_OPCODE, 0, 0, 0, helper_id)
 
 
-EXIT = Insn(EXIT_OPCODE)
+EXIT = slot(EXIT_OPCODE)
 
 
 # ---------------------------------------------------------------------------
@@ -474,7 +506,7 @@ class FunctionBuilder:
 
     def init_reg(self, reg: int) -> None:
         if self.draw.boolean(0.25):
-            self.insns.extend(isa.lddw_pair(reg, self.draw.choice(CORNER_IMM64)
+            self.insns.extend(lddw_slots(reg, self.draw.choice(CORNER_IMM64)
                                             if self.draw.boolean(0.7) else self.draw.integer(0, (1 << 64) - 1)))
         else:
             self.insns.append(mov64_imm(reg, self.imm32()))
@@ -532,7 +564,7 @@ class FunctionBuilder:
             if cls == BPF_ALU64 and not self.gen.options.cpu_v4:
                 cls = BPF_ALU
             source = BPF_TO_LE if cls == BPF_ALU64 else draw.choice((BPF_TO_LE, BPF_TO_BE))
-            return Insn(cls | BPF_END | source, dst, 0, 0, draw.choice((16, 32, 64)))
+            return slot(cls | BPF_END | source, dst, 0, 0, draw.choice((16, 32, 64)))
         op = draw.choice(ALU_BINOPS)
         writable = sorted(set(self.regs) - avoid) if (op == BPF_MOV and new_regs) else readable
         dst = draw.choice(writable)
@@ -570,7 +602,7 @@ class FunctionBuilder:
         draw = self.draw
         self.packet()              # first: the check may take registers from the scalars
         dst = draw.choice(self.regs)
-        self.insns.extend(isa.lddw_pair(dst, draw.choice(CORNER_IMM64[2:]) | (1 << 32)))
+        self.insns.extend(lddw_slots(dst, draw.choice(CORNER_IMM64[2:]) | (1 << 32)))
         self.scalars.add(dst)
         src = draw.choice(sorted(self.scalars))
         op = draw.choice((BPF_ADD, BPF_SUB, BPF_OR, BPF_AND, BPF_XOR, BPF_MOV, BPF_MUL, BPF_LSH, BPF_RSH, BPF_ARSH))
@@ -598,9 +630,9 @@ class FunctionBuilder:
         op = draw.choice(COND_OPS)
         lhs = draw.choice(sorted(self.scalars))
         if draw.boolean(0.5):
-            jump = Insn(cls | op | BPF_X, lhs, draw.choice(sorted(self.scalars)), len(body), 0)
+            jump = slot(cls | op | BPF_X, lhs, draw.choice(sorted(self.scalars)), len(body), 0)
         else:
-            jump = Insn(cls | op | BPF_K, lhs, 0, len(body), self.imm32())
+            jump = slot(cls | op | BPF_K, lhs, 0, len(body), self.imm32())
         self.insns.append(jump)
         self.insns.extend(body)
 
@@ -624,7 +656,7 @@ class FunctionBuilder:
         self.insns.extend(body)
         self.insns.append(alu(BPF_ALU64, BPF_ADD, counter, imm=1))
         back = -(len(body) + 2)
-        self.insns.append(Insn(BPF_JMP | BPF_JLT | BPF_K, counter, 0, back, start + trips))
+        self.insns.append(slot(BPF_JMP | BPF_JLT | BPF_K, counter, 0, back, start + trips))
 
     # -- far jumps: long blocks around the x86 JIT's short/long jump boundary ------------------------
     # A short jump reaches 127 bytes forward (123 since the convergence fix: the profile's
@@ -712,10 +744,10 @@ class FunctionBuilder:
         if draw.boolean(0.3):
             other, _ = self.opaque_scalar(size)
             if other != reg:
-                return Insn(cls | op | BPF_X, reg, other, 0, 0)
+                return slot(cls | op | BPF_X, reg, other, 0, 0)
             reg, _ = self.opaque_scalar(size)      # the second load took reg: load it again elsewhere
             if reg != other:
-                return Insn(cls | op | BPF_X, reg, other, 0, 0)
+                return slot(cls | op | BPF_X, reg, other, 0, 0)
         if nbytes == 8:
             imm = draw.choice(BRANCH_IMM) if draw.boolean(0.7) else self.imm32()
         else:
@@ -723,7 +755,7 @@ class FunctionBuilder:
             corners = [v for v in BRANCH_IMM if 1 <= v < top] if op != BPF_JSET else []
             imm = draw.choice(corners) if corners and draw.boolean(0.6) else draw.integer(1, top - 1)
         imm = isa.to_s32(imm)
-        return Insn(cls | op | BPF_K, reg, 0, 0, imm)
+        return slot(cls | op | BPF_K, reg, 0, 0, imm)
 
     def shape_far_cond(self) -> None:
         """``if (packet value) goto +N`` over N padding instructions."""
@@ -740,7 +772,7 @@ class FunctionBuilder:
         other = self.padding(self.forward_target())      # the ja's displacement
         self.insns.append(jump_over(jump, len(then) + 1))
         self.insns.extend(then)
-        self.insns.append(Insn(BPF_JMP | BPF_JA, 0, 0, len(other), 0))
+        self.insns.append(slot(BPF_JMP | BPF_JA, 0, 0, len(other), 0))
         self.insns.extend(other)
 
     def shape_long_loop(self) -> None:
@@ -808,9 +840,9 @@ class FunctionBuilder:
         self.fresh.add(ra)
         if draw.boolean(0.7):
             self.hidden_const(rb, b)
-            jump = Insn(cls | op | BPF_X, ra, rb, len(body), 0)
+            jump = slot(cls | op | BPF_X, ra, rb, len(body), 0)
         else:
-            jump = Insn(cls | op | BPF_K, ra, 0, len(body), isa.to_s32(b & M32))
+            jump = slot(cls | op | BPF_K, ra, 0, len(body), isa.to_s32(b & M32))
         self.insns.append(jump)
         self.insns.extend(body)
 
@@ -834,7 +866,7 @@ class FunctionBuilder:
         reg = draw.choice(self.regs)
         if draw.boolean(0.7):
             value = draw.choice(CORNER_IMM64[1:]) | draw.choice((0, 1 << 63, 1 << 32))
-            self.insns.extend(isa.lddw_pair(reg, value))
+            self.insns.extend(lddw_slots(reg, value))
         else:
             insn = mov64_imm(reg, draw.choice((-1, -2, -0x80000000, -0x7FFFFFFF, -7)))
             self.insns.append(insn)
@@ -872,7 +904,7 @@ class FunctionBuilder:
             imm = near + draw.choice((0, 0, 1, -1))
         else:
             imm = draw.choice(BRANCH_IMM) if draw.boolean(0.7) else self.imm32()
-        self.insns.append(Insn(cls | draw.choice(COND_OPS) | BPF_K, reg, 0, len(body), isa.to_s32(imm)))
+        self.insns.append(slot(cls | draw.choice(COND_OPS) | BPF_K, reg, 0, len(body), isa.to_s32(imm)))
         self.insns.extend(body)
 
     def case_body(self, reg: int) -> list[Insn]:
@@ -901,10 +933,10 @@ class FunctionBuilder:
         cls = draw.choice(JMP_CLASSES)
         body = self.case_body(reg)
         if draw.boolean(0.5):
-            rest = self.dispatch_chain(reg, top, tests - 1) + [Insn(BPF_JMP | BPF_JA, 0, 0, len(body), 0)]
-            return [Insn(cls | BPF_JEQ | BPF_K, reg, 0, len(rest), draw.integer(0, top))] + rest + body
+            rest = self.dispatch_chain(reg, top, tests - 1) + [slot(BPF_JMP | BPF_JA, 0, 0, len(body), 0)]
+            return [slot(cls | BPF_JEQ | BPF_K, reg, 0, len(rest), draw.integer(0, top))] + rest + body
         op, imm = draw.choice((BPF_JNE, BPF_JGT, BPF_JGE, BPF_JLT, BPF_JLE)), draw.integer(1, top - 1)
-        return [Insn(cls | op | BPF_K, reg, 0, len(body), imm)] + body + self.dispatch_chain(reg, top, tests - 1)
+        return [slot(cls | op | BPF_K, reg, 0, len(body), imm)] + body + self.dispatch_chain(reg, top, tests - 1)
 
     # -- stack ---------------------------------------------------------------
     def stack_slot(self) -> int:
@@ -986,7 +1018,7 @@ class FunctionBuilder:
         self.scalars.add(new)
         if draw.boolean(0.25):
             self.insns.append(alu(BPF_ALU64, BPF_XOR, 0, imm=draw.choice((1, -1, 0x10000))))  # a stale value
-        self.insns.append(Insn(BPF_STX | BPF_ATOMIC | size, FP, new, off, BPF_CMPXCHG))
+        self.insns.append(slot(BPF_STX | BPF_ATOMIC | size, FP, new, off, BPF_CMPXCHG))
         self.fresh.add(0)
         dst = draw.choice([r for r in self.regs if r not in (0, new)])
         self.insns.append(ldx(BPF_DW, dst, FP, off))
@@ -1013,7 +1045,7 @@ class FunctionBuilder:
                 self.scalars.add(0)
             imm = BPF_CMPXCHG
             self.fresh.add(0)
-        return Insn(BPF_STX | BPF_ATOMIC | size, base, src, off, imm)
+        return slot(BPF_STX | BPF_ATOMIC | size, base, src, off, imm)
 
     # -- the XDP context (R6) and the packet -----------------------------------
     def packet(self) -> int:
@@ -1047,9 +1079,9 @@ class FunctionBuilder:
         self.insns.append(alu(BPF_ALU64, BPF_ADD, tmp, imm=self.gen.maps.mem_len))
         self.pkt_checks.append(len(self.insns))
         if draw.boolean(0.75):
-            self.insns.append(Insn(BPF_JMP | BPF_JGT | BPF_X, tmp, end, 0, 0))
+            self.insns.append(slot(BPF_JMP | BPF_JGT | BPF_X, tmp, end, 0, 0))
         else:
-            self.insns.append(Insn(BPF_JMP | BPF_JLT | BPF_X, end, tmp, 0, 0))
+            self.insns.append(slot(BPF_JMP | BPF_JLT | BPF_X, end, tmp, 0, 0))
         self.pkt_reg = pkt
         return pkt
 
@@ -1099,7 +1131,7 @@ class FunctionBuilder:
         return off
 
     def map_call_args(self, mapdef: MapDef, key_off: int) -> None:
-        self.insns.extend(isa.lddw_pair(1, 0, src=isa.BPF_PSEUDO_MAP_FD, map=mapdef.name))
+        self.insns.extend(lddw_slots(1, 0, src=isa.BPF_PSEUDO_MAP_FD, map=mapdef.name))
         self.insns.append(mov64_reg(2, FP))
         self.insns.append(alu(BPF_ALU64, BPF_ADD, 2, imm=key_off))
 
@@ -1156,7 +1188,7 @@ class FunctionBuilder:
                 imm = draw.choice(ATOMIC_SIMPLE) | (BPF_FETCH if draw.boolean(0.4) else 0)
                 if not self.gen.profile.atomic_fetch:
                     imm = BPF_ADD               # before v5.12: BPF_XADD, add only
-                guarded.append(Insn(BPF_STX | BPF_ATOMIC | size, 0, src, voff, imm))
+                guarded.append(slot(BPF_STX | BPF_ATOMIC | size, 0, src, voff, imm))
                 if imm & BPF_FETCH:
                     self.fresh.add(src)
         if draw.boolean(0.35):
@@ -1165,13 +1197,13 @@ class FunctionBuilder:
             size, voff = self.value_access(mapdef)
             guarded.append(ldx(size, dst, 0, voff))
             other = mov64_imm(dst, self.imm32())
-            self.insns.append(Insn(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded) + 1, 0))
+            self.insns.append(slot(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded) + 1, 0))
             self.insns.extend(guarded)
-            self.insns += [Insn(BPF_JMP | BPF_JA, 0, 0, 1, 0), other]
+            self.insns += [slot(BPF_JMP | BPF_JA, 0, 0, 1, 0), other]
             self.scalars = before - {0} | {dst}
             self.fresh.add(dst)
             return
-        self.insns.append(Insn(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded), 0))
+        self.insns.append(slot(BPF_JMP | isa.BPF_JEQ | BPF_K, 0, 0, len(guarded), 0))
         self.insns.extend(guarded)
         # registers first written under the guard are not initialised on the NULL path
         self.scalars = before - {0}
@@ -1243,7 +1275,7 @@ class FunctionBuilder:
                 self.insns.append(alu(cls, BPF_AND, 3, imm=self.draw.choice((3, 7, 1, 0xF))))
         else:
             self.insns.append(mov64_imm(3, key))
-        self.insns.extend(isa.lddw_pair(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map=map_name))
+        self.insns.extend(lddw_slots(2, 0, src=isa.BPF_PSEUDO_MAP_FD, map=map_name))
         self.insns.append(call_helper(isa.BPF_FUNC_tail_call))
         self.plan.sites.append(Site(map_name, key, self.is_subprog))
         # a tail call that falls through leaves R0-R5 undefined, and the packet unchecked
@@ -1276,7 +1308,7 @@ class FunctionBuilder:
         else:
             self.insns.append(mov64_imm(2, self.imm32()))
         self.calls.append((len(self.insns), sub))
-        self.insns.append(Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
+        self.insns.append(slot(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
         self.forget_caller_saved()
         self.forget_packet_after_call(sub)
         self.scalars.add(0)
@@ -1290,7 +1322,7 @@ class FunctionBuilder:
         self.insns.append(mov64_reg(1, CTX_REG))
         self.insns.append(mov64_imm(2, self.imm32()))
         self.calls.append((len(self.insns), self.calls[-1][1]))
-        self.insns.append(Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
+        self.insns.append(slot(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, 0))
         self.forget_caller_saved()
         self.forget_packet_after_call(self.calls[-1][1])
         self.scalars.add(0)
@@ -1347,7 +1379,7 @@ class FunctionBuilder:
             out = len(self.insns)
             for at in self.pkt_checks:
                 check = self.insns[at]
-                self.insns[at] = Insn(check.opcode, check.dst, check.src, out - (at + 1), 0)
+                self.insns[at] = slot(check.opcode, check.dst, check.src, out - (at + 1), 0)
             self.insns += [mov64_imm(0, self.draw.choice(XDP_ACTIONS)), EXIT]
 
     def allowed(self, block: str) -> bool:
@@ -1505,7 +1537,7 @@ class ScenarioGenerator:
         for start, (insns, calls) in zip(starts, functions, strict=True):
             fixed = list(insns)
             for at, sub in calls:
-                fixed[at] = Insn(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, starts[sub + 1] - (start + at + 1))
+                fixed[at] = slot(CALL_OPCODE, 0, isa.BPF_PSEUDO_CALL, 0, starts[sub + 1] - (start + at + 1))
             out.extend(fixed)
         return Program(plan.name, tuple(out))
 
@@ -1835,10 +1867,10 @@ def _mutate_program(prog: Program, draw: Draw) -> Program:
     pc = draw.choice(alus)
     insn = prog.insns[pc]
     if insn.source == BPF_K and draw.boolean(0.6):
-        new = Insn(insn.opcode, insn.dst, insn.src, insn.off, draw.choice(CORNER_IMM32))
+        new = slot(insn.opcode, insn.dst, insn.src, insn.off, draw.choice(CORNER_IMM32))
     else:
         op = draw.choice([op for op in ALU_BINOPS if op != BPF_MOV])
-        new = Insn(insn.cls | op | insn.source, insn.dst, insn.src, 0, insn.imm)
+        new = slot(insn.cls | op | insn.source, insn.dst, insn.src, 0, insn.imm)
     insns = list(prog.insns)
     insns[pc] = new
     return Program(prog.name, tuple(insns))
