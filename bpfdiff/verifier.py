@@ -132,25 +132,53 @@ def _check_insns(prog: Program, maps: Mapping[str, MapLike], profile: Profile, s
     loading: tuple[int, str] | None = None      # the first check_load reports, after those
     pc = 0
     n = len(insns)
+    verdicts = _REFUSALS.get((profile.isa_v4, profile.isa_ja32, profile.atomic_fetch))
+    if verdicts is None:
+        verdicts = _REFUSALS[(profile.isa_v4, profile.isa_ja32, profile.atomic_fetch)] = {}
     while pc < n:
         insn = insns[pc]
-        reason = insn_refusal(insn, profile)
-        if reason is not None and (reason.startswith("unknown opcode") or reason.startswith("BPF_LDX")):
+        key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
+        verdict = verdicts.get(key)
+        if verdict is None:
+            verdict = _refusal_verdict(verdicts, key, insn, profile)
+        reason, early, may_refuse_load = verdict
+        if early:
             # resolve_pseudo_ldimm64's pass over the whole program comes before do_check
             raise VerifierError(name, pc, reason)
-        cls = insn.cls
-        if reason is None and (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.source == isa.BPF_K:
-            reason = alu_refusal(insn)
         if reason is not None and first is None:
             first = (pc, reason)
-        if structure and loading is None and (cls == isa.BPF_JMP or cls == isa.BPF_JMP32 or insn.is_lddw or
-                                              insn.dst == isa.BPF_REG_FP or insn.src == isa.BPF_REG_FP):
+        if structure and loading is None and may_refuse_load:
             loading = _load_refusal(pc, insn, insns, second_slots, maps)     # (None for any other)
         pc += 2 if insn.is_lddw else 1
     if first is not None:
         raise VerifierError(name, *first)
     if loading is not None:
         raise VerifierError(name, *loading)
+
+
+# _check_insns' verdicts on one instruction, per the profile fields insn_refusal reads (isa_v4,
+# isa_ja32, atomic_fetch): (do_check's refusal, whether resolve_pseudo_ldimm64 reports it first,
+# whether _load_refusal can refuse it).  insn_refusal, alu_refusal and that test read nothing of
+# the instruction but its encoding fields (opcode, dst, src, off, imm: the opcode's views are
+# functions of the opcode), so the key is complete; most instructions repeat one met before.
+_REFUSALS: dict[tuple[bool, bool, bool], dict[tuple[int, int, int, int, int], tuple[str | None, bool, bool]]] = {}
+_REFUSALS_MAX = 1 << 16
+
+
+def _refusal_verdict(verdicts: dict, key: tuple[int, int, int, int, int], insn: Insn,
+                     profile: Profile) -> tuple[str | None, bool, bool]:
+    """_check_insns' verdict on one instruction (see _REFUSALS), computed and remembered."""
+    reason = insn_refusal(insn, profile)
+    early = reason is not None and (reason.startswith("unknown opcode") or reason.startswith("BPF_LDX"))
+    cls = insn.cls
+    if reason is None and (cls == isa.BPF_ALU or cls == isa.BPF_ALU64) and insn.source == isa.BPF_K:
+        reason = alu_refusal(insn)
+    may_refuse_load = (cls == isa.BPF_JMP or cls == isa.BPF_JMP32 or insn.is_lddw or
+                       insn.dst == isa.BPF_REG_FP or insn.src == isa.BPF_REG_FP)
+    if len(verdicts) >= _REFUSALS_MAX:
+        verdicts.clear()
+    verdict = verdicts[key] = (reason, early, may_refuse_load)
+    return verdict
 
 
 def _load_refusal(pc: int, insn: Insn, insns: Sequence[Insn], second_slots: set[int] | tuple,
@@ -445,6 +473,8 @@ def clear_cache() -> None:
     _programs.clear()
     _views.clear()
     _answers.clear()
+    _REFUSALS.clear()
+    isa.clear_cache()
     scalar.clear_cache()
 
 
@@ -799,7 +829,8 @@ class _Explorer:
                     # writes one list of registers
                     regs, stack, ret = state[-1]
                     r = list(regs)
-                    r[c[3]] = alu(c, r)
+                    moved = c[10]             # a move of an immediate: alu() would return it
+                    r[c[3]] = alu(c, r) if moved is None else moved
                     pc += 1
                     while run_on[pc]:
                         steps += 1
@@ -807,7 +838,8 @@ class _Explorer:
                             return False
                         seen.add(pc)
                         c = code[pc]
-                        r[c[3]] = alu(c, r)
+                        moved = c[10]
+                        r[c[3]] = alu(c, r) if moved is None else moved
                         pc += 1
                     if pc >= n:
                         break
@@ -841,8 +873,15 @@ class _Explorer:
             return stack
         slot = -off - 1
         spi = slot // 8
-        slots = dict((k, (t, v)) for k, t, v in stack)
-        types, spilled = slots.get(spi, (ZERO_SLOT, None))
+        # the stack holds one entry per slot index, sorted by it: find where spi's goes
+        index, replaced = len(stack), False
+        types, spilled = ZERO_SLOT, None
+        for i, entry in enumerate(stack):
+            if entry[0] >= spi:
+                index = i
+                if entry[0] == spi:
+                    types, spilled, replaced = entry[1], entry[2], True
+                break
         types = list(types)
         scalar_value = value is not None and value[0] == "s"
         narrow_ok = size == 8 or self.profile.verifier_narrow_spill
@@ -859,8 +898,7 @@ class _Explorer:
             kind = "Z" if scalar_value and value[1] == ZERO_SCALAR else "M"
             for i in range(size):
                 types[(slot - i) % 8] = kind
-        slots[spi] = ("".join(types), spilled)
-        return tuple(sorted((k, t, v) for k, (t, v) in slots.items()))
+        return stack[:index] + ((spi, "".join(types), spilled),) + stack[index + 1 if replaced else index:]
 
     @staticmethod
     def _spill_marks(types: list[str], size: int) -> None:

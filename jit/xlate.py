@@ -312,6 +312,9 @@ class FunctionFlow:
         is64 = insn.cls == isa.BPF_ALU64
         dst = r[insn.dst]
         op = insn.op
+        if op == isa.BPF_MOV and insn.source == isa.BPF_K and not insn.off:
+            # a move of an immediate (the commonest ALU instruction): track_const_alu's answer
+            return ("c", insn.imm & (U64 if is64 else U32))
         operand = r[insn.src] if insn.source == isa.BPF_X else ("c", insn.imm)
         if op == isa.BPF_MOV and insn.source == isa.BPF_X and is64 and not insn.off:
             return operand                   # a copy: frame and map pointers too
@@ -484,7 +487,9 @@ def _alu(is64: bool, op: int, dst: int, src: int = 0, imm: int = 0, source: int 
     return Insn((isa.BPF_ALU64 if is64 else isa.BPF_ALU) | op | source, dst, src, 0, imm)
 
 
-JA_1 = Insn(isa.BPF_JMP | isa.BPF_JA, 0, 0, 1, 0)
+JA_OPCODE = isa.BPF_JMP | isa.BPF_JA
+JA_0 = Insn(JA_OPCODE)                # a nop (opt_remove_nops)
+JA_1 = Insn(JA_OPCODE, 0, 0, 1, 0)
 
 
 def chk_and_div(insn: Insn, is64: bool) -> list[Insn]:
@@ -665,7 +670,15 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         if map_name is not None and maps[map_name].kind != "prog_array":
             raise VerifierError(prog.name, pc, "cannot pass map_type "
                                 f"{maps[map_name].kind} into func bpf_tail_call")
-    tail_call_pcs = [pc for pc, insn in enumerate(insns) if insn.opcode == isa.CALL_OPCODE and insn.is_tail_call]
+    tail_call_pcs = []
+    cmpxchg32_pcs = []                  # (looked for in the same pass: both are rare)
+    for pc, insn in enumerate(insns):
+        opcode = insn.opcode
+        if opcode == isa.CALL_OPCODE:
+            if insn.is_tail_call:
+                tail_call_pcs.append(pc)
+        elif opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG:
+            cmpxchg32_pcs.append(pc)
     has_tail_call = [any(s <= pc < e for pc in tail_call_pcs) for s, e in zip(starts, ends, strict=True)]
     callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
     reachable = reach_tail_calls(has_tail_call, callees)
@@ -674,9 +687,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         depths[0] = isa.MAX_BPF_STACK       # fixup_bpf_calls: "we cannot make any assumptions"
 
     outcomes = facts.outcomes if facts is not None else None
-    zext_cmpxchg = {pc for pc, insn in enumerate(insns)
-                    if insn.opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG
-                    and r0_read_as_64(insns, pc, outcomes)}
+    zext_cmpxchg = {pc for pc in cmpxchg32_pcs if r0_read_as_64(insns, pc, outcomes)}
 
     # opt_hard_wire_dead_code_branches + opt_remove_dead_code (privileged loads): a conditional
     # jump whose outcome is known on every path becomes `ja` (always taken) or `ja +0` (never,
@@ -700,8 +711,7 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         lookups = {new_start[pc]: name for pc, name in lookups.items()}
 
     # opt_remove_nops
-    ja0 = Insn(isa.BPF_JMP | isa.BPF_JA)
-    removed = {pc: [] for pc, insn in enumerate(insns) if insn.opcode == ja0.opcode and insn == ja0}
+    removed = {pc: [] for pc, insn in enumerate(insns) if insn.opcode == JA_OPCODE and insn == JA_0}
     if removed:
         insns, orig, new_start = rebuild(insns, orig, removed)
         starts = [new_start[s] for s in starts]
@@ -756,7 +766,8 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
     # after a 32-bit cmpxchg whose R0 is later read as 64 bits (the CPU leaves RAX's upper
     # half alone when the compare succeeds): BPF_ZEXT_REG(R0), ``w0 = w0`` with imm 1.
     zext = {pc: [insn, ZEXT_R0] for pc, insn in enumerate(insns)
-            if insn.opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG and orig[pc] in zext_cmpxchg}
+            if insn.opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG and orig[pc] in zext_cmpxchg} \
+        if zext_cmpxchg else {}
     if zext:
         insns, orig, new_start = rebuild(insns, orig, zext)
         pokes = [(new_start[pc], map_name, key) for pc, map_name, key in pokes]
