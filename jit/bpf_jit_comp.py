@@ -1244,6 +1244,8 @@ INVARIANT_CACHE_LIMIT = 100_000     # entries per cache; a full cache starts ove
 def clear_invariant_cache() -> None:
     """Forget the remembered code (for measurements that must see the emitters run: line coverage)."""
     _INVARIANT_CACHES.clear()
+    push_callee_regs.cache_clear()      # remembered per register set: their lines ran only once
+    pop_callee_regs.cache_clear()
 
 
 def invariant_cache(profile: Profile, bugs: frozenset[str]) -> dict:
