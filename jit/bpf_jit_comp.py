@@ -1239,20 +1239,29 @@ REUSE_INVARIANT_CODE = True       # False: emit every slot in every pass (the eq
 # set-up...): their code is remembered per (profile, bugs), a lddw's by its register and value.
 _INVARIANT_CACHES: dict[tuple[Profile, frozenset[str]], dict] = {}
 INVARIANT_CACHE_LIMIT = 100_000     # entries per cache; a full cache starts over
+# The last (profile, bugs) asked and its cache, held (so neither id can be reused): an engine
+# compiles with the same two objects every time, and hashing a Profile (every field, ~10 us)
+# for each compile costs more than a small compile's plan.
+_LAST_INVARIANT_CACHE: list = [None, None, None]
 
 
 def clear_invariant_cache() -> None:
     """Forget the remembered code (for measurements that must see the emitters run: line coverage)."""
     _INVARIANT_CACHES.clear()
+    _LAST_INVARIANT_CACHE[:] = [None, None, None]
     push_callee_regs.cache_clear()      # remembered per register set: their lines ran only once
     pop_callee_regs.cache_clear()
 
 
 def invariant_cache(profile: Profile, bugs: frozenset[str]) -> dict:
+    last_profile, last_bugs, cache = _LAST_INVARIANT_CACHE
+    if profile is last_profile and bugs is last_bugs and len(cache) <= INVARIANT_CACHE_LIMIT:
+        return cache
     key = (profile, bugs)
     cache = _INVARIANT_CACHES.get(key)
     if cache is None or len(cache) > INVARIANT_CACHE_LIMIT:
         cache = _INVARIANT_CACHES[key] = {}
+    _LAST_INVARIANT_CACHE[:] = [profile, bugs, cache]
     return cache
 
 
@@ -1263,6 +1272,10 @@ class InvariantRun:
     first: int
     code: bytes
     ends: list[int]         # each slot's addrs[] entry relative to the run's start (lddw: both slots)
+    last: int = 0           # first + len(ends): the slice of addrs[] the run fills
+
+    def __post_init__(self) -> None:
+        self.last = self.first + len(self.ends)
 
 
 @dataclass
@@ -1284,18 +1297,11 @@ class PassPlan:
     items: list[InvariantRun | CondJump | int] = field(default_factory=list)
 
 
-def invariant_key(fn: FuncJit, insns: list[Insn], i: int) -> tuple | None:
-    """The key of slot i's pass-invariant code in the shared cache; None if the slot's code is not invariant.
-
-    The instruction's fields (what makes two instructions equal) as a plain tuple: hashing and
-    comparing it takes no Python call; a ``lddw`` by its register and the value it loads.
-    """
-    insn = insns[i - 1]
-    if insn.is_lddw:
-        return ("lddw", insn.dst, resolve_lddw(fn, insn, insns[i]))
-    if insn.cls in PASS_INVARIANT_CLASSES:
-        return (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, insn.map)
-    return None
+def compare_key(insn: Insn) -> tuple:
+    """The key of a conditional jump's compare (:func:`emit_cond_compare`, which reads these fields
+    alone) in the shared cache; its first item, a string, keeps it apart from the instructions'
+    keys (:func:`plan_function`)."""
+    return ("cmp", insn.opcode, insn.dst, insn.src, insn.imm)
 
 
 def do_jit(fn: FuncJit, state: PassState) -> tuple[bytes, list[int]]:
@@ -1343,48 +1349,59 @@ def plan_function(fn: FuncJit, state: PassState) -> PassPlan | None:
     None when an invariant slot's code cannot be had (the emitter refuses, or the code is too long):
     the passes then emit every slot, and meet the refusal where the kernel's loop does, after the
     slots before it.
+
+    An invariant slot's code is remembered by the instruction's fields (what makes two
+    instructions equal) as a plain tuple, whose hashing and comparing take no Python call; a
+    ``lddw`` by its register and the value it loads.
     """
     shared = fn.invariant_cache if fn.invariant_cache is not None else {}
+    get = shared.get
     plan = PassPlan(fn.flavour.prologue(fn))
     items = plan.items
     insns = fn.insns
     n = len(insns)
-    i = 1
-    run_code: list[bytes] = []           # the run of invariant slots being built (empty: none)
+    k = 0                                # insns[k] is slot k + 1
+    run: list[bytes] = []                # the code of the run of invariant slots being built (empty: none)
     ends: list[int] = []
     run_size = 0
     try:
-        while i <= n:
-            key = invariant_key(fn, insns, i)
-            if key is None:
-                if run_code:
-                    items.append(InvariantRun(i - len(ends), b"".join(run_code), ends))
-                    run_code, ends, run_size = [], [], 0
-                insn = insns[i - 1]
+        while k < n:
+            insn = insns[k]
+            if insn.cls in PASS_INVARIANT_CLASSES:
+                key: tuple = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, insn.map)
+            elif insn.is_lddw:        # class BPF_LD: never one of the above
+                key = ("lddw", insn.dst, resolve_lddw(fn, insn, insns[k + 1]))
+            else:
+                if run:
+                    items.append(InvariantRun(k + 1 - len(ends), b"".join(run), ends))
+                    run, ends, run_size = [], [], 0
                 if insn.cls in (isa.BPF_JMP, isa.BPF_JMP32) and insn.op in JMP_COND:
-                    items.append(CondJump(i, emit_cond_compare(insn), JMP_COND[insn.op], insn.off))
+                    compare = get(compare_key(insn))
+                    if compare is None:
+                        compare = shared[compare_key(insn)] = emit_cond_compare(insn)
+                    items.append(CondJump(k + 1, compare, JMP_COND[insn.op], insn.off))
                 else:
-                    items.append(i)
-                i += 1
+                    items.append(k + 1)
+                k += 1
                 continue
-            known = shared.get(key)
+            known = get(key)
             if known is None:
                 # invariant: neither the pass nor the position matter; only code that fits is kept
-                known = do_jit_insn(fn, state, i, insns[i - 1], 0)
+                known = do_jit_insn(fn, state, k + 1, insn, 0)
                 if len(known[0]) > BPF_MAX_INSN_SIZE:
                     return None
                 shared[key] = known
             code, used = known
-            run_code.append(code)
+            run.append(code)
             run_size += len(code)
             ends.append(run_size)
             if used == 2:
                 ends.append(run_size)     # lddw: its second slot ends where the pair does
-            i += used
+            k += used
     except Exception:  # noqa: BLE001 - the passes meet it again, in the kernel's order
         return None
-    if run_code:
-        items.append(InvariantRun(i - len(ends), b"".join(run_code), ends))
+    if run:
+        items.append(InvariantRun(k + 1 - len(ends), b"".join(run), ends))
     return plan
 
 
@@ -1405,8 +1422,7 @@ def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[byte
     for item in plan.items:
         kind = type(item)
         if kind is InvariantRun:
-            first = item.first
-            addrs[first:first + len(item.ends)] = [size + end for end in item.ends]
+            addrs[item.first:item.last] = [size + end for end in item.ends]
             parts.append(item.code)
             size += len(item.code)
         elif kind is CondJump:
@@ -1437,7 +1453,7 @@ def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[byte
 def jit_function(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:
     """The pass loop of bpf_int_jit_compile up to image allocation; returns code, addrs, ctx and passes."""
     n = len(fn.insns)
-    addrs = [INITIAL_INSN_SIZE_GUESS * (k + 1) for k in range(n + 1)]
+    addrs = list(range(INITIAL_INSN_SIZE_GUESS, INITIAL_INSN_SIZE_GUESS * (n + 2), INITIAL_INSN_SIZE_GUESS))
     ctx = JitContext(cleanup_addr=addrs[n])
     oldproglen = 0
     padding = False
@@ -1493,8 +1509,9 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
             options=options, retpoline=retpoline,
             pokes={k: p for k, p in enumerate(pokes) if sub.start <= p.insn_idx < sub.end},
             func_addr=bases.get, flavour=flavour, invariant_cache=shared)
-        fn.call_target_func = {k: starts[sub.start + k + 1 + insn.imm]
-                               for k, insn in enumerate(insns) if insn.is_pseudo_call}
+        # (the opcode first: a property call for every instruction costs more than the test)
+        fn.call_target_func = {k: starts[sub.start + k + 1 + insn.imm] for k, insn in enumerate(insns)
+                               if insn.opcode == isa.CALL_OPCODE and insn.is_pseudo_call}
         used, tail_call_seen = detect_reg_usage(insns)
         fn.callee_regs_used = ALL_CALLEE_REGS if flavour.uses_all_callee_regs else used
         fn.tail_call_reachable = fn.tail_call_reachable or tail_call_seen
