@@ -321,6 +321,12 @@ class _Native:
             self._lib = binding.uclib
             self._handle = uc._uch
             self._hook_h = binding.uc_hook_h
+            # uc_hook_add / uc_hook_del as our own function objects, called without ctypes argument
+            # conversion (every argument made a ctypes object here): a scenario adds and deletes a
+            # dozen hooks, and the conversion was half the cost of each call
+            own = ctypes.CDLL(binding.uclib._name)
+            self._hook_add = own.uc_hook_add
+            self._hook_del = own.uc_hook_del
             self._code_cfunc = binding.HOOK_CODE_CFUNC
             self._mem_cfunc = binding.HOOK_MEM_ACCESS_CFUNC
             self._buffer = ctypes.create_string_buffer(READ_BUFFER)
@@ -394,8 +400,8 @@ class _Native:
         self._next_key += 1
         self._data[key] = user_data
         handle = self._hook_h()
-        status = self._lib.uc_hook_add(self._handle, ctypes.byref(handle), htype, callback,
-                                       ctypes.c_void_p(key), ctypes.c_uint64(begin), ctypes.c_uint64(end))
+        status = self._hook_add(self._handle, ctypes.byref(handle), ctypes.c_int(htype), callback,
+                                ctypes.c_void_p(key), ctypes.c_uint64(begin), ctypes.c_uint64(end))
         if status != ucc.UC_ERR_OK:
             del self._data[key]
             raise UcError(status)
@@ -406,7 +412,7 @@ class _Native:
         if self._lib is None:
             self.uc.hook_del(hook)
             return
-        status = self._lib.uc_hook_del(self._handle, self._hook_h(hook))
+        status = self._hook_del(self._handle, self._hook_h(hook))
         if status != ucc.UC_ERR_OK:
             raise UcError(status)
         self._data.pop(self._keys.pop(hook), None)
@@ -655,6 +661,9 @@ class Emulator:
         self.regs = _Registers(uc)
         self._helper_args = self.regs.batch((*HELPER_ARG_REGS, x86.UC_X86_REG_RSP))
         self._helper_results = self.regs.batch((x86.UC_X86_REG_RAX, *HELPER_ARG_REGS))
+        # a raw run's arguments (R1 = the context, R2 = its length), and what every run ends with
+        self._run_args = self.regs.batch((x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI))
+        self._run_end = self.regs.batch((x86.UC_X86_REG_RIP, x86.UC_X86_REG_RAX))
         self.native = _Native(uc)
         # The register state every run starts from (all zero, a made-up caller
         # frame); restoring a saved context is one call instead of twenty.
@@ -689,6 +698,7 @@ class Emulator:
         # the context region of the current run (host memory: the end of _mem_buffer, grown as needed)
         self._mem_pages = 0
         self._mem_buffer: ctypes.Array | None = None
+        self._mem_view: memoryview | None = None       # all of _mem_buffer; the region is its end
         self._mem_slack_hook: int | None = None
         self._mem_slack: tuple[int, int] | None = None
         self.mem_start = MEM_END
@@ -722,6 +732,12 @@ class Emulator:
         data = bytes(data)
         if self.host is None or not self.host.write(addr, data):
             self.uc.mem_write(addr, data)
+
+    def host_view(self, addr: int, n: int) -> tuple[memoryview, int] | None:
+        """(view, offset) of [addr, addr + n) in host memory, to write it in place as :meth:`write`
+        does (valid while its region stays mapped: the stack, the xdp context page); None when the
+        bytes are not one block of host memory."""
+        return self.host.view_at(addr, n) if self.host is not None else None
 
     def _read_int(self, addr: int, n: int) -> int:
         """The unsigned little-endian number in [addr, addr + n): from the stack's buffer when it is
@@ -952,7 +968,11 @@ class Emulator:
         self.mem_start = MEM_END - n
         self.mem_len = n
         if n:
-            self.write(self.mem_start, mem)
+            view = self._mem_view
+            if view is not None:
+                view[len(view) - n:] = mem
+            else:
+                self.write(self.mem_start, mem)
         lowest = MEM_END - pages * PAGE
         slack = (lowest, self.mem_start) if lowest < self.mem_start else None
         if slack != self._mem_slack:
@@ -971,6 +991,7 @@ class Emulator:
             return
         if self._mem_buffer is None or len(self._mem_buffer) < size:
             self._mem_buffer = (ctypes.c_ubyte * max(size, 4 * PAGE))()
+            self._mem_view = memoryview(self._mem_buffer).cast("B")
         capacity = len(self._mem_buffer)
         tail = (ctypes.c_ubyte * size).from_buffer(self._mem_buffer, capacity - size)
         ctypes.memset(ctypes.addressof(tail), 0, size)
@@ -1002,8 +1023,7 @@ class Emulator:
         uc.context_restore(self._initial_context)
         regs = self.regs
         if context is None:
-            regs.write(x86.UC_X86_REG_RDI, self.mem_start)
-            regs.write(x86.UC_X86_REG_RSI, len(mem))
+            self._run_args.write((self.mem_start, len(mem)))
         else:
             # bpf_prog_run_xdp passes the xdp_buff; rsi (R2) is not the program's to read
             regs.write(x86.UC_X86_REG_RDI, context)
@@ -1037,10 +1057,12 @@ class Emulator:
                 raise hook_error          # Ctrl-C, SystemExit: not the run's business
             self._fault = (FAULT_INVALID, regs.read(x86.UC_X86_REG_RIP), f"emulator hook failed: {hook_error!r}")
 
-        rip = regs.read(x86.UC_X86_REG_RIP)
-        result = RawRun(exit=EXIT, rax=regs.read(x86.UC_X86_REG_RAX), trace=self._trace,
-                        tail_calls=max(len(self._trace) - 1, 0), mem=self.read(self.mem_start, self.mem_len),
-                        violations=self._violations)
+        rip, rax = self._run_end.read()
+        n = self.mem_len
+        view = self._mem_view
+        mem_after = bytes(view[len(view) - n:]) if view is not None and n else self.read(self.mem_start, n)
+        result = RawRun(exit=EXIT, rax=rax, trace=self._trace, tail_calls=max(len(self._trace) - 1, 0),
+                        mem=mem_after, violations=self._violations)
         if error is not None:
             kind = UC_ERROR_FAULT_KINDS.get(error.errno, FAULT_INVALID)
             if kind == FAULT_MEMORY and regs.read(x86.UC_X86_REG_RSP) < STACK_BASE + STACK_OVERFLOW_MARGIN:

@@ -132,7 +132,8 @@ class JitEngine(Engine):
                           map_addr=self._map_addr, map_value_addr=self._map_value_addr,
                           indirect_thunk_addr=self.emu.thunk_addr)
         self.prandom = Prandom(seed)
-        self._xdp_writes: dict[int, tuple[tuple[int, bytes], ...]] = {}    # run length -> its context's bytes
+        # run length -> its context's bytes: (address, bytes, where in host memory or None)
+        self._xdp_writes: dict[int, tuple[tuple[int, bytes, tuple[memoryview, int] | None], ...]] = {}
         self._scenario: Scenario | None = None
         self._reset_state()
 
@@ -146,6 +147,8 @@ class JitEngine(Engine):
         self._event_violations: list[str] = []
         # a prog array's contents, kept from one slot change (_on_slot_change) to the next
         self._slot_contents: dict[str, MapContents] = {}
+        # (poke, the program in its slot) -> what its site and bypass must hold (_expected_poke_bytes)
+        self._expected_pokes: dict[tuple[PokeDescriptor, str | None], list[tuple[int, bytes]]] = {}
         self._wide_map_op_result = False     # a map op returned a value that 32 bits do not hold
         self._completed = False              # the scenario's events have all been applied
 
@@ -397,9 +400,15 @@ class JitEngine(Engine):
         """Write the xdp_buff (and what it points to) of a run over ``length`` bytes; its address."""
         writes = self._xdp_writes.get(length)
         if writes is None:
-            writes = self._xdp_writes[length] = self._xdp_context_bytes(length)
-        for addr, data in writes:
-            self.emu.write(addr, data)
+            # the context page stays mapped for the emulator's life: its host view too
+            writes = self._xdp_writes[length] = tuple((addr, data, self.emu.host_view(addr, len(data)))
+                                                      for addr, data in self._xdp_context_bytes(length))
+        for addr, data, where in writes:
+            if where is None:
+                self.emu.write(addr, data)
+            else:
+                view, offset = where
+                view[offset:offset + len(data)] = data
         return XDP_CTX_BASE
 
     def _xdp_context_bytes(self, length: int) -> tuple[tuple[int, bytes], ...]:
@@ -446,13 +455,28 @@ class JitEngine(Engine):
         self._event_violations.extend(problems)
 
     def check_pokes(self) -> list[str]:
-        """The patch invariant of every stable direct tail-call site, one line per breach."""
+        """The patch invariant of every stable direct tail-call site, one line per breach.
+
+        Runs after every map and load event: each image with pokes is read once and its sites
+        compared there; only a poke whose bytes differ (or lie outside its image) is checked
+        again by :meth:`_check_poke`, which words its breaches.
+        """
         problems = []
+        read = self.emu.read
         for name, lp in self.loaded.items():
             for image in lp.jited.images:
+                if not image.pokes:
+                    continue
+                base = image.base
+                code = read(base, len(image.code))
                 for poke in image.pokes:
-                    if poke.tailcall_target_stable:
-                        problems.extend(self._check_poke(name, poke))
+                    if not poke.tailcall_target_stable:
+                        continue
+                    for addr, want in self._expected_poke_bytes(poke):
+                        offset = addr - base
+                        if offset < 0 or code[offset:offset + len(want)] != want:
+                            problems.extend(self._check_poke(name, poke))
+                            break
         return problems
 
     def _slot_target(self, poke: PokeDescriptor) -> str | None:
@@ -468,11 +492,20 @@ class JitEngine(Engine):
         bypass jumps over the pops and the site.
         """
         target = self._slot_target(poke)
+        # Remembered per (poke, target) for the scenario: the answer reads nothing else than the
+        # descriptor's fields, fixed once its compile's fixup made it stable (the only pokes asked
+        # about), and the target's tail-call entry, fixed while it is loaded (a scenario loads a
+        # program once and unloads nothing; _reset_state forgets them all).
+        known = self._expected_pokes.get((poke, target))
+        if known is not None:
+            return known
         entry = None if target is None else self.loaded[target].entry.tail_entry
         expected = [(poke.tailcall_target, poke.nop if entry is None else jmp_rel32(poke.tailcall_target, entry))]
         if poke.tailcall_bypass is not None and poke.bypass_addr is not None:
             expected.append((poke.tailcall_bypass,
                              jmp_rel32(poke.tailcall_bypass, poke.bypass_addr) if target is None else poke.nop))
+        if poke.tailcall_target_stable:
+            self._expected_pokes[(poke, target)] = expected
         return expected
 
     def _check_poke(self, prog: str, poke: PokeDescriptor) -> list[str]:
