@@ -51,9 +51,13 @@ scenarios: its JIT compiles (``bpf_int_jit_compile``, the verifier model's
 cached answer included), its runs (``Emulator.run``: ``emu_start``, which
 translates code not run before in the scenario and calls the hooks, and the
 run's set-up), and the rest (maps, images, hook set-up, pokes and their
-checks, results).  The bare first start (translating everything) beside the
-warm one says what translation costs; the count that bounds a run makes unicorn
-instrument every instruction, so it costs in translation too, on both machines.
+checks, results).  Timing those compiles and runs one by one costs CPU
+time too (a CPU clock read is a system call, a few us on a virtual
+machine): what a timed call that does nothing costs is measured first
+(``timer_cost``) and taken off the engine's time and its parts.  The bare
+first start (translating everything) beside the warm one says what
+translation costs; the count that bounds a run makes unicorn instrument
+every instruction, so it costs in translation too, on both machines.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ TIMES: dict[str, float] = defaultdict(float)
 # oracle's re-runs) and the CPU seconds of its parts so far: "JIT compile", "emulation"
 MAIN_JIT: dict[str, object] = {}
 MAIN_PARTS: dict[str, float] = defaultdict(float)
+MAIN_CALLS: dict[str, int] = defaultdict(int)     # and how many calls they were
+# What timing one of the main engine's calls costs (TimerCost): measured by differential()
+TIMER_COST: dict[str, float] = {}
 BARE_REPEATS = 5          # starts per run on the bare machine; the first fills the translation cache
 # what the JIT engine sets before a run (emulator.GPRS plus what it starts from)
 BARE_REGS = (*jit_emulator.GPRS, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RFLAGS)
@@ -107,7 +114,39 @@ def timed(name: str, fn: Callable, mine: Callable[[tuple], bool] | None = None) 
             TIMES[name] += time.perf_counter() - start
             if cpu is not None:
                 MAIN_PARTS[name] += time.process_time() - cpu
+                MAIN_CALLS[name] += 1
     return wrapper
+
+
+def timer_cost(calls: int = 2000, rounds: int = 5) -> tuple[float, float]:
+    """CPU seconds that timing one of the main engine's calls adds (a ``timed`` wrapper around a call
+    that does nothing): to the engine's own clock around it, and to the part's clock itself.
+
+    A CPU clock read is a system call (2-5 us on a virtual machine, where a bare ``emu_start``
+    costs about 10), and the engine's compiles and runs are timed one by one inside its timed
+    ``execute``: what the timers cost is not the engine's, and is taken off both.  The least of
+    ``rounds`` rounds: the least that can be taken off.
+    """
+    probe = timed("timer probe", lambda: None, lambda args: True)
+
+    def plain() -> None:
+        return None
+
+    window = part = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(calls):
+            plain()
+        bare = time.process_time() - start
+        MAIN_PARTS["timer probe"] = 0.0
+        start = time.process_time()
+        for _ in range(calls):
+            probe()
+        window = min(window, (time.process_time() - start - bare) / calls)
+        part = min(part, MAIN_PARTS["timer probe"] / calls)
+    for table in (TIMES, MAIN_PARTS, MAIN_CALLS):
+        table.pop("timer probe", None)
+    return max(window, 0.0), max(part, 0.0)
 
 
 def instrument() -> None:
@@ -188,6 +227,8 @@ def differential(profile: str, seconds: float, seed: int, jit_per_scenario: list
             spent[0] += time.process_time() - start
 
     main_jit.execute = execute            # this instance only
+    window_cost, part_cost = timer_cost()
+    TIMER_COST.update(window=window_cost, part=part_cost)
     TIMES.clear()
     fresh_caches()
     clock = Clock()
@@ -196,10 +237,14 @@ def differential(profile: str, seconds: float, seed: int, jit_per_scenario: list
         s = scenario_from_seed(seed + scenarios, profile)
         spent[0] = 0.0
         MAIN_PARTS.clear()
+        MAIN_CALLS.clear()
         verdict = oracle.run_oracle(s, profile=profile, pool=pool)
-        jit_per_scenario.append((spent[0], run_events(s)))
+        # without what timing its compiles and runs cost (timer_cost)
+        timed_calls = MAIN_CALLS["JIT compile"] + MAIN_CALLS["emulation"]
+        jit_per_scenario.append((spent[0] - window_cost * timed_calls, run_events(s)))
         if jit_parts is not None:
-            jit_parts.append((MAIN_PARTS["JIT compile"], MAIN_PARTS["emulation"]))
+            jit_parts.append((MAIN_PARTS["JIT compile"] - part_cost * MAIN_CALLS["JIT compile"],
+                              MAIN_PARTS["emulation"] - part_cost * MAIN_CALLS["emulation"]))
         findings += not verdict.ok
         scenarios += 1
         runs += run_events(s) * len(verdict.outcomes)
@@ -340,6 +385,9 @@ def main() -> None:
         print(f"  JIT engine {label}: {1e6 * engine_per_run:.1f} us CPU per run, everything else included: "
               f"{engine_per_run / bare_per_run:.1f} x a bare emu_start (target <= 30)")
         if per_scenario is jit_in_differential:
+            print(f"    (timing its compiles and runs one by one costs {1e6 * TIMER_COST['window']:.1f} us CPU a "
+                  f"call, {1e6 * TIMER_COST['part']:.1f} us of it inside the part: taken off the engine and "
+                  "its parts)")
             compile_seconds = sum(part for part, _emulation in jit_parts[:sample])
             emulation_seconds = sum(emulation for _compile, emulation in jit_parts[:sample])
             print_parts(engine_seconds, compile_seconds, emulation_seconds, engine_runs, bare_per_run)
