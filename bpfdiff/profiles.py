@@ -35,7 +35,6 @@ class KernelBug:
     reference_as_bug: tuple[tuple[str, object], ...] = ()
 
 
-
 @dataclass(frozen=True, slots=True)
 class XdpLayout:
     """The kernel structures an XDP program's context accesses become (``xdp_convert_ctx_access``).

@@ -385,26 +385,10 @@ class _R:
                 smin = lo - (1 << 64) if lo >> 63 else lo
                 x = umax & U64
                 smax = x - (1 << 64) if x >> 63 else x
-            # bound_offset: t_intersect(off, t_range(umin, umax)) and the same of the subregister
-            # against the 32-bit bounds, joined by t_or(t_clear_subreg(var64), var32)
-            bits = (umin ^ umax).bit_length()
-            if bits > 63:
-                rv, rm = 0, U64
-            else:
-                rm = (1 << bits) - 1
-                rv = umin & ~rm & U64
-            m64 = mask & rm
-            v64 = (value | rv) & ~m64 & U64
-            bits = (u32min ^ u32max).bit_length()
-            if bits > 63:
-                rv, rm = 0, U64
-            else:
-                rm = (1 << bits) - 1
-                rv = u32min & ~rm & U64
-            m32 = mask & U32 & rm
-            v32 = ((value & U32) | rv) & ~m32 & U64
-            value = (v64 & ~U32 & U64) | v32
-            mask = ((m64 & ~U32 & U64) | m32) & ~value & U64
+            # bound_offset
+            v64, m64 = t_intersect((value, mask), t_range(umin, umax))
+            v32, m32 = t_intersect((value & U32, mask & U32), t_range(u32min, u32max))
+            value, mask = t_or(t_clear_subreg((v64, m64)), (v32, m32))
         self.value, self.mask = value, mask
         self.umin, self.umax, self.smin, self.smax = umin, umax, smin, smax
         self.u32min, self.u32max, self.s32min, self.s32max = u32min, u32max, s32min, s32max

@@ -132,9 +132,7 @@ def _check_insns(prog: Program, maps: Mapping[str, MapLike], profile: Profile, s
     loading: tuple[int, str] | None = None      # the first check_load reports, after those
     pc = 0
     n = len(insns)
-    verdicts = _REFUSALS.get((profile.isa_v4, profile.isa_ja32, profile.atomic_fetch))
-    if verdicts is None:
-        verdicts = _REFUSALS[(profile.isa_v4, profile.isa_ja32, profile.atomic_fetch)] = {}
+    verdicts = _REFUSALS.setdefault((profile.isa_v4, profile.isa_ja32, profile.atomic_fetch), {})
     while pc < n:
         insn = insns[pc]
         key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)

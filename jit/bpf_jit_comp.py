@@ -1376,9 +1376,10 @@ def plan_function(fn: FuncJit, state: PassState) -> PassPlan | None:
                     items.append(InvariantRun(k + 1 - len(ends), b"".join(run), ends))
                     run, ends, run_size = [], [], 0
                 if insn.cls in (isa.BPF_JMP, isa.BPF_JMP32) and insn.op in JMP_COND:
-                    compare = get(compare_key(insn))
+                    cmp_key = compare_key(insn)
+                    compare = get(cmp_key)
                     if compare is None:
-                        compare = shared[compare_key(insn)] = emit_cond_compare(insn)
+                        compare = shared[cmp_key] = emit_cond_compare(insn)
                     items.append(CondJump(k + 1, compare, JMP_COND[insn.op], insn.off))
                 else:
                     items.append(k + 1)

@@ -228,7 +228,7 @@ class FunctionFlow:
             if x == y:
                 merged.append(x)
                 continue
-            if (x is not None and x[0] == "f") or (y is not None and y[0] == "f"):      # _is_fp
+            if _is_fp(x) or _is_fp(y):
                 self.escaped = True
             merged.append(None)
         return tuple(merged)
