@@ -201,7 +201,8 @@ class EnginePool:
     def what_if_interp(self, profile: str, model: str, with_bug: KernelBug | None = None) -> Engine | None:
         """The clean interpreter under a what-if counter rule (a signature probe), or None
         when the model does not apply to the profile; ``with_bug``: also running as that
-        known kernel bug of the profile does (its ``reference_as_bug``)."""
+        known kernel bug of the profile does (its ``reference_as_bug``), None when the model
+        overrides all of that (the model alone, asked already)."""
         key = ("interp", profile, frozenset(), (("what_if", model),
                                                 ("with", with_bug.commit if with_bug else None)))
         engine = self._engines.get(key)
@@ -211,7 +212,10 @@ class EnginePool:
             if changes is None:
                 return None
             if with_bug is not None:
-                changes = {**dict(with_bug.reference_as_bug), **changes}
+                as_bug = dict(with_bug.reference_as_bug)
+                if as_bug.keys() <= changes.keys():
+                    return None         # the model sets every field the bug would: the model alone
+                changes = {**as_bug, **changes}
             engine = make_engine("interp", profile=base.with_options(**changes))
             self._engines[key] = engine
         return engine
