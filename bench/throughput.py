@@ -72,13 +72,12 @@ from collections.abc import Callable
 from bpfdiff.fuzz import generate, oracle
 from bpfdiff.fuzz.campaign import fuzz_gc
 from bpfdiff.interp import engine as interp_engine
-from bpfdiff.jit import bpf_jit_comp
 from bpfdiff.jit import emulator as jit_emulator
 from bpfdiff.jit import engine as jit_engine
 from unicorn import Uc, UcError
 from unicorn import x86_const as x86
 
-from bpfdiff import verifier
+from bpfdiff import memo
 from bpfdiff.engine import make_engine
 from bpfdiff.scenario import Run
 
@@ -96,10 +95,10 @@ BARE_REGS = (*jit_emulator.GPRS, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSP, x86.UC_
 
 
 def fresh_caches() -> None:
-    """Every pass starts as a new process would: the verifier model's answers and the JIT's
-    remembered instruction code are forgotten (a pass would otherwise reuse the previous pass's)."""
-    verifier.clear_cache()
-    bpf_jit_comp.clear_invariant_cache()
+    """Every pass starts as a new process would: every remembered answer (the verifier model's,
+    the JIT's instruction code, the generator's and the decoder's) is forgotten, or a pass
+    would reuse the previous pass's."""
+    memo.forget_all()
 
 
 def timed(name: str, fn: Callable, mine: Callable[[tuple], bool] | None = None) -> Callable:

@@ -27,6 +27,7 @@ from bpfdiff.asm import (
     assemble,
 )
 from bpfdiff.isa import Insn
+from bpfdiff.memo import Memo
 
 # -- inverse tables of the assembler's ---------------------------------------------
 _ALU_NAMES = {
@@ -172,8 +173,7 @@ def _exact_text(pc: int, insns: Sequence[Insn], labels: dict[int, str]) -> tuple
 # in every program a campaign saves (``mov %r6, %r1``, ``exit``, the epilogue's folds), and the
 # assembler takes ~50 us a line.  The text is the whole key: assemble() of a text with the default
 # source and first line reads nothing else (both only name the place of an error).
-_ASSEMBLED: dict[str, list[Insn]] = {}
-_ASSEMBLED_LIMIT = 8192
+_ASSEMBLED: Memo[str, list[Insn]] = Memo(8192)
 
 
 def _assembled(text: str) -> list[Insn]:
@@ -184,9 +184,7 @@ def _assembled(text: str) -> list[Insn]:
             again = assemble(text)
         except AsmError:
             again = []
-        if len(_ASSEMBLED) >= _ASSEMBLED_LIMIT:
-            _ASSEMBLED.clear()
-        _ASSEMBLED[text] = again
+        _ASSEMBLED.remember(text, again)
     return again
 
 

@@ -24,6 +24,8 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from bpfdiff.memo import Memo
+
 # -- instruction classes -----------------------------------------------------
 BPF_LD = 0x00
 BPF_LDX = 0x01
@@ -431,13 +433,7 @@ def check_insn(pc: int, insn: Insn) -> None:
 # functions of the opcode, the map name is no encoding field -- so that tuple is a complete key.
 # Generated programs repeat most of their instructions (~70% of the slots of 200 scenarios'
 # programs are one met before), and checking a slot costs far more than finding it here.
-_SLOT_VERDICTS: dict[tuple[int, int, int, int, int], tuple[str | None, int | None]] = {}
-_SLOT_VERDICTS_MAX = 1 << 16
-
-
-def clear_cache() -> None:
-    """Forget the remembered slot verdicts (a measurement that must see every check run)."""
-    _SLOT_VERDICTS.clear()
+_SLOT_VERDICTS: Memo[tuple[int, int, int, int, int], tuple[str | None, int | None]] = Memo(1 << 16)
 
 
 def _slot_verdict(key: tuple[int, int, int, int, int], insn: Insn) -> tuple[str | None, int | None]:
@@ -447,11 +443,7 @@ def _slot_verdict(key: tuple[int, int, int, int, int], insn: Insn) -> tuple[str 
         reason = None
     except InvalidInstruction as exc:
         reason = exc.reason
-    target = jump_target(-1, insn)
-    if len(_SLOT_VERDICTS) >= _SLOT_VERDICTS_MAX:
-        _SLOT_VERDICTS.clear()
-    verdict = _SLOT_VERDICTS[key] = (reason, target)
-    return verdict
+    return _SLOT_VERDICTS.remember(key, (reason, jump_target(-1, insn)))
 
 
 def check_program(insns: Sequence[Insn]) -> None:

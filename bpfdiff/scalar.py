@@ -17,7 +17,12 @@ u32max, s32min, s32max)``.  Values are Python ints: unsigned fields in
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
+
+from bpfdiff import memo
+
+_F = TypeVar("_F", bound=Callable)
 
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
@@ -161,6 +166,7 @@ class Scalar(NamedTuple):
         return self.mask & U32 == 0
 
 
+@memo.forgettable
 @functools.lru_cache(maxsize=1 << 16)     # every immediate of every program asks
 def known(v: int) -> Scalar:
     """__mark_reg_known."""
@@ -173,14 +179,8 @@ UNKNOWN = Scalar(0, U64, 0, U64, S64_MIN, S64_MAX, 0, U32, S32_MIN, S32_MAX)
 # The path-sensitive model asks the functions below the same questions again and again (every
 # path through an instruction, the same constants in program after program).  They are pure
 # functions of hashable values (Scalars are tuples of ints), so their answers are remembered.
-_remembered = functools.lru_cache(maxsize=1 << 15)
-
-
-def clear_cache() -> None:
-    """Forget the remembered answers (a measurement that must start as a new process does)."""
-    for fn in (coerce, zext, alu, branch_taken, branch_taken_ranges, set_min_max, set_min_max_ranges,
-               combine_equal):
-        fn.cache_clear()
+def _remembered(fn: _F) -> _F:
+    return memo.forgettable(functools.lru_cache(maxsize=1 << 15)(fn))
 
 
 class _R:

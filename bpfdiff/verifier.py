@@ -32,14 +32,16 @@ Kernel facts (``kernel/bpf/verifier.c`` of 6.1 and 5.5):
 from __future__ import annotations
 
 import functools
+import itertools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from bpfdiff import isa, scalar
+from bpfdiff import isa, memo, scalar
 from bpfdiff.helpers import known_cpu_id
 from bpfdiff.isa import Insn, InvalidInstruction, Program
+from bpfdiff.memo import IdentityMemo, Memo
 from bpfdiff.profiles import Profile, profile_key
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, PROG_XDP, Scenario
 
@@ -49,8 +51,6 @@ if TYPE_CHECKING:
 
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
-_T = TypeVar("_T")
-_V = TypeVar("_V")
 
 
 class MapLike(Protocol):
@@ -132,7 +132,7 @@ def _check_insns(prog: Program, maps: Mapping[str, MapLike], profile: Profile, s
     loading: tuple[int, str] | None = None      # the first check_load reports, after those
     pc = 0
     n = len(insns)
-    verdicts = _REFUSALS.setdefault((profile.isa_v4, profile.isa_ja32, profile.atomic_fetch), {})
+    verdicts = _REFUSALS[profile.isa_v4, profile.isa_ja32, profile.atomic_fetch]
     while pc < n:
         insn = insns[pc]
         key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
@@ -159,11 +159,11 @@ def _check_insns(prog: Program, maps: Mapping[str, MapLike], profile: Profile, s
 # whether _load_refusal can refuse it).  insn_refusal, alu_refusal and that test read nothing of
 # the instruction but its encoding fields (opcode, dst, src, off, imm: the opcode's views are
 # functions of the opcode), so the key is complete; most instructions repeat one met before.
-_REFUSALS: dict[tuple[bool, bool, bool], dict[tuple[int, int, int, int, int], tuple[str | None, bool, bool]]] = {}
-_REFUSALS_MAX = 1 << 16
+_REFUSALS: dict[tuple[bool, bool, bool], Memo[tuple[int, int, int, int, int], tuple[str | None, bool, bool]]] = {
+    flags: Memo(1 << 16) for flags in itertools.product((False, True), repeat=3)}
 
 
-def _refusal_verdict(verdicts: dict, key: tuple[int, int, int, int, int], insn: Insn,
+def _refusal_verdict(verdicts: Memo, key: tuple[int, int, int, int, int], insn: Insn,
                      profile: Profile) -> tuple[str | None, bool, bool]:
     """_check_insns' verdict on one instruction (see _REFUSALS), computed and remembered."""
     reason = insn_refusal(insn, profile)
@@ -173,10 +173,7 @@ def _refusal_verdict(verdicts: dict, key: tuple[int, int, int, int, int], insn: 
         reason = alu_refusal(insn)
     may_refuse_load = (cls == isa.BPF_JMP or cls == isa.BPF_JMP32 or insn.is_lddw or
                        insn.dst == isa.BPF_REG_FP or insn.src == isa.BPF_REG_FP)
-    if len(verdicts) >= _REFUSALS_MAX:
-        verdicts.clear()
-    verdict = verdicts[key] = (reason, early, may_refuse_load)
-    return verdict
+    return verdicts.remember(key, (reason, early, may_refuse_load))
 
 
 def _load_refusal(pc: int, insn: Insn, insns: Sequence[Insn], second_slots: set[int] | tuple,
@@ -371,7 +368,7 @@ def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
     ``prog_type`` the scenario's (the context the program gets, see :mod:`bpfdiff.xdp`).
     """
     force_indirect = bool(options is not None and options.force_indirect)
-    known = _by_identity(_programs, prog, _ProgramKey)
+    known = _program_key(prog)
     used = tuple((m.name, m.kind, m.key_size, m.value_size, m.max_entries)
                  for m in (maps.get(name) for name in known.map_names) if m is not None)
     # the engines ask again with the very objects they asked with: answered before hashing anything
@@ -381,9 +378,7 @@ def verify(prog: Program, maps: Mapping[str, MapLike], profile: Profile,
         result = answer[2]
     else:
         result = _verified(known, used, _view(profile), force_indirect, prog_type)
-        if len(_answers) >= CACHE_SIZE:
-            _answers.clear()
-        _answers[asked] = (prog, profile, result)     # holding them keeps their ids unique
+        _answers.remember(asked, (prog, profile, result))     # holding them keeps their ids unique
     if isinstance(result, VerifierError):
         raise VerifierError(result.prog, result.pc, result.reason)
     return result.copy()            # callers own what they get (the cache keeps the original)
@@ -442,40 +437,14 @@ class _ProgramKey:
         return self.hash
 
 
-# identity memos in front of the cache, each holding the objects whose ids it is keyed on
-_programs: dict[int, tuple[Program, _ProgramKey]] = {}
-_views: dict[int, tuple[Profile, VerifierView]] = {}
-_answers: dict[tuple, tuple[Program, Profile, Xlated | VerifierError]] = {}
+# identity memos in front of the cache (see bpfdiff.memo.IdentityMemo), and the engines' answers
+# by the ids of what they asked with, holding those objects
+_program_key = IdentityMemo(_ProgramKey, CACHE_SIZE)
+_view = IdentityMemo(VerifierView, CACHE_SIZE)
+_answers: Memo[tuple, tuple[Program, Profile, Xlated | VerifierError]] = Memo(CACHE_SIZE)
 
 
-def _by_identity(memo: dict[int, tuple[_T, _V]], obj: _T, make: Callable[[_T], _V]) -> _V:
-    """``make(obj)``, remembered by the object's id (and the object, so that a reused id of a
-    freed one is never taken for it)."""
-    hit = memo.get(id(obj))
-    if hit is not None and hit[0] is obj:
-        return hit[1]
-    made = make(obj)
-    if len(memo) >= CACHE_SIZE:
-        memo.clear()
-    memo[id(obj)] = (obj, made)
-    return made
-
-
-def _view(profile: Profile) -> VerifierView:
-    return _by_identity(_views, profile, VerifierView)
-
-
-def clear_cache() -> None:
-    """Forget the cached answers (for measurements that must see the model run: line coverage)."""
-    _verified.cache_clear()
-    _programs.clear()
-    _views.clear()
-    _answers.clear()
-    _REFUSALS.clear()
-    isa.clear_cache()
-    scalar.clear_cache()
-
-
+@memo.forgettable
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _verified(key: _ProgramKey, used: tuple[tuple[str, str, int, int, int], ...], view: VerifierView,
               force_indirect: bool, prog_type: str) -> Xlated | VerifierError:

@@ -273,12 +273,9 @@ def line_coverage_features(scenario: Scenario, profile: str = "linux-6.1",
     roots = [Path(bpfdiff.interp.__file__).parent, Path(bpfdiff.jit.__file__).parent]
     made = [make_engine(name, profile=profile) for name in engines]
     cov = coverage.Coverage(data_file=None, include=[str(r / "*") for r in roots], branch=False)
-    from bpfdiff.jit.bpf_jit_comp import clear_invariant_cache
+    from bpfdiff import memo
 
-    from bpfdiff.verifier import clear_cache
-
-    clear_cache()          # the verifier model's answers are cached: measure its lines afresh
-    clear_invariant_cache()    # and so is the JIT's code of instructions it has seen
+    memo.forget_all()      # the verifier model's answers and the JIT's code are remembered: run them afresh
     cov.start()
     try:
         for engine in made:

@@ -135,6 +135,7 @@ from bpfdiff.isa import (
     Insn,
     Program,
 )
+from bpfdiff.memo import Memo
 from bpfdiff.profiles import DEFAULT_PROFILE, Profile, get_profile
 from bpfdiff.scenario import BPF_ANY, PROG_XDP, Delete, Event, Load, MapDef, Run, Scenario, Update, key_u32
 from bpfdiff.verifier import track_const_alu
@@ -370,9 +371,8 @@ STACK_SLOTS = 64                    # 8-byte slots in a 512-byte frame
 # is an immutable value whose construction -- a frozen dataclass: twelve object.__setattr__ calls --
 # cost about a third of the generator's time.  Nothing tells two equal Insns apart by identity.
 # The fields are the whole key (the generator's slots name no map but through lddw_slots).
-_SLOTS: dict[tuple[int, int, int, int, int], Insn] = {}
-_LDDW_SLOTS: dict[tuple[int, int, int, str | None], tuple[Insn, Insn]] = {}
-_SLOTS_LIMIT = 1 << 16
+_SLOTS: Memo[tuple[int, int, int, int, int], Insn] = Memo(1 << 16)
+_LDDW_SLOTS: Memo[tuple[int, int, int, str | None], tuple[Insn, Insn]] = Memo(1 << 16)
 
 
 def slot(opcode: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> Insn:
@@ -380,9 +380,7 @@ def slot(opcode: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) ->
     key = (opcode, dst, src, off, imm)
     insn = _SLOTS.get(key)
     if insn is None:
-        if len(_SLOTS) >= _SLOTS_LIMIT:
-            _SLOTS.clear()
-        insn = _SLOTS[key] = Insn(opcode, dst, src, off, imm)
+        insn = _SLOTS.remember(key, Insn(opcode, dst, src, off, imm))
     return insn
 
 
@@ -391,9 +389,7 @@ def lddw_slots(dst: int, value: int, src: int = 0, map: str | None = None) -> tu
     key = (dst, value, src, map)
     pair = _LDDW_SLOTS.get(key)
     if pair is None:
-        if len(_LDDW_SLOTS) >= _SLOTS_LIMIT:
-            _LDDW_SLOTS.clear()
-        pair = _LDDW_SLOTS[key] = isa.lddw_pair(dst, value, src, map)
+        pair = _LDDW_SLOTS.remember(key, isa.lddw_pair(dst, value, src, map))
     return pair
 
 

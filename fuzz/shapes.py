@@ -165,12 +165,12 @@ def planted(xor: int) -> Iterator[list[int]]:
         return run
 
     decode._helper_closure, decode._atomic_closure = helper, atomic
-    decode._CACHE.clear()
+    decode.decoded.clear()
     try:
         yield fired
     finally:
         decode._helper_closure, decode._atomic_closure = helper_closure, atomic_closure
-        decode._CACHE.clear()
+        decode.decoded.clear()
 
 
 # Width-confusion bugs, planted in the interpreter: (table, key) of the decoder's closure factory,
@@ -245,12 +245,12 @@ def width_planted(name: str) -> Iterator[list[int]]:
             return run
 
     table[key] = factory
-    decode._CACHE.clear()
+    decode.decoded.clear()
     try:
         yield fired
     finally:
         table[key] = right_factory
-        decode._CACHE.clear()
+        decode.decoded.clear()
 
 
 def _observed(outcomes: list, r0_bits: int) -> list[tuple]:

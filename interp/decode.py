@@ -73,6 +73,7 @@ from bpfdiff.isa import (
     Program,
     lddw_value,
 )
+from bpfdiff.memo import IdentityMemo
 
 M64 = (1 << 64) - 1
 M32 = 0xFFFFFFFF
@@ -460,20 +461,9 @@ def decode_program(program: Program) -> list[Closure]:
     return code
 
 
-_CACHE: dict[int, tuple[Program, list[Closure]]] = {}
-_CACHE_LIMIT = 4096
-
-
-def decoded(program: Program) -> list[Closure]:
-    """:func:`decode_program`, cached per Program object."""
-    entry = _CACHE.get(id(program))
-    if entry is not None and entry[0] is program:
-        return entry[1]
-    if len(_CACHE) >= _CACHE_LIMIT:
-        _CACHE.clear()
-    code = decode_program(program)
-    _CACHE[id(program)] = (program, code)
-    return code
+# :func:`decode_program`, remembered per Program object: every run of a scenario, and every
+# what-if re-run of the oracle's probes, runs the same Program objects.
+decoded: IdentityMemo[Program, list[Closure]] = IdentityMemo(decode_program, 4096)
 
 
 __all__ = ["Exit", "InvalidSlot", "TailCall", "decode_program", "decoded", "sdiv", "smod"]

@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from bpfdiff.jit.poke import X86_PATCH_SIZE, PokeDescriptor, bpf_tail_call_direct_fixup
 from bpfdiff.jit.xlate import Xlated
 
-from bpfdiff import isa
+from bpfdiff import isa, memo
 from bpfdiff.isa import Insn, Program
 from bpfdiff.profiles import Profile
 from bpfdiff.scenario import DEFAULT_PROG_TYPE, MapDef
@@ -1245,6 +1245,7 @@ INVARIANT_CACHE_LIMIT = 100_000     # entries per cache; a full cache starts ove
 _LAST_INVARIANT_CACHE: list = [None, None, None]
 
 
+@memo.forgettable
 def clear_invariant_cache() -> None:
     """Forget the remembered code (for measurements that must see the emitters run: line coverage)."""
     _INVARIANT_CACHES.clear()

@@ -19,7 +19,7 @@ from bpfdiff.jit.engine import JitEngine
 from profile_reads import RecordingProfile, every_fixed_variant
 from test_subprog_r0_tail_call import REPRO as SUBPROG_R0_REPRO
 
-from bpfdiff import verifier
+from bpfdiff import memo
 from bpfdiff.engine import _REGISTRY as engine_registry
 from bpfdiff.engine import EngineError
 from bpfdiff.profiles import get_profile
@@ -38,7 +38,7 @@ def test_the_interpreter_reads_no_field_it_ignores() -> None:
         engine = InterpEngine(profile)
         engine.profile = RecordingProfile(profile, reads)
         for scenario in examples + generated + mutated:
-            verifier.clear_cache()
+            memo.forget_all()
             try:
                 engine.execute(scenario)
             except EngineError:

@@ -18,7 +18,7 @@ from bpfdiff.fuzz.generate import RandomDraw, mutate_scenario, scenario_from_see
 from bpfdiff.jit.bpf_jit_comp import JitOptions
 from profile_reads import RecordingProfile, every_fixed_variant
 
-from bpfdiff import verifier
+from bpfdiff import memo, verifier
 from bpfdiff.profiles import PROFILES, Profile, get_profile
 from bpfdiff.scenario import Scenario
 
@@ -35,7 +35,7 @@ def scenarios(profile: str) -> list[Scenario]:
 
 def answer(prog, maps, profile, force_indirect: bool, prog_type: str) -> Any:
     """The model's answer, computed afresh (never from the cache), in a comparable form."""
-    verifier.clear_cache()
+    memo.forget_all()
     try:
         result = verifier.verify(prog, maps, profile, JitOptions(force_indirect=force_indirect), prog_type)
     except verifier.VerifierError as exc:
@@ -80,7 +80,7 @@ def test_a_fix_of_the_jit_alone_reuses_the_answers_of_the_profile_as_it_is() -> 
     JIT's tail-call entry, also no verifier field.  SUBPROG_R0_ACROSS_TAIL_CALL's fix is one."""
     scenario = scenario_from_seed(3, "linux-6.1")
     maps = {m.name: m for m in scenario.maps}
-    verifier.clear_cache()
+    memo.forget_all()
     for prog in scenario.programs:
         verifier.verify(prog, maps, PROFILES["linux-6.1"], prog_type=scenario.prog_type)
     misses = verifier._verified.cache_info().misses
