@@ -197,27 +197,39 @@ class FunctionFlow:
         step, alu, join = self.step, self.alu, self.join
         while work:
             pc = work.pop()
-            insn = insns[pc]
-            cls = insn.cls
-            if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
-                # most instructions: one successor, one register changed (step() does the same)
-                r = list(states[pc])
-                r[insn.dst] = alu(insn, r)
-                succs: Sequence[tuple[int, State]] = ((pc + 1, tuple(r)),)
-            else:
-                succs = step(pc, states[pc])
-            for succ, out in succs:
+            regs = states[pc]
+            while True:
+                insn = insns[pc]
+                cls = insn.cls
+                if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
+                    # most instructions: one successor, one register changed (step() does the same)
+                    r = list(regs)
+                    r[insn.dst] = alu(insn, r)
+                    succ, regs = pc + 1, tuple(r)
+                else:
+                    succs = step(pc, regs)
+                    if len(succs) != 1:
+                        for succ, out in succs:
+                            if not start <= succ < end:
+                                continue     # a jump out of the function: check_subprogs reports it
+                            old = states.get(succ)
+                            new = out if old is None else join(old, out)
+                            if new != old:
+                                states[succ] = new
+                                work.append(succ)
+                        break
+                    succ, regs = succs[0]
+                # one successor: when its state changes it is the next one popped, so it is
+                # followed here at once (the same order of visits, without the work list)
                 if not start <= succ < end:
-                    continue     # a jump out of the function: check_subprogs reports it
+                    break
                 old = states.get(succ)
-                if old is None:
-                    states[succ] = out
-                    work.append(succ)
-                    continue
-                new = join(old, out)
-                if new != old:
-                    states[succ] = new
-                    work.append(succ)
+                if old is not None:
+                    regs = join(old, regs)
+                    if regs == old:
+                        break
+                states[succ] = regs
+                pc = succ
 
     def join(self, a: State, b: State) -> State:
         """Merge two paths; a frame pointer known on one path only can no longer be followed."""
@@ -824,55 +836,69 @@ def _ctx_accesses(insns: Sequence[Insn], starts: Sequence[int]) -> dict[int, int
         while work:
             pc = work.pop()
             regs = states[pc]
-            insn = insns[pc]
-            nxt = pc + 1
-            other = None                    # a conditional jump's target
-            opcode, cls = insn.opcode, insn.cls
-            if insn.is_lddw:
-                regs = (regs & ~(3 << 2 * insn.dst)) | (_NO_BITS << 2 * insn.dst)
-                nxt = pc + 2
-            elif cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
-                dst = 2 * insn.dst
-                if opcode == isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X and not insn.off:
-                    regs = (regs & ~(3 << dst)) | (((regs >> 2 * insn.src) & 3) << dst)
-                else:
-                    regs = (regs & ~(3 << dst)) | (_NO_BITS << dst)
-            elif cls == isa.BPF_LDX or cls == isa.BPF_ST or cls == isa.BPF_STX:
-                base = (regs >> 2 * (insn.src if cls == isa.BPF_LDX else insn.dst)) & 3
-                if base != _NO_BITS:
-                    found[pc] = max(found.get(pc, CTX_NO), _CTX_BITS[base])
-                if cls == isa.BPF_LDX:
+            while True:
+                insn = insns[pc]
+                nxt = pc + 1
+                other = None                    # a conditional jump's target
+                opcode, cls = insn.opcode, insn.cls
+                if insn.is_lddw:
                     regs = (regs & ~(3 << 2 * insn.dst)) | (_NO_BITS << 2 * insn.dst)
-                elif cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
-                    reg = 2 * (0 if insn.imm == isa.BPF_CMPXCHG else insn.src)
-                    regs = (regs & ~(3 << reg)) | (_NO_BITS << reg)
-            elif opcode == isa.CALL_OPCODE:
-                if insn.src == isa.BPF_PSEUDO_CALL:
-                    target = pc + 1 + insn.imm
-                    callee = (_ALL_NO & ~_ARGS_MASK) | (regs & _ARGS_MASK)
-                    old = entry.get(target)
-                    new = callee if old is None else old | callee
-                    if new != old:
-                        entry[target] = new
-                        pending.append(target)
-                regs = (regs & ~_CALL_CLOBBERED_MASK) | _CALL_CLOBBERED
-            elif opcode == isa.EXIT_OPCODE:
-                continue
-            elif cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
-                target = isa.jump_target(pc, insn)
-                if insn.op == isa.BPF_JA:
-                    nxt = target
-                else:
-                    other = target
-            # successors in the order [pc + 1, target] of a conditional jump
-            for succ in (nxt,) if other is None else (nxt, other):
-                if not start <= succ < end:
-                    continue
-                old = states.get(succ)
-                new = regs if old is None else old | regs
-                if new != old:
-                    states[succ] = new
-                    work.append(succ)
+                    nxt = pc + 2
+                elif cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
+                    dst = 2 * insn.dst
+                    if opcode == isa.BPF_ALU64 | isa.BPF_MOV | isa.BPF_X and not insn.off:
+                        regs = (regs & ~(3 << dst)) | (((regs >> 2 * insn.src) & 3) << dst)
+                    else:
+                        regs = (regs & ~(3 << dst)) | (_NO_BITS << dst)
+                elif cls == isa.BPF_LDX or cls == isa.BPF_ST or cls == isa.BPF_STX:
+                    base = (regs >> 2 * (insn.src if cls == isa.BPF_LDX else insn.dst)) & 3
+                    if base != _NO_BITS:
+                        found[pc] = max(found.get(pc, CTX_NO), _CTX_BITS[base])
+                    if cls == isa.BPF_LDX:
+                        regs = (regs & ~(3 << 2 * insn.dst)) | (_NO_BITS << 2 * insn.dst)
+                    elif cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC and insn.imm & isa.BPF_FETCH:
+                        reg = 2 * (0 if insn.imm == isa.BPF_CMPXCHG else insn.src)
+                        regs = (regs & ~(3 << reg)) | (_NO_BITS << reg)
+                elif opcode == isa.CALL_OPCODE:
+                    if insn.src == isa.BPF_PSEUDO_CALL:
+                        target = pc + 1 + insn.imm
+                        callee = (_ALL_NO & ~_ARGS_MASK) | (regs & _ARGS_MASK)
+                        old = entry.get(target)
+                        new = callee if old is None else old | callee
+                        if new != old:
+                            entry[target] = new
+                            pending.append(target)
+                    regs = (regs & ~_CALL_CLOBBERED_MASK) | _CALL_CLOBBERED
+                elif opcode == isa.EXIT_OPCODE:
+                    break
+                elif cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
+                    target = isa.jump_target(pc, insn)
+                    if insn.op == isa.BPF_JA:
+                        nxt = target
+                    else:
+                        other = target
+                if other is not None:
+                    # successors in the order [pc + 1, target] of a conditional jump
+                    for succ in (nxt, other):
+                        if not start <= succ < end:
+                            continue
+                        old = states.get(succ)
+                        new = regs if old is None else old | regs
+                        if new != old:
+                            states[succ] = new
+                            work.append(succ)
+                    break
+                # one successor: when its state changes it is the next one popped, so it is
+                # followed here at once (the same order of visits, without the work list)
+                if not start <= nxt < end:
+                    break
+                old = states.get(nxt)
+                if old is not None:
+                    regs |= old
+                    if regs == old:
+                        break
+                states[nxt] = regs
+                pc = nxt
     return found
 
 
