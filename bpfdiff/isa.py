@@ -446,8 +446,36 @@ def _slot_verdict(key: tuple[int, int, int, int, int], insn: Insn) -> tuple[str 
     return _SLOT_VERDICTS.remember(key, (reason, jump_target(-1, insn)))
 
 
+def slot_verdict(insn: Insn) -> tuple[str | None, int | None]:
+    """check_program's verdict on one slot: check_insn's refusal (None: a valid encoding) and how
+    far a jump or pseudo call goes from the next slot (None: no jump)."""
+    key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
+    verdict = _SLOT_VERDICTS.get(key)
+    return verdict if verdict is not None else _slot_verdict(key, insn)
+
+
+def check_lddw_pair(insns: Sequence[Insn], pc: int) -> None:
+    """check_program's checks of the lddw at ``pc`` beyond its first slot's encoding."""
+    if pc + 1 >= len(insns):
+        raise InvalidInstruction(pc, "truncated lddw: second slot missing")
+    second = insns[pc + 1]
+    if second.opcode or second.dst or second.src or second.off:
+        raise InvalidInstruction(pc + 1, "second slot of lddw has non-zero reserved fields")
+    if insns[pc].src in (BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE) and insns[pc].map is None:
+        raise InvalidInstruction(pc, "pseudo map load without a map")
+
+
+def jump_out_of_range(pc: int, delta: int) -> InvalidInstruction:
+    """check_program's refusal of a jump at ``pc`` going ``delta`` slots past the next one,
+    outside the program."""
+    return InvalidInstruction(pc, f"jump out of range to {pc + 1 + delta}")
+
+
 def check_program(insns: Sequence[Insn]) -> None:
-    """Validate every slot, the ``lddw`` pairs and that jumps stay in range."""
+    """Validate every slot, the ``lddw`` pairs and that jumps stay in range.
+
+    (bpfdiff.verifier's check_load makes the same checks in its own pass over the program, with
+    slot_verdict, check_lddw_pair and jump_out_of_range.)"""
     n = len(insns)
     pc = 0
     verdicts = _SLOT_VERDICTS
@@ -461,17 +489,11 @@ def check_program(insns: Sequence[Insn]) -> None:
         if reason is not None:
             raise InvalidInstruction(pc, reason)
         if insn.is_lddw:
-            if pc + 1 >= n:
-                raise InvalidInstruction(pc, "truncated lddw: second slot missing")
-            second = insns[pc + 1]
-            if second.opcode or second.dst or second.src or second.off:
-                raise InvalidInstruction(pc + 1, "second slot of lddw has non-zero reserved fields")
-            if insn.src in (BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE) and insn.map is None:
-                raise InvalidInstruction(pc, "pseudo map load without a map")
+            check_lddw_pair(insns, pc)
             pc += 2
             continue
         if delta is not None and not 0 <= pc + 1 + delta < n:
-            raise InvalidInstruction(pc, f"jump out of range to {pc + 1 + delta}")
+            raise jump_out_of_range(pc, delta)
         pc += 1
 
 

@@ -117,55 +117,75 @@ def check_isa(prog: Program, profile: Profile) -> None:
 
 def _check_insns(prog: Program, maps: Mapping[str, MapLike], profile: Profile, structure: bool) -> None:
     """check_isa and, with ``structure``, check_load's checks of each instruction: one pass over the
-    program, each refusal reported in the kernel's order -- encodings (isa.check_program), the
-    instruction set (resolve_pseudo_ldimm64's "unknown opcode" and LDX refusals first, do_check's
-    then), then the first instruction check_load refuses (a jump into an lddw, a write to R10, a map)."""
+    program, each refusal reported in the kernel's order -- encodings (isa.check_program's checks),
+    the instruction set (resolve_pseudo_ldimm64's "unknown opcode" and LDX refusals first,
+    do_check's then), then the first instruction check_load refuses (a jump into an lddw, a write
+    to R10, a map)."""
     insns = prog.insns
     name = prog.name
-    try:
-        isa.check_program(insns)
-    except InvalidInstruction as exc:
-        raise VerifierError(name, exc.pc, exc.reason) from None
-    # (encodings checked: the second slots are the ones the walk below skips)
-    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw} if structure else ()
+    early: tuple[int, str] | None = None        # the first refusal resolve_pseudo_ldimm64 reports
     first: tuple[int, str] | None = None        # the first refusal do_check would report
-    loading: tuple[int, str] | None = None      # the first check_load reports, after those
+    loads: list[int] = []                       # what check_load may refuse, after those (in order)
+    second_slots: set[int] = set()
     pc = 0
     n = len(insns)
     verdicts = _REFUSALS[profile.isa_v4, profile.isa_ja32, profile.atomic_fetch]
-    while pc < n:
-        insn = insns[pc]
-        key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
-        verdict = verdicts.get(key)
-        if verdict is None:
-            verdict = _refusal_verdict(verdicts, key, insn, profile)
-        reason, early, may_refuse_load = verdict
-        if early:
-            # resolve_pseudo_ldimm64's pass over the whole program comes before do_check
-            raise VerifierError(name, pc, reason)
-        if reason is not None and first is None:
-            first = (pc, reason)
-        if structure and loading is None and may_refuse_load:
-            loading = _load_refusal(pc, insn, insns, second_slots, maps)     # (None for any other)
-        pc += 2 if insn.is_lddw else 1
+    try:
+        while pc < n:
+            insn = insns[pc]
+            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
+            verdict = verdicts.get(key)
+            if verdict is None:
+                verdict = _refusal_verdict(verdicts, key, insn, profile)
+            invalid, delta, reason, is_early, may_refuse_load = verdict
+            # an invalid encoding anywhere comes first (the kernel checks the encodings before
+            # anything else): the refusals below are only noted until the pass is through
+            if invalid is not None:
+                raise InvalidInstruction(pc, invalid)
+            if insn.is_lddw:
+                isa.check_lddw_pair(insns, pc)
+                second_slots.add(pc + 1)
+            elif delta is not None and not 0 <= pc + 1 + delta < n:
+                raise isa.jump_out_of_range(pc, delta)
+            if reason is not None:
+                if is_early:
+                    if early is None:
+                        early = (pc, reason)
+                elif first is None:
+                    first = (pc, reason)
+            if may_refuse_load:
+                loads.append(pc)
+            pc += 2 if insn.is_lddw else 1
+    except InvalidInstruction as exc:
+        raise VerifierError(name, exc.pc, exc.reason) from None
+    if early is not None:
+        raise VerifierError(name, *early)
     if first is not None:
         raise VerifierError(name, *first)
-    if loading is not None:
-        raise VerifierError(name, *loading)
+    if structure:
+        for pc in loads:            # (after the pass: a jump may go into a later lddw)
+            loading = _load_refusal(pc, insns[pc], insns, second_slots, maps)
+            if loading is not None:
+                raise VerifierError(name, *loading)
 
 
 # _check_insns' verdicts on one instruction, per the profile fields insn_refusal reads (isa_v4,
-# isa_ja32, atomic_fetch): (do_check's refusal, whether resolve_pseudo_ldimm64 reports it first,
-# whether _load_refusal can refuse it).  insn_refusal, alu_refusal and that test read nothing of
-# the instruction but its encoding fields (opcode, dst, src, off, imm: the opcode's views are
-# functions of the opcode), so the key is complete; most instructions repeat one met before.
-_REFUSALS: dict[tuple[bool, bool, bool], Memo[tuple[int, int, int, int, int], tuple[str | None, bool, bool]]] = {
+# isa_ja32, atomic_fetch): isa.slot_verdict's (the encoding's refusal, a jump's distance), then
+# (do_check's refusal, whether resolve_pseudo_ldimm64 reports it first, whether _load_refusal can
+# refuse it).  Those, insn_refusal, alu_refusal and that test read nothing of the instruction but
+# its encoding fields (opcode, dst, src, off, imm: the opcode's views are functions of the
+# opcode), so the key is complete; most instructions repeat one met before.
+_REFUSALS: dict[tuple[bool, bool, bool], Memo[tuple[int, int, int, int, int],
+                                              tuple[str | None, int | None, str | None, bool, bool]]] = {
     flags: Memo(1 << 16) for flags in itertools.product((False, True), repeat=3)}
 
 
 def _refusal_verdict(verdicts: Memo, key: tuple[int, int, int, int, int], insn: Insn,
-                     profile: Profile) -> tuple[str | None, bool, bool]:
+                     profile: Profile) -> tuple[str | None, int | None, str | None, bool, bool]:
     """_check_insns' verdict on one instruction (see _REFUSALS), computed and remembered."""
+    invalid, delta = isa.slot_verdict(insn)
+    if invalid is not None:
+        return verdicts.remember(key, (invalid, delta, None, False, False))
     reason = insn_refusal(insn, profile)
     early = reason is not None and (reason.startswith("unknown opcode") or reason.startswith("BPF_LDX"))
     cls = insn.cls
@@ -173,7 +193,7 @@ def _refusal_verdict(verdicts: Memo, key: tuple[int, int, int, int, int], insn: 
         reason = alu_refusal(insn)
     may_refuse_load = (cls == isa.BPF_JMP or cls == isa.BPF_JMP32 or insn.is_lddw or
                        insn.dst == isa.BPF_REG_FP or insn.src == isa.BPF_REG_FP)
-    return verdicts.remember(key, (reason, early, may_refuse_load))
+    return verdicts.remember(key, (invalid, delta, reason, early, may_refuse_load))
 
 
 def _load_refusal(pc: int, insn: Insn, insns: Sequence[Insn], second_slots: set[int] | tuple,
@@ -626,6 +646,9 @@ def reads_subprog_r0_trust(insns: Sequence[Insn]) -> bool:
     is read only at the exit of a function entered by a bpf-to-bpf call that can reach
     ``bpf_tail_call`` (_Explorer.step), so a program without such a call gets the same answers
     under both values (the oracle's known-bug probes skip that fix's re-run for it)."""
+    calls = [insn for insn in insns if insn.opcode == isa.CALL_OPCODE]
+    if not any(insn.src == isa.BPF_PSEUDO_CALL for insn in calls) or not any(insn.is_tail_call for insn in calls):
+        return False            # no function is entered by a call, or none can reach a tail call
     reachable = _tail_call_reachable(insns)
     return any(insn.is_pseudo_call and isa.jump_target(pc, insn) in reachable for pc, insn in enumerate(insns))
 
@@ -639,8 +662,8 @@ def subprog_r0_trust_matters(programs: Sequence[Program], maps: Mapping[str, Map
     most: whether the answers (the xlated code, or the refusal) for such a program differ under
     it -- an engine that reads the field only through the model runs alike under both when they
     do not (the oracle's known-bug probes)."""
-    view = VerifierView(profile)
-    if other is not None and VerifierView(other) == view:
+    view = _view(profile)
+    if other is not None and _view(other) == view:
         return False                  # the model cannot tell the two apart
     reading = [prog for prog in programs if reads_subprog_r0_trust(prog.insns)]
     if not reading:
@@ -669,7 +692,9 @@ def _decode(pc: int, insn: Insn) -> tuple:
 
     An ALU instruction: (_ALU, class, alu32, dst, op, source is X, src, off, imm, the
     immediate as a known scalar, the result of a plain move of the immediate (else None),
-    target); loads and stores: (kind, class, size in bytes, target).
+    target); a load: (_LDX, class, size in bytes, dst, src, off, target); a store: (_STORE,
+    class, size in bytes, dst, src, off, imm, atomic, the register a fetching atomic loads
+    (else None), target).
     """
     opcode, cls = insn.opcode, insn.cls
     if cls == isa.BPF_ALU or cls == isa.BPF_ALU64:
@@ -682,13 +707,16 @@ def _decode(pc: int, insn: Insn) -> tuple:
         if insn.op == isa.BPF_MOV and not insn.off:
             moved = ("s", scalar.known(imm & U32)) if alu32 else known_imm
         return (_ALU, cls, alu32, insn.dst, insn.op, False, insn.src, insn.off, imm, known_imm, moved, None)
+    if cls == isa.BPF_LDX:
+        return (_LDX, cls, isa.SIZE_BYTES[insn.size], insn.dst, insn.src, insn.off, None)
+    if cls == isa.BPF_ST or cls == isa.BPF_STX:
+        imm = insn.imm
+        atomic = cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC
+        fetch = (0 if imm == isa.BPF_CMPXCHG else insn.src) if atomic and imm & isa.BPF_FETCH else None
+        return (_STORE, cls, isa.SIZE_BYTES[insn.size], insn.dst, insn.src, insn.off, imm, atomic, fetch, None)
     target = isa.jump_target(pc, insn) if cls == isa.BPF_JMP or cls == isa.BPF_JMP32 else None
     if insn.is_lddw:
         return (_LDDW, cls, target)
-    if cls == isa.BPF_LDX:
-        return (_LDX, cls, isa.SIZE_BYTES[insn.size], target)
-    if cls == isa.BPF_ST or cls == isa.BPF_STX:
-        return (_STORE, cls, isa.SIZE_BYTES[insn.size], target)
     if opcode == isa.CALL_OPCODE:
         return (_CALL, cls, target)
     if opcode == isa.EXIT_OPCODE:
@@ -696,6 +724,27 @@ def _decode(pc: int, insn: Insn) -> tuple:
     if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
         return (_JA if insn.op == isa.BPF_JA else _COND, cls, target)
     return (_NEXT, cls, target)
+
+
+# _decode's answers that hold wherever the instruction stands (those without a jump target: all
+# but jumps and bpf-to-bpf calls), by encoding: _decode reads nothing else of an instruction (the
+# opcode's views are functions of the opcode, the map name is read by step() itself), so the key
+# is complete; most instructions of generated programs repeat one met before.
+_DECODED: Memo[tuple[int, int, int, int, int], tuple] = Memo(1 << 16)
+
+
+def _decode_program(insns: Sequence[Insn]) -> list[tuple]:
+    """:func:`_decode` of every slot."""
+    code = []
+    for pc, insn in enumerate(insns):
+        key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
+        c = _DECODED.get(key)
+        if c is None:
+            c = _decode(pc, insn)
+            if c[-1] is None:
+                _DECODED.remember(key, c)
+        code.append(c)
+    return code
 
 
 class _Explorer:
@@ -718,7 +767,7 @@ class _Explorer:
         self.branch_ranges = profile.verifier_branch_ranges
         # what step() does with each instruction, decoded once (a state reaches an instruction
         # ~1.5 times on average, and every step used to re-read the opcode's views)
-        self.code = [_decode(pc, insn) for pc, insn in enumerate(insns)]
+        self.code = _decode_program(insns)
 
     def run(self, budget: int = EXPLORE_BUDGET) -> PathFacts | None:
         # The facts are a union over the (pc, state) pairs reachable from the entry (each step is a
@@ -751,21 +800,22 @@ class _Explorer:
         calls, exits and the two slots of an lddw, and anything unusual: too many is only slower.)"""
         code = self.code
         n = len(code)
-        # after an instruction whose one successor is the next one (a call's target is its jump
-        # target: only a bpf-to-bpf call has one)
-        join = [True] * min(n, 1) + [not (c[0] == _ALU or c[0] == _LDX or c[0] == _STORE or
-                                          (c[0] == _CALL and c[-1] is None)) for c in code[:-1]]
+        join = [False] * n
+        if n:
+            join[0] = True
         for pc, c in enumerate(code):
+            kind = c[0]
+            if kind == _ALU or kind == _LDX or kind == _STORE:
+                continue                            # one successor, the next: no target
             target = c[-1]
-            if target is not None:
-                if 0 <= target < n:
-                    join[target] = True             # a jump's or a pseudo call's target
-                if c[0] == _CALL and pc + 1 < n:
-                    join[pc + 1] = True             # a return site
-            if c[0] == _LDDW:
-                for after in (pc + 1, pc + 2):      # an lddw's second slot and the one after
-                    if after < n:
-                        join[after] = True
+            if pc + 1 < n and (kind != _CALL or target is not None):
+                # after anything but a helper call (of the calls only a bpf-to-bpf one has a
+                # target): a jump's fall-through, a return site, an lddw's second slot, ...
+                join[pc + 1] = True
+            if target is not None and 0 <= target < n:
+                join[target] = True                 # a jump's or a pseudo call's target
+            if kind == _LDDW and pc + 2 < n:
+                join[pc + 2] = True                 # an lddw's second slot (above) and the one after
         return join
 
     def _walk(self, join: list[bool] | None, budget: int) -> bool:
@@ -777,61 +827,60 @@ class _Explorer:
         visited = {start}
         steps = 0
         n = len(self.insns)
-        step, seen, code, alu = self.step, self.seen, self.code, self.alu
+        step, seen, code, alu, load, store = self.step, self.seen, self.code, self.alu, self.load, self.store
         if join is None:
             join = [True] * n
-        # at pc: an ALU instruction the run of ALU instructions before it goes on into (index n: no)
-        run_on = [not join[pc] and code[pc][0] == _ALU for pc in range(n)] + [False]
         while todo:
             pc, state = todo.pop()
-            while True:                       # one state's single successors, followed in place
+            # The state being followed, taken apart: the frames before the current one, and the
+            # current frame's registers (a list written in place), stack and return pc.  ALU
+            # instructions, loads and stores (nine in ten of the instructions walked) have one
+            # successor, the next instruction, and change only these: they are followed on them,
+            # and a state is put together again only where it is compared or step() needs one.
+            head = state[:-1]
+            regs, stack, ret = state[-1]
+            r = list(regs)
+            while True:
                 steps += 1
                 if steps > budget:
                     return False
                 seen.add(pc)
                 c = code[pc]
-                if c[0] == _ALU:
-                    # three instructions in four are ALU ones: their one successor is made here, not
-                    # in step() (only the current frame's register changes), and a run of them
-                    # writes one list of registers
-                    regs, stack, ret = state[-1]
-                    r = list(regs)
+                kind = c[0]
+                if kind == _ALU:
                     moved = c[10]             # a move of an immediate: alu() would return it
                     r[c[3]] = alu(c, r) if moved is None else moved
-                    pc += 1
-                    while run_on[pc]:
-                        steps += 1
-                        if steps > budget:
-                            return False
-                        seen.add(pc)
-                        c = code[pc]
-                        moved = c[10]
-                        r[c[3]] = alu(c, r) if moved is None else moved
-                        pc += 1
-                    if pc >= n:
-                        break
-                    state = state[:-1] + ((tuple(r), stack, ret),)
-                    if join[pc]:
+                elif kind == _LDX:
+                    r[c[3]] = load(c, r, head, stack)
+                elif kind == _STORE:
+                    head, stack = store(c, r, head, stack)
+                else:
+                    succs = step(pc, head + ((tuple(r), stack, ret),))
+                    if len(succs) == 1:
+                        nxt = succs[0][0]
+                        if nxt is not None and 0 <= nxt < n and not join[nxt]:
+                            pc, state = succs[0]
+                            head = state[:-1]
+                            regs, stack, ret = state[-1]
+                            r = list(regs)
+                            continue
+                    for succ in succs:
+                        nxt = succ[0]
+                        if nxt is None or not 0 <= nxt < n:
+                            continue
                         before = len(visited)
-                        visited.add((pc, state))       # one hash of the state: added means not seen before
-                        if len(visited) == before:
-                            break
-                    continue
-                succs = step(pc, state)
-                if len(succs) == 1:
-                    nxt = succs[0][0]
-                    if nxt is not None and 0 <= nxt < n and not join[nxt]:
-                        pc, state = succs[0]
-                        continue
-                for succ in succs:
-                    nxt = succ[0]
-                    if nxt is None or not 0 <= nxt < n:
-                        continue
+                        visited.add(succ)
+                        if len(visited) != before:
+                            todo.append(succ)
+                    break
+                pc += 1
+                if pc >= n:
+                    break
+                if join[pc]:
                     before = len(visited)
-                    visited.add(succ)
-                    if len(visited) != before:
-                        todo.append(succ)
-                break
+                    visited.add((pc, head + ((tuple(r), stack, ret),)))   # one hash: added means not seen before
+                    if len(visited) == before:
+                        break
         return True
 
     # -- the stack ---------------------------------------------------------------------------
@@ -903,15 +952,65 @@ class _Explorer:
         return ("s", scalar.unknown_of_size(size))
 
     # -- one instruction -------------------------------------------------------------------------
+    def load(self, code: tuple, r: list, head: tuple, stack: tuple) -> object:
+        """What a load (_LDX) puts in its destination register; ``head``: the frames before the
+        current one, ``stack`` the current frame's."""
+        _kind, _cls, size, _dst, src, off, _target = code
+        base = r[src]
+        if base is not None and base[0] == "f" and base[1] <= len(head):
+            value = self.stack_read(stack if base[1] == len(head) else head[base[1]][1], base[2] + off, size)
+        elif base == ("c",) and self.prog_type == PROG_XDP and off in (0, 4, 8):
+            value = ("p",)                           # data, data_end, data_meta: packet pointers
+        else:
+            value = ("s", scalar.unknown_of_size(size))
+        if value is not None and value[0] == "s" and size < 8:
+            value = ("s", scalar.coerce(value[1], size))
+        return value
+
+    def store(self, code: tuple, r: list, head: tuple, stack: tuple) -> tuple[tuple, tuple]:
+        """A store (_STORE): writes a fetching atomic's register in ``r``, returns the frames before
+        the current one and the current frame's stack after it."""
+        _kind, cls, size, dst, src, off, imm, atomic, fetch, _target = code
+        base = r[dst]
+        cur = len(head)
+        # (a pointer into a frame that has returned: the kernel refuses the program earlier)
+        on_stack = base is not None and base[0] == "f" and base[1] <= cur
+        if fetch is not None:
+            if on_stack:
+                old = self.stack_read(stack if base[1] == cur else head[base[1]][1], base[2] + off, size)
+            else:
+                old = ("s", scalar.unknown_of_size(size))
+            if old is not None and old[0] == "s" and size < 8:
+                old = ("s", scalar.coerce(old[1], size))
+            r[fetch] = old
+        if on_stack:
+            if atomic:
+                value = None
+            elif cls == isa.BPF_ST:
+                value = None
+                if self.profile.verifier_st_imm_spill:
+                    # the same change makes a BPF_ST of 0 write STACK_ZERO bytes
+                    value = ("s", scalar.known(_sext_imm(imm)) if imm else ZERO_SCALAR)
+            else:
+                value = r[src]                       # (no fetch: r[src] is the source as it was)
+            fi = base[1]
+            if fi == cur:
+                stack = self.stack_write(stack, base[2] + off, size, value)
+            else:
+                fregs, fstack, fret = head[fi]
+                head = head[:fi] + ((fregs, self.stack_write(fstack, base[2] + off, size, value), fret),) + \
+                    head[fi + 1:]
+        return head, stack
+
     def step(self, pc: int, state: tuple) -> list[tuple[int, tuple]]:
-        """The successors of a state at any instruction but an ALU one (run() makes those)."""
+        """The successors of a state at an instruction _walk does not follow itself (all but ALU
+        instructions, loads and stores)."""
         code = self.code[pc]
         kind = code[0]
         insn = self.insns[pc]
         frames = state              # a list only where a frame other than the current one changes
         regs, stack, ret = state[-1]
         r = list(regs)
-        cls = code[1]
         cur = len(state) - 1
 
         if kind == _LDDW:
@@ -924,53 +1023,6 @@ class _Explorer:
             else:
                 r[insn.dst] = ("p",)
             return self._done(frames, r, stack, ret, pc + 2)
-        if kind == _LDX:
-            base = r[insn.src]
-            size = code[2]
-            if base is not None and base[0] == "f" and base[1] < len(frames):
-                fr = frames[base[1]]
-                value = self.stack_read(fr[1], base[2] + insn.off, size)
-            elif base == ("c",) and self.prog_type == PROG_XDP and insn.off in (0, 4, 8):
-                value = ("p",)                       # data, data_end, data_meta: packet pointers
-            else:
-                value = ("s", scalar.unknown_of_size(size))
-            if value is not None and value[0] == "s" and size < 8:
-                value = ("s", scalar.coerce(value[1], size))
-            r[insn.dst] = value
-            return self._done(frames, r, stack, ret, pc + 1)
-        if kind == _STORE:
-            base = r[insn.dst]
-            size = code[2]
-            atomic = cls == isa.BPF_STX and insn.mode == isa.BPF_ATOMIC
-            # (a pointer into a frame that has returned: the kernel refuses the program earlier)
-            on_stack = base is not None and base[0] == "f" and base[1] < len(frames)
-            if atomic and insn.imm & isa.BPF_FETCH:
-                load = 0 if insn.imm == isa.BPF_CMPXCHG else insn.src
-                if on_stack:
-                    old = self.stack_read(frames[base[1]][1], base[2] + insn.off, size)
-                else:
-                    old = ("s", scalar.unknown_of_size(size))
-                if old is not None and old[0] == "s" and size < 8:
-                    old = ("s", scalar.coerce(old[1], size))
-                r[load] = old
-            if on_stack:
-                if atomic:
-                    value = None
-                elif cls == isa.BPF_ST:
-                    value = None
-                    if self.profile.verifier_st_imm_spill:
-                        # the same change makes a BPF_ST of 0 write STACK_ZERO bytes
-                        value = ("s", scalar.known(_sext_imm(insn.imm)) if insn.imm else ZERO_SCALAR)
-                else:
-                    value = regs[insn.src]
-                fi = base[1]
-                if fi == cur:
-                    stack = self.stack_write(stack, base[2] + insn.off, size, value)
-                else:
-                    frames = list(frames)
-                    fregs, fstack, fret = frames[fi]
-                    frames[fi] = (fregs, self.stack_write(fstack, base[2] + insn.off, size, value), fret)
-            return self._done(frames, r, stack, ret, pc + 1)
         if kind == _CALL:
             if insn.is_pseudo_call:
                 if len(frames) >= MAX_FRAMES:
@@ -1011,7 +1063,7 @@ class _Explorer:
         if kind == _JA:
             return self._done(frames, r, stack, ret, code[-1])
         if kind == _COND:
-            return self.cond(pc, insn, list(frames), r, stack, ret, code[-1])
+            return self.cond(pc, insn, state[:-1], r, stack, ret, code[-1])
         return self._done(frames, r, stack, ret, pc + 1)
 
     @staticmethod
@@ -1061,18 +1113,19 @@ class _Explorer:
         fi = len(frames) - 1
         regs, stack, ret = frames[ptr[1]] if ptr[1] != fi else (None, self._stack, None)
         slots = {k: (t, v) for k, t, v in stack}
-        for off in range(ptr[2], ptr[2] + size):
-            if not -isa.MAX_BPF_STACK <= off < 0:
-                continue
+        touched: dict[int, set[int]] = {}         # slot index -> its bytes the helper accesses
+        for off in range(max(ptr[2], -isa.MAX_BPF_STACK), min(ptr[2] + size, 0)):
             slot = -off - 1
-            spi = slot // 8
+            touched.setdefault(slot // 8, set()).add(slot % 8)
+        for spi, at in touched.items():
+            # byte by byte, a zero byte becomes misc and any other byte of a spilled scalar makes
+            # the whole slot misc (the spill is gone): what that leaves of the slot, at once
             types, spilled = slots.get(spi, (ZERO_SLOT, None))
-            types = list(types)
-            if types[slot % 8] == "Z":
-                types[slot % 8] = "M"
-            elif types[7] == "S" and spilled is not None and spilled[0] == "s":
-                types, spilled = ["M"] * 8, None
-            slots[spi] = ("".join(types), spilled)
+            if types[7] == "S" and spilled is not None and spilled[0] == "s" and any(types[b] != "Z" for b in at):
+                types, spilled = "MMMMMMMM", None
+            else:
+                types = "".join("M" if t == "Z" and b in at else t for b, t in enumerate(types))
+            slots[spi] = (types, spilled)
         new = tuple(sorted((k, t, v) for k, (t, v) in slots.items()))
         if ptr[1] == fi:
             self._stack = new
@@ -1115,19 +1168,14 @@ class _Explorer:
         # a poisoned map poisons the site: direct needs both (do_misc_fixups)
         self.tail_calls[pc] = (map_name, key if map_name is not None else None)
 
-    def cond(self, pc: int, insn: Insn, frames: list, r: list, stack: tuple, ret: int,
+    def cond(self, pc: int, insn: Insn, head: tuple, r: list, stack: tuple, ret: int,
              target: int) -> list[tuple[int, tuple]]:
+        """The successors of a conditional jump; ``head``: the frames before the current one."""
         jmp32 = insn.cls == isa.BPF_JMP32
         op = insn.op
         dst = r[insn.dst]
         src = r[insn.src] if insn.source == isa.BPF_X else None
         imm = _sext_imm(insn.imm)
-
-        def out(nxt: int, regs: list, frames_: list | None = None) -> tuple[int, tuple]:
-            fr = list(frames if frames_ is None else frames_)
-            fr[-1] = (tuple(regs), stack, ret)
-            return (nxt, tuple(fr))
-
         ranges = self.profile.verifier_branch_ranges
         # v6.8 compares two scalars: the source register's, or the immediate's (the kernel's fake_reg)
         other = None
@@ -1147,10 +1195,9 @@ class _Explorer:
                 pred = scalar.branch_taken(dst[1], src[1].value, op, jmp32, self.profile.verifier_jeq_range)
         if pred is not None:
             self.outcomes.setdefault(pc, set()).add(pred)
-            return [out(target if pred else pc + 1, r)]
+            return [(target if pred else pc + 1, head + ((tuple(r), stack, ret),))]
         self.outcomes[pc] = {True, False}
         taken, fall = list(r), list(r)
-        taken_frames = fall_frames = None
         if dst is not None and dst[0] == "s" and ranges:
             if other is not None:
                 same = insn.source == isa.BPF_X and insn.src == insn.dst
@@ -1177,13 +1224,13 @@ class _Explorer:
                 and op in (scalar.JEQ, scalar.JNE):
             # mark_ptr_or_null_regs: every copy of this lookup's result, in every frame
             null, nonnull = ("s", ZERO_SCALAR), ("v", dst[1])
-            frames[-1] = (tuple(r), stack, ret)
+            frames = list(head) + [(tuple(r), stack, ret)]
             is_null = self._resolve_null(frames, dst, null)
             not_null = self._resolve_null(frames, dst, nonnull)
             taken_frames, fall_frames = (is_null, not_null) if op == scalar.JEQ else (not_null, is_null)
             return [(pc + 1, tuple(fall_frames)), (target, tuple(taken_frames))]
         # do_check continues with the fall-through and pushes the jump target
-        return [out(target, taken, taken_frames), out(pc + 1, fall, fall_frames)]
+        return [(target, head + ((tuple(taken), stack, ret),)), (pc + 1, head + ((tuple(fall), stack, ret),))]
 
     @staticmethod
     def _resolve_null(frames: list, which: tuple, value: tuple) -> list:
