@@ -79,7 +79,6 @@ from bpfdiff.verifier import (
     explore,
     key_in_range,
     reach_tail_calls,
-    subprog_starts,
     track_const_alu,
 )
 
@@ -599,45 +598,67 @@ MAP_GEN_LOOKUP: dict[str, Callable[[MapDef, Profile], list[Insn]]] = {
 
 
 # -- the pipeline ------------------------------------------------------------------------------
-def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> list[int]:
-    """Structure (the encodings were checked by :func:`bpfdiff.verifier.check_isa`)."""
+def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> tuple[list[int], list[int], list[int]]:
+    """Structure (the encodings were checked by :func:`bpfdiff.verifier.check_isa`), in one pass
+    over the program; returns the functions' first pcs, the pcs of the tail calls and those of the
+    32-bit cmpxchgs (rare, both: xlate's other needs of the program as loaded)."""
     insns = prog.insns
-    starts = subprog_starts(insns)
-    ends = starts[1:] + [len(insns)]
-    second_slots = {pc + 1 for pc, insn in enumerate(insns) if insn.is_lddw}
+    second_slots: set[int] = set()
+    calls = {0}                         # subprog_starts
+    jumps: list[tuple[int, int, bool]] = []     # (pc, target, is a pseudo call) before `refusal`
+    refusal: VerifierError | None = None        # the first unknown map or kfunc call
+    tail_call_pcs: list[int] = []
+    cmpxchg32_pcs: list[int] = []
     for pc, insn in enumerate(insns):
-        if pc in second_slots:
+        opcode = insn.opcode
+        if opcode == isa.CALL_OPCODE:
+            if insn.src == isa.BPF_PSEUDO_CALL:
+                calls.add(pc + 1 + insn.imm)
+            elif insn.is_tail_call:
+                tail_call_pcs.append(pc)
+        elif opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG:
+            cmpxchg32_pcs.append(pc)
+        elif insn.is_lddw:
+            second_slots.add(pc + 1)
+        # the checks below report the first instruction refused; a jump's need every second
+        # slot and function start, so they are made after the pass, in order
+        if refusal is not None or pc in second_slots:
             continue
         if insn.map is not None and insn.map not in maps:
-            raise VerifierError(prog.name, pc, f"unknown map {insn.map!r}")
-        opcode = insn.opcode
-        if opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
-            raise VerifierError(prog.name, pc, "kfunc calls are not supported")
-        cls = insn.cls
-        if cls != isa.BPF_JMP and cls != isa.BPF_JMP32:
-            continue                    # no jump, no call (jump_target would say None)
-        pseudo_call = opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL
-        target = isa.jump_target(pc, insn)
+            refusal = VerifierError(prog.name, pc, f"unknown map {insn.map!r}")
+        elif opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_KFUNC_CALL:
+            refusal = VerifierError(prog.name, pc, "kfunc calls are not supported")
+        else:
+            cls = insn.cls
+            if cls == isa.BPF_JMP or cls == isa.BPF_JMP32:
+                target = isa.jump_target(pc, insn)
+                if target is not None:
+                    jumps.append((pc, target, opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL))
+    starts = sorted(calls)
+    ends = starts[1:] + [len(insns)]
+    for pc, target, pseudo_call in jumps:
         if target in second_slots:
             raise VerifierError(prog.name, pc, f"jump into the middle of ldimm64 insn {target - 1}")
-        if target is not None and not pseudo_call:
+        if not pseudo_call:
             here = starts[bisect.bisect_right(starts, pc) - 1]      # the function holding pc (starts[0] is 0)
             if not here <= target < ends[starts.index(here)]:
                 raise VerifierError(prog.name, pc, f"jump out of range from insn {pc} to {target}")
+    if refusal is not None:
+        raise refusal
     for end in ends:
         last = insns[end - 1]
         if not (last.is_exit or last.opcode in (isa.BPF_JMP | isa.BPF_JA, isa.BPF_JMP32 | isa.BPF_JA)):
             raise VerifierError(prog.name, end - 1, "last insn of a function is not an exit or jmp")
-    if len(starts) > 1 and not profile.tail_calls_in_subprogs and any(i.is_tail_call for i in insns):
+    if len(starts) > 1 and not profile.tail_calls_in_subprogs and tail_call_pcs:
         raise VerifierError(prog.name, None, "tail_calls are not allowed in programs with bpf-to-bpf calls")
-    return starts
+    return starts, tail_call_pcs, cmpxchg32_pcs
 
 
 def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: JitOptions,
           prog_type: str = DEFAULT_PROG_TYPE) -> Xlated:
     """The verifier's rewrites of ``prog``, loaded as ``prog_type``, for ``profile`` (raises :class:`VerifierError`)."""
     insns = list(prog.insns)
-    starts = _check(prog, maps, profile)
+    starts, tail_call_pcs, cmpxchg32_pcs = _check(prog, maps, profile)
     ends = starts[1:] + [len(insns)]
 
     # analysis on the program as loaded (the verifier's do_check)
@@ -668,9 +689,6 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         if new_entries == entries:
             break
         entries = new_entries
-    tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}
-    lookups = {pc: name for flow in flows for pc, name in flow.lookups.items() if name is not None}
-    seen = {pc for flow in flows for pc in flow.states}
     # the kernel's own answer, path by path (bpfdiff.verifier.explore); the joined dataflow
     # above stays for stack depths, and answers alone when the exploration is too long
     facts = explore(insns, maps, profile, prog_type)
@@ -678,19 +696,14 @@ def xlate(prog: Program, maps: Mapping[str, MapDef], profile: Profile, options: 
         tail_calls = dict(facts.tail_calls)
         lookups = {pc: name for pc, name in facts.lookups.items() if name is not None}
         seen = set(facts.seen)
+    else:
+        tail_calls = {pc: mk for flow in flows for pc, mk in flow.tail_calls.items()}
+        lookups = {pc: name for flow in flows for pc, name in flow.lookups.items() if name is not None}
+        seen = {pc for flow in flows for pc in flow.states}
     for pc, (map_name, _) in tail_calls.items():
         if map_name is not None and maps[map_name].kind != "prog_array":
             raise VerifierError(prog.name, pc, "cannot pass map_type "
                                 f"{maps[map_name].kind} into func bpf_tail_call")
-    tail_call_pcs = []
-    cmpxchg32_pcs = []                  # (looked for in the same pass: both are rare)
-    for pc, insn in enumerate(insns):
-        opcode = insn.opcode
-        if opcode == isa.CALL_OPCODE:
-            if insn.is_tail_call:
-                tail_call_pcs.append(pc)
-        elif opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG:
-            cmpxchg32_pcs.append(pc)
     has_tail_call = [any(s <= pc < e for pc in tail_call_pcs) for s, e in zip(starts, ends, strict=True)]
     callees = [{starts.index(pc + 1 + insns[pc].imm) for pc in flow.calls} for flow in flows]
     reachable = reach_tail_calls(has_tail_call, callees)
