@@ -653,6 +653,12 @@ def reads_subprog_r0_trust(insns: Sequence[Insn]) -> bool:
     return any(insn.is_pseudo_call and isa.jump_target(pc, insn) in reachable for pc, insn in enumerate(insns))
 
 
+# reads_subprog_r0_trust per program, asked again by every known-bug probe of a scenario (its
+# instructions are all it reads, and a Program's are immutable)
+_reads_r0_trust: IdentityMemo[Program, bool] = IdentityMemo(lambda prog: reads_subprog_r0_trust(prog.insns),
+                                                             CACHE_SIZE)
+
+
 def subprog_r0_trust_matters(programs: Sequence[Program], maps: Mapping[str, MapLike], profile: Profile,
                              other: Profile | None = None, options: JitOptions | None = None,
                              prog_type: str = DEFAULT_PROG_TYPE) -> bool:
@@ -665,7 +671,7 @@ def subprog_r0_trust_matters(programs: Sequence[Program], maps: Mapping[str, Map
     view = _view(profile)
     if other is not None and _view(other) == view:
         return False                  # the model cannot tell the two apart
-    reading = [prog for prog in programs if reads_subprog_r0_trust(prog.insns)]
+    reading = [prog for prog in programs if _reads_r0_trust(prog)]
     if not reading:
         return False
     if other is None or VerifierView(
