@@ -122,8 +122,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         note="needs a `jsgt` whose displacement is beyond rel8 (a long forward block)"),
     Mutation(
         "jmp-rel8-backward-129", "jit", "jit/bpf_jit_comp.py",
-        "    return -128 <= value <= state.imm8_jmp_max",
-        "    return -129 <= value <= state.imm8_jmp_max",
+        "    return -128 <= value <= imm8_max",
+        "    return -129 <= value <= imm8_max",
         "a backward jump of exactly -129 bytes is emitted in the rel8 form (wraps to +127)",
         "is_imm8 boundary off by one", equivalent=True,
         note="equivalent in converged code: the JIT's passes only shrink code, so a backward jump first made "

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import operator
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -576,11 +577,16 @@ class FuncJit:
         return self.options.bugs
 
 
+_DST, _SRC, _OPCODE = operator.attrgetter("dst"), operator.attrgetter("src"), operator.attrgetter("opcode")
+
+
 def detect_reg_usage(insns: list[Insn]) -> tuple[tuple[bool, bool, bool, bool], bool]:
     """Which of R6-R9 appear anywhere, and whether the function has a tail call."""
-    regs = {insn.dst for insn in insns} | {insn.src for insn in insns}
+    # (map over attrgetter: the loops run in C; every compile asks, of every instruction)
+    regs = set(map(_DST, insns))
+    regs.update(map(_SRC, insns))
     used = tuple(reg in regs for reg in CALLEE_REGS)
-    tail_call_seen = any(insn.opcode == isa.TAIL_CALL_OPCODE for insn in insns)
+    tail_call_seen = isa.TAIL_CALL_OPCODE in map(_OPCODE, insns)
     return (used[0], used[1], used[2], used[3]), tail_call_seen
 
 
@@ -1061,43 +1067,64 @@ class PassState:
     imm8_jmp_max: int = 127          # Profile.jit_imm8_jmp_max
 
 
-def is_imm8_jmp_offset(state: PassState, value: int) -> bool:
-    """Short (imm8) form for a BPF jump?  Up to ``imm8_jmp_max`` forward (123 after the
-    convergence fix, ``is_imm8_jmp_offset``; 127 before), 128 back."""
-    return -128 <= value <= state.imm8_jmp_max
+def is_imm8_jmp_offset(imm8_max: int, value: int) -> bool:
+    """Short (imm8) form for a BPF jump?  Up to ``imm8_max`` forward (Profile.jit_imm8_jmp_max: 123
+    after the convergence fix, ``is_imm8_jmp_offset``; 127 before), 128 back."""
+    return -128 <= value <= imm8_max
 
 
-def insn_size_diff(state: PassState, i: int, emitted: int) -> int:
-    """INSN_SZ_DIFF: how much smaller this instruction is now than in the previous pass."""
-    return (state.addrs[i] - state.addrs[i - 1]) - emitted
-
-
-def emit_jcc(state: PassState, i: int, prefix_len: int, jmp_cond: int, jmp_offset: int) -> bytes:
-    if is_imm8_jmp_offset(state, jmp_offset):
-        pad = b""
-        if state.jmp_padding:
-            nops = insn_size_diff(state, i, prefix_len) - 2
-            if nops not in (0, 4):
-                raise JitError(f"unexpected jmp_cond padding: {nops} bytes")
-            pad = emit_nops(nops)
-        return pad + bytes([jmp_cond]) + imm8(jmp_offset)
+def cond_jump_nops(padding: bool, imm8_max: int, last_size: int, prefix_len: int, jmp_offset: int) -> int | None:
+    """emit_jcc's choice of form: None for the imm32 ``jcc``, else how many nops go before the imm8
+    one (with ``padding``, what keeps the slot at ``last_size``, its size in the previous pass)."""
+    if is_imm8_jmp_offset(imm8_max, jmp_offset):
+        if not padding:
+            return 0
+        nops = last_size - prefix_len - 2
+        if nops not in (0, 4):
+            raise JitError(f"unexpected jmp_cond padding: {nops} bytes")
+        return nops
     if is_simm32(jmp_offset):
-        return bytes([0x0F, jmp_cond + 0x10]) + imm32(jmp_offset)
+        return None
     raise JitError(f"cond_jmp gen bug {jmp_offset:x}")
 
 
-def emit_jmp(state: PassState, i: int, jmp_offset: int) -> bytes:
-    if is_imm8_jmp_offset(state, jmp_offset):
-        pad = b""
-        if state.jmp_padding:
-            nops = insn_size_diff(state, i, 0) - 2
-            if nops not in (0, 3):
-                raise JitError(f"unexpected jump padding: {nops} bytes")
-            pad = emit_nops(nops)
-        return pad + b"\xeb" + imm8(jmp_offset)
+def jump_nops(padding: bool, imm8_max: int, last_size: int, jmp_offset: int) -> int | None:
+    """emit_jmp's choice of form: None for the imm32 ``jmp``, else the nops before the imm8 one."""
+    if is_imm8_jmp_offset(imm8_max, jmp_offset):
+        if not padding:
+            return 0
+        nops = last_size - 2
+        if nops not in (0, 3):
+            raise JitError(f"unexpected jump padding: {nops} bytes")
+        return nops
     if is_simm32(jmp_offset):
-        return b"\xe9" + imm32(jmp_offset)
+        return None
     raise JitError(f"jmp gen bug {jmp_offset:x}")
+
+
+def nop_jump_size(padding: bool, last_size: int) -> int:
+    """A ``ja`` to the next slot emits nothing, or (padding) the nops that keep the slot's size."""
+    if not padding:
+        return 0
+    if last_size not in (0, 2, 5):
+        raise JitError(f"unexpected nop jump padding: {last_size} bytes")
+    return last_size
+
+
+def emit_jcc(state: PassState, i: int, prefix_len: int, jmp_cond: int, jmp_offset: int) -> bytes:
+    last_size = state.addrs[i] - state.addrs[i - 1] if state.jmp_padding else 0
+    nops = cond_jump_nops(state.jmp_padding, state.imm8_jmp_max, last_size, prefix_len, jmp_offset)
+    if nops is None:
+        return bytes([0x0F, jmp_cond + 0x10]) + imm32(jmp_offset)
+    return emit_nops(nops) + bytes([jmp_cond]) + imm8(jmp_offset)
+
+
+def emit_jmp(state: PassState, i: int, jmp_offset: int) -> bytes:
+    last_size = state.addrs[i] - state.addrs[i - 1] if state.jmp_padding else 0
+    nops = jump_nops(state.jmp_padding, state.imm8_jmp_max, last_size, jmp_offset)
+    if nops is None:
+        return b"\xe9" + imm32(jmp_offset)
+    return emit_nops(nops) + b"\xeb" + imm8(jmp_offset)
 
 
 def ip_of(state: PassState, i: int) -> int:
@@ -1164,12 +1191,8 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
         rel = insn.off if insn.cls == isa.BPF_JMP else insn.imm
         jmp_offset = -2 if rel == -1 else state.addrs[i + rel] - state.addrs[i]
         if jmp_offset == 0:
-            if state.jmp_padding:
-                nops = insn_size_diff(state, i, 0)
-                if nops not in (0, 2, 5):
-                    raise JitError(f"unexpected nop jump padding: {nops} bytes")
-                return emit_nops(nops), 1
-            return b"", 1
+            last_size = state.addrs[i] - state.addrs[i - 1] if state.jmp_padding else 0
+            return emit_nops(nop_jump_size(state.jmp_padding, last_size)), 1
         return emit_jmp(state, i, jmp_offset), 1
     if opcode == isa.EXIT_OPCODE:
         if state.seen_exit:
@@ -1452,8 +1475,200 @@ def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[byte
     return b"".join(parts), addrs
 
 
-def jit_function(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:
-    """The pass loop of bpf_int_jit_compile up to image allocation; returns code, addrs, ctx and passes."""
+# -- the passes before the image: sizes alone --------------------------------------------------
+# Before the image exists a pass's bytes are thrown away: what the next pass reads of it is addrs[]
+# (where each slot ends), the length that ends the loop, and the labels in the JitContext.  Of a
+# planned function's slots only the jumps can change size from one pass to the next (a conditional
+# jump, a ``ja``, an exit after the first: imm8 or imm32, padded or not); every other slot's size is
+# fixed once known (the invariant runs; a call: its prefix and a rel32; a tail call's sequence,
+# whose jumps to the labels are imm8 or rel32 whatever their value; the first exit's epilogue).
+# So the passes before the image are run on sizes: the function is cut into segments of fixed
+# size, each followed by one jump, and a pass decides each jump's form from the previous pass's
+# addrs[] as emit_jcc / emit_jmp do (cond_jump_nops, jump_nops, nop_jump_size: the same choices,
+# the same errors, in the same order).  The pass count, and with it the padding after
+# PADDING_PASSES, is the kernel's loop's; only the pass at the allocated address is emitted.
+JUMP_COND, JUMP_JA, JUMP_EXIT = 0, 1, 2
+
+
+@dataclass
+class SizeModel:
+    """A planned function as segments of fixed size, each but the last followed by a jump.
+
+    A pass's addrs[j] is ``bases[slot_seg[j]] + slot_rel[j]``, where ``bases[0]`` is 0 and
+    ``bases[k + 1]`` the end of jump k in that pass (segment 0 starts with the prologue).
+    """
+
+    slot_seg: list[int]
+    slot_rel: list[int]
+    seg_len: list[int]              # segment k's size; segment k is followed by jump k (the last by none)
+    # per jump: (JUMP_COND/JUMP_JA/JUMP_EXIT, its slot i, the slot it jumps to (None: a ja -1, or an
+    # exit, which jumps to the epilogue), the compare's size before a jcc)
+    jumps: list[tuple[int, int, int | None, int]]
+    exit_at: tuple[int, int] | None       # the first exit's (segment, offset in it): cleanup_addr
+
+
+def size_model(fn: FuncJit, plan: PassPlan, state: PassState) -> SizeModel | None:
+    """The :class:`SizeModel` of a planned function, made in its first pass (``state``).
+
+    The fixed-size slots that are not invariant (calls, tail calls, the first exit) are emitted
+    here, in the first pass's order and state, for their sizes: they set the JitContext's labels
+    and the pokes' fields as the first pass does (later passes set the same labels again: each is
+    the size of the sequence that sets it).  None when one of them fails (an error the kernel's
+    loop meets in its first pass: the passes then emit every slot and meet it there).
+    """
+    insns = fn.insns
+    slot_seg = [0] * (len(insns) + 1)
+    slot_rel = [0] * (len(insns) + 1)
+    seg_len: list[int] = []
+    jumps: list[tuple[int, int, int | None, int]] = []
+    exit_at = None
+    rel = len(plan.prologue)
+    slot_rel[0] = rel
+    seg = 0
+    try:
+        for item in plan.items:
+            kind = type(item)
+            if kind is InvariantRun:
+                for k, end in enumerate(item.ends):
+                    slot_seg[item.first + k] = seg
+                    slot_rel[item.first + k] = rel + end
+                rel += len(item.code)
+                continue
+            if kind is CondJump:
+                jump = (JUMP_COND, item.i, item.i + item.off, len(item.compare))
+            else:
+                i = item
+                insn = insns[i - 1]
+                opcode = insn.opcode
+                if opcode in (isa.BPF_JMP | isa.BPF_JA, isa.BPF_JMP32 | isa.BPF_JA):
+                    off = insn.off if insn.cls == isa.BPF_JMP else insn.imm
+                    jump = (JUMP_JA, i, None if off == -1 else i + off, 0)
+                elif opcode == isa.EXIT_OPCODE and state.seen_exit:
+                    jump = (JUMP_EXIT, i, None, 0)
+                else:
+                    if opcode == isa.EXIT_OPCODE:
+                        exit_at = (seg, rel)
+                    code, used = do_jit_insn(fn, state, i, insn, rel)
+                    if len(code) > BPF_MAX_INSN_SIZE or used != 1:
+                        return None
+                    rel += len(code)
+                    slot_seg[i] = seg
+                    slot_rel[i] = rel
+                    continue
+            seg_len.append(rel)
+            jumps.append(jump)
+            seg += 1
+            rel = 0
+            slot_seg[jump[1]] = seg           # a jump's slot ends where the next segment starts
+    except JitError:
+        return None
+    seg_len.append(rel)
+    return SizeModel(slot_seg, slot_rel, seg_len, jumps, exit_at)
+
+
+def size_pass(model: SizeModel, last_bases: list[int] | None, last_sizes: list[int], padding: bool,
+              imm8_max: int, ctx: JitContext) -> tuple[list[int], list[int]]:
+    """One pass before the image, on sizes: this pass's bases and jump sizes (see :class:`SizeModel`).
+
+    ``last_bases`` None: the first pass, after the kernel's guess of INITIAL_INSN_SIZE_GUESS bytes
+    for every slot; ``last_sizes``: each jump's size in the previous pass (what padding keeps).
+    """
+    slot_seg, slot_rel, seg_len = model.slot_seg, model.slot_rel, model.seg_len
+    bases = [0]
+    sizes = []
+    base = 0
+    cleanup = None
+    for k, (kind, i, target, prefix_len) in enumerate(model.jumps):
+        start = base + seg_len[k]
+        if last_bases is None:
+            last_end = INITIAL_INSN_SIZE_GUESS * (i + 1)
+            last_target = INITIAL_INSN_SIZE_GUESS * (target + 1) if target is not None else 0
+        else:
+            last_end = last_bases[k + 1]
+            last_target = last_bases[slot_seg[target]] + slot_rel[target] if target is not None else 0
+        last_size = last_sizes[k] if padding else 0
+        if kind == JUMP_COND:
+            nops = cond_jump_nops(padding, imm8_max, last_size, prefix_len, last_target - last_end)
+            size = prefix_len + (6 if nops is None else 2 + nops)
+        elif kind == JUMP_JA and target is not None and last_target == last_end:
+            size = nop_jump_size(padding, last_size)        # to the next slot
+        else:
+            if kind == JUMP_EXIT:
+                if cleanup is None:
+                    seg, rel = model.exit_at
+                    cleanup = bases[seg] + rel
+                offset = cleanup - last_end
+            else:
+                offset = -2 if target is None else last_target - last_end
+            nops = jump_nops(padding, imm8_max, last_size, offset)
+            size = 5 if nops is None else 2 + nops
+        base = start + size
+        bases.append(base)
+        sizes.append(size)
+    if model.exit_at is not None:
+        seg, rel = model.exit_at
+        ctx.cleanup_addr = bases[seg] + rel
+    return bases, sizes
+
+
+def model_addrs(model: SizeModel, bases: list[int]) -> list[int]:
+    """A pass's addrs[] from its bases."""
+    return [bases[seg] + rel for seg, rel in zip(model.slot_seg, model.slot_rel, strict=True)]
+
+
+@dataclass
+class Converged:
+    """The pass loop's end: the converged pass's length and addrs[], the passes taken, and (for
+    :func:`jit_function`) what the converged pass started from: the previous pass's bases, its padding."""
+
+    proglen: int
+    addrs: list[int]
+    ctx: JitContext
+    passes: int
+    model: SizeModel
+    last_bases: list[int]
+    padding: bool
+
+
+def converge(fn: FuncJit) -> Converged | None:
+    """The pass loop of bpf_int_jit_compile up to image allocation, on sizes (:func:`size_pass`).
+
+    None when the function has no plan or no size model (or the passes are to emit every slot,
+    REUSE_INVARIANT_CODE off): :func:`emit_passes` runs the loop then.
+    """
+    if not REUSE_INVARIANT_CODE:
+        return None
+    n = len(fn.insns)
+    guess = list(range(INITIAL_INSN_SIZE_GUESS, INITIAL_INSN_SIZE_GUESS * (n + 2), INITIAL_INSN_SIZE_GUESS))
+    ctx = JitContext(cleanup_addr=guess[n])
+    imm8_max = fn.profile.jit_imm8_jmp_max
+    first = PassState(addrs=guess, image=None, jmp_padding=False, ctx=ctx, imm8_jmp_max=imm8_max)
+    fn.final_pass = False
+    if fn.plan is None:
+        fn.plan = plan_function(fn, first)
+    if fn.plan is None:
+        return None
+    model = size_model(fn, fn.plan, first)
+    if model is None:
+        return None
+    last_bases = None
+    last_sizes: list[int] = []
+    oldproglen = 0
+    padding = False
+    for npass in range(MAX_PASSES):
+        if not padding and npass >= PADDING_PASSES:
+            padding = True
+        bases, sizes = size_pass(model, last_bases, last_sizes, padding, imm8_max, ctx)
+        proglen = bases[-1] + model.seg_len[-1]
+        if proglen == oldproglen:        # (never in the first pass: oldproglen is 0, a function has code)
+            return Converged(proglen, model_addrs(model, bases), ctx, npass + 1, model, last_bases, padding)
+        oldproglen = proglen
+        last_bases, last_sizes = bases, sizes
+    raise JitError(f"{fn.name}: the image did not converge in {MAX_PASSES} passes")
+
+
+def emit_passes(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:
+    """The pass loop with every pass emitted (the reference, and a function without a size model)."""
     n = len(fn.insns)
     addrs = list(range(INITIAL_INSN_SIZE_GUESS, INITIAL_INSN_SIZE_GUESS * (n + 2), INITIAL_INSN_SIZE_GUESS))
     ctx = JitContext(cleanup_addr=addrs[n])
@@ -1469,6 +1684,19 @@ def jit_function(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:
             return code, addrs, ctx, npass + 1
         oldproglen = len(code)
     raise JitError(f"{fn.name}: the image did not converge in {MAX_PASSES} passes")
+
+
+def jit_function(fn: FuncJit) -> tuple[bytes, list[int], JitContext, int]:
+    """The pass loop of bpf_int_jit_compile up to image allocation; returns the converged pass's
+    code, its addrs, ctx and the passes taken (the converged pass's bytes emitted from the state
+    it started from)."""
+    done = converge(fn)
+    if done is None:
+        return emit_passes(fn)
+    state = PassState(addrs=model_addrs(done.model, done.last_bases), image=None, jmp_padding=done.padding,
+                      ctx=done.ctx, imm8_jmp_max=fn.profile.jit_imm8_jmp_max)
+    code, addrs = do_jit(fn, state)
+    return code, addrs, done.ctx, done.passes
 
 
 def final_pass(fn: FuncJit, addrs: list[int], ctx: JitContext, base: int) -> tuple[bytes, list[int]]:
@@ -1523,8 +1751,13 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
     # functions still go to a placeholder), then one extra pass with real addresses.
     converged = []
     for fn in funcs:
-        code, addrs, ctx, _ = jit_function(fn)
-        bases[fn.func_index] = env.alloc_image(len(code))
+        done = converge(fn)
+        if done is None:
+            code, addrs, ctx, _ = emit_passes(fn)
+            proglen = len(code)
+        else:
+            proglen, addrs, ctx = done.proglen, done.addrs, done.ctx
+        bases[fn.func_index] = env.alloc_image(proglen)
         converged.append((addrs, ctx))
     images = []
     for fn, (addrs, ctx) in zip(funcs, converged, strict=True):
@@ -1547,6 +1780,8 @@ def bpf_int_jit_compile(prog: Program, maps: Mapping[str, MapDef], profile: Prof
 
     # bpf_tail_call_direct_fixup on the (still private, read-write) image bytes
     for image in images:
+        if not image.pokes:
+            continue
         buf = bytearray(image.code)
         base = image.base
 

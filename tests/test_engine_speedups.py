@@ -2,10 +2,12 @@
 
 What is faster, and the reference each is held against:
 
-* ``bpf_jit_comp.REUSE_INVARIANT_CODE``: the convergence passes and the
-  final pass reuse the first pass's bytes of the slots no pass can change
-  (ALU, loads, stores, ``lddw``) -- reference: every slot emitted in every
-  pass, as the kernel does;
+* ``bpf_jit_comp.REUSE_INVARIANT_CODE``: the final pass reuses the bytes of
+  the slots no pass can change (ALU, loads, stores, ``lddw``), emitted once,
+  and the passes before it are run on sizes alone (``converge``: only jumps
+  change size) -- reference: every slot emitted in every pass, as the kernel
+  does (the sizes alone give its pass count, addrs[] and labels, also with padding from an
+  early pass on: ``test_size_passes_converge_as_the_emitted_passes``);
 * ``emulator.NATIVE_CALLS``: hooks, small reads and translation-cache drops
   straight through libunicorn, images in host buffers mapped into the machine
   and written directly -- reference: the unicorn binding's public API and
@@ -111,6 +113,50 @@ def test_the_reference_really_is_the_slow_path(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(bpf_jit_comp, "REUSE_INVARIANT_CODE", False)
     JitEngine().execute(scenario)
     assert fn_plans and all(plan is None for plan in fn_plans)
+
+
+# -- the passes before the image, on sizes -----------------------------------------------------
+@pytest.mark.parametrize("padding_from", [1, 3, bpf_jit_comp.PADDING_PASSES])
+def test_size_passes_converge_as_the_emitted_passes(padding_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """converge (the passes before the image on sizes alone) ends where the kernel's loop, every slot
+    emitted in every pass, ends: the same length, addrs[], labels and pass count, or the same error.
+    Padding from an early pass on (the kernel's starts after 15, which generated programs never
+    reach) holds the padded choices to it too."""
+    monkeypatch.setattr(bpf_jit_comp, "PADDING_PASSES", padding_from)
+    real = bpf_jit_comp.converge
+    passes: list[int] = []
+
+    def outcome(run, fn):
+        try:
+            return run(fn)
+        except bpf_jit_comp.JitError as exc:
+            return exc
+
+    def checked(fn: bpf_jit_comp.FuncJit):
+        done = outcome(real, fn)
+        with monkeypatch.context() as patch:
+            patch.setattr(bpf_jit_comp, "REUSE_INVARIANT_CODE", False)
+            emitted = outcome(bpf_jit_comp.emit_passes, fn)
+        if isinstance(emitted, Exception):
+            assert repr(done) == repr(emitted)
+            raise done
+        code, addrs, ctx, count = emitted
+        assert (done.proglen, done.addrs, done.ctx, done.passes) == (len(code), addrs, ctx, count)
+        passes.append(count)
+        return done
+
+    monkeypatch.setattr(bpf_jit_comp, "converge", checked)
+    for profile, bugs, options in CONFIGS:
+        engine = JitEngine(profile, bugs, **options)
+        for seed in range(6):
+            try:
+                engine.execute(scenario_from_seed(seed, profile))
+            except EngineError:
+                pass
+        engine.close()
+    # (a padded pass keeps every size: the loop ends right after the first one)
+    longest = max(passes)
+    assert len(passes) > 100 and min(padding_from + 1, 4) <= longest <= padding_from + 1
 
 
 # -- a hook that raises ------------------------------------------------------------------------
