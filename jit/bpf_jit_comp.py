@@ -1440,14 +1440,19 @@ def _do_jit_planned(fn: FuncJit, state: PassState, plan: PassPlan) -> tuple[byte
     parts = [plan.prologue]
     size = len(plan.prologue)
     last = state.addrs            # the previous pass's addrs[]
-    addrs = list(last)
-    addrs[0] = size
     insns = fn.insns
     final = state.image is not None
+    # The final pass puts every slot where the converged pass did (each emitted slot's end is
+    # checked against it, and a run starts where the slot before it ends): its addrs[] are those,
+    # and only the emitted slots write theirs (the same values).
+    addrs = last if final else list(last)
+    if not final:
+        addrs[0] = size
     for item in plan.items:
         kind = type(item)
         if kind is InvariantRun:
-            addrs[item.first:item.last] = [size + end for end in item.ends]
+            if not final:
+                addrs[item.first:item.last] = [size + end for end in item.ends]
             parts.append(item.code)
             size += len(item.code)
         elif kind is CondJump:
