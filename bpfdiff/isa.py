@@ -436,22 +436,19 @@ def check_insn(pc: int, insn: Insn) -> None:
 _SLOT_VERDICTS: Memo[tuple[int, int, int, int, int], tuple[str | None, int | None]] = Memo(1 << 16)
 
 
-def _slot_verdict(key: tuple[int, int, int, int, int], insn: Insn) -> tuple[str | None, int | None]:
-    """check_program's verdict on one slot (see _SLOT_VERDICTS), computed and remembered."""
-    try:
-        check_insn(0, insn)
-        reason = None
-    except InvalidInstruction as exc:
-        reason = exc.reason
-    return _SLOT_VERDICTS.remember(key, (reason, jump_target(-1, insn)))
-
-
 def slot_verdict(insn: Insn) -> tuple[str | None, int | None]:
     """check_program's verdict on one slot: check_insn's refusal (None: a valid encoding) and how
-    far a jump or pseudo call goes from the next slot (None: no jump)."""
+    far a jump or pseudo call goes from the next slot (None: no jump); see _SLOT_VERDICTS."""
     key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
     verdict = _SLOT_VERDICTS.get(key)
-    return verdict if verdict is not None else _slot_verdict(key, insn)
+    if verdict is None:
+        try:
+            check_insn(0, insn)
+            reason = None
+        except InvalidInstruction as exc:
+            reason = exc.reason
+        verdict = _SLOT_VERDICTS.remember(key, (reason, jump_target(-1, insn)))
+    return verdict
 
 
 def check_lddw_pair(insns: Sequence[Insn], pc: int) -> None:
@@ -478,14 +475,9 @@ def check_program(insns: Sequence[Insn]) -> None:
     slot_verdict, check_lddw_pair and jump_out_of_range.)"""
     n = len(insns)
     pc = 0
-    verdicts = _SLOT_VERDICTS
     while pc < n:
         insn = insns[pc]
-        key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm)
-        verdict = verdicts.get(key)
-        if verdict is None:
-            verdict = _slot_verdict(key, insn)
-        reason, delta = verdict
+        reason, delta = slot_verdict(insn)
         if reason is not None:
             raise InvalidInstruction(pc, reason)
         if insn.is_lddw:

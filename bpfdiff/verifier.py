@@ -963,10 +963,17 @@ class _Explorer:
         current one, ``stack`` the current frame's."""
         _kind, _cls, size, _dst, src, off, _target = code
         base = r[src]
+        if base == ("c",) and self.prog_type == PROG_XDP and off in (0, 4, 8):
+            return ("p",)                            # data, data_end, data_meta: packet pointers
+        return self._memory_value(base, off, size, head, stack)
+
+    def _memory_value(self, base: object, off: int, size: int, head: tuple, stack: tuple) -> object:
+        """What ``size`` bytes at ``base`` + ``off`` give a register (a load, a fetching atomic's old
+        value): a stack slot's value when ``base`` points into a live frame (one of ``head`` or the
+        current one, whose stack is ``stack``), else an unknown scalar; a scalar narrower than 8
+        bytes is coerced to the size."""
         if base is not None and base[0] == "f" and base[1] <= len(head):
             value = self.stack_read(stack if base[1] == len(head) else head[base[1]][1], base[2] + off, size)
-        elif base == ("c",) and self.prog_type == PROG_XDP and off in (0, 4, 8):
-            value = ("p",)                           # data, data_end, data_meta: packet pointers
         else:
             value = ("s", scalar.unknown_of_size(size))
         if value is not None and value[0] == "s" and size < 8:
@@ -982,13 +989,7 @@ class _Explorer:
         # (a pointer into a frame that has returned: the kernel refuses the program earlier)
         on_stack = base is not None and base[0] == "f" and base[1] <= cur
         if fetch is not None:
-            if on_stack:
-                old = self.stack_read(stack if base[1] == cur else head[base[1]][1], base[2] + off, size)
-            else:
-                old = ("s", scalar.unknown_of_size(size))
-            if old is not None and old[0] == "s" and size < 8:
-                old = ("s", scalar.coerce(old[1], size))
-            r[fetch] = old
+            r[fetch] = self._memory_value(base, off, size, head, stack)
         if on_stack:
             if atomic:
                 value = None

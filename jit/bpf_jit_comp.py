@@ -1111,8 +1111,14 @@ def nop_jump_size(padding: bool, last_size: int) -> int:
     return last_size
 
 
+def last_slot_size(state: PassState, i: int) -> int:
+    """Slot i's size in the previous pass (INSN_SZ_DIFF's first term), what a padded jump keeps;
+    0 without padding, where nothing reads it."""
+    return state.addrs[i] - state.addrs[i - 1] if state.jmp_padding else 0
+
+
 def emit_jcc(state: PassState, i: int, prefix_len: int, jmp_cond: int, jmp_offset: int) -> bytes:
-    last_size = state.addrs[i] - state.addrs[i - 1] if state.jmp_padding else 0
+    last_size = last_slot_size(state, i)
     nops = cond_jump_nops(state.jmp_padding, state.imm8_jmp_max, last_size, prefix_len, jmp_offset)
     if nops is None:
         return bytes([0x0F, jmp_cond + 0x10]) + imm32(jmp_offset)
@@ -1120,7 +1126,7 @@ def emit_jcc(state: PassState, i: int, prefix_len: int, jmp_cond: int, jmp_offse
 
 
 def emit_jmp(state: PassState, i: int, jmp_offset: int) -> bytes:
-    last_size = state.addrs[i] - state.addrs[i - 1] if state.jmp_padding else 0
+    last_size = last_slot_size(state, i)
     nops = jump_nops(state.jmp_padding, state.imm8_jmp_max, last_size, jmp_offset)
     if nops is None:
         return b"\xe9" + imm32(jmp_offset)
@@ -1191,7 +1197,7 @@ def do_jit_insn(fn: FuncJit, state: PassState, i: int, insn: Insn, proglen: int)
         rel = insn.off if insn.cls == isa.BPF_JMP else insn.imm
         jmp_offset = -2 if rel == -1 else state.addrs[i + rel] - state.addrs[i]
         if jmp_offset == 0:
-            last_size = state.addrs[i] - state.addrs[i - 1] if state.jmp_padding else 0
+            last_size = last_slot_size(state, i)
             return emit_nops(nop_jump_size(state.jmp_padding, last_size)), 1
         return emit_jmp(state, i, jmp_offset), 1
     if opcode == isa.EXIT_OPCODE:

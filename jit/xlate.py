@@ -79,6 +79,7 @@ from bpfdiff.verifier import (
     explore,
     key_in_range,
     reach_tail_calls,
+    subprog_starts,
     track_const_alu,
 )
 
@@ -600,11 +601,11 @@ MAP_GEN_LOOKUP: dict[str, Callable[[MapDef, Profile], list[Insn]]] = {
 # -- the pipeline ------------------------------------------------------------------------------
 def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> tuple[list[int], list[int], list[int]]:
     """Structure (the encodings were checked by :func:`bpfdiff.verifier.check_isa`), in one pass
-    over the program; returns the functions' first pcs, the pcs of the tail calls and those of the
-    32-bit cmpxchgs (rare, both: xlate's other needs of the program as loaded)."""
+    over the program after :func:`subprog_starts`'s; returns the functions' first pcs, the pcs of
+    the tail calls and those of the 32-bit cmpxchgs (rare, both: xlate's other needs of the
+    program as loaded)."""
     insns = prog.insns
     second_slots: set[int] = set()
-    calls = {0}                         # subprog_starts
     jumps: list[tuple[int, int, bool]] = []     # (pc, target, is a pseudo call) before `refusal`
     refusal: VerifierError | None = None        # the first unknown map or kfunc call
     tail_call_pcs: list[int] = []
@@ -612,9 +613,7 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> tuple
     for pc, insn in enumerate(insns):
         opcode = insn.opcode
         if opcode == isa.CALL_OPCODE:
-            if insn.src == isa.BPF_PSEUDO_CALL:
-                calls.add(pc + 1 + insn.imm)
-            elif insn.is_tail_call:
+            if insn.is_tail_call:
                 tail_call_pcs.append(pc)
         elif opcode == CMPXCHG32 and insn.imm == isa.BPF_CMPXCHG:
             cmpxchg32_pcs.append(pc)
@@ -634,7 +633,7 @@ def _check(prog: Program, maps: Mapping[str, MapDef], profile: Profile) -> tuple
                 target = isa.jump_target(pc, insn)
                 if target is not None:
                     jumps.append((pc, target, opcode == isa.CALL_OPCODE and insn.src == isa.BPF_PSEUDO_CALL))
-    starts = sorted(calls)
+    starts = subprog_starts(insns)
     ends = starts[1:] + [len(insns)]
     for pc, target, pseudo_call in jumps:
         if target in second_slots:
