@@ -854,15 +854,18 @@ def what_if_models(scenario: Scenario, verdict: Verdict, profile: Profile, pool:
 def divergence_mechanism(signature: str) -> tuple[str, str, str] | None:
     """What a divergence signature says caused it, its field class left out: (profile, relation,
     sites) when the relation names a mechanism -- a poke trigger, a self-check tag, a what-if
-    model (``jit@delete``, ``jit@landing``, ``jit@limit+1``) -- else None (``ENGINE@ref``,
-    ``ENGINE@odd``, no engine: then the field class is much of what the signature says).  One
-    mechanism shows in control fields on one input and only in data on another (a stale site
-    that jumps to a program which takes the same path)."""
+    model (``jit@delete``, ``jit@landing``, ``jit@limit+1``) -- or only the engine that is wrong
+    (``jit@ref``, ``kernel-jit@odd``: no model explains it); None when it names no engine.  One
+    mechanism shows in control fields on one input and only in data on another: a stale site
+    that jumps to a program which takes the same path, a wrong value that is returned on one
+    input and on another steers a branch around a tail call (a 32-bit ALU result left without
+    its zero extension: the tail-call index goes out of range), so the field class does not
+    tell two bugs of one engine apart."""
     parts = signature.split(":")
     if len(parts) < 5 or parts[0] != DIVERGENCE:
         return None
-    _engine, at, how = parts[3].partition("@")
-    if not at or how in ("ref", "odd"):
+    _engine, at, _how = parts[3].partition("@")
+    if not at:
         return None
     return parts[1], parts[3], parts[4]
 

@@ -55,15 +55,20 @@ def test_blamed_engine_reads_every_kind_of_signature() -> None:
 def test_one_mechanism_is_one_bug_whichever_fields_show_it() -> None:
     """A stale site after a delete diverges in control fields on one input and only in data on
     another: the relation names the mechanism.  An unexplained divergence (``@ref``, ``@odd``)
-    keeps its field class apart."""
+    names the engine that is wrong: a 32-bit ALU result without its zero extension is returned
+    wrong on one input and steers a branch around a tail call on another (alu32-no-zext)."""
     control = divergence_mechanism("divergence:linux-6.1:control:jit@delete:direct")
     assert control == divergence_mechanism("divergence:linux-6.1:data:jit@delete:direct") == \
         ("linux-6.1", "jit@delete", "direct")
     assert divergence_mechanism("divergence:linux-6.1:control:jit@retarget:direct") != control
     assert divergence_mechanism("divergence:linux-6.1:data:jit@landing:any") is not None
     assert divergence_mechanism("divergence:linux-6.1:control:jit@limit+1:any") is not None
-    assert divergence_mechanism("divergence:linux-6.1:data:jit@ref:any") is None
-    assert divergence_mechanism("divergence:linux-6.1:data:kernel-jit@odd:any") is None
+    assert divergence_mechanism("divergence:linux-6.1:data:jit@ref:any") == \
+        divergence_mechanism("divergence:linux-6.1:control:jit@ref:any") == ("linux-6.1", "jit@ref", "any")
+    assert divergence_mechanism("divergence:linux-6.1:data:interp@ref:any") != \
+        divergence_mechanism("divergence:linux-6.1:data:jit@ref:any")
+    assert divergence_mechanism("divergence:linux-6.1:data:kernel-jit@odd:any") == \
+        divergence_mechanism("divergence:linux-6.1:control:kernel-jit@odd:any") is not None
     assert divergence_mechanism("divergence:linux-6.1:data:-:any") is None
     assert divergence_mechanism("violation:linux-6.1:jit:tail call lands at the wrong offset into its target") is None
 
