@@ -276,8 +276,8 @@ class GenOptions:
     # mutation benchmark's 14 slowest-found mutations (seed 0, linux-6.1 and 6.12): scenarios to the
     # first finding summed 7,736 with 12 events, 5,907 with 24 (the data-path bugs need the right
     # inputs more than another program), 4,876 with 48; weighted by each setting's CPU per scenario
-    # (x1.0, x1.16, x1.5) 24 is the cheapest.  Bugs that need a rare program shape (no run of a
-    # common program shows them) are found 16% later in CPU time.
+    # (x1.0, x1.16, x1.5) 24 is the cheapest.  A bug that needs a rare program shape (no run of a
+    # common program shows it) costs up to 16% more CPU to find: fewer programs a second.
     max_events: int = 24
     max_prog_arrays: int = 3
     max_loop_trips: int = 12

@@ -864,8 +864,7 @@ def divergence_mechanism(signature: str) -> tuple[str, str, str] | None:
     parts = signature.split(":")
     if len(parts) < 5 or parts[0] != DIVERGENCE:
         return None
-    _engine, at, _how = parts[3].partition("@")
-    if not at:
+    if "@" not in parts[3]:
         return None
     return parts[1], parts[3], parts[4]
 

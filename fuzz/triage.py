@@ -238,8 +238,8 @@ def bucket_findings(records: Iterable[FindingRecord], merge_related: bool = True
     scenario exhibits together are one bug -- but two divergences are never
     merged through a self-check both show, a symptom two bugs can share.  Divergences that name the
     same mechanism (:func:`~bpfdiff.fuzz.oracle.divergence_mechanism`: a poke trigger, a self-check
-    tag, a what-if model, else the one engine no model explains) are one bucket whether they showed in control or data fields.  A signature
-    whose findings are all
+    tag, a what-if model, else the one engine no model explains) are one bucket whether they
+    showed in control or data fields.  A signature whose findings are all
     ambiguous (another what-if model explains each of them as well) joins the
     bucket of such an alternative that some finding shows unambiguously: the
     input could not tell the two apart, the other findings can.  The bucket is
